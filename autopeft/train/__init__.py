@@ -1,0 +1,1 @@
+"""Model loading, adapted-model building and training (the only package importing torch)."""

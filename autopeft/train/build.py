@@ -1,0 +1,91 @@
+"""Build the adapted model of a :class:`Candidate`: one peft method plus any native modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from autopeft import methods
+from autopeft.core.candidate import Candidate
+from autopeft.core.profile import ModelProfile
+
+
+@dataclass
+class AdaptedModel:
+    """A model ready to train, with its exact parameter accounting."""
+
+    model: nn.Module  # what to call forward on (a PeftModel when a peft method is on)
+    base: nn.Module  # the underlying Hugging Face model (module paths match the profile)
+    profile: ModelProfile
+    candidate: Candidate
+    trainable_params: int  # adapter parameters only, classifier head excluded
+    head_params: int
+    step_hooks: list[Any] = field(default_factory=list)
+
+    def on_step(self, step: int) -> None:
+        """Run per-step hooks of the modules (e.g. AdaLoRA rank allocation)."""
+        for hook in self.step_hooks:
+            hook(self.model, step)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates (adapters and the head)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def is_head_param(name: str, profile: ModelProfile) -> bool:
+    """Whether a (possibly peft-prefixed) parameter name belongs to the classifier head."""
+    return f".{profile.head_path}." in f".{name}"
+
+
+def count_trainable(model: nn.Module, profile: ModelProfile) -> tuple[int, int]:
+    """Count ``(adapter, head)`` trainable parameters of a built model (shared tensors once)."""
+    seen: set[int] = set()
+    adapter = head = 0
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if is_head_param(name, profile):
+            head += p.numel()
+        else:
+            adapter += p.numel()
+    return adapter, head
+
+
+def build_adapted(
+    model: nn.Module, profile: ModelProfile, candidate: Candidate, total_steps: int = 100
+) -> AdaptedModel:
+    """Attach ``candidate`` to ``model`` (modified in place) and freeze everything else.
+
+    Order matters: the peft method (at most one) wraps the model first, then native modules
+    hook onto the possibly peft-wrapped sub-layers, so both see each other's outputs and
+    peft's own freezing cannot switch native modules off.
+
+    Raises:
+        ValueError: if the candidate has more than one peft-backed module.
+    """
+    specs = [(methods.get(m.method), m) for m in candidate.modules]
+    peft_mods = [(s, m) for s, m in specs if s.backend == "peft"]
+    if len(peft_mods) > 1:
+        names = ", ".join(m.method for _, m in peft_mods)
+        raise ValueError(f"at most one peft-backed module per model, got {names}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    base = model
+    if peft_mods:
+        from peft import get_peft_model
+
+        spec, cfg = peft_mods[0]
+        model = get_peft_model(model, spec.peft_config(profile, cfg, total_steps))
+        base = model.get_base_model()
+    else:
+        for p in model.get_submodule(profile.head_path).parameters():
+            p.requires_grad_(True)
+    for spec, cfg in specs:
+        if spec.backend == "native":
+            spec.attach(base, profile, cfg)
+    adapter, head = count_trainable(model, profile)
+    hooks = [spec.on_step for spec, _ in specs if type(spec).on_step is not methods.MethodSpec.on_step]
+    return AdaptedModel(model, base, profile, candidate, adapter, head, hooks)

@@ -1,0 +1,66 @@
+"""Load base classifiers: bundled offline models, local folders, hub ids, tiny test models."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    LlamaConfig,
+)
+
+from autopeft.core.profile import BUNDLED_MODELS, resolve_model_dir
+
+#: Tiny architectures built from config, for tests and benchmarks of the machinery itself.
+TINY: dict[str, dict[str, Any]] = {
+    "tiny-bert": dict(
+        cls=BertConfig,
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    ),
+    "tiny-llama": dict(
+        cls=LlamaConfig,
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    ),
+}
+
+
+def tiny_config(name: str, num_labels: int = 2, **overrides: Any):
+    """A Hugging Face config for a tiny test architecture (``tiny-bert`` or ``tiny-llama``)."""
+    spec = dict(TINY[name])
+    cls = spec.pop("cls")
+    spec.update(overrides)
+    return cls(num_labels=num_labels, **spec)
+
+
+def load_model(name: str, num_labels: int = 2, seed: int = 0, dtype: torch.dtype | None = None):
+    """Load a sequence classifier by short name, tiny name, local folder or hub id.
+
+    Bundled and local models load offline; tiny models are random-initialised under ``seed``.
+    """
+    torch.manual_seed(seed)
+    if name in TINY:
+        return AutoModelForSequenceClassification.from_config(tiny_config(name, num_labels))
+    if name in BUNDLED_MODELS or os.path.isdir(name):
+        path = str(resolve_model_dir(name))
+    else:
+        path = name  # a hub id: works when it is cached or the machine is online
+    config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = 0
+    return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype)

@@ -1,0 +1,39 @@
+"""Profile a built model: the torch route to a :class:`ModelProfile`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from autopeft.core.profile import ModelProfile, profile_from_config
+
+
+def profile_model(model: nn.Module) -> ModelProfile:
+    """Profile ``model`` (an unadapted HF sequence classifier) and check it against its config.
+
+    The profile comes from the config (the same code ``autopeft validate`` runs), then every
+    listed sub-layer is checked against the real module so a formula can never silently use a
+    wrong shape.
+
+    Raises:
+        ValueError: when the config-derived profile disagrees with the built model.
+    """
+    cfg = model.config.to_dict()
+    profile = profile_from_config(cfg, num_labels=model.config.num_labels)
+    for layer in profile.layers:
+        for lin in layer.sublayers.values():
+            mod = model.get_submodule(lin.path)
+            shape = (mod.in_features, mod.out_features, mod.bias is not None)
+            if shape != (lin.in_features, lin.out_features, lin.bias):
+                raise ValueError(f"profile mismatch at {lin.path}: {shape} vs {lin}")
+        for norm in layer.norms:
+            mod = model.get_submodule(norm.path)
+            if mod.weight.numel() != norm.size:
+                raise ValueError(f"profile mismatch at {norm.path}")
+    head = sum(p.numel() for p in model.get_submodule(profile.head_path).parameters())
+    base = sum(p.numel() for p in model.parameters()) - head
+    if (base, head) != (profile.base_params, profile.head_params):
+        raise ValueError(
+            f"profile parameter totals {profile.base_params}+{profile.head_params} differ from "
+            f"the model's {base}+{head}"
+        )
+    return profile

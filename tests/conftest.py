@@ -5,3 +5,16 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_profile():
+    """The torch-free profile of the tiny Llama test architecture."""
+    from autopeft.core.profile import profile_from_config
+    from autopeft.train.models import tiny_config
+
+    return profile_from_config(json.loads(tiny_config("tiny-llama").to_json_string()))

@@ -1,4 +1,4 @@
-"""Errors a user can act on: the field path, the rule, the bad value and a hint, in one paragraph."""
+"""Errors a user can act on: field path, rule, bad value and a hint, in one paragraph."""
 
 from __future__ import annotations
 
@@ -69,33 +69,52 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     return f"known: {', '.join(options)}"
 
 
-class RuleError(ValueError):
-    """Raised inside pydantic validators: carries a rule and a hint through pydantic's wrapper."""
+_NO_VALUE = object()
 
-    def __init__(self, rule: str, hint: str | None = None):
-        self.rule = rule
-        self.hint = hint
-        super().__init__(rule + (f" ||hint|| {hint}" if hint else ""))
+
+class RuleError(ValueError):
+    """Raised inside validators: a rule, a hint, the bad value and a sub-path below the field.
+
+    pydantic keeps the exception object in the error's context, so :func:`from_pydantic` can
+    recover all of it and build the full dotted path.
+    """
+
+    def __init__(
+        self, rule: str, hint: str | None = None, value: Any = _NO_VALUE, path: str | None = None
+    ):
+        self.rule, self.hint, self.value, self.path = rule, hint, value, path
+        super().__init__(rule)
+
+    def under(self, prefix: str) -> RuleError:
+        """The same error one level deeper: ``prefix.<path>``."""
+        path = f"{prefix}.{self.path}" if self.path else prefix
+        return RuleError(self.rule, self.hint, self.value, path)
 
 
 def from_pydantic(exc: Any, prefix: str = "") -> list[Problem]:
     """Translate a pydantic ``ValidationError`` into problems with dotted paths and hints."""
     problems = []
     for err in exc.errors(include_url=False):
-        loc = [str(part) for part in err.get("loc", ()) if not _is_union_tag(part)]
-        path = ".".join(([prefix] if prefix else []) + loc)
+        loc = _clean_loc(err.get("loc", ()))
         message = err.get("msg", "invalid value")
         hint = None
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        if " ||hint|| " in message:
-            message, hint = message.split(" ||hint|| ", 1)
         value = err.get("input")
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, RuleError):
+            message, hint = cause.rule, cause.hint
+            value = value if cause.value is _NO_VALUE else cause.value
+            loc += cause.path.split(".") if cause.path else []
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        path = ".".join(([prefix] if prefix else []) + loc)
         if err.get("type") == "extra_forbidden":
             parent = ".".join(loc[:-1]) or "this section"
             message = f"unknown field {loc[-1]!r} in {parent}"
             hint = hint or "check the spelling; see docs/search_space.md for the fields"
             value = None
+        elif err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+            message = "a domain needs `type: int`, `type: float` or `type: choice`"
+            hint = "e.g. {type: int, low: 2, high: 64, log: true} or a list of choices"
         elif err.get("type") == "missing":
             message = "this field is required"
             value = None
@@ -103,7 +122,17 @@ def from_pydantic(exc: Any, prefix: str = "") -> list[Problem]:
     return problems
 
 
-def _is_union_tag(part: Any) -> bool:
-    # pydantic inserts union member names (e.g. 'IntParam', 'function-after[...]') in locations.
-    text = str(part)
-    return text[:1].isupper() or text.startswith(("function-", "tagged-union", "union[", "list["))
+def _clean_loc(loc: tuple[Any, ...]) -> list[str]:
+    # Drop internal containers (module `domains`/`fixed`) and the discriminator tag that
+    # pydantic inserts after `domains`, so paths read like the YAML: modules.lora.rank.low.
+    out: list[str] = []
+    skip_tag = False
+    for part in map(str, loc):
+        if part in ("domains", "fixed"):
+            skip_tag = part == "domains"
+            continue
+        if skip_tag and part in ("int", "float", "choice") and len(out) >= 1:
+            skip_tag = False
+            continue
+        out.append(part)
+    return out

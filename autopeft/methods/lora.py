@@ -20,7 +20,7 @@ class LoRA(MethodSpec):
     backend = "peft"
     default_space = {
         "rank": {"type": "choice", "values": [0, 2, 4, 8, 16, 32]},
-        "alpha": 16,
+        "alpha": 16.0,
         "dropout": 0.0,
         "use_dora": False,
     }

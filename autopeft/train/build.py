@@ -87,5 +87,7 @@ def build_adapted(
         if spec.backend == "native":
             spec.attach(base, profile, cfg)
     adapter, head = count_trainable(model, profile)
-    hooks = [spec.on_step for spec, _ in specs if type(spec).on_step is not methods.MethodSpec.on_step]
+    hooks = [
+        spec.on_step for spec, _ in specs if type(spec).on_step is not methods.MethodSpec.on_step
+    ]
     return AdaptedModel(model, base, profile, candidate, adapter, head, hooks)

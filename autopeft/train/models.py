@@ -64,3 +64,27 @@ def load_model(name: str, num_labels: int = 2, seed: int = 0, dtype: torch.dtype
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0
     return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype)
+
+
+def load_tokenizer(name: str, corpus: list[str] | None = None):
+    """The tokenizer of a model; tiny models get a word-level one trained on ``corpus``."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if name in TINY:
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=TINY[name]["vocab_size"], special_tokens=["[PAD]", "[UNK]"]
+        )
+        tok.train_from_iterator(corpus or ["a b c"], trainer)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+        fast.name_or_path = f"{name}-wordlevel"
+        return fast
+    path = str(resolve_model_dir(name)) if name in BUNDLED_MODELS or os.path.isdir(name) else name
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok

@@ -1,0 +1,50 @@
+"""The Python API. Heavy libraries are imported inside the functions that need them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autopeft import methods
+from autopeft.core.config import load_config, parse_space, parse_study
+from autopeft.core.profile import ModelProfile, load_profile
+from autopeft.core.resolve import ResolvedSpace
+from autopeft.core.space import SearchSpace
+from autopeft.core.study_config import StudyConfig
+from autopeft.core.summary import summarize
+
+
+def load(path: str | Path) -> SearchSpace | StudyConfig:
+    """Load and validate a study file or a bare search-space file.
+
+    Raises:
+        ConfigError: with one paragraph per problem (field path, rule, value, hint).
+    """
+    return load_config(path, methods.registry())
+
+
+def space_from_dict(raw: dict) -> SearchSpace:
+    """Validate a search space given as a Python dict (the same schema as the YAML)."""
+    return parse_space(raw, methods.registry())
+
+
+def study_from_dict(raw: dict) -> StudyConfig:
+    """Validate a study given as a Python dict (the same schema as the YAML)."""
+    return parse_study(raw, methods.registry())
+
+
+def resolve(space: SearchSpace, model: str | ModelProfile = "minilm") -> ResolvedSpace:
+    """Resolve a space on a model (a bundled name, a local folder, or a profile)."""
+    profile = model if isinstance(model, ModelProfile) else load_profile(model)
+    return ResolvedSpace(space, profile, methods.registry())
+
+
+def validate(path: str | Path, model: str | None = None) -> str:
+    """Validate a file and return the summary ``autopeft validate`` prints."""
+    config = load(path)
+    if isinstance(config, StudyConfig):
+        space, model = config.search_space, model or config.model
+        kind = f"study {config.name!r}"
+    else:
+        space, model, kind = config, model or "minilm", "search space"
+    resolved = resolve(space, model)
+    return f"{path}: valid {kind}\n" + summarize(resolved, methods.registry(), model)

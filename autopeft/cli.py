@@ -1,0 +1,72 @@
+"""The ``autopeft`` command line. Imports stay lazy so ``--help`` and ``validate`` are fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from autopeft import __version__
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from autopeft import methods
+
+    reg = methods.registry()
+    width = max(len(n) for n in reg)
+    for name, spec in sorted(reg.items()):
+        print(f"{name:<{width}}  {spec.backend:<6}  {spec.summary}")
+    print(f"\n{len(reg)} module types")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from autopeft.api import validate
+
+    print(validate(args.file, args.model))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="autopeft",
+        description="Find the Pareto front of PEFT configurations: task accuracy vs trainable "
+        "parameters vs peak memory.",
+    )
+    parser.add_argument("--version", action="version", version=f"autopeft {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("methods", help="list the registered PEFT module types")
+    p.set_defaults(func=_methods)
+
+    p = sub.add_parser(
+        "validate",
+        help="check a search-space or study file and summarise it on a model",
+        description="Check a search-space or study file; print its parameters, number of "
+        "configurations and the trainable-parameter range it spans on a model.",
+    )
+    p.add_argument("file", help="a search-space YAML or a study YAML")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="bundled short name (minilm) or a local model folder; default: the study's "
+        "model, or minilm for a bare space",
+    )
+    p.set_defaults(func=_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``autopeft`` console script."""
+    from autopeft.core.errors import AutopeftError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AutopeftError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

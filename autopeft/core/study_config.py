@@ -1,0 +1,161 @@
+"""The study file: model, task, training recipe, search space, objectives, sampler, executor."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from autopeft.core.errors import RuleError, did_you_mean
+from autopeft.core.space import SearchSpace
+
+#: Metrics a study may optimise, with their natural direction.
+METRICS = {
+    "accuracy": "maximize",
+    "f1": "maximize",
+    "mcc": "maximize",
+    "trainable_params": "minimize",
+    "peak_memory": "minimize",
+    "predicted_memory": "minimize",
+    "wall_time": "minimize",
+}
+SAMPLERS = ("random", "tpe", "nsga2", "gp", "qnehvi", "autopeft")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Objective(_Section):
+    """One objective: a metric and a direction (``-name`` in the string form minimises)."""
+
+    metric: str
+    direction: Literal["maximize", "minimize"]
+
+
+def parse_objectives(value: Any) -> list[dict[str, str]]:
+    """Parse ``"accuracy, -trainable_params"`` or a list of names / dicts."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value:
+        raise RuleError(
+            "objectives must be a non-empty list",
+            "e.g. 'accuracy, -trainable_params, -peak_memory'",
+        )
+    out = []
+    for item in value:
+        if isinstance(item, dict):
+            out.append(item)
+            continue
+        text = str(item)
+        sign = text[:1] in "+-"
+        name = text[1:] if sign else text
+        if name not in METRICS:
+            raise RuleError(f"unknown objective metric {name!r}", did_you_mean(name, METRICS), name)
+        direction = "minimize" if text.startswith("-") else "maximize" if sign else METRICS[name]
+        out.append({"metric": name, "direction": direction})
+    names = [o.get("metric") for o in out]
+    if len(set(names)) != len(names):
+        raise RuleError(f"objectives must be distinct, but got {names}")
+    return out
+
+
+class TaskConfig(_Section):
+    """A built-in offline task by name, or a user CSV/JSONL file."""
+
+    name: str = "rotten_tomatoes"
+    path: str | None = None
+    text: str = "text"
+    text_pair: str | None = None
+    label: str = "label"
+    metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
+    max_length: int = Field(64, ge=8, le=4096)
+
+
+class TrainingConfig(_Section):
+    """The per-trial training recipe and the fidelity ladder for successive halving."""
+
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-3, gt=0)  # PEFT modules want a larger rate than full fine-tuning
+    weight_decay: float = Field(0.0, ge=0)
+    warmup: float = Field(0.06, ge=0, le=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = Field(1.0, gt=0)
+    eval_every: int = Field(50, ge=1)
+    eval_examples: int = Field(1000, ge=1)
+    seed: int = 0
+    rungs: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < r <= 1 for r in value) or value != sorted(set(value)):
+            raise RuleError(
+                f"rungs must be increasing fractions in (0, 1], but got {value}",
+                "e.g. [0.25, 0.5, 1.0]",
+            )
+        return value
+
+
+class SamplerConfig(_Section):
+    """Which sampler and its options."""
+
+    name: str = "tpe"
+    n_startup_trials: int = Field(10, ge=0)
+    batch_size: int = Field(1, ge=1)
+    seed: int | None = 0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise RuleError(f"unknown sampler {value!r}", did_you_mean(value, SAMPLERS))
+        return value
+
+
+class StudyConfig(_Section):
+    """A whole study file."""
+
+    name: str
+    model: str = "minilm"
+    task: TaskConfig = TaskConfig()
+    training: TrainingConfig = TrainingConfig()
+    search_space: SearchSpace
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [
+            Objective(metric="accuracy", direction="maximize"),
+            Objective(metric="trainable_params", direction="minimize"),
+            Objective(metric="peak_memory", direction="minimize"),
+        ]
+    )
+    sampler: SamplerConfig = SamplerConfig()
+    n_trials: int = Field(20, ge=1)
+    executor: Literal["local", "ray"] = "local"
+    storage: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise RuleError(
+                f"a study name is 1-64 letters, digits, '_', '.', '-', but got {value!r}",
+                "it names the folder studies/<name>/",
+            )
+        return value
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives(cls, value: Any) -> Any:
+        return parse_objectives(value)
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _sampler(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value

@@ -1,0 +1,58 @@
+"""LoHa (Hyeon-Woo et al., 2022): low-rank Hadamard-product updates, through ``peft``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from autopeft.core.candidate import ModuleConfig
+from autopeft.core.profile import ModelProfile
+from autopeft.methods import register
+from autopeft.methods.base import MethodSpec
+
+
+@register
+class LoHa(MethodSpec):
+    """Update ``(W1a @ W1b) * (W2a @ W2b)`` beside each targeted linear layer."""
+
+    name = "loha"
+    summary = "LoHa Hadamard product of two low-rank updates on linear sub-layers (rank, alpha)"
+    backend = "peft"
+    default_space = {
+        "rank": {"type": "choice", "values": [0, 2, 4, 8, 16, 32]},
+        "alpha": 8.0,
+    }
+    size_param = "rank"
+    default_targets = ("q", "v")
+    supports_per_layer = True
+
+    def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
+        """``2 * r * (in + out)`` per targeted layer (``hada_w1_a/b``, ``hada_w2_a/b``)."""
+        total = 0
+        for layer, lin in self.linears(profile, cfg):
+            r = self.size(cfg, layer)
+            if r > 0:
+                total += 2 * r * (lin.in_features + lin.out_features)
+        return total
+
+    def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
+        """A ``LoHaConfig`` over the exact module paths; per-layer ranks via ``rank_pattern``."""
+        from peft import LoHaConfig, TaskType
+
+        targets, ranks = [], {}
+        for layer, lin in self.linears(profile, cfg):
+            r = self.size(cfg, layer)
+            if r > 0:
+                targets.append(lin.path)
+                ranks[lin.path] = r
+        base_rank = int(cfg.params.get("rank", max(ranks.values())))
+        return LoHaConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=base_rank,
+            alpha=float(cfg.params["alpha"]),
+            target_modules=targets,
+            # peft matches rank_pattern keys as regexes against a dotted suffix of the name.
+            rank_pattern={re.escape(p): r for p, r in ranks.items()}
+            if cfg.sizes is not None
+            else {},
+        )

@@ -1,0 +1,166 @@
+"""A lean training loop: AdamW, warm-up + decay, clipping, periodic evaluation, early stop.
+
+Readable on purpose (nanoGPT-style): one function, no framework. ``report(step, metrics)``
+returns False to stop the trial early (an executor's successive-halving decision).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from autopeft.core.study_config import TrainingConfig
+from autopeft.train.build import AdaptedModel
+from autopeft.train.data import Encoded
+
+Report = Callable[[int, dict[str, float]], bool]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, step: int, value: float):
+        self.step = step
+        super().__init__(f"loss is {value} at step {step}")
+
+
+@dataclass
+class LoopResult:
+    """What a training run produced."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, k: int) -> dict[str, float]:
+    """Accuracy, macro-F1 and (multi-class) Matthews correlation."""
+    conf = torch.zeros(k, k, dtype=torch.float64)
+    conf.index_put_((labels, preds), torch.ones_like(labels, dtype=torch.float64), accumulate=True)
+    tp = conf.diag()
+    precision = tp / conf.sum(0).clamp(min=1)
+    recall = tp / conf.sum(1).clamp(min=1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    n = conf.sum()
+    c, t, p = tp.sum(), conf.sum(1), conf.sum(0)
+    denom = math.sqrt(
+        max(0.0, float(n * n - (p * p).sum())) * max(0.0, float(n * n - (t * t).sum()))
+    )
+    mcc = float(c * n - (t * p).sum()) / denom if denom > 0 else 0.0
+    return {"accuracy": float(c / n), "f1": float(f1.mean()), "mcc": mcc}
+
+
+@torch.no_grad()
+def evaluate(
+    adapted: AdaptedModel, data: Encoded, batch_size: int, limit: int, device: torch.device
+) -> dict[str, float]:
+    """Metrics and mean loss on the first ``limit`` examples of ``data``."""
+    model = adapted.model
+    model.eval()
+    n = min(limit, len(data))
+    preds, losses = [], []
+    for start in range(0, n, batch_size):
+        batch = data.batch(torch.arange(start, min(n, start + batch_size)))
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with _autocast(device):
+            out = model(**batch)
+        losses.append(float(out.loss) * len(batch["labels"]))
+        preds.append(out.logits.argmax(-1).cpu())
+    model.train()
+    metrics = classification_metrics(torch.cat(preds), data.labels[:n], adapted.profile.num_labels)
+    metrics["loss"] = sum(losses) / n
+    return metrics
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on GPU (weights stay fp32); plain fp32 on CPU, where bf16 is slow.
+    enabled = device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based)."""
+    warm = int(warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max(0.0, 1.0 - progress)
+
+
+def train_and_eval(
+    adapted: AdaptedModel,
+    train: Encoded,
+    valid: Encoded,
+    cfg: TrainingConfig,
+    steps: int | None = None,
+    report: Report | None = None,
+    device: torch.device | None = None,
+) -> LoopResult:
+    """Train ``adapted`` for ``steps`` (default ``cfg.steps``) and evaluate it.
+
+    Evaluates every ``cfg.eval_every`` steps and at the end; each evaluation goes to ``report``,
+    which may return False to stop early. The schedule is laid out for ``cfg.steps`` so a
+    low-fidelity run is a prefix of the full run (what successive halving needs).
+
+    Raises:
+        NonFiniteLoss: when the loss becomes NaN or infinite.
+    """
+    device = device or torch.device("cpu")
+    total = steps or cfg.steps
+    model = adapted.model.to(device)
+    model.train()
+    params = adapted.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.schedule)
+    )
+    result = LoopResult(metrics={})
+    # On GPU, checking the loss every step would sync the device; record the first bad step
+    # on the device instead and look at it at evaluation points. On CPU checking is free.
+    first_bad = torch.zeros((), dtype=torch.long, device=device)
+    start = time.perf_counter()
+    step = 0
+    for step, batch in enumerate(train.batches(cfg.batch_size, cfg.seed, total), start=1):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with _autocast(device):
+            loss = model(**batch).loss
+        if device.type == "cpu":
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLoss(step, value)
+        else:
+            bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
+            first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        adapted.on_step(step)  # before zero_grad: AdaLoRA's rank allocation reads gradients
+        opt.zero_grad(set_to_none=True)
+        result.tokens += int(batch["attention_mask"].sum())
+        if step % cfg.eval_every == 0 or step == total:
+            value = float(loss.detach())  # syncs the device only at evaluation points
+            if int(first_bad):
+                raise NonFiniteLoss(int(first_bad), float("nan"))
+            result.train_seconds += time.perf_counter() - start
+            metrics = evaluate(adapted, valid, cfg.batch_size * 2, cfg.eval_examples, device)
+            metrics["train_loss"] = value
+            result.history.append({"step": step, **metrics})
+            result.metrics = metrics
+            start = time.perf_counter()
+            if report is not None and step < total and not report(step, metrics):
+                result.stopped_early = True
+                break
+    result.steps = step
+    return result

@@ -1,0 +1,55 @@
+"""Measured peak training memory: exact on GPU, a deterministic estimate on CPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from autopeft.train.build import AdaptedModel
+
+MB = 1024 * 1024
+
+
+@contextlib.contextmanager
+def cuda_peak(device: torch.device):
+    """Reset the CUDA allocator's peak on entry; ``box[0]`` holds the peak MiB on exit."""
+    box: list[float] = [0.0]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    yield box
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        box[0] = torch.cuda.max_memory_allocated(device) / MB
+
+
+def cpu_estimate_mb(adapted: AdaptedModel, batch: dict[str, torch.Tensor]) -> float:
+    """Estimate the training peak on CPU from one forward/backward of ``batch``.
+
+    Counts every parameter, a gradient and two AdamW moments per trainable parameter, and the
+    tensors autograd saves for backward (unique storages, parameters excluded), which is what
+    stays alive at the peak between forward and backward. Deterministic, unlike process RSS.
+    Gradients are cleared afterwards, so training is unaffected.
+    """
+    model = adapted.model
+    params = list(model.parameters())
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in param_ptrs:
+            saved[ptr] = storage.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(**batch).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    unique = {id(p): p for p in params}.values()
+    weights = sum(p.numel() * p.element_size() for p in unique)
+    trainable = sum(p.numel() * p.element_size() for p in unique if p.requires_grad)
+    return (weights + 3 * trainable + sum(saved.values())) / MB

@@ -1,0 +1,192 @@
+"""Run one trial: budget check, build, train at a fidelity, measure; failures become data."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from autopeft import methods
+from autopeft.core.candidate import Candidate
+from autopeft.core.memory import predict_memory
+from autopeft.core.profile import ModelProfile
+from autopeft.core.resolve import candidate_params
+from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
+from autopeft.core.space import Budget
+from autopeft.core.study_config import StudyConfig
+from autopeft.train.build import AdaptedModel, build_adapted
+from autopeft.train.data import Encoded, Task, encode, load_task
+from autopeft.train.loop import NonFiniteLoss, Report, train_and_eval
+from autopeft.train.memory import cpu_estimate_mb, cuda_peak
+from autopeft.train.models import load_model, load_tokenizer
+from autopeft.train.profile import profile_model
+
+#: Methods whose gradient reaches the input embeddings (prompt tokens are inputs).
+EMBEDDING_METHODS = {"prompt"}
+
+
+@dataclass
+class TrialContext:
+    """What every trial of a study shares: loaded once per worker and reused.
+
+    The base model is loaded once; each trial trains a deep copy, so nothing leaks between
+    trials and no trial pays for loading weights from disk.
+    """
+
+    config: StudyConfig
+    task: Task
+    data: dict[str, Encoded]
+    base_model: torch.nn.Module
+    profile: ModelProfile
+    device: torch.device
+    #: Test seam: called with the adapted model before training (e.g. to inject a fault).
+    before_training: Callable[[AdaptedModel], None] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, config: StudyConfig, cache_dir: Path | None = None, device: str | None = None
+    ) -> TrialContext:
+        """Load the task, tokenise it (cached on disk) and load the base model once."""
+        task = load_task(config.task, seed=config.training.seed)
+        train_texts = [task.texts[i] for i in task.split["train"]]
+        tokenizer = load_tokenizer(config.model, train_texts)
+        data = encode(task, tokenizer, config.task.max_length, cache_dir)
+        model = load_model(config.model, num_labels=task.num_labels, seed=config.training.seed)
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(config, task, data, model, profile_model(model), dev)
+
+    @property
+    def budget(self) -> Budget:
+        """The study's budget."""
+        return self.config.search_space.budget
+
+
+def _seq_len(ctx: TrialContext, candidate: Candidate) -> int:
+    extra = 0
+    for m in candidate.modules:
+        if m.method == "prompt":
+            extra += int(m.params.get("length", 0))
+    return int(ctx.data["train"].lengths.max()) + extra
+
+
+def check_budget(ctx: TrialContext, candidate: Candidate) -> tuple[int, float, str | None]:
+    """Exact parameters, predicted memory, and why the candidate is over budget (or None)."""
+    prof, cfg = ctx.profile, ctx.config.training
+    params = candidate_params(candidate, prof, methods.registry())
+    pred = predict_memory(
+        prof,
+        candidate,
+        params,
+        cfg.batch_size,
+        _seq_len(ctx, candidate),
+        ctx.device.type,
+        embeddings_trained=bool(EMBEDDING_METHODS & set(candidate.methods)),
+    ).total_mb
+    for m in candidate.modules:
+        why = methods.get(m.method).check(prof, m)
+        if why:
+            return params, pred, f"{m.method}: {why}"
+    limit = ctx.budget.param_limit(prof.base_params)
+    if limit is not None and params > limit:
+        return params, pred, f"{params:,} trainable parameters exceed the budget of {limit:,}"
+    max_mb = ctx.budget.max_memory_mb
+    if max_mb is not None and pred > max_mb:
+        return params, pred, f"predicted memory {pred:,.0f} MiB exceeds the budget {max_mb:,.0f}"
+    return params, pred, None
+
+
+def run_trial(
+    ctx: TrialContext,
+    candidate: Candidate,
+    steps: int | None = None,
+    report: Report | None = None,
+) -> TrialResult:
+    """Train ``candidate`` for ``steps`` (default: the study's full fidelity) and measure it.
+
+    Never raises for a trial's own failure: over budget or out of memory -> INFEASIBLE;
+    NaN/inf loss or any exception -> FAILED with the reason; stopped by ``report`` -> PRUNED.
+    """
+    cfg = ctx.config.training
+    target = steps or cfg.steps
+    params, predicted, over = check_budget(ctx, candidate)
+    base = dict(
+        candidate=candidate,
+        trainable_params=params,
+        head_params=ctx.profile.head_params,
+        predicted_memory_mb=predicted,
+        target_steps=target,
+    )
+    if over:
+        return TrialResult(status=TrialStatus.INFEASIBLE, error=over, **base)
+    started = time.perf_counter()
+    adapted = None
+    try:
+        torch.manual_seed(cfg.seed)
+        model = copy.deepcopy(ctx.base_model)
+        adapted = build_adapted(model, ctx.profile, candidate, total_steps=cfg.steps)
+        if adapted.trainable_params != params:
+            raise RuntimeError(
+                f"built model has {adapted.trainable_params} trainable parameters, the formula "
+                f"says {params}: a bug in the method's formula"
+            )
+        if ctx.before_training:
+            ctx.before_training(adapted)
+        memory_kind = MemoryKind.CUDA if ctx.device.type == "cuda" else MemoryKind.CPU_ESTIMATE
+        peak = None
+        if memory_kind is MemoryKind.CPU_ESTIMATE:
+            longest = ctx.data["train"].lengths.argsort(descending=True)[: cfg.batch_size]
+            peak = cpu_estimate_mb(adapted, ctx.data["train"].batch(longest))
+            torch.manual_seed(cfg.seed)
+        with cuda_peak(ctx.device) as cuda_box:
+            out = train_and_eval(
+                adapted, ctx.data["train"], ctx.data["validation"], cfg, target, report, ctx.device
+            )
+        peak = cuda_box[0] if memory_kind is MemoryKind.CUDA else peak
+        wall = time.perf_counter() - started
+        return TrialResult(
+            status=TrialStatus.PRUNED if out.stopped_early else TrialStatus.COMPLETE,
+            metrics=out.metrics,
+            peak_memory_mb=peak,
+            memory_kind=memory_kind,
+            wall_time_s=wall,
+            steps=out.steps,
+            tokens_per_s=out.tokens / out.train_seconds if out.train_seconds > 0 else None,
+            history=out.history,
+            **base,
+        )
+    except torch.cuda.OutOfMemoryError as err:
+        reason = f"out of device memory: {str(err).splitlines()[0] if str(err) else 'OOM'}"
+        return _failed(TrialStatus.INFEASIBLE, reason, None, started, base)
+    except NonFiniteLoss as err:
+        return _failed(TrialStatus.FAILED, str(err), err.step, started, base)
+    except Exception as err:  # noqa: BLE001 -- any trial error is recorded, the study goes on
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        reason = f"{type(err).__name__}: {err} (at {Path(where.filename).name}:{where.lineno})"
+        return _failed(TrialStatus.FAILED, reason, None, started, base)
+    finally:
+        del adapted
+        _release(ctx.device)
+
+
+def _failed(status, reason, step, started, base) -> TrialResult:
+    return TrialResult(
+        status=status,
+        error=reason,
+        error_step=step,
+        wall_time_s=time.perf_counter() - started,
+        **base,
+    )
+
+
+def _release(device: torch.device) -> None:
+    # Free the trial's tensors before the next trial (after an OOM especially).
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

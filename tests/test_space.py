@@ -1,0 +1,193 @@
+"""The search-space DSL: presets, sampling, exact size and parameter range, placement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autopeft import api, methods
+from autopeft.core.candidate import Candidate
+from autopeft.core.resolve import RandomSuggest, candidate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+class Enumerate:
+    """A Suggest that walks every branch of a define-by-run space (depth-first odometer)."""
+
+    def __init__(self):
+        self.path: list[tuple[int, int]] = []  # (chosen index, number of options) per decision
+        self.pos = 0
+
+    def _pick(self, options: list) -> object:
+        if self.pos < len(self.path):
+            idx, _ = self.path[self.pos]
+        else:
+            idx = 0
+            self.path.append((0, len(options)))
+        self.pos += 1
+        return options[idx]
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        return self._pick(list(range(low, high + 1, step)))
+
+    def suggest_float(self, name, low, high, log=False):
+        raise AssertionError("no floats in enumerated spaces")
+
+    def suggest_categorical(self, name, choices):
+        return self._pick(list(choices))
+
+    def advance(self) -> bool:
+        del self.path[self.pos :]
+        self.pos = 0
+        while self.path:
+            idx, n = self.path[-1]
+            if idx + 1 < n:
+                self.path[-1] = (idx + 1, n)
+                return True
+            self.path.pop()
+        return False
+
+
+def enumerate_all(resolved) -> list[Candidate]:
+    walker, out = Enumerate(), []
+    while True:
+        out.append(resolved.sample(walker))
+        if not walker.advance():
+            return out
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_presets_validate_on_minilm(preset):
+    text = api.validate(preset, "minilm")
+    assert "valid search space" in text
+    assert "trainable parameters: 0 .." in text
+
+
+def test_autopeft_preset_matches_the_paper():
+    space = api.load(ROOT / "search_spaces/autopeft.yaml")
+    assert set(space.modules) == {"serial_adapter", "parallel_adapter", "prefix"}
+    assert space.layers == "search"
+    resolved = api.resolve(space, "minilm")  # hidden 384: sizes halve
+    for plan in resolved.plans:
+        size = plan.params[plan.size_param]
+        assert size.values() == [0, 1, 3, 6, 12, 24, 48, 96, 192, 384, 768]
+    rng = RandomSuggest(seed=1)
+    seen = set()
+    for _ in range(300):
+        cand = resolved.sample(rng)
+        layer_sets = {m.layers for m in cand.modules}
+        assert len(layer_sets) <= 1, "AutoPEFT shares one layer mask across modules"
+        for m in cand.modules:
+            seen.add(m.params[methods.get(m.method).size_param])
+    assert seen <= {1, 2, 3, 6, 12, 24, 48, 96, 192, 384}
+    assert {1, 384} <= seen
+    # 63 non-empty masks x 11^3 sizes, plus the empty mask (nothing else is sampled then)
+    assert resolved.size() == (2**6 - 1) * 11**3 + 1
+
+
+SMALL = {
+    "modules": {
+        "lora": {
+            "rank": [0, 4, 8],
+            "alpha": [8.0, 16.0],
+            "targets": {"choice": [["q", "v"], ["attn"]]},
+        },
+        "ia3": {},
+        "serial_adapter": {"size": [0, 8], "per_layer": True, "layers": {"top": 2}},
+        "bitfit": {"optional": True, "layers": "search"},
+    },
+    "layers": [0, 2, 3],
+}
+
+
+def test_size_equals_brute_force_enumeration():
+    resolved = api.resolve(api.space_from_dict(SMALL), "minilm")
+    candidates = enumerate_all(resolved)
+    assert len(candidates) == resolved.size()
+
+
+def test_param_range_equals_brute_force_extremes():
+    resolved = api.resolve(api.space_from_dict(SMALL), "minilm")
+    reg = methods.registry()
+    counts = [candidate_params(c, resolved.profile, reg) for c in enumerate_all(resolved)]
+    assert resolved.param_range() == (min(counts), max(counts))
+
+
+def test_sampling_respects_placement_and_exclusive_peft_method():
+    resolved = api.resolve(api.space_from_dict(SMALL), "minilm")
+    rng = RandomSuggest(seed=3)
+    methods_seen = set()
+    for _ in range(200):
+        cand = resolved.sample(rng)
+        peft = [m for m in cand.modules if methods.get(m.method).backend == "peft"]
+        assert len(peft) <= 1
+        for m in cand.modules:
+            methods_seen.add(m.method)
+            if m.method == "lora":
+                assert set(m.layers) <= {0, 2, 3}
+                assert m.targets in (("q", "v"), ("q", "k", "v", "o"))
+                assert m.params["rank"] in (4, 8)
+            if m.method == "serial_adapter":
+                assert set(m.layers) <= {4, 5} and m.sizes and set(m.sizes.values()) == {8}
+        assert "peft_method" in rng.params
+    assert methods_seen == {"lora", "ia3", "serial_adapter", "bitfit"}
+
+
+def test_candidate_key_is_stable_and_order_free():
+    resolved = api.resolve(api.space_from_dict(SMALL), "minilm")
+    a = resolved.sample(RandomSuggest(seed=5))
+    b = resolved.sample(RandomSuggest(seed=5))
+    assert a.key() == b.key()
+    assert Candidate.model_validate(a.to_json()).key() == a.key()
+
+
+@pytest.mark.parametrize(
+    ("layers", "expected"),
+    [
+        ("all", [0, 1, 2, 3, 4, 5]),
+        ({"top": 2}, [4, 5]),
+        ({"bottom": 2}, [0, 1]),
+        ({"every": 2}, [0, 2, 4]),
+        ({"every": 2, "offset": 1}, [1, 3, 5]),
+        ({"mask": [1, 0, 0, 0, 0, 1]}, [0, 5]),
+        ([3, 1], [1, 3]),
+    ],
+)
+def test_layer_patterns(layers, expected):
+    space = api.space_from_dict({"modules": {"lora": {"rank": 4, "layers": layers}}})
+    cand = api.resolve(space, "minilm").sample(RandomSuggest())
+    assert list(cand.modules[0].layers) == expected
+
+
+def test_target_groups_expand_per_architecture(tiny_llama_profile):
+    space = api.space_from_dict({"modules": {"lora": {"rank": 4, "targets": ["ffn"]}}})
+    bert = api.resolve(space, "minilm").sample(RandomSuggest())
+    llama = api.resolve(space, tiny_llama_profile).sample(RandomSuggest())
+    assert bert.modules[0].targets == ("ffn_up", "ffn_down")
+    assert llama.modules[0].targets == ("ffn_up", "ffn_gate", "ffn_down")
+
+
+def test_budget_fraction_and_absolute():
+    base = 1_000_000
+    pct = api.space_from_dict({"modules": {"lora": {}}, "budget": {"max_trainable_params": "1%"}})
+    absolute = api.space_from_dict(
+        {"modules": {"lora": {}}, "budget": {"max_trainable_params": 5e4}}
+    )
+    assert pct.budget.param_limit(base) == 10_000
+    assert absolute.budget.param_limit(base) == 50_000
+
+
+def test_study_file_with_space_path(tmp_path):
+    (tmp_path / "space.yaml").write_text((ROOT / "search_spaces/lora.yaml").read_text())
+    (tmp_path / "study.yaml").write_text(
+        "name: demo\nsearch_space: space.yaml\nobjectives: accuracy, -trainable_params\n"
+    )
+    study = api.load(tmp_path / "study.yaml")
+    assert study.name == "demo" and "lora" in study.search_space.modules
+    assert [(o.metric, o.direction) for o in study.objectives] == [
+        ("accuracy", "maximize"),
+        ("trainable_params", "minimize"),
+    ]

@@ -1,0 +1,165 @@
+"""run_trial on a tiny model and a real offline task: results, determinism, failures as data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autopeft import api, methods
+from autopeft.core.candidate import Candidate, ModuleConfig
+from autopeft.core.result import MemoryKind, TrialStatus
+from autopeft.train.trial import TrialContext, run_trial
+
+LORA = Candidate(
+    modules=(
+        ModuleConfig(
+            method="lora",
+            params={"rank": 4, "alpha": 8.0, "dropout": 0.0, "use_dora": False},
+            layers=(0, 1, 2, 3),
+            targets=("q", "v"),
+        ),
+    )
+)
+
+
+def make_context(budget=None, **training):
+    study = {
+        "name": "t",
+        "model": "tiny-bert",
+        "task": {"name": "sms_spam", "max_length": 32},
+        "search_space": {"modules": {"lora": {}}, **({"budget": budget} if budget else {})},
+        "training": {
+            "steps": 12,
+            "batch_size": 8,
+            "eval_every": 6,
+            "eval_examples": 64,
+            **training,
+        },
+    }
+    return TrialContext.create(api.study_from_dict(study), cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return make_context()
+
+
+def test_complete_trial_measures_everything(ctx):
+    res = run_trial(ctx, LORA)
+    assert res.status is TrialStatus.COMPLETE, res.error
+    spec = methods.get("lora")
+    assert res.trainable_params == spec.count_params(ctx.profile, LORA.modules[0]) == 2 * 4 * 4 * 64
+    assert res.head_params == ctx.profile.head_params
+    assert set(res.metrics) >= {"accuracy", "f1", "mcc", "loss"}
+    assert 0.0 <= res.metrics["accuracy"] <= 1.0
+    assert [h["step"] for h in res.history] == [6, 12]
+    assert res.steps == res.target_steps == 12
+    assert res.memory_kind is MemoryKind.CPU_ESTIMATE and res.peak_memory_mb > 0
+    assert res.predicted_memory_mb > 0 and res.tokens_per_s > 0 and res.wall_time_s > 0
+    TrialResultRoundTrip = type(res).model_validate_json(res.model_dump_json())
+    assert TrialResultRoundTrip == res
+
+
+def test_trials_are_deterministic(ctx):
+    a, b = run_trial(ctx, LORA), run_trial(ctx, LORA)
+    assert a.metrics == b.metrics and a.history == b.history
+    assert a.peak_memory_mb == b.peak_memory_mb
+
+
+def test_low_fidelity_is_a_prefix_of_the_full_run(ctx):
+    short, full = run_trial(ctx, LORA, steps=6), run_trial(ctx, LORA)
+    assert short.history[0] == full.history[0]
+
+
+def test_report_can_stop_a_trial_early(ctx):
+    seen = []
+    res = run_trial(ctx, LORA, report=lambda step, m: seen.append(step) or False)
+    assert res.status is TrialStatus.PRUNED and res.steps == 6 and seen == [6]
+
+
+def test_over_parameter_budget_is_infeasible_without_training():
+    ctx = make_context(budget={"max_trainable_params": 100})
+    res = run_trial(ctx, LORA)
+    assert res.status is TrialStatus.INFEASIBLE and res.steps == 0
+    assert "exceed the budget of 100" in res.error and res.trainable_params == 2048
+
+
+def test_over_memory_budget_is_infeasible_without_training():
+    ctx = make_context(budget={"max_memory_mb": 0.001})
+    res = run_trial(ctx, LORA)
+    assert res.status is TrialStatus.INFEASIBLE and "predicted memory" in res.error
+
+
+def _inject(ctx, make_hook):
+    def before(adapted):
+        head = adapted.base.get_submodule(ctx.profile.head_path)
+        head.register_forward_hook(make_hook())
+
+    ctx.before_training = before
+
+
+def test_nan_loss_fails_with_the_step_and_the_study_goes_on(ctx):
+    def hook():
+        calls = {"n": 0}
+
+        def fn(module, args, out):
+            calls["n"] += 1
+            return out * float("nan") if calls["n"] >= 4 else out  # 1st call: memory estimate
+
+        return fn
+
+    _inject(ctx, hook)
+    try:
+        res = run_trial(ctx, LORA)
+    finally:
+        ctx.before_training = None
+    assert res.status is TrialStatus.FAILED and res.error_step == 3
+    assert "loss is nan at step 3" in res.error
+    assert run_trial(ctx, LORA).status is TrialStatus.COMPLETE
+
+
+def test_exception_fails_with_the_message(ctx):
+    def hook():
+        def fn(module, args, out):
+            raise ValueError("injected failure")
+
+        return fn
+
+    _inject(ctx, hook)
+    try:
+        res = run_trial(ctx, LORA)
+    finally:
+        ctx.before_training = None
+    assert res.status is TrialStatus.FAILED
+    assert res.error.startswith("ValueError: injected failure")
+
+
+def test_out_of_memory_is_infeasible_and_the_next_trial_runs(ctx):
+    def hook():
+        def fn(module, args, out):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        return fn
+
+    _inject(ctx, hook)
+    try:
+        res = run_trial(ctx, LORA)
+    finally:
+        ctx.before_training = None
+    assert res.status is TrialStatus.INFEASIBLE
+    assert res.error.startswith("out of device memory: CUDA out of memory")
+    assert run_trial(ctx, LORA).status is TrialStatus.COMPLETE
+
+
+def test_native_and_peft_modules_train_together(ctx):
+    cand = Candidate(
+        modules=(
+            LORA.modules[0],
+            ModuleConfig(
+                method="serial_adapter", params={"size": 8, "activation": "relu"}, layers=(2, 3)
+            ),
+        )
+    )
+    res = run_trial(ctx, cand)
+    assert res.status is TrialStatus.COMPLETE, res.error
+    assert res.trainable_params == 2048 + 2 * (2 * 32 * 8 + 8 + 32)

@@ -165,16 +165,24 @@ class Encoded:
     input_ids: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
+    #: Pad on the left: causal classifiers read the last position, which must be a real
+    #: token also when they cannot see the ids (prompt tuning passes embeddings).
+    left_pad: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """A batch trimmed to its longest example (dynamic padding)."""
-        width = int(self.lengths[idx].max())
+        lengths = self.lengths[idx]
+        width = int(lengths.max())
         ids = self.input_ids[idx, :width]
-        mask = (torch.arange(width)[None, :] < self.lengths[idx, None]).long()
-        return {"input_ids": ids, "attention_mask": mask, "labels": self.labels[idx]}
+        cols = torch.arange(width)[None, :]
+        mask = cols < lengths[:, None]
+        if self.left_pad:  # rotate each row so its tokens end at the last column
+            shift = (cols - (width - lengths[:, None])) % width
+            ids, mask = ids.gather(1, shift), mask.gather(1, shift)
+        return {"input_ids": ids, "attention_mask": mask.long(), "labels": self.labels[idx]}
 
     def batches(self, size: int, seed: int, steps: int) -> Iterator[dict[str, torch.Tensor]]:
         """``steps`` training batches from seeded reshuffles of the split."""
@@ -189,14 +197,16 @@ class Encoded:
                     return
 
 
-def encode(task: Task, tokenizer, max_length: int, cache_dir: Path | None) -> dict[str, Encoded]:
+def encode(
+    task: Task, tokenizer, max_length: int, cache_dir: Path | None, left_pad: bool = False
+) -> dict[str, Encoded]:
     """Tokenise every split once; reuse the on-disk cache when the key matches."""
     tok_id = f"{getattr(tokenizer, 'name_or_path', '')}-{len(tokenizer)}"
     key = hashlib.sha1(f"{task.fingerprint}|{tok_id}|{max_length}".encode()).hexdigest()[:16]
     path = cache_dir / f"tokens-{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
         saved = torch.load(path)
-        return {s: Encoded(**saved[s]) for s in SPLITS}
+        return {s: Encoded(**saved[s], left_pad=left_pad) for s in SPLITS}
     out = {}
     pad = tokenizer.pad_token_id or 0
     for split in SPLITS:
@@ -213,10 +223,12 @@ def encode(task: Task, tokenizer, max_length: int, cache_dir: Path | None) -> di
             tensor,
             torch.tensor([len(x) for x in ids]),
             torch.tensor([task.labels[i] for i in idx]),
+            left_pad,
         )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({s: vars(e) for s, e in out.items()}, tmp)
+        fields = ("input_ids", "lengths", "labels")
+        torch.save({s: {f: getattr(e, f) for f in fields} for s, e in out.items()}, tmp)
         tmp.replace(path)  # atomic: a killed run never leaves a half-written cache
     return out

@@ -30,7 +30,7 @@ def cpu_estimate_mb(adapted: AdaptedModel, batch: dict[str, torch.Tensor]) -> fl
     Counts every parameter, a gradient and two AdamW moments per trainable parameter, and the
     tensors autograd saves for backward (unique storages, parameters excluded), which is what
     stays alive at the peak between forward and backward. Deterministic, unlike process RSS.
-    Gradients are cleared afterwards, so training is unaffected.
+    Costs one forward pass; no gradients are computed, so training is unaffected.
     """
     model = adapted.model
     params = list(model.parameters())
@@ -45,10 +45,10 @@ def cpu_estimate_mb(adapted: AdaptedModel, batch: dict[str, torch.Tensor]) -> fl
         return t
 
     model.train()
+    # Forward only: what autograd saves is known once the graph is built; no backward needed.
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = model(**batch).loss
-    loss.backward()
-    model.zero_grad(set_to_none=True)
+    del loss
     unique = {id(p): p for p in params}.values()
     weights = sum(p.numel() * p.element_size() for p in unique)
     trainable = sum(p.numel() * p.element_size() for p in unique if p.requires_grad)

@@ -57,10 +57,11 @@ class TrialContext:
         task = load_task(config.task, seed=config.training.seed)
         train_texts = [task.texts[i] for i in task.split["train"]]
         tokenizer = load_tokenizer(config.model, train_texts)
-        data = encode(task, tokenizer, config.task.max_length, cache_dir)
         model = load_model(config.model, num_labels=task.num_labels, seed=config.training.seed)
+        profile = profile_model(model)
+        data = encode(task, tokenizer, config.task.max_length, cache_dir, profile.is_causal)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(config, task, data, model, profile_model(model), dev)
+        return cls(config, task, data, model, profile, dev)
 
     @property
     def budget(self) -> Budget:

@@ -1,0 +1,249 @@
+"""Per-trial framework overhead: run_trial vs a bare PyTorch loop vs Hugging Face Trainer.
+
+The same model, LoRA candidate, data, batches and step count go through each path; runs are
+interleaved (A B C A B C ...) and the median is reported. Whole-trial wall time counts copying
+the loaded base model, attaching the adapter, training and one evaluation; step time counts
+the training steps alone.
+
+    .venv/bin/python bench/trial_overhead.py --steps 30 --reps 3
+
+Results: bench/results/trial_overhead_<device>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from autopeft import api, methods
+from autopeft.core.candidate import Candidate, ModuleConfig
+from autopeft.train.loop import lr_factor
+from autopeft.train.trial import TrialContext, run_trial
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def candidate(layers: int) -> Candidate:
+    cfg = ModuleConfig(
+        method="lora",
+        params={"rank": 8, "alpha": 16.0, "dropout": 0.0, "use_dora": False},
+        layers=tuple(range(layers)),
+        targets=("q", "v"),
+    )
+    return Candidate(modules=(cfg,))
+
+
+def bare_loop(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, float, float]:
+    """The minimal loop a researcher would write: peft model, AdamW, linear schedule."""
+    from peft import get_peft_model
+
+    cfg, dev = ctx.config.training, ctx.device
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(ctx.base_model)
+    spec = methods.get("lora")
+    model = get_peft_model(model, spec.peft_config(ctx.profile, cand.modules[0], steps)).to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.schedule)
+    )
+    model.train()
+    t0 = time.perf_counter()
+    for batch in ctx.data["train"].batches(cfg.batch_size, cfg.seed, steps):
+        loss = model(**{k: v.to(dev) for k, v in batch.items()}).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    train_seconds = time.perf_counter() - t0
+    model.eval()
+    valid, correct, n = (
+        ctx.data["validation"],
+        0,
+        min(cfg.eval_examples, len(ctx.data["validation"])),
+    )
+    with torch.no_grad():
+        for s in range(0, n, cfg.batch_size * 2):
+            b = valid.batch(torch.arange(s, min(n, s + cfg.batch_size * 2)))
+            logits = model(**{k: v.to(dev) for k, v in b.items()}).logits
+            correct += int((logits.argmax(-1).cpu() == b["labels"]).sum())
+    return time.perf_counter() - start, correct / n, train_seconds
+
+
+def hf_trainer(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, float, float]:
+    """The same trial through transformers.Trainer (what HF users run today)."""
+    from peft import get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    cfg = ctx.config.training
+    train, valid = ctx.data["train"], ctx.data["validation"]
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, enc, n):
+            self.enc, self.n = enc, n
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return {k: v[0] for k, v in self.enc.batch(torch.tensor([i])).items()}
+
+    def collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - len(t)))  # noqa: E731
+        return {
+            "input_ids": torch.stack([pad(r["input_ids"]) for r in rows]),
+            "attention_mask": torch.stack([pad(r["attention_mask"]) for r in rows]),
+            "labels": torch.stack([r["labels"] for r in rows]),
+        }
+
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = copy.deepcopy(ctx.base_model)
+    model = get_peft_model(
+        model, methods.get("lora").peft_config(ctx.profile, cand.modules[0], steps)
+    )
+    args = TrainingArguments(
+        output_dir="/tmp/autopeft-bench-trainer",
+        max_steps=steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size * 2,
+        learning_rate=cfg.lr,
+        warmup_steps=int(cfg.warmup * cfg.steps),
+        lr_scheduler_type="linear",
+        max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay,
+        logging_strategy="no",
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=ctx.device.type == "cpu",
+        bf16=ctx.device.type == "cuda",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=cfg.seed,
+    )
+    n = min(cfg.eval_examples, len(valid))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Rows(train, len(train)),
+        eval_dataset=Rows(valid, n),
+        data_collator=collate,
+        compute_metrics=lambda p: {
+            "accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())
+        },
+    )
+    out = trainer.train()
+    metrics = trainer.evaluate()
+    return time.perf_counter() - start, metrics["eval_accuracy"], out.metrics["train_runtime"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--eval-examples", type=int, default=256)
+    args = parser.parse_args()
+
+    study = api.study_from_dict(
+        {
+            "name": "bench",
+            "model": args.model,
+            "task": {"name": "rotten_tomatoes", "max_length": args.max_length},
+            "search_space": {"modules": {"lora": {}}},
+            "training": {
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "eval_every": args.steps,
+                "eval_examples": args.eval_examples,
+            },
+        }
+    )
+    ctx = TrialContext.create(study, cache_dir=Path("/tmp/autopeft-bench-cache"))
+    cand = candidate(ctx.profile.num_layers)
+
+    # run_trial reports tokens/s over its training steps; the training seconds follow from it.
+    def autopeft_path(ctx, cand, steps):
+        start = time.perf_counter()
+        res = run_trial(ctx, cand, steps=steps)
+        wall = time.perf_counter() - start
+        assert res.status.value == "COMPLETE", res.error
+        tokens = int(
+            sum(
+                int(b["attention_mask"].sum())
+                for b in ctx.data["train"].batches(args.batch_size, ctx.config.training.seed, steps)
+            )
+        )
+        return wall, res.metrics["accuracy"], tokens / res.tokens_per_s
+
+    paths = {"bare loop": bare_loop, "autopeft run_trial": autopeft_path, "HF Trainer": hf_trainer}
+    runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in paths}
+    for _ in range(args.reps):
+        for name, fn in paths.items():
+            runs[name].append(fn(ctx, cand, args.steps))
+    base_wall = statistics.median(r[0] for r in runs["bare loop"])
+    base_step = statistics.median(r[2] for r in runs["bare loop"]) / args.steps
+    rows = []
+    for name, rs in runs.items():
+        wall = statistics.median(r[0] for r in rs)
+        step = statistics.median(r[2] for r in rs) / args.steps
+        rows.append(
+            {
+                "path": name,
+                "trial_wall_s": round(wall, 3),
+                "wall_ratio_vs_bare": round(wall / base_wall, 3),
+                "step_ms": round(1000 * step, 1),
+                "step_ratio_vs_bare": round(step / base_step, 3),
+                "accuracy": round(statistics.median(r[1] for r in rs), 4),
+                "walls": [round(r[0], 3) for r in rs],
+            }
+        )
+    device = (
+        torch.cuda.get_device_name() if ctx.device.type == "cuda" else f"cpu-{platform.machine()}"
+    )
+    result = {
+        "benchmark": "trial_overhead",
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "model": args.model,
+        "candidate": cand.describe(),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "reps": args.reps,
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    tag = "gpu" if ctx.device.type == "cuda" else "cpu"
+    (RESULTS / f"trial_overhead_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# Trial overhead ({device}, {args.model}, {cand.describe()}, {args.steps} steps, "
+        f"batch {args.batch_size}, max length {args.max_length}, median of {args.reps})",
+        "",
+        "| path | trial wall s | wall vs bare | step ms | step vs bare | val. accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['path']} | {r['trial_wall_s']} | {r['wall_ratio_vs_bare']}x | {r['step_ms']} | "
+        f"{r['step_ratio_vs_bare']}x | {r['accuracy']} |"
+        for r in rows
+    ]
+    (RESULTS / f"trial_overhead_{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ import pytest
 
 from autopeft import api, methods
 from autopeft.core.candidate import Candidate
+from autopeft.core.errors import ConfigError
 from autopeft.core.resolve import RandomSuggest, candidate_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,6 +169,23 @@ def test_target_groups_expand_per_architecture(tiny_llama_profile):
     llama = api.resolve(space, tiny_llama_profile).sample(RandomSuggest())
     assert bert.modules[0].targets == ("ffn_up", "ffn_down")
     assert llama.modules[0].targets == ("ffn_up", "ffn_gate", "ffn_down")
+
+
+def test_architecture_names_are_accepted_as_targets(tiny_llama_profile):
+    space = api.space_from_dict(
+        {"modules": {"lora": {"rank": 4, "targets": ["q_proj", "down_proj"]}}}
+    )
+    llama = api.resolve(space, tiny_llama_profile).sample(RandomSuggest())
+    assert llama.modules[0].targets == ("q", "ffn_down")
+    bert_space = api.space_from_dict(
+        {"modules": {"lora": {"rank": 4, "targets": ["query", "value"]}}}
+    )
+    assert api.resolve(bert_space, "minilm").sample(RandomSuggest()).modules[0].targets == (
+        "q",
+        "v",
+    )
+    with pytest.raises(ConfigError, match="'q_proj' does not exist in a bert model"):
+        api.resolve(space, "minilm")
 
 
 def test_budget_fraction_and_absolute():

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from autopeft.core.errors import RuleError, did_you_mean
-from autopeft.core.profile import TARGET_GROUPS, TARGETS
+from autopeft.core.profile import KNOWN_TARGET_NAMES
 
 Scalar = StrictBool | StrictInt | StrictFloat | str
 
@@ -230,7 +230,7 @@ def parse_target_spec(value: Any) -> Any:
         groups = [value]
     else:
         raise RuleError("targets must be a list of names", "e.g. [q, v] or [attn, ffn]", value)
-    known = set(TARGETS) | set(TARGET_GROUPS)
+    known = KNOWN_TARGET_NAMES
     for group in groups:
         if not group:
             raise RuleError("targets must not be empty", "e.g. [q, v] or [attn]", group)

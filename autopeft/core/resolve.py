@@ -24,7 +24,7 @@ from autopeft.core.params import (
     normalise_param,
     resolve_layers,
 )
-from autopeft.core.profile import TARGET_GROUPS, ModelProfile
+from autopeft.core.profile import LOCAL_TARGETS, TARGET_GROUPS, ModelProfile
 from autopeft.core.space import ModuleSpace, SearchSpace
 
 _ENUM_LIMIT = 4096
@@ -283,13 +283,16 @@ class ResolvedSpace:
     def _targets(self, names: list[str]) -> tuple[str, ...]:
         available = self.profile.available_targets
         out: list[str] = []
+        local = LOCAL_TARGETS.get(self.profile.family, {})
         for name in names:
+            name = local.get(name, name)  # the architecture's own name, e.g. q_proj -> q
             if name in TARGET_GROUPS:
                 out += [t for t in TARGET_GROUPS[name] if t in available]
             elif name not in available:
                 raise RuleError(
                     f"target {name!r} does not exist in a {self.profile.family} model",
-                    f"available: {', '.join(available)}",
+                    f"available: {', '.join(available)}"
+                    + (f" (or this model's names: {', '.join(local)})" if local else ""),
                     name,
                 )
             else:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from autopeft import methods
+from autopeft.core.candidate import Candidate
 from autopeft.core.config import load_config, parse_space, parse_study
 from autopeft.core.profile import ModelProfile, load_profile
-from autopeft.core.resolve import ResolvedSpace
+from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.space import SearchSpace
 from autopeft.core.study_config import StudyConfig
 from autopeft.core.summary import summarize
@@ -48,3 +49,9 @@ def validate(path: str | Path, model: str | None = None) -> str:
         space, model, kind = config, model or "minilm", "search space"
     resolved = resolve(space, model)
     return f"{path}: valid {kind}\n" + summarize(resolved, methods.registry(), model)
+
+
+def candidate_trainable_params(candidate: Candidate, model: str | ModelProfile = "minilm") -> int:
+    """Exact trainable parameters of a candidate on a model (head excluded), without torch."""
+    profile = model if isinstance(model, ModelProfile) else load_profile(model)
+    return candidate_params(candidate, profile, methods.registry())

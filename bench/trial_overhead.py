@@ -50,6 +50,7 @@ def bare_loop(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, fl
     model = copy.deepcopy(ctx.base_model)
     spec = methods.get("lora")
     model = get_peft_model(model, spec.peft_config(ctx.profile, cand.modules[0], steps)).to(dev)
+    torch.manual_seed(cfg.seed)  # the same dropout stream as run_trial, for equal accuracy
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(

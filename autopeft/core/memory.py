@@ -1,10 +1,15 @@
 """A memory model of a training trial, available before training (for budgets and packing).
 
 peak = weights + trainable state (gradient + AdamW moments) + saved activations.
-Activations are needed only from the lowest block that holds a trainable module upward
-(gradients need not flow below it); prompt tuning needs all blocks. The per-token and
-attention coefficients are per architecture family; `autopeft.train.memory` measures the
-real figure (CUDA allocator peak on GPU, saved-tensor accounting on CPU) to check them.
+
+Saved activations have two parts:
+- the *gradient path*: every block from the lowest trained block to the top keeps what its
+  non-linear ops save for backward (LayerNorm and activation inputs, attention operands and
+  probabilities) — frozen linear layers save nothing but their (already counted) weights;
+- the *module inputs*: a trainable module keeps the tensor it reads (a LoRA on q, k and v
+  shares one saved input; one on ffn_down keeps the FFN's intermediate activation).
+The coefficients are per architecture family, fitted by ``bench/memory_model.py --fit`` to
+measured figures; `autopeft.train.memory` measures the real peak to keep them honest.
 """
 
 from __future__ import annotations
@@ -16,9 +21,27 @@ from autopeft.core.profile import ModelProfile
 
 MB = 1024 * 1024
 
-#: Saved activations per token per block, in units of (hidden, intermediate) elements, and
-#: attention-probability copies per head per token pair; fitted to saved-tensor accounting.
-ACTIVATION_COEFFS = {"bert": (12.0, 3.0, 2.0), "llama": (10.0, 5.0, 2.0)}
+#: Per family: gradient-path elements per token per block as multiples of (hidden,
+#: intermediate), attention copies per head per token pair, and module-input copies.
+ACTIVATION_COEFFS = {
+    "bert": (0.881, 3.524, 1.322, 1.933),
+    "llama": (0.356, 0.712, 2.137, 0.597),
+}
+
+#: Which saved tensor a module on a target reads: targets sharing a source share a tensor.
+_SOURCE = {
+    "q": "attn_in",
+    "k": "attn_in",
+    "v": "attn_in",
+    "o": "attn_ctx",
+    "ffn_up": "ffn_in",
+    "ffn_gate": "ffn_in",
+    "ffn_down": "ffn_mid",
+}
+#: Native modules without targets and the source they read.
+_NATIVE_SOURCE = {"serial_adapter": "ffn_out", "parallel_adapter": "ffn_in"}
+#: Modules that need no saved input for their own gradient (bias-like or outside blocks).
+_NO_INPUT = {"bitfit", "prompt", "prefix", "ln_tuning"}
 
 
 @dataclass(frozen=True)
@@ -35,12 +58,35 @@ class MemoryPrediction:
         return (self.weights + self.train_state + self.activations) / MB
 
 
-def lowest_trained_block(candidate: Candidate, embeddings_trained: bool) -> int | None:
-    """The lowest transformer block a gradient must reach (None: only the head trains)."""
+def blocks_with_gradient(
+    profile: ModelProfile, candidate: Candidate, embeddings_trained: bool = False
+) -> int:
+    """How many blocks a gradient flows through: from the lowest trained block to the top."""
     if embeddings_trained:
-        return 0
+        return profile.num_layers
     layers = [min(m.layers) for m in candidate.modules if m.layers]
-    return min(layers) if layers else None
+    return profile.num_layers - min(layers) if layers else 0
+
+
+def module_input_elements(profile: ModelProfile, candidate: Candidate) -> int:
+    """Elements per token of the distinct tensors trainable modules read (all blocks)."""
+    width = {
+        "attn_in": profile.hidden_size,
+        "attn_ctx": profile.num_heads * profile.head_dim,
+        "ffn_in": profile.hidden_size,
+        "ffn_mid": profile.intermediate_size,
+        "ffn_out": profile.hidden_size,
+    }
+    sources: set[tuple[int, str]] = set()
+    for m in candidate.modules:
+        if m.method in _NO_INPUT:
+            continue
+        for layer in m.layers:
+            if m.method in _NATIVE_SOURCE:
+                sources.add((layer, _NATIVE_SOURCE[m.method]))
+            for target in m.targets:
+                sources.add((layer, _SOURCE[target]))
+    return sum(width[src] for _, src in sources)
 
 
 def predict_memory(
@@ -64,13 +110,22 @@ def predict_memory(
         embeddings_trained: True for methods whose gradient reaches the input embeddings.
     """
     act_bytes = 2 if device == "cuda" else 4
-    total_params = profile.base_params + profile.head_params + trainable_params
-    weights = 4 * total_params
+    weights = 4 * (profile.base_params + profile.head_params + trainable_params)
     train_state = 12 * (trainable_params + profile.head_params)
-    low = lowest_trained_block(candidate, embeddings_trained)
-    blocks = 0 if low is None else profile.num_layers - low
-    a, b, c = ACTIVATION_COEFFS.get(profile.family, ACTIVATION_COEFFS["bert"])
-    per_token = a * profile.hidden_size + b * profile.intermediate_size
-    attention = c * profile.num_heads * seq_len
-    activations = int(batch_size * seq_len * blocks * (per_token + attention) * act_bytes)
+    blocks = blocks_with_gradient(profile, candidate, embeddings_trained)
+    a, b, c, d = ACTIVATION_COEFFS.get(profile.family, ACTIVATION_COEFFS["bert"])
+    path = blocks * (
+        a * profile.hidden_size + b * profile.intermediate_size + c * profile.num_heads * seq_len
+    )
+    inputs = d * module_input_elements(profile, candidate)
+    activations = int(batch_size * seq_len * (path + inputs) * act_bytes)
+    # DoRA normalises the merged weight each step: ~3 weight-sized fp32 tensors per target
+    # stay alive for backward (fitted, see bench/results/memory_model_cpu.md).
+    for m in candidate.modules:
+        if m.params.get("use_dora"):
+            activations += 12 * sum(
+                profile.linear(i, t).in_features * profile.linear(i, t).out_features
+                for i in m.layers
+                for t in m.targets
+            )
     return MemoryPrediction(weights, train_state, activations)

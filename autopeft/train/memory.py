@@ -36,12 +36,14 @@ def cpu_estimate_mb(adapted: AdaptedModel, batch: dict[str, torch.Tensor]) -> fl
     params = list(model.parameters())
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
     saved: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # keeps every saved storage alive so no address is reused
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in param_ptrs:
             saved[ptr] = storage.nbytes()
+            alive.append(t)
         return t
 
     model.train()
@@ -49,6 +51,7 @@ def cpu_estimate_mb(adapted: AdaptedModel, batch: dict[str, torch.Tensor]) -> fl
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = model(**batch).loss
     del loss
+    alive.clear()
     unique = {id(p): p for p in params}.values()
     weights = sum(p.numel() * p.element_size() for p in unique)
     trainable = sum(p.numel() * p.element_size() for p in unique if p.requires_grad)

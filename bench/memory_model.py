@@ -1,0 +1,213 @@
+"""Predicted vs measured peak training memory across module types and placements.
+
+On CPU the "measured" figure is autopeft's deterministic estimate (parameters + AdamW state +
+tensors saved for backward, one forward of the longest batch); on a GPU it is the CUDA
+allocator's peak over real training steps. `--fit` refits the activation coefficients of
+`autopeft.core.memory` (per family) by least squares and prints them.
+
+    .venv/bin/python bench/memory_model.py [--fit] [--device cuda]
+
+Results: bench/results/memory_model_<cpu|gpu>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from autopeft import api
+from autopeft.core import memory as memmodel
+from autopeft.core.candidate import Candidate, ModuleConfig
+from autopeft.train.build import build_adapted
+from autopeft.train.memory import MB, cpu_estimate_mb, cuda_peak
+from autopeft.train.trial import EMBEDDING_METHODS, TrialContext
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def m(method, layers, targets=(), **params):
+    return ModuleConfig(method=method, params=params, layers=tuple(layers), targets=tuple(targets))
+
+
+def candidates(n: int) -> dict[str, Candidate]:
+    top, all_ = range(n // 2, n), range(n)
+    lora = {"alpha": 16.0, "dropout": 0.0, "use_dora": False}
+    return {
+        "lora r8 qv all": Candidate(modules=(m("lora", all_, ("q", "v"), rank=8, **lora),)),
+        "lora r8 qv top half": Candidate(modules=(m("lora", top, ("q", "v"), rank=8, **lora),)),
+        "dora r16 attn+ffn": Candidate(
+            modules=(
+                m(
+                    "lora",
+                    all_,
+                    ("q", "k", "v", "o", "ffn_up", "ffn_down"),
+                    rank=16,
+                    alpha=16.0,
+                    dropout=0.0,
+                    use_dora=True,
+                ),
+            )
+        ),
+        "ia3": Candidate(modules=(m("ia3", all_, ("k", "v", "ffn_down")),)),
+        "serial adapter 64": Candidate(
+            modules=(m("serial_adapter", all_, size=64, activation="relu"),)
+        ),
+        "parallel adapter 32 top": Candidate(
+            modules=(m("parallel_adapter", top, size=32, scale=4.0, activation="relu"),)
+        ),
+        "prefix 20": Candidate(modules=(m("prefix", all_, length=20),)),
+        "bitfit": Candidate(
+            modules=(m("bitfit", all_, ("q", "k", "v", "o", "ffn_up", "ffn_down"), norms=True),)
+        ),
+        "autopeft mix": Candidate(
+            modules=(
+                m("serial_adapter", top, size=24, activation="relu"),
+                m("parallel_adapter", top, size=48, scale=4.0, activation="relu"),
+                m("prefix", top, length=12),
+            )
+        ),
+        "lora + parallel + prefix": Candidate(
+            modules=(
+                m("lora", all_, ("q", "v"), rank=8, **lora),
+                m("parallel_adapter", all_, size=16, scale=4.0, activation="relu"),
+                m("prefix", all_, length=10),
+            )
+        ),
+        "head only": Candidate(modules=()),
+    }
+
+
+def measure(ctx: TrialContext, cand: Candidate, batch_size: int) -> tuple[float, dict]:
+    train = ctx.data["train"]
+    longest = train.lengths.argsort(descending=True)[:batch_size]
+    batch = train.batch(longest)
+    adapted = build_adapted(copy.deepcopy(ctx.base_model), ctx.profile, cand)
+    if ctx.device.type == "cpu":
+        return cpu_estimate_mb(adapted, batch), batch
+    model = adapted.model.to(ctx.device)
+    opt = torch.optim.AdamW(adapted.trainable_parameters(), lr=1e-4)
+    batch_d = {k: v.to(ctx.device) for k, v in batch.items()}
+    with cuda_peak(ctx.device) as box:
+        for _ in range(3):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**batch_d).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return box[0], batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="minilm,tiny-llama")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=48)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--fit", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    for model in args.models.split(","):
+        study = api.study_from_dict(
+            {
+                "name": "mem",
+                "model": model,
+                "task": {"name": "rotten_tomatoes", "max_length": args.max_length},
+                "search_space": {"modules": {"lora": {}}},
+                "training": {"batch_size": args.batch_size},
+            }
+        )
+        ctx = TrialContext.create(
+            study, cache_dir=Path("/tmp/autopeft-bench-cache"), device=args.device
+        )
+        for name, cand in candidates(ctx.profile.num_layers).items():
+            measured, batch = measure(ctx, cand, args.batch_size)
+            params = api.candidate_trainable_params(cand, ctx.profile)
+            seq = batch["input_ids"].shape[1]
+            pred = memmodel.predict_memory(
+                ctx.profile,
+                cand,
+                params,
+                args.batch_size,
+                seq,
+                ctx.device.type,
+                embeddings_trained=bool(EMBEDDING_METHODS & set(cand.methods)),
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "candidate": name,
+                    "params": params,
+                    "seq": seq,
+                    "measured_mb": round(measured, 2),
+                    "predicted_mb": round(pred.total_mb, 2),
+                    "error_pct": round(100 * (pred.total_mb - measured) / measured, 1),
+                    "static_mb": round((pred.weights + pred.train_state) / MB, 2),
+                    "family": ctx.profile.family,
+                    "blocks": memmodel.blocks_with_gradient(
+                        ctx.profile, cand, bool(EMBEDDING_METHODS & set(cand.methods))
+                    ),
+                    "hidden": ctx.profile.hidden_size,
+                    "inter": ctx.profile.intermediate_size,
+                    "heads": ctx.profile.num_heads,
+                    "batch": args.batch_size,
+                    "inputs": memmodel.module_input_elements(ctx.profile, cand),
+                }
+            )
+    if args.fit:
+        fit(rows, 4 if (args.device or "cpu") == "cpu" else 2)
+    tag = "gpu" if rows and (args.device or "cpu") != "cpu" else "cpu"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"memory_model_{tag}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    kind = "CUDA allocator peak" if tag == "gpu" else "CPU saved-tensor estimate (one forward)"
+    header = [
+        f"# Predicted vs measured peak training memory ({kind})",
+        "",
+        f"batch {args.batch_size}, longest batch of rotten_tomatoes at max length "
+        f"{args.max_length}; predicted: autopeft.core.memory.predict_memory.",
+        "",
+    ]
+    lines = [
+        "| model | candidate | trainable | measured MiB | predicted MiB | error |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['candidate']} | {r['params']:,} | {r['measured_mb']} | "
+        f"{r['predicted_mb']} | {r['error_pct']:+}% |"
+        for r in rows
+    ]
+    worst = max(abs(r["error_pct"]) for r in rows)
+    lines.append(f"\nworst |error|: {worst}% over {len(rows)} candidates")
+    (RESULTS / f"memory_model_{tag}.md").write_text("\n".join(header + lines) + "\n")
+    print("\n".join(lines))
+
+
+def fit(rows: list[dict], act_bytes: int) -> None:
+    """Least-squares activation coefficients per family from (measured - static)."""
+    for family in sorted({r["family"] for r in rows}):
+        xs, ys = [], []
+        for r in rows:
+            if r["family"] != family or not r["blocks"]:
+                continue
+            tokens = r["batch"] * r["seq"] * act_bytes / MB
+            per_block = tokens * r["blocks"]
+            xs.append(
+                [
+                    per_block * r["hidden"],
+                    per_block * r["inter"],
+                    per_block * r["heads"] * r["seq"],
+                    tokens * r["inputs"],
+                ]
+            )
+            ys.append(r["measured_mb"] - r["static_mb"])
+        sol = torch.linalg.lstsq(
+            torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)[:, None]
+        ).solution
+        print(f"{family}: " + ", ".join(f"{v:.3f}" for v in sol[:, 0].tolist()))
+
+
+if __name__ == "__main__":
+    main()

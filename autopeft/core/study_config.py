@@ -99,6 +99,14 @@ class TrainingConfig(_Section):
         return value
 
 
+class HalvingConfig(_Section):
+    """Pareto-aware successive halving over the training rungs (``training.rungs``)."""
+
+    enabled: bool = True
+    eta: float = Field(3.0, gt=1)
+    min_peers: int = Field(3, ge=1)
+
+
 class SamplerConfig(_Section):
     """Which sampler and its options."""
 
@@ -131,6 +139,7 @@ class StudyConfig(_Section):
         ]
     )
     sampler: SamplerConfig = SamplerConfig()
+    halving: HalvingConfig = HalvingConfig()
     n_trials: int = Field(20, ge=1)
     executor: Literal["local", "ray"] = "local"
     storage: str | None = None

@@ -106,11 +106,13 @@ def train_and_eval(
     steps: int | None = None,
     report: Report | None = None,
     device: torch.device | None = None,
+    eval_at: set[int] | frozenset[int] = frozenset(),
 ) -> LoopResult:
     """Train ``adapted`` for ``steps`` (default ``cfg.steps``) and evaluate it.
 
-    Evaluates every ``cfg.eval_every`` steps and at the end; each evaluation goes to ``report``,
-    which may return False to stop early. The schedule is laid out for ``cfg.steps`` so a
+    Evaluates every ``cfg.eval_every`` steps, at the steps in ``eval_at`` (successive-halving
+    rungs) and at the end; each evaluation goes to ``report``, which may return False to stop
+    early. The schedule is laid out for ``cfg.steps`` so a
     low-fidelity run is a prefix of the full run (what successive halving needs).
 
     Raises:
@@ -149,7 +151,7 @@ def train_and_eval(
         adapted.on_step(step)  # before zero_grad: AdaLoRA's rank allocation reads gradients
         opt.zero_grad(set_to_none=True)
         result.tokens += int(batch["attention_mask"].sum())
-        if step % cfg.eval_every == 0 or step == total:
+        if step % cfg.eval_every == 0 or step in eval_at or step == total:
             value = float(loss.detach())  # syncs the device only at evaluation points
             if int(first_bad):
                 raise NonFiniteLoss(int(first_bad), float("nan"))

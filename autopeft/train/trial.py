@@ -108,6 +108,7 @@ def run_trial(
     candidate: Candidate,
     steps: int | None = None,
     report: Report | None = None,
+    eval_at: set[int] | frozenset[int] = frozenset(),
 ) -> TrialResult:
     """Train ``candidate`` for ``steps`` (default: the study's full fidelity) and measure it.
 
@@ -147,7 +148,14 @@ def run_trial(
             torch.manual_seed(cfg.seed)
         with cuda_peak(ctx.device) as cuda_box:
             out = train_and_eval(
-                adapted, ctx.data["train"], ctx.data["validation"], cfg, target, report, ctx.device
+                adapted,
+                ctx.data["train"],
+                ctx.data["validation"],
+                cfg,
+                target,
+                report,
+                ctx.device,
+                eval_at,
             )
         peak = cuda_box[0] if memory_kind is MemoryKind.CUDA else peak
         wall = time.perf_counter() - started

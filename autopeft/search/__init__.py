@@ -1,0 +1,1 @@
+"""Search: the Optuna-backed study, samplers and executors (the only package importing optuna)."""

@@ -1,0 +1,114 @@
+"""Samplers by name: random, TPE, NSGA-II, Optuna GP, BoTorch qNEHVI and the AutoPEFT preset.
+
+Every sampler that supports it gets the study's ``constraints_func`` so over-budget and
+out-of-memory candidates are learned as infeasible rather than proposed again. Parallel
+workers are kept apart by pending-trial awareness: TPE's constant liar, BoTorch's
+``consider_running_trials`` (running trials enter qNEHVI as X_pending).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from autopeft.core.study_config import SamplerConfig
+
+ConstraintsFunc = Callable[[FrozenTrial], Sequence[float]]
+
+#: The AutoPEFT paper's schedule: 100 random initial trials, then the BO proposals.
+AUTOPEFT_STARTUP = 100
+
+
+def make_sampler(cfg: SamplerConfig, constraints: ConstraintsFunc) -> optuna.samplers.BaseSampler:
+    """Build the sampler named in the study."""
+    seed, startup = cfg.seed, cfg.n_startup_trials
+    if cfg.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=startup,
+            multivariate=True,
+            group=True,  # conditional spaces: model each module's parameters as a group
+            constant_liar=True,
+            constraints_func=constraints,
+        )
+    if cfg.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    if cfg.name == "gp":
+        return optuna.samplers.GPSampler(
+            seed=seed, n_startup_trials=startup, constraints_func=constraints
+        )
+    from optuna_integration import BoTorchSampler
+
+    if cfg.name == "qnehvi":
+        from optuna_integration.botorch import qnehvi_candidates_func
+
+        return BoTorchSampler(
+            candidates_func=qnehvi_candidates_func,
+            constraints_func=constraints,
+            n_startup_trials=startup,
+            consider_running_trials=True,
+            seed=seed,
+        )
+    if cfg.name == "autopeft":
+        return BoTorchSampler(
+            candidates_func=saas_qnehvi_candidates_func,
+            constraints_func=constraints,
+            n_startup_trials=startup,
+            consider_running_trials=True,
+            seed=seed,
+        )
+    raise ValueError(f"unknown sampler {cfg.name!r}")
+
+
+def saas_qnehvi_candidates_func(train_x, train_obj, train_con, bounds, pending_x):
+    """Candidates from qLogNEHVI over a SAAS fully Bayesian GP (the AutoPEFT surrogate).
+
+    Mirrors ``optuna_integration.botorch.qnehvi_candidates_func`` (same constraint handling,
+    reference point and normalisation) with ``SaasFullyBayesianSingleTaskGP`` fitted by NUTS
+    instead of a single-task GP; the MCMC budget is small because trials, not the surrogate,
+    are the expensive part.
+    """
+    import torch
+    from botorch.acquisition.multi_objective.logei import (
+        qLogNoisyExpectedHypervolumeImprovement,
+    )
+    from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
+    from botorch.fit import fit_fully_bayesian_model_nuts
+    from botorch.models import SaasFullyBayesianSingleTaskGP
+    from botorch.models.transforms.outcome import Standardize
+    from botorch.optim import optimize_acqf
+    from botorch.utils.transforms import normalize, unnormalize
+
+    n_obj = train_obj.size(-1)
+    extra = {}
+    train_y = train_obj
+    if train_con is not None:
+        train_y = torch.cat([train_obj, train_con], dim=-1)
+        extra = {
+            "objective": IdentityMCMultiOutputObjective(outcomes=list(range(n_obj))),
+            "constraints": [(lambda z, i=i: z[..., n_obj + i]) for i in range(train_con.size(-1))],
+        }
+    x = normalize(train_x, bounds=bounds)
+    pending = None if pending_x is None else normalize(pending_x, bounds=bounds)
+    model = SaasFullyBayesianSingleTaskGP(
+        x, train_y, outcome_transform=Standardize(m=train_y.shape[-1])
+    )
+    fit_fully_bayesian_model_nuts(
+        model, warmup_steps=64, num_samples=32, thinning=8, disable_progbar=True
+    )
+    acqf = qLogNoisyExpectedHypervolumeImprovement(
+        model=model,
+        ref_point=(train_obj.min(dim=0).values - 1e-8).tolist(),
+        X_baseline=x,
+        prune_baseline=True,
+        X_pending=pending,
+        **extra,
+    )
+    unit = torch.zeros_like(bounds)
+    unit[1] = 1
+    cand, _ = optimize_acqf(acqf, bounds=unit, q=1, num_restarts=8, raw_samples=256)
+    return unnormalize(cand.detach(), bounds=bounds)

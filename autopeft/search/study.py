@@ -1,0 +1,266 @@
+"""The Study: an Optuna study in a storage URL, holding every trial's full TrialResult.
+
+One ``tell`` path serves every executor, so the Optuna study stays truthful for
+optuna-dashboard: parameters have readable names (``lora.rank``, ``placement.layer_3``),
+each trial carries its ``TrialResult`` JSON and status in user attributes, and the states map
+as COMPLETE -> COMPLETE, PRUNED -> PRUNED, FAILED -> FAIL, INFEASIBLE -> COMPLETE with a
+violated constraint (so constraint-aware samplers learn it and it never reaches the front).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft import methods
+from autopeft.core.candidate import Candidate
+from autopeft.core.pareto import hypervolume, pareto_front
+from autopeft.core.profile import ModelProfile, load_profile, profile_from_config
+from autopeft.core.resolve import ResolvedSpace
+from autopeft.core.result import TrialResult, TrialStatus
+from autopeft.core.study_config import METRICS, StudyConfig
+from autopeft.search.samplers import make_sampler
+
+RESULT_ATTR = "result"
+STATUS_ATTR = "status"
+CONSTRAINT_ATTR = "constraint"
+CANDIDATE_ATTR = "candidate"
+INTERRUPTED_ATTR = "interrupted"
+RETRY_OF_ATTR = "retry_of"
+CONFIG_ATTR = "config"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def model_profile(name: str, num_labels: int = 2) -> ModelProfile:
+    """The torch-free profile of a bundled/local model; tiny test models via their config."""
+    from autopeft.train.models import TINY, tiny_config
+
+    if name in TINY:
+        return profile_from_config(tiny_config(name, num_labels).to_dict(), num_labels)
+    return load_profile(name, num_labels)
+
+
+def constraint_of(trial: FrozenTrial) -> list[float]:
+    """The ``constraints_func`` of every sampler: > 0 means infeasible."""
+    return [float(trial.user_attrs.get(CONSTRAINT_ATTR, 0.0))]
+
+
+def default_storage(folder: Path) -> str:
+    """SQLite in the study folder (the embedded default)."""
+    return f"sqlite:///{(folder / 'study.db').resolve()}"
+
+
+class Study:
+    """A search over one :class:`StudyConfig`, persisted in an Optuna storage."""
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        root: str | Path = "studies",
+        storage: str | None = None,
+        num_labels: int = 2,
+    ):
+        self.config = config
+        self.folder = Path(root) / config.name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.storage_url = storage or config.storage or default_storage(self.folder)
+        self.profile = model_profile(config.model, num_labels)
+        self.space = ResolvedSpace(config.search_space, self.profile, methods.registry())
+        self.metrics = [o.metric for o in config.objectives]
+        self.directions = [o.direction for o in config.objectives]
+        self.optuna = optuna.create_study(
+            study_name=config.name,
+            storage=self._storage(),
+            directions=self.directions,
+            sampler=make_sampler(config.sampler, constraint_of),
+            load_if_exists=True,
+        )
+        snapshot = config.model_dump_json()
+        if CONFIG_ATTR not in self.optuna.user_attrs:
+            self.optuna.set_user_attr(CONFIG_ATTR, json.loads(snapshot))
+            (self.folder / "study.json").write_text(snapshot)
+
+    def _storage(self) -> optuna.storages.BaseStorage | str:
+        if self.storage_url.startswith(("sqlite", "postgresql", "mysql")):
+            # A long busy timeout: several local workers may write the same SQLite file.
+            args = (
+                {"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else {}
+            )
+            return optuna.storages.RDBStorage(self.storage_url, engine_kwargs=args)
+        return self.storage_url
+
+    # -- ask / tell --------------------------------------------------------------------------
+
+    def ask(self) -> tuple[optuna.Trial, Candidate]:
+        """A new trial and its candidate, sampled define-by-run by the study's sampler."""
+        trial = self.optuna.ask()
+        candidate = self.space.sample(trial)
+        trial.set_user_attr(CANDIDATE_ATTR, candidate.to_json())
+        return trial, candidate
+
+    def tell(self, trial: optuna.Trial | int, result: TrialResult) -> None:
+        """Record a finished trial (the one path for every executor)."""
+        number = trial if isinstance(trial, int) else trial.number
+        storage, tid = self.optuna._storage, self._trial_id(number)
+        storage.set_trial_user_attr(tid, RESULT_ATTR, json.loads(result.model_dump_json()))
+        storage.set_trial_user_attr(tid, STATUS_ATTR, result.status.value)
+        if result.error:
+            storage.set_trial_user_attr(tid, "error", result.error)
+        values = self.values_of(result)
+        if result.status is TrialStatus.INFEASIBLE:
+            storage.set_trial_user_attr(tid, CONSTRAINT_ATTR, 1.0)
+            self.optuna.tell(number, values)
+        elif result.status is TrialStatus.COMPLETE and None not in values:
+            storage.set_trial_user_attr(tid, CONSTRAINT_ATTR, 0.0)
+            self.optuna.tell(number, values)
+        elif result.status is TrialStatus.PRUNED:
+            self.optuna.tell(number, state=TrialState.PRUNED)
+        else:
+            self.optuna.tell(number, state=TrialState.FAIL)
+
+    def values_of(self, result: TrialResult) -> list[float | None]:
+        """Objective values of a result; infeasible trials get the worst task metric."""
+        out = []
+        for metric in self.metrics:
+            value = result.objective(metric)
+            if metric == "peak_memory" and value is None:
+                value = result.predicted_memory_mb
+            if value is None and result.status is TrialStatus.INFEASIBLE:
+                value = -1.0 if METRICS[metric] == "maximize" else float("inf")
+            out.append(value)
+        return out
+
+    def _trial_id(self, number: int) -> int:
+        return self.optuna._storage.get_trial_id_from_study_id_trial_number(
+            self.optuna._study_id, number
+        )
+
+    # -- successive halving support ----------------------------------------------------------
+
+    def record_rung(self, trial_number: int, step: int, point: list[float]) -> None:
+        """Store a trial's (accuracy, params, predicted memory) at a rung for its peers."""
+        self.optuna._storage.set_trial_user_attr(
+            self._trial_id(trial_number), f"rung_{step}", point
+        )
+
+    def rung_points(self, step: int, exclude: int | None = None) -> list[list[float]]:
+        """Points recorded at rung ``step`` by other trials."""
+        key = f"rung_{step}"
+        return [
+            t.user_attrs[key]
+            for t in self.optuna.get_trials(deepcopy=False)
+            if key in t.user_attrs and t.number != exclude
+        ]
+
+    # -- resume ------------------------------------------------------------------------------
+
+    def recover_interrupted(self) -> list[int]:
+        """Fail trials left RUNNING by a dead process and queue their parameters again.
+
+        Call it only when no other live driver shares the study (the local executor at
+        start-up); shared studies rely on heartbeats instead.
+        """
+        requeued = []
+        for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            tid = t._trial_id
+            self.optuna._storage.set_trial_user_attr(tid, INTERRUPTED_ATTR, True)
+            self.optuna._storage.set_trial_state_values(tid, TrialState.FAIL)
+            self.optuna.enqueue_trial(t.params, user_attrs={RETRY_OF_ATTR: t.number})
+            requeued.append(t.number)
+        return requeued
+
+    def n_done(self) -> int:
+        """Finished trials that count towards ``n_trials`` (interrupted ones do not)."""
+        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        return sum(
+            1
+            for t in self.optuna.get_trials(deepcopy=False, states=done)
+            if not t.user_attrs.get(INTERRUPTED_ATTR)
+        )
+
+    # -- results -----------------------------------------------------------------------------
+
+    def results(self) -> list[tuple[int, TrialResult]]:
+        """Every told trial's result, by trial number."""
+        return [
+            (t.number, TrialResult.model_validate(t.user_attrs[RESULT_ATTR]))
+            for t in self.optuna.get_trials(deepcopy=False)
+            if RESULT_ATTR in t.user_attrs
+        ]
+
+    def front(self) -> list[tuple[int, TrialResult]]:
+        """Non-dominated COMPLETE trials (infeasible, pruned and failed ones never appear)."""
+        done = [(n, r) for n, r in self.results() if r.status is TrialStatus.COMPLETE]
+        points = [self.values_of(r) for _, r in done]
+        return [done[i] for i in pareto_front(points, self.directions)]
+
+    def hypervolume(self, reference: list[float] | None = None) -> float:
+        """Hypervolume of the front (reference derived from the space when not given)."""
+        front = [self.values_of(r) for _, r in self.front()]
+        return hypervolume(front, reference or self.reference_point(), self.directions)
+
+    def reference_point(self) -> list[float]:
+        """A reference point for the hypervolume, derived from the study.
+
+        Worst task metric, the space's largest parameter count and the largest memory seen
+        (both x1.1), so hypervolumes of one study compare over time.
+        """
+        _, hi = self.space.param_range()
+        seen = [self.values_of(r) for _, r in self.results() if r.status is TrialStatus.COMPLETE]
+        ref = []
+        for i, metric in enumerate(self.metrics):
+            if METRICS[metric] == "maximize":
+                ref.append(0.0 if metric != "mcc" else -1.0)
+            elif metric == "trainable_params":
+                ref.append(1.1 * max(hi, 1))
+            else:
+                ref.append(1.1 * max([v[i] for v in seen if v[i] is not None] or [1.0]))
+        return ref
+
+    def best(
+        self, metric: str | None = None, max_params: int | None = None
+    ) -> tuple[int, TrialResult]:
+        """The front point best on ``metric`` (default: the first objective).
+
+        Optionally only among points with at most ``max_params`` trainable parameters.
+        """
+        metric = metric or self.metrics[0]
+        sign = 1.0 if METRICS.get(metric, "maximize") == "maximize" else -1.0
+        pool = [
+            (n, r)
+            for n, r in self.front()
+            if max_params is None or r.trainable_params <= max_params
+        ]
+        if not pool:
+            raise ValueError("no front point satisfies the request")
+        return max(pool, key=lambda nr: sign * (nr[1].objective(metric) or float("-inf")))
+
+    def to_pandas(self) -> Any:
+        """One row per trial: state, status, objectives, parameters, candidate, error."""
+        import pandas as pd
+
+        rows = []
+        for t in self.optuna.get_trials(deepcopy=False):
+            row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+            row["status"] = t.user_attrs.get(STATUS_ATTR)
+            result = t.user_attrs.get(RESULT_ATTR)
+            if result:
+                res = TrialResult.model_validate(result)
+                row.update({m: res.objective(m) for m in self.metrics})
+                row.update(
+                    trainable_params=res.trainable_params,
+                    peak_memory_mb=res.peak_memory_mb,
+                    predicted_memory_mb=res.predicted_memory_mb,
+                    steps=res.steps,
+                    wall_time_s=res.wall_time_s,
+                    candidate=res.candidate.describe(),
+                    error=res.error,
+                )
+            row.update({f"param.{k}": v for k, v in t.params.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)

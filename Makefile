@@ -36,3 +36,7 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The quickstart study on the bundled model and data (CPU: ~10 minutes); prints the front.
+run: venv
+	$(BIN)/autopeft run studies/quickstart/study.yaml

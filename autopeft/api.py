@@ -55,3 +55,55 @@ def candidate_trainable_params(candidate: Candidate, model: str | ModelProfile =
     """Exact trainable parameters of a candidate on a model (head excluded), without torch."""
     profile = model if isinstance(model, ModelProfile) else load_profile(model)
     return candidate_params(candidate, profile, methods.registry())
+
+
+def run(
+    config: StudyConfig | str | Path,
+    *,
+    n_trials: int | None = None,
+    executor: str | None = None,
+    storage: str | None = None,
+    root: str | Path = "studies",
+    progress: bool = False,
+):
+    """Run (or resume) a study and return it; see :class:`autopeft.search.study.Study`.
+
+    Args:
+        config: a :class:`StudyConfig` or the path of a study file.
+        n_trials: total finished trials wanted (default: the study's ``n_trials``).
+        executor: ``local`` (default: the study's ``executor``).
+        storage: an Optuna storage URL (default: SQLite in ``<root>/<name>/study.db``).
+        root: the folder holding study folders.
+        progress: show a live progress line.
+
+    Raises:
+        ConfigError: for an invalid study file.
+    """
+    from autopeft.core.errors import ConfigError, Problem
+    from autopeft.search.local import run_local
+    from autopeft.search.study import Study
+
+    if not isinstance(config, StudyConfig):
+        loaded = load(config)
+        if not isinstance(loaded, StudyConfig):
+            raise ConfigError(
+                Problem(
+                    "search_space",
+                    "`run` needs a study file, not a bare search space",
+                    hint="wrap it: name: ..., search_space: FILE",
+                ),
+                source=str(config),
+            )
+        config = loaded
+    executor = executor or config.executor
+    if executor != "local":
+        raise ConfigError(
+            Problem(
+                "executor",
+                f"the {executor!r} executor is not available yet",
+                executor,
+                hint="use --executor local",
+            )
+        )
+    study = Study(config, root=root, storage=storage)
+    return run_local(study, n_trials or config.n_trials, progress=progress)

@@ -26,6 +26,37 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from autopeft.api import run
+
+    study = run(
+        args.file,
+        n_trials=args.n_trials,
+        executor=args.executor,
+        storage=args.storage,
+        root=args.root,
+        progress=not args.quiet,
+    )
+    _print_front(study)
+    return 0
+
+
+def _print_front(study) -> None:
+    front = sorted(study.front(), key=lambda nr: nr[1].trainable_params)
+    metric = study.config.task.metric
+    print(
+        f"\nPareto front of {study.config.name!r}: {len(front)} of {study.n_done()} trials "
+        f"(storage {study.storage_url})"
+    )
+    print(f"{'trial':>5}  {metric:>8}  {'params':>10}  {'memory MiB':>10}  candidate")
+    for number, r in front:
+        mem = r.peak_memory_mb if r.peak_memory_mb is not None else r.predicted_memory_mb
+        print(
+            f"{number:>5}  {r.metrics.get(metric, float('nan')):>8.4f}  "
+            f"{r.trainable_params:>10,}  {mem:>10.1f}  {r.candidate.describe()}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -53,6 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
         "model, or minilm for a bare space",
     )
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser(
+        "run",
+        help="run or resume a study and print its Pareto front",
+        description="Run a study file: sample candidates, train them (with Pareto-aware "
+        "successive halving), record every trial in the study's storage. On an existing "
+        "study it resumes: finished trials are kept, interrupted ones re-run.",
+    )
+    p.add_argument("file", help="a study YAML")
+    p.add_argument("--n-trials", type=int, default=None, help="total trials (default: the file's)")
+    p.add_argument("--executor", choices=["local"], default=None, help="default: the file's")
+    p.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: SQLite in the study folder)"
+    )
+    p.add_argument("--root", default="studies", help="folder of study folders (default: studies)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=_run)
     return parser
 
 

@@ -103,3 +103,33 @@ def hypervolume_history(
             seen.append(p)
         out.append(hypervolume(seen, reference, directions) if seen else 0.0)
     return out
+
+
+def crowding_distances(points: Sequence[Point], directions: Sequence[str]) -> list[float]:
+    """NSGA-II crowding distance of each point within ``points`` (boundary points: inf)."""
+    pts = to_min(points, directions)
+    n = len(pts)
+    dist = [0.0] * n
+    if n <= 2:
+        return [float("inf")] * n
+    for k in range(len(pts[0])):
+        order = sorted(range(n), key=lambda i: pts[i][k])
+        lo, hi = pts[order[0]][k], pts[order[-1]][k]
+        dist[order[0]] = dist[order[-1]] = float("inf")
+        if hi == lo:
+            continue
+        for a, b, c in zip(order, order[1:], order[2:]):
+            dist[b] += (pts[c][k] - pts[a][k]) / (hi - lo)
+    return dist
+
+
+def select_top(points: Sequence[Point], directions: Sequence[str], k: int) -> list[int]:
+    """Indices of the ``k`` best points by (front rank, larger crowding distance first)."""
+    ranks = nondominated_ranks(points, directions)
+    crowd = [0.0] * len(points)
+    for r in set(ranks):
+        members = [i for i, x in enumerate(ranks) if x == r]
+        for i, d in zip(members, crowding_distances([points[i] for i in members], directions)):
+            crowd[i] = d
+    order = sorted(range(len(points)), key=lambda i: (ranks[i], -crowd[i], i))
+    return order[:k]

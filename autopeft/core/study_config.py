@@ -111,7 +111,8 @@ class SamplerConfig(_Section):
     """Which sampler and its options."""
 
     name: str = "tpe"
-    n_startup_trials: int = Field(10, ge=0)
+    #: Random trials before the model-based proposals (None: 10; 100 for ``autopeft``).
+    n_startup_trials: int | None = Field(None, ge=0)
     batch_size: int = Field(1, ge=1)
     seed: int | None = 0
 

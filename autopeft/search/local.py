@@ -10,13 +10,51 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
+from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
 from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.search.study import Study
-from autopeft.train.trial import TrialContext, check_budget, run_trial
 
 Listener = Callable[[int, TrialResult], None]
+Report = Callable[[int, dict[str, float]], bool]
+
+
+class Runner(Protocol):
+    """What an executor needs from a trial runner (real training or a synthetic blackbox)."""
+
+    def budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
+        """Exact trainable parameters, predicted memory (MiB), over-budget reason or None."""
+
+    def run(self, candidate: Candidate, report: Report | None, eval_at: set[int]) -> TrialResult:
+        """Train and measure one candidate."""
+
+
+class TrainingRunner:
+    """The real runner: :func:`autopeft.train.trial.run_trial` over a loaded context."""
+
+    def __init__(self, context):
+        self.context = context
+
+    @classmethod
+    def for_study(cls, study: Study) -> TrainingRunner:
+        """Load the study's model and task once (tokens cached in the study folder)."""
+        from autopeft.train.trial import TrialContext
+
+        return cls(TrialContext.create(study.config, cache_dir=study.folder / "cache"))
+
+    def budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
+        """See :func:`autopeft.train.trial.check_budget`."""
+        from autopeft.train.trial import check_budget
+
+        return check_budget(self.context, candidate)
+
+    def run(self, candidate: Candidate, report: Report | None, eval_at: set[int]) -> TrialResult:
+        """See :func:`autopeft.train.trial.run_trial`."""
+        from autopeft.train.trial import run_trial
+
+        return run_trial(self.context, candidate, report=report, eval_at=eval_at)
 
 
 def halving_report(
@@ -44,7 +82,7 @@ def halving_report(
 def run_local(
     study: Study,
     n_trials: int,
-    context: TrialContext | None = None,
+    runner: Runner | None = None,
     halving: bool | None = None,
     on_result: Listener | None = None,
     progress: bool = True,
@@ -54,7 +92,7 @@ def run_local(
     Trials left RUNNING by a killed process are failed and their parameters re-queued first.
     ``halving`` overrides the study's ``halving.enabled``.
     """
-    ctx = context or TrialContext.create(study.config, cache_dir=study.folder / "cache")
+    runner = runner or TrainingRunner.for_study(study)
     cfg, hcfg = study.config.training, study.config.halving
     enabled = hcfg.enabled if halving is None else halving
     rule = HalvingRule(eta=hcfg.eta, min_peers=hcfg.min_peers) if enabled else None
@@ -62,17 +100,28 @@ def run_local(
     metric = study.config.task.metric
     study.recover_interrupted()
     display = _Progress(study, n_trials) if progress else None
+    # A candidate already trained to completion is not trained again: its result is reused.
+    finished = {
+        r.candidate.key(): r for _, r in study.results() if r.status is TrialStatus.COMPLETE
+    }
     try:
         while study.n_done() < n_trials:
             trial, candidate = study.ask()
-            params, predicted, _ = check_budget(ctx, candidate)
+            if candidate.key() in finished:
+                study.tell(trial, finished[candidate.key()], reused=True)
+                if display:
+                    display.update(trial.number, finished[candidate.key()])
+                continue
+            params, predicted, _ = runner.budget(candidate)
             report = (
                 halving_report(study, trial.number, [params, predicted], metric, rungs, rule)
                 if rule
                 else None
             )
-            result = run_trial(ctx, candidate, report=report, eval_at=set(rungs))
+            result = runner.run(candidate, report, set(rungs))
             study.tell(trial, result)
+            if result.status is TrialStatus.COMPLETE:
+                finished[candidate.key()] = result
             if on_result:
                 on_result(trial.number, result)
             if display:

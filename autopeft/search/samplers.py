@@ -1,46 +1,44 @@
 """Samplers by name: random, TPE, NSGA-II, Optuna GP, BoTorch qNEHVI and the AutoPEFT preset.
 
-Every sampler that supports it gets the study's ``constraints_func`` so over-budget and
-out-of-memory candidates are learned as infeasible rather than proposed again. Parallel
+The study records a ``budget`` constraint on every finished trial (Optuna 5's
+``Trial.set_constraint``), which every sampler here reads, so over-budget and out-of-memory
+candidates are learned as infeasible rather than proposed again. Parallel
 workers are kept apart by pending-trial awareness: TPE's constant liar, BoTorch's
 ``consider_running_trials`` (running trials enter qNEHVI as X_pending).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from autopeft.core.study_config import SamplerConfig
-
-ConstraintsFunc = Callable[[FrozenTrial], Sequence[float]]
 
 #: The AutoPEFT paper's schedule: 100 random initial trials, then the BO proposals.
 AUTOPEFT_STARTUP = 100
 
 
-def make_sampler(cfg: SamplerConfig, constraints: ConstraintsFunc) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: SamplerConfig) -> optuna.samplers.BaseSampler:
     """Build the sampler named in the study."""
     seed, startup = cfg.seed, cfg.n_startup_trials
+    if startup is None:
+        startup = AUTOPEFT_STARTUP if cfg.name == "autopeft" else 10
     if cfg.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.name == "tpe":
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
             seed=seed,
             n_startup_trials=startup,
             multivariate=True,
             group=True,  # conditional spaces: model each module's parameters as a group
             constant_liar=True,
-            constraints_func=constraints,
         )
     if cfg.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if cfg.name == "gp":
-        return optuna.samplers.GPSampler(
-            seed=seed, n_startup_trials=startup, constraints_func=constraints
-        )
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     from optuna_integration import BoTorchSampler
 
     if cfg.name == "qnehvi":
@@ -48,7 +46,6 @@ def make_sampler(cfg: SamplerConfig, constraints: ConstraintsFunc) -> optuna.sam
 
         return BoTorchSampler(
             candidates_func=qnehvi_candidates_func,
-            constraints_func=constraints,
             n_startup_trials=startup,
             consider_running_trials=True,
             seed=seed,
@@ -56,7 +53,6 @@ def make_sampler(cfg: SamplerConfig, constraints: ConstraintsFunc) -> optuna.sam
     if cfg.name == "autopeft":
         return BoTorchSampler(
             candidates_func=saas_qnehvi_candidates_func,
-            constraints_func=constraints,
             n_startup_trials=startup,
             consider_running_trials=True,
             seed=seed,
@@ -78,7 +74,8 @@ def saas_qnehvi_candidates_func(train_x, train_obj, train_con, bounds, pending_x
     )
     from botorch.acquisition.multi_objective.objective import IdentityMCMultiOutputObjective
     from botorch.fit import fit_fully_bayesian_model_nuts
-    from botorch.models import SaasFullyBayesianSingleTaskGP
+    from botorch.models import ModelListGP
+    from botorch.models.fully_bayesian import SaasFullyBayesianSingleTaskGP
     from botorch.models.transforms.outcome import Standardize
     from botorch.optim import optimize_acqf
     from botorch.utils.transforms import normalize, unnormalize
@@ -94,12 +91,16 @@ def saas_qnehvi_candidates_func(train_x, train_obj, train_con, bounds, pending_x
         }
     x = normalize(train_x, bounds=bounds)
     pending = None if pending_x is None else normalize(pending_x, bounds=bounds)
-    model = SaasFullyBayesianSingleTaskGP(
-        x, train_y, outcome_transform=Standardize(m=train_y.shape[-1])
-    )
-    fit_fully_bayesian_model_nuts(
-        model, warmup_steps=64, num_samples=32, thinning=8, disable_progbar=True
-    )
+    models = []
+    for i in range(train_y.size(-1)):  # SAAS GPs are single-output: one per outcome
+        gp = SaasFullyBayesianSingleTaskGP(
+            x, train_y[:, i : i + 1], outcome_transform=Standardize(m=1)
+        )
+        fit_fully_bayesian_model_nuts(
+            gp, warmup_steps=64, num_samples=32, thinning=8, disable_progbar=True
+        )
+        models.append(gp)
+    model = ModelListGP(*models)
     acqf = qLogNoisyExpectedHypervolumeImprovement(
         model=model,
         ref_point=(train_obj.min(dim=0).values - 1e-8).tolist(),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from autopeft import methods
 from autopeft.core.candidate import Candidate
@@ -27,7 +27,6 @@ from autopeft.search.samplers import make_sampler
 
 RESULT_ATTR = "result"
 STATUS_ATTR = "status"
-CONSTRAINT_ATTR = "constraint"
 CANDIDATE_ATTR = "candidate"
 INTERRUPTED_ATTR = "interrupted"
 RETRY_OF_ATTR = "retry_of"
@@ -43,11 +42,6 @@ def model_profile(name: str, num_labels: int = 2) -> ModelProfile:
     if name in TINY:
         return profile_from_config(tiny_config(name, num_labels).to_dict(), num_labels)
     return load_profile(name, num_labels)
-
-
-def constraint_of(trial: FrozenTrial) -> list[float]:
-    """The ``constraints_func`` of every sampler: > 0 means infeasible."""
-    return [float(trial.user_attrs.get(CONSTRAINT_ATTR, 0.0))]
 
 
 def default_storage(folder: Path) -> str:
@@ -77,7 +71,7 @@ class Study:
             study_name=config.name,
             storage=self._storage(),
             directions=self.directions,
-            sampler=make_sampler(config.sampler, constraint_of),
+            sampler=make_sampler(config.sampler),
             load_if_exists=True,
         )
         snapshot = config.model_dump_json()
@@ -103,20 +97,26 @@ class Study:
         trial.set_user_attr(CANDIDATE_ATTR, candidate.to_json())
         return trial, candidate
 
-    def tell(self, trial: optuna.Trial | int, result: TrialResult) -> None:
-        """Record a finished trial (the one path for every executor)."""
+    def tell(self, trial: optuna.Trial | int, result: TrialResult, reused: bool = False) -> None:
+        """Record a finished trial (the one path for every executor).
+
+        ``reused``: the result is that of an identical candidate trained before (marked so in
+        the trial's user attributes, and not counted as compute).
+        """
         number = trial if isinstance(trial, int) else trial.number
         storage, tid = self.optuna._storage, self._trial_id(number)
+        if reused:
+            storage.set_trial_user_attr(tid, "reused", True)
         storage.set_trial_user_attr(tid, RESULT_ATTR, json.loads(result.model_dump_json()))
         storage.set_trial_user_attr(tid, STATUS_ATTR, result.status.value)
         if result.error:
             storage.set_trial_user_attr(tid, "error", result.error)
         values = self.values_of(result)
         if result.status is TrialStatus.INFEASIBLE:
-            storage.set_trial_user_attr(tid, CONSTRAINT_ATTR, 1.0)
+            optuna.Trial(self.optuna, tid).set_constraint("budget", 1.0)
             self.optuna.tell(number, values)
         elif result.status is TrialStatus.COMPLETE and None not in values:
-            storage.set_trial_user_attr(tid, CONSTRAINT_ATTR, 0.0)
+            optuna.Trial(self.optuna, tid).set_constraint("budget", 0.0)
             self.optuna.tell(number, values)
         elif result.status is TrialStatus.PRUNED:
             self.optuna.tell(number, state=TrialState.PRUNED)

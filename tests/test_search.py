@@ -1,0 +1,232 @@
+"""Search on a synthetic blackbox: samplers, successive halving, states in storage, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autopeft import api
+from autopeft.core.pareto import dominates, to_min
+from autopeft.core.result import TrialStatus
+from autopeft.search import blackbox
+from autopeft.search.local import run_local
+from autopeft.search.study import Study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(name: str, sampler: str = "tpe", halving: bool = True, **extra):
+    return api.study_from_dict(
+        {
+            "name": name,
+            "model": "minilm",
+            "search_space": {
+                "modules": {
+                    "lora": {
+                        "rank": [0, 2, 4, 8, 16, 32, 64],
+                        "targets": {"choice": [["q", "v"], ["attn"]]},
+                    },
+                    "serial_adapter": {"size": [0, 8, 32, 128]},
+                },
+                "layers": "search",
+                "budget": {"max_trainable_params": "1%"},
+            },
+            "training": {"steps": 90, "rungs": [0.34, 0.67, 1.0]},
+            "sampler": {"name": sampler, "n_startup_trials": 5},
+            "halving": {"enabled": halving, "eta": 2, "min_peers": 2},
+        }
+        | extra
+    )
+
+
+def check_front(study: Study) -> None:
+    results = dict(study.results())
+    front = study.front()
+    assert front, "a front exists"
+    done = [r for r in results.values() if r.status is TrialStatus.COMPLETE]
+    pts = to_min([study.values_of(r) for r in done], study.directions)
+    for number, r in front:
+        assert r.status is TrialStatus.COMPLETE
+        me = to_min([study.values_of(r)], study.directions)[0]
+        assert not any(dominates(p, me) for p in pts), f"trial {number} is dominated"
+    # The same front from Optuna's own constraint-aware best_trials.
+    assert {t.number for t in study.optuna.best_trials} == {n for n, _ in front}
+
+
+def check_states(study: Study) -> None:
+    for t in study.optuna.get_trials(deepcopy=False):
+        status = t.user_attrs.get("status")
+        expected = {
+            "COMPLETE": TrialState.COMPLETE,
+            "INFEASIBLE": TrialState.COMPLETE,
+            "PRUNED": TrialState.PRUNED,
+            "FAILED": TrialState.FAIL,
+        }[status]
+        assert t.state == expected, (t.number, status, t.state)
+        if status == "INFEASIBLE":
+            assert t.constraints == {"budget": 1.0}
+        if status == "PRUNED":
+            assert t.values is None
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp", "qnehvi", "autopeft"])
+def test_every_sampler_finishes_with_a_valid_front(tmp_path, sampler):
+    n = 24 if sampler in ("random", "tpe", "nsga2") else 7
+    study = Study(config(f"s-{sampler}", sampler), root=tmp_path)
+    run_local(study, n, runner=blackbox.for_study(study), progress=False)
+    assert study.n_done() == n == len(study.optuna.trials)
+    statuses = {r.status for _, r in study.results()}
+    assert TrialStatus.INFEASIBLE in statuses or sampler not in ("random",)
+    check_front(study)
+    check_states(study)
+    infeasible = {n for n, r in study.results() if r.status is TrialStatus.INFEASIBLE}
+    assert not infeasible & {n for n, _ in study.front()}
+
+
+def test_successive_halving_prunes_and_pruned_trials_are_never_complete(tmp_path):
+    study = Study(config("halving"), root=tmp_path)
+    runner = blackbox.for_study(study)
+    run_local(study, 30, runner=runner, progress=False)
+    pruned = [(n, r) for n, r in study.results() if r.status is TrialStatus.PRUNED]
+    assert len(pruned) >= 5
+    for n, r in pruned:
+        assert study.optuna.trials[n].state == TrialState.PRUNED
+        assert r.steps < r.target_steps
+        assert any(k.startswith("rung_") for k in study.optuna.trials[n].user_attrs)
+    check_states(study)
+
+
+def test_halving_costs_fewer_steps_than_full_fidelity(tmp_path):
+    full = Study(config("full", halving=False), root=tmp_path)
+    half = Study(config("half"), root=tmp_path)
+    for study in (full, half):
+        run_local(study, 30, runner=blackbox.for_study(study), progress=False)
+    steps = {s.config.name: sum(r.steps for _, r in s.results()) for s in (full, half)}
+    assert steps["half"] < 0.75 * steps["full"]
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):
+    study = Study(config("fails", halving=False), root=tmp_path)
+    run_local(study, 12, runner=blackbox.for_study(study, fail_every=4), progress=False)
+    failed = [n for n, r in study.results() if r.status is TrialStatus.FAILED]
+    assert len(failed) >= 2 and study.n_done() == 12
+    assert all(study.optuna.trials[n].user_attrs["error"] == "injected failure" for n in failed)
+    check_states(study)
+
+
+def test_results_to_pandas_and_best(tmp_path):
+    study = Study(config("frame", halving=False), root=tmp_path)
+    run_local(study, 10, runner=blackbox.for_study(study), progress=False)
+    df = study.to_pandas()
+    assert len(df) == 10 and {"status", "accuracy", "trainable_params", "candidate"} <= set(
+        df.columns
+    )
+    assert any(c.startswith("param.placement.layer_") for c in df.columns)
+    number, best = study.best()
+    assert best.metrics["accuracy"] == max(r.metrics["accuracy"] for _, r in study.front())
+    small = study.best(max_params=min(r.trainable_params for _, r in study.front()))
+    assert small[1].trainable_params == min(r.trainable_params for _, r in study.front())
+
+
+def test_storage_opens_in_optuna_dashboard(tmp_path):
+    import json as _json
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    study = Study(config("dash"), root=tmp_path)
+    run_local(study, 12, runner=blackbox.for_study(study), progress=False)
+    app = wsgi(optuna.storages.RDBStorage(study.storage_url))
+
+    def get(path):
+        out = {}
+
+        def start(status, headers, exc_info=None):
+            out["status"] = status
+
+        env = {"PATH_INFO": path}
+        setup_testing_defaults(env)
+        body = b"".join(app(env, start))
+        return out["status"], body
+
+    status, body = get("/api/studies")
+    assert status.startswith("200")
+    studies = _json.loads(body)["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["dash"]
+    status, body = get(f"/api/studies/{studies[0]['study_id']}")
+    detail = _json.loads(body)
+    states = sorted(t["state"] for t in detail["trials"])
+    assert len(states) == 12
+    expected = sorted(t.state.name.capitalize() for t in study.optuna.trials)
+    assert [s.lower() for s in states] == [s.lower() for s in expected]
+    attrs = {a["key"] for t in detail["trials"] for a in t["user_attrs"]}
+    assert {"status", "result", "candidate"} <= attrs
+
+
+def _done(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        study = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
+    except Exception:  # noqa: BLE001 -- the study may not be created yet
+        return 0
+    return sum(t.state.is_finished() for t in study.trials)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_local(tmp_path):
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(
+        "name: resume\nmodel: tiny-bert\ntask: {name: sms_spam, max_length: 32}\n"
+        "training: {steps: 40, batch_size: 8, eval_every: 40, eval_examples: 64}\n"
+        "search_space:\n"
+        "  modules: {lora: {rank: [2, 4, 8, 16]}, serial_adapter: {size: [0, 4, 8, 16]}}\n"
+        "  layers: search\nhalving: {enabled: false}\nsampler: {name: random}\nn_trials: 8\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "autopeft.cli",
+        "run",
+        str(study_file),
+        "--root",
+        str(tmp_path),
+        "--quiet",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = tmp_path / "resume" / "study.db"
+    deadline = time.time() + 240
+    while _done(db) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
+    finished_before = {t.number: t.params for t in before.trials if t.state == TrialState.COMPLETE}
+    running = [t for t in before.trials if t.state == TrialState.RUNNING]
+    assert 3 <= len(finished_before) < 8
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Pareto front of 'resume'" in out.stdout
+    after = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
+    for number, params in finished_before.items():  # nothing computed is lost or redone
+        assert after.trials[number].state == TrialState.COMPLETE
+        assert after.trials[number].params == params
+    counted = [t for t in after.trials if not t.user_attrs.get("interrupted")]
+    assert sum(t.state.is_finished() for t in counted) == 8
+    assert all(t.state != TrialState.RUNNING for t in after.trials)
+    for t in running:  # the interrupted trial is failed, marked, and re-run once
+        assert after.trials[t.number].user_attrs["interrupted"] is True
+        retries = [r for r in after.trials if r.user_attrs.get("retry_of") == t.number]
+        assert len(retries) == 1 and retries[0].params == t.params
+        assert retries[0].state == TrialState.COMPLETE

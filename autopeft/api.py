@@ -65,16 +65,24 @@ def run(
     storage: str | None = None,
     root: str | Path = "studies",
     progress: bool = False,
+    address: str | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float | None = None,
+    max_concurrent: int | None = None,
 ):
     """Run (or resume) a study and return it; see :class:`autopeft.search.study.Study`.
 
     Args:
         config: a :class:`StudyConfig` or the path of a study file.
         n_trials: total finished trials wanted (default: the study's ``n_trials``).
-        executor: ``local`` (default: the study's ``executor``).
+        executor: ``local`` or ``ray`` (default: the study's ``executor``).
         storage: an Optuna storage URL (default: SQLite in ``<root>/<name>/study.db``).
         root: the folder holding study folders.
         progress: show a live progress line.
+        address: Ray cluster address (``auto``, ``ray://host:port``); None: a local Ray.
+        cpus_per_trial: Ray executor: CPUs per trial.
+        gpus_per_trial: Ray executor: GPU share per trial (None: from predicted memory).
+        max_concurrent: Ray executor: at most this many trials at once.
 
     Raises:
         ConfigError: for an invalid study file.
@@ -96,14 +104,18 @@ def run(
             )
         config = loaded
     executor = executor or config.executor
-    if executor != "local":
-        raise ConfigError(
-            Problem(
-                "executor",
-                f"the {executor!r} executor is not available yet",
-                executor,
-                hint="use --executor local",
-            )
-        )
     study = Study(config, root=root, storage=storage)
-    return run_local(study, n_trials or config.n_trials, progress=progress)
+    n = n_trials or config.n_trials
+    if executor == "ray":
+        from autopeft.search.ray import run_ray
+
+        return run_ray(
+            study,
+            n,
+            address=address,
+            cpus_per_trial=cpus_per_trial,
+            gpus_per_trial=gpus_per_trial,
+            max_concurrent=max_concurrent,
+            progress=progress,
+        )
+    return run_local(study, n, progress=progress)

@@ -36,6 +36,10 @@ def _run(args: argparse.Namespace) -> int:
         storage=args.storage,
         root=args.root,
         progress=not args.quiet,
+        address=args.address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
     )
     _print_front(study)
     return 0
@@ -94,7 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", help="a study YAML")
     p.add_argument("--n-trials", type=int, default=None, help="total trials (default: the file's)")
-    p.add_argument("--executor", choices=["local"], default=None, help="default: the file's")
+    p.add_argument(
+        "--executor", choices=["local", "ray"], default=None, help="default: the file's (local)"
+    )
+    p.add_argument("--address", default=None, help="Ray cluster: auto or ray://HOST:PORT")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="Ray: GPU share per trial, e.g. 0.25 packs 4 trials per GPU (default: from the "
+        "largest predicted memory)",
+    )
+    p.add_argument("--max-concurrent", type=int, default=None, help="Ray: trials at once")
     p.add_argument(
         "--storage", default=None, help="Optuna storage URL (default: SQLite in the study folder)"
     )

@@ -198,6 +198,17 @@ def test_budget_fraction_and_absolute():
     assert absolute.budget.param_limit(base) == 50_000
 
 
+def test_study_config_round_trips_through_json():
+    study = api.load(ROOT / "studies/quickstart/study.yaml")
+    again = type(study).model_validate_json(study.model_dump_json())
+    assert again == study
+    pct = api.space_from_dict(
+        {"modules": {"lora": {"rank": 4}}, "budget": {"max_trainable_params": "2%"}}
+    )
+    back = type(pct).model_validate_json(pct.model_dump_json())
+    assert back.budget.param_limit(1000) == pct.budget.param_limit(1000) == 20
+
+
 def test_study_file_with_space_path(tmp_path):
     (tmp_path / "space.yaml").write_text((ROOT / "search_spaces/lora.yaml").read_text())
     (tmp_path / "study.yaml").write_text(

@@ -27,7 +27,8 @@ Scalar = StrictBool | StrictInt | StrictFloat | str
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Dump by alias so a config round-trips through JSON (`values`, not `values_`).
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
 
 
 class IntParam(_Strict):

@@ -74,6 +74,8 @@ class ModuleSpace(BaseModel):
             return {}
         if not isinstance(raw, dict):
             raise RuleError("a module's settings are a mapping", "e.g. lora: {rank: [4, 8]}", raw)
+        if "domains" in raw or "fixed" in raw:
+            return raw  # already split: a serialised ModuleSpace (JSON round trip)
         out: dict[str, Any] = {k: v for k, v in raw.items() if k in RESERVED}
         out["domains"], out["fixed"] = {}, {}
         for key, value in raw.items():
@@ -118,6 +120,8 @@ def parse_budget_params(value: Any) -> Any:
         raise RuleError(
             f"budget >= 0 must hold, but got {value}", "use a positive count or a percentage"
         )
+    if isinstance(value, float) and 0 < value < 1:
+        return value  # a fraction of the base model (how a percentage is stored)
     return int(value)
 
 
@@ -126,7 +130,7 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: int: absolute count; float in (0, 1]: fraction of the base model's parameters.
+    #: int: absolute count; float in (0, 1): fraction of the base model's parameters.
     max_trainable_params: int | float | None = None
     max_memory_mb: StrictFloat | StrictInt | None = None
 

@@ -194,8 +194,18 @@ class Study:
         ]
 
     def front(self) -> list[tuple[int, TrialResult]]:
-        """Non-dominated COMPLETE trials (infeasible, pruned and failed ones never appear)."""
-        done = [(n, r) for n, r in self.results() if r.status is TrialStatus.COMPLETE]
+        """Non-dominated COMPLETE trials (infeasible, pruned and failed ones never appear).
+
+        A candidate appears once: trials that reused an earlier identical result are left out.
+        """
+        reused = {
+            t.number for t in self.optuna.get_trials(deepcopy=False) if t.user_attrs.get("reused")
+        }
+        done = [
+            (n, r)
+            for n, r in self.results()
+            if r.status is TrialStatus.COMPLETE and n not in reused
+        ]
         points = [self.values_of(r) for _, r in done]
         return [done[i] for i in pareto_front(points, self.directions)]
 

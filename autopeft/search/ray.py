@@ -1,0 +1,316 @@
+"""The Ray Tune executor: several trials at once, on one machine or a Ray cluster.
+
+- :class:`StudySearcher`, a thin Ray ``Searcher`` over the :class:`Study` — not Ray's
+  ``OptunaSearch``, which records early-stopped trials as COMPLETE with truncated values. It
+  asks the study's own sampler (running trials are pending, so workers don't duplicate) and
+  tells every result through the study's one ``tell`` path.
+- :class:`ParetoHalvingScheduler`, a Ray ``TrialScheduler`` applying the same pure rule as
+  the local executor (:class:`autopeft.core.halving.HalvingRule`) at each rung; the trials
+  it stops are told PRUNED.
+- Workers keep the loaded model and tokenised task in a per-process cache, and actors are
+  reused, so a model is loaded once per worker, not once per trial. With GPUs, several
+  trials share one GPU through fractional GPU resources (default chosen from the space's
+  largest predicted memory).
+Only the driver touches the study's storage, so the embedded SQLite works with Ray too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from autopeft.core.candidate import Candidate
+from autopeft.core.halving import HalvingRule, rung_steps
+from autopeft.core.result import TrialResult, TrialStatus
+from autopeft.core.study_config import StudyConfig
+from autopeft.search.study import Study
+
+_RUNNERS: dict[str, Any] = {}  # per worker process: loaded once, reused across trials
+
+
+def _runner(config_json: str, cache_dir: str, kind: str):
+    key = f"{kind}|{config_json}"
+    if key not in _RUNNERS:
+        config = StudyConfig.model_validate_json(config_json)
+        if kind == "blackbox":
+            from autopeft.search.blackbox import BlackboxRunner
+            from autopeft.search.study import model_profile
+
+            _RUNNERS[key] = BlackboxRunner(
+                model_profile(config.model), config.training, config.search_space.budget
+            )
+        else:
+            from autopeft.search.local import TrainingRunner
+            from autopeft.train.trial import TrialContext
+
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            _RUNNERS[key] = TrainingRunner(TrialContext.create(config, cache_dir=Path(cache_dir)))
+    return _RUNNERS[key]
+
+
+def trial_function(trial_config: dict, config_json: str, cache_dir: str, kind: str) -> None:
+    """What a Ray worker runs for one trial: train, report each rung, then the final result."""
+    runner = _runner(config_json, cache_dir, kind)
+    candidate = Candidate.model_validate(trial_config["candidate"])
+    metric = StudyConfig.model_validate_json(config_json).task.metric
+    base = {"number": trial_config["number"], "params": trial_config["params"]}
+    base["predicted_memory"] = trial_config["predicted_memory"]
+
+    def report(step: int, metrics: dict[str, float]) -> bool:
+        tune.report(
+            {
+                **base,
+                "step": step,
+                "metric": metrics[metric],
+                "final": False,
+                "metrics": json.dumps(metrics),
+            }
+        )
+        return True  # the scheduler stops the trial by ending this function
+
+    result = runner.run(candidate, report, set(trial_config["eval_at"]))
+    tune.report(
+        {
+            **base,
+            "step": result.steps,
+            "metric": result.metrics.get(metric, 0.0),
+            "final": True,
+            "result": result.model_dump_json(),
+        }
+    )
+
+
+class ParetoHalvingScheduler(FIFOScheduler):
+    """Stops a trial at a rung when the halving rule says so (see :mod:`core.halving`)."""
+
+    def __init__(self, study: Study, rule: HalvingRule, rungs: list[int]):
+        super().__init__()
+        self.study, self.rule = study, rule
+        self.rungs = set(rungs[:-1])  # the last rung is the full fidelity
+        self.points: dict[int, dict[int, list[float]]] = {
+            step: dict(enumerate(study.rung_points(step))) for step in self.rungs
+        }
+        self.stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        """CONTINUE, or STOP at a rung where the trial is not among the best 1/eta."""
+        step = result.get("step")
+        if result.get("final") or step not in self.rungs:
+            return TrialScheduler.CONTINUE
+        number = int(result["number"])
+        point = [
+            float(result["metric"]),
+            float(result["params"]),
+            float(result["predicted_memory"]),
+        ]
+        peers = [p for n, p in self.points[step].items() if n != -number - 1]
+        self.points[step][-number - 1] = point  # negative keys: this run's trials
+        self.study.record_rung(number, step, point)
+        if self.rule.should_continue(point, peers):
+            return TrialScheduler.CONTINUE
+        self.stopped.add(trial.trial_id)
+        return TrialScheduler.STOP
+
+
+class StudySearcher(Searcher):
+    """Suggests candidates from the study's sampler and tells results back to the study."""
+
+    def __init__(self, study: Study, n_trials: int, rungs: list[int], runner_budget, listener=None):
+        super().__init__(metric="metric", mode="max")
+        self.study, self.n_trials, self.rungs = study, n_trials, rungs
+        self.budget = runner_budget
+        self.listener = listener
+        self.numbers: dict[str, int] = {}
+        self.scheduler: ParetoHalvingScheduler | None = None
+        self.finished = {
+            r.candidate.key(): r for _, r in study.results() if r.status is TrialStatus.COMPLETE
+        }
+
+    def _remaining(self) -> int:
+        return self.n_trials - self.study.n_done() - len(self.numbers)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """The next candidate, or FINISHED once enough trials are done or running."""
+        while True:
+            if self._remaining() <= 0:
+                return Searcher.FINISHED if not self.numbers else None
+            trial, candidate = self.study.ask()
+            if candidate.key() in self.finished:  # identical to a trained one: reuse it
+                self.study.tell(trial, self.finished[candidate.key()], reused=True)
+                continue
+            params, predicted, _ = self.budget(candidate)
+            self.numbers[trial_id] = trial.number
+            return {
+                "number": trial.number,
+                "candidate": candidate.to_json(),
+                "params": params,
+                "predicted_memory": predicted,
+                "eval_at": self.rungs,
+            }
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        """Tell the study: the worker's result, PRUNED if the scheduler stopped it, or FAILED."""
+        number = self.numbers.pop(trial_id, None)
+        if number is None:
+            return
+        res = self._result(trial_id, number, result, error)
+        self.study.tell(number, res)
+        if res.status is TrialStatus.COMPLETE:
+            self.finished[res.candidate.key()] = res
+        if self.listener:
+            self.listener(number, res)
+
+    def _result(self, trial_id: str, number: int, result: dict | None, error: bool) -> TrialResult:
+        frozen = self.study.optuna._storage.get_trial(self.study._trial_id(number))
+        candidate = Candidate.model_validate(frozen.user_attrs["candidate"])
+        if result and result.get("final") and result.get("result"):
+            return TrialResult.model_validate_json(result["result"])
+        base = dict(
+            candidate=candidate,
+            trainable_params=int(result["params"]) if result else 0,
+            predicted_memory_mb=float(result["predicted_memory"]) if result else None,
+            head_params=self.study.profile.head_params,
+            target_steps=self.study.config.training.steps,
+        )
+        if result and self.scheduler and trial_id in self.scheduler.stopped and not error:
+            metrics = json.loads(result.get("metrics", "{}"))
+            history = [{"step": float(result["step"]), **metrics}]
+            return TrialResult(
+                status=TrialStatus.PRUNED,
+                metrics=metrics,
+                steps=int(result["step"]),
+                history=history,
+                **base,
+            )
+        reason = "the Ray worker failed (see the Ray logs of this trial)" if error else "no result"
+        return TrialResult(status=TrialStatus.FAILED, error=reason, **base)
+
+
+def run_ray(
+    study: Study,
+    n_trials: int,
+    *,
+    address: str | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float | None = None,
+    max_concurrent: int | None = None,
+    halving: bool | None = None,
+    runner: str = "training",
+    max_failures: int = 1,
+    progress: bool = True,
+) -> Study:
+    """Run the study on Ray until it holds ``n_trials`` finished trials.
+
+    Args:
+        study: the study (its storage is only touched by this driver process).
+        n_trials: total finished trials wanted; a restarted driver continues.
+        address: a Ray cluster (``auto``, ``ray://host:port``); None starts a local Ray.
+        cpus_per_trial: CPUs per trial.
+        gpus_per_trial: GPU fraction per trial; None: chosen from predicted memory.
+        max_concurrent: cap on simultaneous trials (None: as many as resources allow).
+        halving: override the study's ``halving.enabled``.
+        runner: ``training`` (real trials) or ``blackbox`` (synthetic, for tests).
+        max_failures: retries of a trial whose worker died (e.g. a lost node).
+        progress: show a live progress line.
+    """
+    from autopeft.search.local import _Progress
+
+    cfg, hcfg = study.config, study.config.halving
+    enabled = hcfg.enabled if halving is None else halving
+    rule = HalvingRule(eta=hcfg.eta, min_peers=hcfg.min_peers)
+    rungs = rung_steps(cfg.training.steps, cfg.training.rungs) if enabled else [cfg.training.steps]
+    study.recover_interrupted()  # trials of a dead driver: failed and re-queued
+    if not ray.is_initialized():
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
+        )
+    budget = _driver_budget(study, runner)
+    gpus = _gpu_fraction(study, budget) if gpus_per_trial is None else gpus_per_trial
+    display = _Progress(study, n_trials) if progress else None
+    searcher = StudySearcher(
+        study, n_trials, rungs, budget, listener=display.update if display else None
+    )
+    scheduler = ParetoHalvingScheduler(study, rule, rungs) if enabled else FIFOScheduler()
+    searcher.scheduler = scheduler if enabled else None
+    trainable = tune.with_parameters(
+        trial_function,
+        config_json=cfg.model_dump_json(),
+        cache_dir=str((study.folder / "cache").resolve()),
+        kind=runner,
+    )
+    trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=-1,
+            reuse_actors=True,
+            max_concurrent_trials=max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=str((study.folder / "ray").resolve()),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        if display:
+            display.close()
+    return study
+
+
+def _driver_budget(study: Study, runner: str):
+    """Exact params and predicted memory (at the task's max length) on the driver.
+
+    The driver loads no model or data; the workers check the budget again on the real data
+    (``run_trial``), which is what decides INFEASIBLE.
+    """
+    from autopeft import methods
+    from autopeft.core.memory import predict_memory
+    from autopeft.core.resolve import candidate_params
+
+    cfg = study.config
+
+    def budget(candidate: Candidate) -> tuple[int, float, str | None]:
+        params = candidate_params(candidate, study.profile, methods.registry())
+        pred = predict_memory(
+            study.profile, candidate, params, cfg.training.batch_size, cfg.task.max_length
+        ).total_mb
+        return params, pred, None
+
+    return budget
+
+
+def _gpu_fraction(study: Study, budget) -> float:
+    """GPU share per trial: enough for the largest predicted trial, packing up to 8 per GPU."""
+    if not ray.cluster_resources().get("GPU"):
+        return 0.0
+    import torch
+
+    total_mb = (
+        torch.cuda.get_device_properties(0).total_memory / 2**20
+        if torch.cuda.is_available()
+        else 80_000
+    )
+    from autopeft.core.resolve import RandomSuggest
+
+    rng = RandomSuggest(seed=0)
+    worst = max(budget(study.space.sample(rng))[1] for _ in range(200))
+    for share in (1 / 8, 1 / 4, 1 / 2):
+        if worst * 1.3 < share * total_mb:
+            return share
+    return 1.0
+
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -1,0 +1,87 @@
+"""Pure Pareto math and the successive-halving rule."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from autopeft.core.halving import HalvingRule, rung_steps
+from autopeft.core.pareto import (
+    crowding_distances,
+    dominates,
+    hypervolume,
+    hypervolume_history,
+    nondominated_ranks,
+    pareto_front,
+    select_top,
+)
+
+MAX_MIN_MIN = ("maximize", "minimize", "minimize")
+
+
+def grid_hypervolume(points, ref, directions, n=40):
+    """Hypervolume by counting cells of a fine grid (brute force, minimisation space)."""
+    signs = [-1 if d == "maximize" else 1 for d in directions]
+    pts = [[s * v for s, v in zip(signs, p)] for p in points]
+    r = [s * v for s, v in zip(signs, ref)]
+    lo = [min(p[k] for p in pts) for k in range(len(r))]
+    step = [(r[k] - lo[k]) / n for k in range(len(r))]
+    count = 0
+    for cell in itertools.product(range(n), repeat=len(r)):
+        c = [lo[k] + (cell[k] + 0.5) * step[k] for k in range(len(r))]
+        if any(all(p[k] <= c[k] for k in range(len(r))) for p in pts):
+            count += 1
+    vol = 1.0
+    for s in step:
+        vol *= s
+    return count * vol
+
+
+def test_dominance_and_front():
+    pts = [(0.9, 10, 5), (0.8, 5, 5), (0.85, 12, 6), (0.9, 10, 4)]
+    assert nondominated_ranks(pts, MAX_MIN_MIN) == [1, 0, 2, 0]
+    assert pareto_front(pts, MAX_MIN_MIN) == [1, 3]
+    assert dominates([1, 1], [1, 2]) and not dominates([1, 1], [1, 1])
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_hypervolume_matches_a_grid_count(dim):
+    rng = random.Random(dim)
+    directions = MAX_MIN_MIN[:dim]
+    pts = [
+        [rng.uniform(0.5, 1.0)] + [rng.uniform(0, 10) for _ in range(dim - 1)] for _ in range(12)
+    ]
+    ref = [0.4] + [11.0] * (dim - 1)
+    exact = hypervolume(pts, ref, directions)
+    approx = grid_hypervolume(pts, ref, directions, n=40 if dim == 3 else 400)
+    assert exact == pytest.approx(approx, rel=0.03)
+
+
+def test_hypervolume_simple_cases():
+    assert hypervolume([[2, 2]], [4, 4], ("minimize", "minimize")) == 4
+    assert hypervolume([[1, 3], [3, 1]], [4, 4], ("minimize", "minimize")) == 5
+    assert hypervolume([[5, 5]], [4, 4], ("minimize", "minimize")) == 0
+    hist = hypervolume_history([[2, 2], None, [1, 3]], [4, 4], ("minimize", "minimize"))
+    assert hist == [4, 4, 5]
+
+
+def test_crowding_and_selection():
+    front = [(0.9, 100, 1), (0.8, 50, 1), (0.7, 10, 1), (0.75, 30, 1)]
+    d = crowding_distances(front, MAX_MIN_MIN)
+    assert d[0] == d[2] == float("inf")
+    worse = (0.6, 200, 2)
+    top = select_top([*front, worse], MAX_MIN_MIN, 4)
+    assert 4 not in top and len(top) == 4
+
+
+def test_halving_rule():
+    rule = HalvingRule(eta=3, min_peers=3)
+    peers = [(0.9, 100, 10), (0.85, 50, 10), (0.8, 20, 10)]
+    assert rule.should_continue((0.5, 500, 50), peers[:2])  # too few peers: continue
+    assert not rule.should_continue((0.5, 500, 50), peers)  # dominated by all
+    assert rule.should_continue((0.6, 1, 1), peers)  # smallest: on the front, at an extreme
+    assert rule.keep(10) == 4
+    assert rung_steps(90, [0.34, 0.67, 1.0]) == [31, 60, 90]
+    assert rung_steps(10, [1.0]) == [10]

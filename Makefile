@@ -25,7 +25,7 @@ venv: $(BIN)/.installed
 
 test: venv
 	$(BIN)/ruff check autopeft tests bench
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 test-fast: venv
 	$(BIN)/python -m pytest -n 2 -q -m "not slow and not ray"

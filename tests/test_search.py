@@ -14,11 +14,11 @@ import pytest
 from optuna.trial import TrialState
 
 from autopeft import api
-from autopeft.core.pareto import dominates, to_min
 from autopeft.core.result import TrialStatus
 from autopeft.search import blackbox
 from autopeft.search.local import run_local
 from autopeft.search.study import Study
+from tests.helpers import check_dashboard, check_front, check_states
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,37 +45,6 @@ def config(name: str, sampler: str = "tpe", halving: bool = True, **extra):
         }
         | extra
     )
-
-
-def check_front(study: Study) -> None:
-    results = dict(study.results())
-    front = study.front()
-    assert front, "a front exists"
-    done = [r for r in results.values() if r.status is TrialStatus.COMPLETE]
-    pts = to_min([study.values_of(r) for r in done], study.directions)
-    for number, r in front:
-        assert r.status is TrialStatus.COMPLETE
-        me = to_min([study.values_of(r)], study.directions)[0]
-        assert not any(dominates(p, me) for p in pts), f"trial {number} is dominated"
-    # The same front from Optuna's own constraint-aware best_trials.
-    reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
-    assert {t.number for t in study.optuna.best_trials} - reused == {n for n, _ in front}
-
-
-def check_states(study: Study) -> None:
-    for t in study.optuna.get_trials(deepcopy=False):
-        status = t.user_attrs.get("status")
-        expected = {
-            "COMPLETE": TrialState.COMPLETE,
-            "INFEASIBLE": TrialState.COMPLETE,
-            "PRUNED": TrialState.PRUNED,
-            "FAILED": TrialState.FAIL,
-        }[status]
-        assert t.state == expected, (t.number, status, t.state)
-        if status == "INFEASIBLE":
-            assert t.constraints == {"budget": 1.0}
-        if status == "PRUNED":
-            assert t.values is None
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp", "qnehvi", "autopeft"])
@@ -138,38 +107,9 @@ def test_results_to_pandas_and_best(tmp_path):
 
 
 def test_storage_opens_in_optuna_dashboard(tmp_path):
-    import json as _json
-    from wsgiref.util import setup_testing_defaults
-
-    from optuna_dashboard import wsgi
-
     study = Study(config("dash"), root=tmp_path)
     run_local(study, 12, runner=blackbox.for_study(study), progress=False)
-    app = wsgi(optuna.storages.RDBStorage(study.storage_url))
-
-    def get(path):
-        out = {}
-
-        def start(status, headers, exc_info=None):
-            out["status"] = status
-
-        env = {"PATH_INFO": path}
-        setup_testing_defaults(env)
-        body = b"".join(app(env, start))
-        return out["status"], body
-
-    status, body = get("/api/studies")
-    assert status.startswith("200")
-    studies = _json.loads(body)["study_summaries"]
-    assert [s["study_name"] for s in studies] == ["dash"]
-    status, body = get(f"/api/studies/{studies[0]['study_id']}")
-    detail = _json.loads(body)
-    states = sorted(t["state"] for t in detail["trials"])
-    assert len(states) == 12
-    expected = sorted(t.state.name.capitalize() for t in study.optuna.trials)
-    assert [s.lower() for s in states] == [s.lower() for s in expected]
-    attrs = {a["key"] for t in detail["trials"] for a in t["user_attrs"]}
-    assert {"status", "result", "candidate"} <= attrs
+    check_dashboard(study)
 
 
 def _progress(db: Path) -> tuple[int, int]:

@@ -76,6 +76,7 @@ def trial_function(trial_config: dict, config_json: str, cache_dir: str, kind: s
         return True  # the scheduler stops the trial by ending this function
 
     result = runner.run(candidate, report, set(trial_config["eval_at"]))
+    base["worker_pid"] = os.getpid()
     tune.report(
         {
             **base,
@@ -161,6 +162,11 @@ class StudySearcher(Searcher):
         if number is None:
             return
         res = self._result(trial_id, number, result, error)
+        if result and result.get("worker_pid"):
+            storage = self.study.optuna._storage
+            storage.set_trial_user_attr(
+                self.study._trial_id(number), "worker_pid", int(result["worker_pid"])
+            )
         self.study.tell(number, res)
         if res.status is TrialStatus.COMPLETE:
             self.finished[res.candidate.key()] = res

@@ -1,0 +1,72 @@
+"""Checks shared by the search tests (local and Ray executors)."""
+
+from __future__ import annotations
+
+import json
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+from optuna.trial import TrialState
+
+from autopeft.core.pareto import dominates, to_min
+from autopeft.core.result import TrialStatus
+from autopeft.search.study import Study
+
+
+def check_front(study: Study) -> None:
+    results = dict(study.results())
+    front = study.front()
+    assert front, "a front exists"
+    done = [r for r in results.values() if r.status is TrialStatus.COMPLETE]
+    pts = to_min([study.values_of(r) for r in done], study.directions)
+    for number, r in front:
+        assert r.status is TrialStatus.COMPLETE
+        me = to_min([study.values_of(r)], study.directions)[0]
+        assert not any(dominates(p, me) for p in pts), f"trial {number} is dominated"
+    # The same front from Optuna's own constraint-aware best_trials.
+    reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
+    assert {t.number for t in study.optuna.best_trials} - reused == {n for n, _ in front}
+
+
+def check_states(study: Study) -> None:
+    for t in study.optuna.get_trials(deepcopy=False):
+        status = t.user_attrs.get("status")
+        expected = {
+            "COMPLETE": TrialState.COMPLETE,
+            "INFEASIBLE": TrialState.COMPLETE,
+            "PRUNED": TrialState.PRUNED,
+            "FAILED": TrialState.FAIL,
+        }[status]
+        assert t.state == expected, (t.number, status, t.state)
+        if status == "INFEASIBLE":
+            assert t.constraints == {"budget": 1.0}
+        if status == "PRUNED":
+            assert t.values is None
+
+
+def check_dashboard(study: Study) -> None:
+    """The study's storage opens in optuna-dashboard with every trial and its state."""
+    from optuna_dashboard import wsgi
+
+    app = wsgi(optuna.storages.RDBStorage(study.storage_url))
+
+    def get(path):
+        out = {}
+
+        def start(status, headers, exc_info=None):
+            out["status"] = status
+
+        env = {"PATH_INFO": path}
+        setup_testing_defaults(env)
+        body = b"".join(app(env, start))
+        assert out["status"].startswith("200"), out["status"]
+        return json.loads(body)
+
+    studies = get("/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == [study.config.name]
+    detail = get(f"/api/studies/{studies[0]['study_id']}")
+    shown = {t["number"]: t["state"].lower() for t in detail["trials"]}
+    stored = {t.number: t.state.name.lower() for t in study.optuna.trials}
+    assert shown == stored
+    attrs = {a["key"] for t in detail["trials"] for a in t["user_attrs"]}
+    assert {"status", "result", "candidate"} <= attrs

@@ -1,0 +1,136 @@
+"""The Ray Tune executor: a real tiny-model study, dashboard view, kill-and-resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autopeft import api
+from autopeft.core.result import TrialStatus
+from autopeft.search.study import Study
+from tests.helpers import check_dashboard, check_front, check_states
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
+
+STUDY = {
+    "model": "tiny-bert",
+    "task": {"name": "sms_spam", "max_length": 32},
+    "search_space": {
+        "modules": {"lora": {"rank": [2, 4, 8, 16]}, "serial_adapter": {"size": [0, 4, 8, 16]}},
+        "layers": "search",
+    },
+    "training": {
+        "steps": 30,
+        "batch_size": 8,
+        "eval_every": 30,
+        "eval_examples": 64,
+        "rungs": [0.34, 1.0],
+    },
+    "sampler": {"name": "tpe", "n_startup_trials": 4},
+    "halving": {"eta": 2, "min_peers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_real_tiny_study_on_ray_with_reused_actors(local_ray, tmp_path):
+    from autopeft.search.ray import _RUNNERS, run_ray
+
+    study = Study(api.study_from_dict({"name": "ray-e2e", **STUDY}), root=tmp_path)
+    run_ray(study, 8, progress=False)
+    assert study.n_done() == 8
+    results = dict(study.results())
+    statuses = [r.status for r in results.values()]
+    assert statuses.count(TrialStatus.COMPLETE) >= 3
+    assert all(s in (TrialStatus.COMPLETE, TrialStatus.PRUNED) for s in statuses), statuses
+    for r in results.values():
+        assert r.trainable_params == api.candidate_trainable_params(r.candidate, study.profile)
+        if r.status is TrialStatus.COMPLETE:
+            assert r.steps == 30 and r.peak_memory_mb > 0
+        else:
+            assert r.steps == 10
+    check_states(study)
+    check_front(study)
+    check_dashboard(study)
+    # Two worker processes at most trained all trials: actors (and their loaded model) reused.
+    workers = {t.user_attrs.get("worker_pid") for t in study.optuna.trials} - {None}
+    assert 1 <= len(workers) <= 2, workers
+    assert not _RUNNERS  # the driver itself trained nothing
+
+
+def _progress(db: Path) -> tuple[int, int]:
+    if not db.exists():
+        return 0, 0
+    try:
+        study = optuna.load_study(study_name="ray-resume", storage=f"sqlite:///{db}")
+    except Exception:  # noqa: BLE001 -- not created yet
+        return 0, 0
+    states = [t.state for t in study.trials]
+    return sum(s.is_finished() for s in states), states.count(TrialState.RUNNING)
+
+
+def test_kill_and_resume_ray_driver(tmp_path):
+    import yaml
+
+    study_file = tmp_path / "study.yaml"
+    spec = {"name": "ray-resume", **STUDY, "halving": {"enabled": False}, "n_trials": 8}
+    study_file.write_text(yaml.safe_dump(spec))
+    cmd = [
+        sys.executable,
+        "-m",
+        "autopeft.cli",
+        "run",
+        str(study_file),
+        "--root",
+        str(tmp_path),
+        "--executor",
+        "ray",
+        "--quiet",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    db = tmp_path / "ray-resume" / "study.db"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done, running = _progress(db)
+        if done >= 2 and running >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait()
+    before = optuna.load_study(study_name="ray-resume", storage=f"sqlite:///{db}")
+    finished = {t.number: t.params for t in before.trials if t.state == TrialState.COMPLETE}
+    running = [t for t in before.trials if t.state == TrialState.RUNNING]
+    assert len(finished) >= 2 and running
+
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = optuna.load_study(study_name="ray-resume", storage=f"sqlite:///{db}")
+    for number, params in finished.items():
+        assert after.trials[number].state == TrialState.COMPLETE
+        assert after.trials[number].params == params
+    counted = [t for t in after.trials if not t.user_attrs.get("interrupted")]
+    assert sum(t.state.is_finished() for t in counted) == 8
+    assert all(t.state != TrialState.RUNNING for t in after.trials)
+    for t in running:
+        assert after.trials[t.number].user_attrs["interrupted"] is True
+        retries = [r for r in after.trials if r.user_attrs.get("retry_of") == t.number]
+        assert len(retries) == 1 and retries[0].params == t.params

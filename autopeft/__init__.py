@@ -5,3 +5,10 @@ Importing the package is cheap; submodules pull in torch/optuna only when used.
 """
 
 __version__ = "0.1.0"
+
+
+def run(config, **kwargs):
+    """Run or resume a study; see :func:`autopeft.api.run` (imported lazily)."""
+    from autopeft.api import run as _run
+
+    return _run(config, **kwargs)

@@ -8,6 +8,7 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 from optuna.trial import TrialState
 
+from autopeft.core.candidate import Candidate
 from autopeft.core.pareto import dominates, to_min
 from autopeft.core.result import TrialStatus
 from autopeft.search.study import Study
@@ -70,3 +71,48 @@ def check_dashboard(study: Study) -> None:
     assert shown == stored
     attrs = {a["key"] for t in detail["trials"] for a in t["user_attrs"]}
     assert {"status", "result", "candidate"} <= attrs
+
+
+class Enumerate:
+    """A Suggest that walks every branch of a define-by-run space (depth-first odometer)."""
+
+    def __init__(self):
+        self.path: list[tuple[int, int]] = []  # (chosen index, number of options) per decision
+        self.pos = 0
+
+    def _pick(self, options: list) -> object:
+        if self.pos < len(self.path):
+            idx, _ = self.path[self.pos]
+        else:
+            idx = 0
+            self.path.append((0, len(options)))
+        self.pos += 1
+        return options[idx]
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        return self._pick(list(range(low, high + 1, step)))
+
+    def suggest_float(self, name, low, high, log=False):
+        raise AssertionError("no floats in enumerated spaces")
+
+    def suggest_categorical(self, name, choices):
+        return self._pick(list(choices))
+
+    def advance(self) -> bool:
+        del self.path[self.pos :]
+        self.pos = 0
+        while self.path:
+            idx, n = self.path[-1]
+            if idx + 1 < n:
+                self.path[-1] = (idx + 1, n)
+                return True
+            self.path.pop()
+        return False
+
+
+def enumerate_all(resolved) -> list[Candidate]:
+    walker, out = Enumerate(), []
+    while True:
+        out.append(resolved.sample(walker))
+        if not walker.advance():
+            return out

@@ -10,54 +10,10 @@ from autopeft import api, methods
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError
 from autopeft.core.resolve import RandomSuggest, candidate_params
+from tests.helpers import enumerate_all
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "search_spaces").glob("*.yaml"))
-
-
-class Enumerate:
-    """A Suggest that walks every branch of a define-by-run space (depth-first odometer)."""
-
-    def __init__(self):
-        self.path: list[tuple[int, int]] = []  # (chosen index, number of options) per decision
-        self.pos = 0
-
-    def _pick(self, options: list) -> object:
-        if self.pos < len(self.path):
-            idx, _ = self.path[self.pos]
-        else:
-            idx = 0
-            self.path.append((0, len(options)))
-        self.pos += 1
-        return options[idx]
-
-    def suggest_int(self, name, low, high, step=1, log=False):
-        return self._pick(list(range(low, high + 1, step)))
-
-    def suggest_float(self, name, low, high, log=False):
-        raise AssertionError("no floats in enumerated spaces")
-
-    def suggest_categorical(self, name, choices):
-        return self._pick(list(choices))
-
-    def advance(self) -> bool:
-        del self.path[self.pos :]
-        self.pos = 0
-        while self.path:
-            idx, n = self.path[-1]
-            if idx + 1 < n:
-                self.path[-1] = (idx + 1, n)
-                return True
-            self.path.pop()
-        return False
-
-
-def enumerate_all(resolved) -> list[Candidate]:
-    walker, out = Enumerate(), []
-    while True:
-        out.append(resolved.sample(walker))
-        if not walker.advance():
-            return out
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)

@@ -113,7 +113,9 @@ class SamplerConfig(_Section):
     name: str = "tpe"
     #: Random trials before the model-based proposals (None: 10; 100 for ``autopeft``).
     n_startup_trials: int | None = Field(None, ge=0)
-    batch_size: int = Field(1, ge=1)
+    #: Proposals evaluated at once by the Ray executor, pending ones known to the sampler
+    #: (None: 4 for ``autopeft``, as in the paper; otherwise as many as resources allow).
+    batch_size: int | None = Field(None, ge=1)
     seed: int | None = 0
 
     @field_validator("name")

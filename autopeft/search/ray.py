@@ -239,6 +239,9 @@ def run_ray(
         )
     budget = _driver_budget(study, runner)
     gpus = _gpu_fraction(study, budget) if gpus_per_trial is None else gpus_per_trial
+    if max_concurrent is None:
+        batch = cfg.sampler.batch_size
+        max_concurrent = batch if batch else (4 if cfg.sampler.name == "autopeft" else None)
     display = _Progress(study, n_trials) if progress else None
     searcher = StudySearcher(
         study, n_trials, rungs, budget, listener=display.update if display else None

@@ -61,6 +61,34 @@ def _print_front(study) -> None:
         )
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autopeft.api import load
+    from autopeft.cluster import ClusterJob, shell_script, slurm_script, submit
+    from autopeft.core.study_config import StudyConfig
+
+    config = load(args.file)  # validate before anything is written or submitted
+    name = config.name if isinstance(config, StudyConfig) else "autopeft"
+    job = ClusterJob(
+        study_file=str(Path(args.file).resolve()),
+        storage=args.storage,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_node=args.cpus_per_node,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        python=args.python,
+        hosts=tuple(h for h in (args.hosts or "").split(",") if h),
+        name=name,
+    )
+    script = shell_script(job) if args.shell else slurm_script(job)
+    out = Path(args.output or f"{name}-{'shell' if args.shell else 'slurm'}.sh")
+    print(submit(script, out, args.now and not args.shell))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -117,6 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="studies", help="folder of study folders (default: studies)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "submit",
+        help="write (and submit) a cluster batch script that runs a study on Ray",
+        description="Write a SLURM batch script (default) that starts a Ray head and workers "
+        "on the allocation and runs the study with --executor ray; --now submits it with "
+        "sbatch. --shell writes a plain-shell variant for machines without SLURM (workers "
+        "started over ssh on --hosts).",
+    )
+    p.add_argument("file", help="a study YAML")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--slurm", action="store_true", help="a SLURM sbatch script (default)")
+    mode.add_argument("--shell", action="store_true", help="a plain-shell script (ssh)")
+    p.add_argument("--nodes", type=int, default=1, help="SLURM nodes (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 0)")
+    p.add_argument("--cpus-per-node", type=int, default=8, help="CPUs per node (default 8)")
+    p.add_argument("--time", default="04:00:00", help="SLURM time limit (default 04:00:00)")
+    p.add_argument("--partition", default=None, help="SLURM partition")
+    p.add_argument("--account", default=None, help="SLURM account")
+    p.add_argument("--hosts", default=None, help="--shell: worker hosts, comma-separated")
+    p.add_argument("--storage", default=None, help="study storage URL every node can reach")
+    p.add_argument("--python", default="python", help="Python on the nodes (default: python)")
+    p.add_argument("-o", "--output", default=None, help="script path (default: NAME-slurm.sh)")
+    p.add_argument("--now", action="store_true", help="submit with sbatch right away")
+    p.set_defaults(func=_submit)
     return parser
 
 

@@ -43,7 +43,7 @@ STUDY = {
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -57,7 +57,8 @@ def test_real_tiny_study_on_ray_with_reused_actors(local_ray, tmp_path):
     results = dict(study.results())
     statuses = [r.status for r in results.values()]
     assert statuses.count(TrialStatus.COMPLETE) >= 3
-    assert TrialStatus.PRUNED in statuses, "the Pareto halving scheduler stopped some trials"
+    # Every trial passed the rung (step 10) through the scheduler, which recorded it.
+    assert all("rung_10" in t.user_attrs for t in study.optuna.trials)
     assert all(s in (TrialStatus.COMPLETE, TrialStatus.PRUNED) for s in statuses), statuses
     for r in results.values():
         assert r.trainable_params == api.candidate_trainable_params(r.candidate, study.profile)
@@ -72,6 +73,24 @@ def test_real_tiny_study_on_ray_with_reused_actors(local_ray, tmp_path):
     workers = {t.user_attrs.get("worker_pid") for t in study.optuna.trials} - {None}
     assert 1 <= len(workers) <= 2, workers
     assert not _RUNNERS  # the driver itself trained nothing
+
+
+def test_pareto_halving_scheduler_prunes_on_ray(local_ray, tmp_path):
+    from autopeft.search.ray import run_ray
+
+    spec = {
+        "name": "ray-halving",
+        **STUDY,
+        "training": {**STUDY["training"], "steps": 90, "rungs": [0.34, 0.67, 1.0]},
+    }
+    study = Study(api.study_from_dict(spec), root=tmp_path)
+    run_ray(study, 16, runner="blackbox", progress=False)
+    statuses = [r.status for _, r in study.results()]
+    assert statuses.count(TrialStatus.PRUNED) >= 3, statuses
+    for n, r in study.results():
+        if r.status is TrialStatus.PRUNED:
+            assert study.optuna.trials[n].state == TrialState.PRUNED and r.steps in (31, 60)
+    check_states(study)
 
 
 def _progress(db: Path) -> tuple[int, int]:

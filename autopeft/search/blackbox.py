@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import time
 
 from autopeft import methods
 from autopeft.core.candidate import Candidate
@@ -33,9 +34,11 @@ class BlackboxRunner:
         noise: float = 0.005,
         seed: int = 0,
         fail_every: int = 0,
+        delay_s: float = 0.0,
     ):
         self.profile, self.training, self.limits = profile, training, budget
         self.noise, self.seed, self.fail_every = noise, seed, fail_every
+        self.delay_s = delay_s  # simulated training time per trial (concurrency tests)
         self.calls = 0
 
     def final_accuracy(self, candidate: Candidate) -> float:
@@ -71,6 +74,7 @@ class BlackboxRunner:
     def run(self, candidate: Candidate, report, eval_at: set[int]) -> TrialResult:
         """A synthetic trial: evaluations at ``eval_at`` and the end, stoppable by ``report``."""
         self.calls += 1
+        time.sleep(self.delay_s)
         params, pred, over = self.budget(candidate)
         base = dict(
             candidate=candidate,

@@ -106,6 +106,8 @@ def run_local(
     }
     try:
         while study.n_done() < n_trials:
+            if study.shared:
+                study.recover_interrupted()  # trials of a driver that died meanwhile
             trial, candidate = study.ask()
             if candidate.key() in finished:
                 study.tell(trial, finished[candidate.key()], reused=True)

@@ -77,6 +77,7 @@ def trial_function(trial_config: dict, config_json: str, cache_dir: str, kind: s
 
     result = runner.run(candidate, report, set(trial_config["eval_at"]))
     base["worker_pid"] = os.getpid()
+    base["worker_node"] = ray.get_runtime_context().get_node_id()
     tune.report(
         {
             **base,
@@ -142,6 +143,8 @@ class StudySearcher(Searcher):
         while True:
             if self._remaining() <= 0:
                 return Searcher.FINISHED if not self.numbers else None
+            if self.study.shared:
+                self.study.recover_interrupted()  # trials of a driver that died meanwhile
             trial, candidate = self.study.ask()
             if candidate.key() in self.finished:  # identical to a trained one: reuse it
                 self.study.tell(trial, self.finished[candidate.key()], reused=True)
@@ -163,10 +166,9 @@ class StudySearcher(Searcher):
             return
         res = self._result(trial_id, number, result, error)
         if result and result.get("worker_pid"):
-            storage = self.study.optuna._storage
-            storage.set_trial_user_attr(
-                self.study._trial_id(number), "worker_pid", int(result["worker_pid"])
-            )
+            storage, tid = self.study.optuna._storage, self.study._trial_id(number)
+            storage.set_trial_user_attr(tid, "worker_pid", int(result["worker_pid"]))
+            storage.set_trial_user_attr(tid, "worker_node", str(result.get("worker_node")))
         self.study.tell(number, res)
         if res.status is TrialStatus.COMPLETE:
             self.finished[res.candidate.key()] = res
@@ -234,8 +236,13 @@ def run_ray(
     rungs = rung_steps(cfg.training.steps, cfg.training.rungs) if enabled else [cfg.training.steps]
     study.recover_interrupted()  # trials of a dead driver: failed and re-queued
     if not ray.is_initialized():
+        # address=None must mean "a new local Ray": plain ray.init() would join any Ray
+        # instance already running on this machine (another study's, a test's).
         ray.init(
-            address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
+            address=address or "local",
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
         )
     budget = _driver_budget(study, runner)
     gpus = _gpu_fraction(study, budget) if gpus_per_trial is None else gpus_per_trial

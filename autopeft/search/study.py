@@ -10,6 +10,8 @@ violated constraint (so constraint-aware samplers learn it and it never reaches 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +60,22 @@ class Study:
         root: str | Path = "studies",
         storage: str | None = None,
         num_labels: int = 2,
+        heartbeat: tuple[int, int] = (5, 30),
     ):
+        """Open (or create) the study.
+
+        Args:
+            config: the validated study file.
+            root: folder of study folders.
+            storage: an Optuna storage URL (default: the config's, else SQLite in the folder).
+            num_labels: classes of the task (for the model profile).
+            heartbeat: (interval, grace) seconds for shared server storages: a trial whose
+                driver stopped sending heartbeats for ``grace`` seconds is re-run.
+        """
         self.config = config
+        self.heartbeat = heartbeat
+        self._owned: set[int] = set()
+        self._beat: threading.Thread | None = None
         self.folder = Path(root) / config.name
         self.folder.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage or config.storage or default_storage(self.folder)
@@ -79,13 +95,30 @@ class Study:
             self.optuna.set_user_attr(CONFIG_ATTR, json.loads(snapshot))
             (self.folder / "study.json").write_text(snapshot)
 
+    @property
+    def shared(self) -> bool:
+        """Whether several drivers may share the storage (a database server, not SQLite)."""
+        return self.storage_url.startswith(("postgresql", "mysql"))
+
     def _storage(self) -> optuna.storages.BaseStorage | str:
-        if self.storage_url.startswith(("sqlite", "postgresql", "mysql")):
-            # A long busy timeout: several local workers may write the same SQLite file.
-            args = (
-                {"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else {}
-            )
+        if self.storage_url.startswith("sqlite"):
+            # A long busy timeout: readers such as optuna-dashboard may hold the file.
+            args = {"connect_args": {"timeout": 60}}
             return optuna.storages.RDBStorage(self.storage_url, engine_kwargs=args)
+        if self.shared:
+            interval, grace = self.heartbeat
+            for attempt in range(5):
+                try:
+                    return optuna.storages.RDBStorage(
+                        self.storage_url,
+                        engine_kwargs={"pool_pre_ping": True},
+                        heartbeat_interval=interval,
+                        grace_period=grace,
+                    )
+                except Exception:  # noqa: BLE001 -- drivers racing to create the schema
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.5 + attempt)
         return self.storage_url
 
     # -- ask / tell --------------------------------------------------------------------------
@@ -93,9 +126,28 @@ class Study:
     def ask(self) -> tuple[optuna.Trial, Candidate]:
         """A new trial and its candidate, sampled define-by-run by the study's sampler."""
         trial = self.optuna.ask()
+        if self.shared:
+            self._own(trial._trial_id)
         candidate = self.space.sample(trial)
         trial.set_user_attr(CANDIDATE_ATTR, candidate.to_json())
         return trial, candidate
+
+    def _own(self, trial_id: int) -> None:
+        # Heartbeats tell other drivers this trial is alive (shared storages only).
+        self.optuna._storage.record_heartbeat(trial_id)
+        self._owned.add(trial_id)
+        if self._beat is None:
+            self._beat = threading.Thread(target=self._beat_loop, daemon=True)
+            self._beat.start()
+
+    def _beat_loop(self) -> None:
+        while True:
+            time.sleep(self.heartbeat[0])
+            for trial_id in list(self._owned):
+                try:
+                    self.optuna._storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 -- a transient DB error must not stop the driver
+                    pass
 
     def tell(self, trial: optuna.Trial | int, result: TrialResult, reused: bool = False) -> None:
         """Record a finished trial (the one path for every executor).
@@ -105,6 +157,7 @@ class Study:
         """
         number = trial if isinstance(trial, int) else trial.number
         storage, tid = self.optuna._storage, self._trial_id(number)
+        self._owned.discard(tid)
         if reused:
             storage.set_trial_user_attr(tid, "reused", True)
         storage.set_trial_user_attr(tid, RESULT_ATTR, json.loads(result.model_dump_json()))
@@ -160,16 +213,26 @@ class Study:
     # -- resume ------------------------------------------------------------------------------
 
     def recover_interrupted(self) -> list[int]:
-        """Fail trials left RUNNING by a dead process and queue their parameters again.
+        """Fail trials whose driver died and queue their parameters again (once each).
 
-        Call it only when no other live driver shares the study (the local executor at
-        start-up); shared studies rely on heartbeats instead.
+        With SQLite (one driver at a time) every RUNNING trial at start-up is interrupted.
+        With a shared server storage only trials whose driver stopped sending heartbeats for
+        the grace period are; drivers call this before asking, so a live driver picks up the
+        trials of a dead one.
         """
+        storage = self.optuna._storage
+        running = self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if self.shared:
+            stale = set(storage._get_stale_trial_ids(self.optuna._study_id))
+            running = [t for t in running if t._trial_id in stale]
         requeued = []
-        for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            tid = t._trial_id
-            self.optuna._storage.set_trial_user_attr(tid, INTERRUPTED_ATTR, True)
-            self.optuna._storage.set_trial_state_values(tid, TrialState.FAIL)
+        for t in running:
+            try:  # another driver may be failing the same trial right now: only one wins
+                storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
+                if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
             self.optuna.enqueue_trial(t.params, user_attrs={RETRY_OF_ATTR: t.number})
             requeued.append(t.number)
         return requeued

@@ -89,6 +89,47 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from autopeft import results
+
+    study = results.open_study(args.study, storage=args.storage)
+    if args.trials:
+        print(f"wrote {results.export_trials(study, args.trials)}")
+    if args.trial is not None:
+        if not args.output:
+            raise _usage("--output DIR is needed with --trial")
+        out = results.export_trial(study, args.trial, args.output, retrain=args.retrain)
+        print(f"wrote {out} (load it with autopeft.train.export.load_exported)")
+    if args.trial is None and not args.trials:
+        raise _usage("give --trial N -o DIR and/or --trials FILE.csv|json|parquet")
+    return 0
+
+
+def _reeval(args: argparse.Namespace) -> int:
+    from autopeft import results
+
+    study = results.open_study(args.study, storage=args.storage)
+    for row in results.reeval(study, top=args.top, seeds=args.seeds):
+        print(
+            f"trial {row['trial']}: {row['metric']} {row['mean']:.4f} +- {row['std']:.4f} "
+            f"over {len(row['seeds'])} seeds"
+        )
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from autopeft import results
+
+    results.dashboard(results.open_study(args.study, storage=args.storage), port=args.port)
+    return 0
+
+
+def _usage(text: str):
+    from autopeft.core.errors import ConfigError, Problem
+
+    return ConfigError(Problem("arguments", text))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -170,6 +211,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="script path (default: NAME-slurm.sh)")
     p.add_argument("--now", action="store_true", help="submit with sbatch right away")
     p.set_defaults(func=_submit)
+
+    p = sub.add_parser(
+        "export",
+        help="export a trial as a loadable adapter, or all trials as a table",
+        description="--trial N -o DIR writes the trial's trained adapter: autopeft.json (the "
+        "configuration and training recipe), trainable.safetensors, and for peft-backed "
+        "methods a standard peft adapter folder (PeftModel.from_pretrained). --retrain "
+        "trains it at full fidelity first. --trials FILE writes every trial (.csv/.json/"
+        ".parquet).",
+    )
+    p.add_argument("study", help="the study YAML or its folder studies/<name>")
+    p.add_argument("--trial", type=int, default=None, help="trial number")
+    p.add_argument("-o", "--output", default=None, help="output folder for --trial")
+    p.add_argument("--retrain", action="store_true", help="train at full fidelity first")
+    p.add_argument("--trials", default=None, help="write all trials to FILE.csv|json|parquet")
+    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "reeval",
+        help="retrain the best front points with several seeds (mean/std)",
+        description="Retrain the top-K front points (by the task metric) with --seeds "
+        "training seeds and store per-seed metrics, mean and std in the study.",
+    )
+    p.add_argument("study", help="the study YAML or its folder studies/<name>")
+    p.add_argument("--top", type=int, default=5, help="front points to re-evaluate (default 5)")
+    p.add_argument("--seeds", type=int, default=5, help="training seeds (default 5)")
+    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
+    p.set_defaults(func=_reeval)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="serve optuna-dashboard for a study on 127.0.0.1",
+        description="Start optuna-dashboard for the study's storage and print its URL.",
+    )
+    p.add_argument("study", help="the study YAML or its folder studies/<name>")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
+    p.set_defaults(func=_dashboard)
     return parser
 
 

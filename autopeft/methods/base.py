@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
 from autopeft.core.candidate import ModuleConfig
@@ -66,6 +67,24 @@ class MethodSpec:
     def target_paths(self, profile: ModelProfile, cfg: ModuleConfig) -> list[str]:
         """Full module paths of the targeted sub-layers (peft ``target_modules``)."""
         return [lin.path for _, lin in self.linears(profile, cfg)]
+
+    def ranked_targets(self, profile: ModelProfile, cfg: ModuleConfig) -> dict[str, Any]:
+        """Keyword arguments shared by LoRA-family peft configs: targets, ``r``, patterns.
+
+        Targets are the exact module paths of the placed sub-layers with a non-zero rank;
+        per-layer ranks become ``rank_pattern`` (peft matches its keys as regexes against a
+        dotted suffix of the module name, hence the escaping).
+        """
+        ranks = {}
+        for layer, lin in self.linears(profile, cfg):
+            if (r := self.size(cfg, layer)) > 0:
+                ranks[lin.path] = r
+        patterns = {re.escape(p): r for p, r in ranks.items()} if cfg.sizes is not None else {}
+        return {
+            "target_modules": list(ranks),
+            "r": int(cfg.params.get(self.size_param, max(ranks.values()))),
+            "rank_pattern": patterns,
+        }
 
     def size(self, cfg: ModuleConfig, layer: int) -> int:
         """The size/rank of this module in block ``layer``."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from autopeft.core.candidate import ModuleConfig
@@ -91,22 +90,10 @@ class LoKr(MethodSpec):
         """A ``LoKrConfig`` over the exact module paths; per-layer ranks via ``rank_pattern``."""
         from peft import LoKrConfig, TaskType
 
-        targets, ranks = [], {}
-        for layer, lin in self.linears(profile, cfg):
-            r = self.size(cfg, layer)
-            if r > 0:
-                targets.append(lin.path)
-                ranks[lin.path] = r
-        base_rank = int(cfg.params.get("rank", max(ranks.values())))
         return LoKrConfig(
             task_type=TaskType.SEQ_CLS,
-            r=base_rank,
             alpha=float(cfg.params["alpha"]),
             decompose_factor=int(cfg.params["decompose_factor"]),
             decompose_both=bool(cfg.params["decompose_both"]),
-            target_modules=targets,
-            # peft matches rank_pattern keys as regexes against a dotted suffix of the name.
-            rank_pattern={re.escape(p): r for p, r in ranks.items()}
-            if cfg.sizes is not None
-            else {},
+            **self.ranked_targets(profile, cfg),
         )

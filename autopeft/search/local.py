@@ -42,7 +42,9 @@ class TrainingRunner:
         """Load the study's model and task once (tokens cached in the study folder)."""
         from autopeft.train.trial import TrialContext
 
-        return cls(TrialContext.create(study.config, cache_dir=study.folder / "cache"))
+        ctx = TrialContext.create(study.config, cache_dir=study.folder / "cache")
+        ctx.weights_dir = study.folder / "weights"
+        return cls(ctx)
 
     def budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
         """See :func:`autopeft.train.trial.check_budget`."""

@@ -51,7 +51,9 @@ def _runner(config_json: str, cache_dir: str, kind: str):
             from autopeft.train.trial import TrialContext
 
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            _RUNNERS[key] = TrainingRunner(TrialContext.create(config, cache_dir=Path(cache_dir)))
+            ctx = TrialContext.create(config, cache_dir=Path(cache_dir))
+            ctx.weights_dir = Path(cache_dir).parent / "weights"  # the study folder's
+            _RUNNERS[key] = TrainingRunner(ctx)
     return _RUNNERS[key]
 
 

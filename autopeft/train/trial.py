@@ -26,6 +26,7 @@ from autopeft.train.loop import NonFiniteLoss, Report, train_and_eval
 from autopeft.train.memory import cpu_estimate_mb, cuda_peak
 from autopeft.train.models import load_model, load_tokenizer
 from autopeft.train.profile import profile_model
+from autopeft.train.weights import save_trainable
 
 #: Methods whose gradient reaches the input embeddings (prompt tokens are inputs).
 EMBEDDING_METHODS = {"prompt"}
@@ -47,6 +48,8 @@ class TrialContext:
     device: torch.device
     #: Test seam: called with the adapted model before training (e.g. to inject a fault).
     before_training: Callable[[AdaptedModel], None] | None = None
+    #: Where COMPLETE trials leave their trained adapter + head (``<candidate key>.safetensors``).
+    weights_dir: Path | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -67,6 +70,11 @@ class TrialContext:
     def budget(self) -> Budget:
         """The study's budget."""
         return self.config.search_space.budget
+
+
+def weights_path(folder: Path, candidate: Candidate, seed: int) -> Path:
+    """Where the trained weights of ``candidate`` (trained under ``seed``) live."""
+    return folder / f"{candidate.key()}-seed{seed}.safetensors"
 
 
 def _seq_len(ctx: TrialContext, candidate: Candidate) -> int:
@@ -158,6 +166,10 @@ def run_trial(
                 eval_at,
             )
         peak = cuda_box[0] if memory_kind is MemoryKind.CUDA else peak
+        if ctx.weights_dir is not None and not out.stopped_early:
+            save_trainable(
+                adapted, weights_path(ctx.weights_dir, candidate, ctx.config.training.seed)
+            )
         wall = time.perf_counter() - started
         return TrialResult(
             status=TrialStatus.PRUNED if out.stopped_early else TrialStatus.COMPLETE,

@@ -1,0 +1,117 @@
+"""Export a trial as a loadable artefact, and load it back.
+
+The folder holds:
+- ``autopeft.json``: base model, labels, the candidate, the exact training recipe, the
+  trial's metrics — everything needed to rebuild or retrain it;
+- ``trainable.safetensors``: every trained tensor (adapters and head), loadable into the
+  model rebuilt from the candidate (:func:`load_exported`) — works for every module type;
+- for candidates with a peft-backed module: a standard peft adapter (``adapter_config.json``
+  + ``adapter_model.safetensors``) loadable with ``PeftModel.from_pretrained`` (it carries
+  the peft module and the classifier head; native modules need :func:`load_exported`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autopeft import __version__, methods
+from autopeft.core.candidate import Candidate
+from autopeft.core.study_config import StudyConfig
+from autopeft.train.build import AdaptedModel, build_adapted
+from autopeft.train.models import load_model, resolve_model_dir
+from autopeft.train.profile import profile_model
+from autopeft.train.weights import load_trainable, save_trainable
+
+MANIFEST = "autopeft.json"
+WEIGHTS = "trainable.safetensors"
+
+
+def export_adapted(
+    adapted: AdaptedModel,
+    out_dir: Path,
+    config: StudyConfig,
+    num_labels: int,
+    metrics: dict[str, float] | None = None,
+    trial: int | None = None,
+) -> Path:
+    """Write ``adapted`` (already trained) to ``out_dir``; returns the folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_trainable(adapted, out_dir / WEIGHTS)
+    peft_backed = any(methods.get(m).backend == "peft" for m in adapted.candidate.methods)
+    if peft_backed:
+        adapted.model.save_pretrained(str(out_dir))
+        cfg_path = out_dir / "adapter_config.json"
+        adapter_cfg = json.loads(cfg_path.read_text())
+        adapter_cfg["base_model_name_or_path"] = _model_ref(config.model)
+        cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
+    manifest: dict[str, Any] = {
+        "autopeft_version": __version__,
+        "base_model": config.model,
+        "base_model_path": _model_ref(config.model),
+        "num_labels": num_labels,
+        "candidate": adapted.candidate.to_json(),
+        "description": adapted.candidate.describe(),
+        "trainable_params": adapted.trainable_params,
+        "head_params": adapted.head_params,
+        "peft_adapter": peft_backed,
+        "task": config.task.model_dump(mode="json"),
+        "training": config.training.model_dump(mode="json"),
+        "study": config.name,
+        "trial": trial,
+        "metrics": metrics or {},
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out_dir
+
+
+def load_exported(path: str | Path, device: str | None = None) -> AdaptedModel:
+    """Rebuild an exported model: base model + candidate + trained tensors.
+
+    Raises:
+        FileNotFoundError: when ``path`` holds no ``autopeft.json``.
+    """
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    # The frozen base is rebuilt the way training built it (random test models: same seed).
+    model = load_model(
+        manifest["base_model"],
+        num_labels=manifest["num_labels"],
+        seed=manifest["training"]["seed"],
+    )
+    profile = profile_model(model)
+    candidate = Candidate.model_validate(manifest["candidate"])
+    adapted = build_adapted(model, profile, candidate, total_steps=manifest["training"]["steps"])
+    load_trainable(adapted, path / WEIGHTS)
+    adapted.model.eval()
+    if device:
+        adapted.model.to(device)
+    return adapted
+
+
+def rebuild(ctx, candidate: Candidate, weights: Path) -> AdaptedModel:
+    """The trained model of ``candidate`` from a trial's saved tensors."""
+    adapted = build_adapted(
+        copy.deepcopy(ctx.base_model), ctx.profile, candidate, total_steps=ctx.config.training.steps
+    )
+    load_trainable(adapted, weights)
+    return adapted
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of ``model`` on ``batch`` (eval mode)."""
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return model(**inputs).logits
+
+
+def _model_ref(name: str) -> str:
+    try:
+        return str(resolve_model_dir(name))
+    except Exception:  # noqa: BLE001 -- hub ids and tiny models have no local folder
+        return name

@@ -124,26 +124,27 @@ class Surrogate:
         if len(done) < 10:
             raise ValueError(f"need at least 10 complete real trials, got {len(done)}")
         self.candidates = [Candidate.model_validate(r["candidate"]) for r in done]
-        raw = torch.tensor(
-            [features(c, profile) for c in self.candidates], dtype=torch.float64
-        )
+        raw = torch.tensor([features(c, profile) for c in self.candidates], dtype=torch.float64)
         self.center, self.scale = raw.mean(0), raw.std(0).clamp(min=1e-6)
         x = (raw - self.center) / self.scale
         self.steps = sorted({int(h["step"]) for r in done for h in r["history"]})
         self.targets: dict[int, torch.Tensor] = {}
         self.models: dict[int, StepModel] = {}
         for step in self.steps:
-            y = torch.tensor(
-                [_at_step(r["history"], step) for r in done], dtype=torch.float64
-            )
+            y = torch.tensor([_at_step(r["history"], step) for r in done], dtype=torch.float64)
             self.targets[step] = y
             self.models[step] = StepModel.fit(x, y)
         final = self.models[self.steps[-1]].loo_residuals
         #: Correlation of one trial's residuals across steps (first vs last step).
         self.rho = (
-            max(0.0, float(torch.corrcoef(
-                torch.stack([self.models[self.steps[0]].loo_residuals, final])
-            )[0, 1]))
+            max(
+                0.0,
+                float(
+                    torch.corrcoef(torch.stack([self.models[self.steps[0]].loo_residuals, final]))[
+                        0, 1
+                    ]
+                ),
+            )
             if len(self.steps) > 1
             else 1.0
         )
@@ -158,8 +159,9 @@ class Surrogate:
 
     def predict(self, candidate: Candidate, step: int) -> float:
         """Noise-free accuracy at ``step`` (linear between fitted steps, clamped at the ends)."""
-        x = (torch.tensor([features(candidate, self.profile)], dtype=torch.float64)
-             - self.center) / self.scale
+        x = (
+            torch.tensor([features(candidate, self.profile)], dtype=torch.float64) - self.center
+        ) / self.scale
         at = {s: float(self.models[s].predict(x)[0]) for s in self.steps}
         if step <= self.steps[0]:
             return at[self.steps[0]]

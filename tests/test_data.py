@@ -93,3 +93,30 @@ def test_metrics_on_a_hand_checked_example():
     # class 1: p=2/3 r=2/3 f1=2/3; class 0: p=2/3 r=2/3 f1=2/3
     assert m["f1"] == pytest.approx(2 / 3)
     assert m["mcc"] == pytest.approx((2 * 2 - 1 * 1) / 9)
+
+
+def test_huggingface_datasets_dataset_from_disk(tmp_path):
+    import datasets
+
+    features = datasets.Features(
+        {
+            "sentence": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["negative", "positive"]),
+        }
+    )
+    rows = {
+        "sentence": [f"movie {i} was {'good' if i % 2 else 'bad'}" for i in range(40)],
+        "label": [i % 2 for i in range(40)],
+    }
+    dd = datasets.DatasetDict(
+        train=datasets.Dataset.from_dict({k: v[:30] for k, v in rows.items()}, features=features),
+        validation=datasets.Dataset.from_dict(
+            {k: v[30:] for k, v in rows.items()}, features=features
+        ),
+    )
+    dd.save_to_disk(str(tmp_path / "ds"))
+    task = load_task(TaskConfig(name="sst", hf_dataset=str(tmp_path / "ds"), text="sentence"))
+    assert task.label_names == ["negative", "positive"] and len(task.texts) == 40
+    assert all((lab == 1) == ("good" in t) for t, lab in zip(task.texts, task.labels))
+    with pytest.raises(ConfigError, match="cannot load the dataset"):
+        load_task(TaskConfig(name="x", hf_dataset=str(tmp_path / "missing")))

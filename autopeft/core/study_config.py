@@ -66,6 +66,10 @@ class TaskConfig(_Section):
 
     name: str = "rotten_tomatoes"
     path: str | None = None
+    #: A Hugging Face ``datasets`` dataset: a hub id (needs network or a cache) or a folder
+    #: written by ``save_to_disk``; ``hf_subset`` is its configuration name.
+    hf_dataset: str | None = None
+    hf_subset: str | None = None
     text: str = "text"
     text_pair: str | None = None
     label: str = "label"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 from autopeft.core.candidate import Candidate
@@ -101,7 +100,7 @@ def run_local(
     rungs = rung_steps(cfg.steps, cfg.rungs) if rule else [cfg.steps]
     metric = study.config.task.metric
     study.recover_interrupted()
-    display = _Progress(study, n_trials) if progress else None
+    display = Progress(study, n_trials) if progress else None
     # A candidate already trained to completion is not trained again: its result is reused.
     finished = {
         r.candidate.key(): r for _, r in study.results() if r.status is TrialStatus.COMPLETE
@@ -136,7 +135,7 @@ def run_local(
     return study
 
 
-class _Progress:
+class Progress:
     """A rich progress line: trials done, last result, front size, hypervolume."""
 
     def __init__(self, study: Study, total: int):
@@ -156,6 +155,7 @@ class _Progress:
         self.bar.start()
 
     def update(self, number: int, result: TrialResult) -> None:
+        """Show a finished trial."""
         front = self.study.front()
         acc = result.metrics.get(self.study.config.task.metric)
         last = f"#{number} {result.status.value}" + (f" {acc:.3f}" if acc is not None else "")
@@ -165,9 +165,5 @@ class _Progress:
         self.bar.update(self.task, completed=self.study.n_done(), info=info)
 
     def close(self) -> None:
+        """Stop the live display."""
         self.bar.stop()
-
-
-def default_root() -> Path:
-    """Where studies live by default."""
-    return Path("studies")

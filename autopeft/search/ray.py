@@ -230,7 +230,7 @@ def run_ray(
         max_failures: retries of a trial whose worker died (e.g. a lost node).
         progress: show a live progress line.
     """
-    from autopeft.search.local import _Progress
+    from autopeft.search.local import Progress
 
     cfg, hcfg = study.config, study.config.halving
     enabled = hcfg.enabled if halving is None else halving
@@ -251,7 +251,7 @@ def run_ray(
     if max_concurrent is None:
         batch = cfg.sampler.batch_size
         max_concurrent = batch if batch else (4 if cfg.sampler.name == "autopeft" else None)
-    display = _Progress(study, n_trials) if progress else None
+    display = Progress(study, n_trials) if progress else None
     searcher = StudySearcher(
         study, n_trials, rungs, budget, listener=display.update if display else None
     )

@@ -124,11 +124,13 @@ def _build(
 
 
 def load_task(cfg: TaskConfig, seed: int = 0) -> Task:
-    """Load a built-in task by name or a user CSV/JSONL file (``cfg.path``).
+    """Load a built-in task, a user CSV/JSONL file (``path``) or a ``datasets`` dataset.
 
     Raises:
         ConfigError: unknown task, missing file or column, or fewer than two labels.
     """
+    if cfg.hf_dataset:
+        return _hf_task(cfg, seed)
     if cfg.path:
         path = Path(cfg.path).expanduser()
         if not path.is_file():
@@ -156,6 +158,52 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> Task:
             )
         ) from None
     return _build(cfg.name, _rows(path, "csv"), text, None, label, label_map, seed, str(path))
+
+
+def _hf_task(cfg: TaskConfig, seed: int) -> Task:
+    """Rows of every split of a ``datasets`` dataset, split again by autopeft's seeded rule.
+
+    Pooling the dataset's splits keeps one split rule for every task (and de-duplicates
+    across them); integer labels keep the dataset's class names when it declares them.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(
+            Problem(
+                "task.hf_dataset",
+                "the `datasets` package is not installed",
+                hint="pip install datasets",
+            )
+        ) from None
+    ref = cfg.hf_dataset
+    try:
+        if Path(ref).is_dir():
+            data = datasets.load_from_disk(ref)
+        else:
+            data = datasets.load_dataset(ref, cfg.hf_subset)
+    except Exception as err:  # noqa: BLE001 -- any loading problem is the user's to fix
+        raise ConfigError(
+            Problem(
+                "task.hf_dataset",
+                f"cannot load the dataset: {err}",
+                ref,
+                hint="a save_to_disk folder, or a hub id on a networked machine",
+            )
+        ) from None
+    parts = list(data.values()) if isinstance(data, datasets.DatasetDict) else [data]
+    names = None
+    feature = parts[0].features.get(cfg.label)
+    if isinstance(feature, datasets.ClassLabel):
+        names = feature.names
+    rows = []
+    for part in parts:
+        for row in part:
+            if names is not None:
+                row = {**row, cfg.label: names[row[cfg.label]]}
+            rows.append(row)
+    label_map = {n: n for n in names} if names else None
+    return _build(cfg.name, rows, cfg.text, cfg.text_pair, cfg.label, label_map, seed, ref)
 
 
 @dataclass

@@ -1,18 +1,20 @@
 """Search quality: hypervolume vs number of trials for each sampler, with and without halving.
 
-The benchmark is the surrogate of ``bench/surrogate.py``: accuracy predicted from real
-low-fidelity trials of ``search_spaces/bench.yaml`` on ``minilm`` / ``rotten_tomatoes`` (40
-steps, evaluated at the halving rungs 14, 27, 40), exact trainable parameters and predicted
-memory. For every sampler (random, TPE, NSGA-II, qNEHVI) x halving (off, on) x seed, a study
-(SQLite in a temporary folder, the executor ``run_local`` exactly as ``autopeft run`` uses
-it) runs ``--trials`` trials; after each trial the hypervolume of the front is computed with
-ONE reference point shared by all runs (accuracy 0.5, 1.1 x the space's largest parameter
-count, 1.1 x the largest predicted memory) and reported as a fraction of the box between the
-ideal corner (accuracy 1, 0 parameters, 0 MiB) and the reference point. The search cost is
-the training steps spent (halving stops trials early; a repeated candidate is not retrained).
+The benchmark is the surrogate of ``bench/surrogate.py``: accuracy curves drawn from a model
+fitted to real low-fidelity trials of ``search_spaces/bench.yaml`` on ``minilm`` /
+``rotten_tomatoes`` (40 steps, evaluated at the halving rungs 14, 27, 40), exact trainable
+parameters and predicted memory. For every sampler (random, TPE, NSGA-II, qNEHVI) x
+halving (off, on) x seed, a study (SQLite in a temporary folder, run by ``run_local`` as
+``autopeft run`` does) runs ``--trials`` trials. After each trial the hypervolume of the
+front is computed with ONE reference point shared by all runs (accuracy 0.5, 1.1 x the
+space's largest parameter count, 1.1 x the largest predicted memory) and reported as a
+fraction of the box between the ideal corner (accuracy 1, 0 parameters, 0 MiB) and the
+reference point. The search cost is the training steps spent (halving stops trials early; a
+repeated candidate is not retrained).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/search_quality.py --jobs 2
-    OMP_NUM_THREADS=1 .venv/bin/python bench/search_quality.py --variants   # + TPE settings
+    OMP_NUM_THREADS=1 .venv/bin/python bench/search_quality.py --jobs 2 [--variants]
+
+``--variants`` adds TPE settings beside the default (see :data:`VARIANTS`).
 
 Results: bench/results/search_quality.json, .md (table) and .html (plotly figure).
 """
@@ -41,6 +43,8 @@ from autopeft.core.result import TrialStatus  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 SAMPLERS = ("random", "tpe", "nsga2", "qnehvi")
 CHECKPOINTS = (10, 20, 40, 100)
+#: Equal compute: the training steps of 40 full trials (40 steps each).
+STEP_BUDGET = 1600
 #: The default sampler (SamplerConfig's default) and the goal of the issue.
 DEFAULT, GOAL_TRIALS = "tpe", 40
 #: TPE settings tried beside the default (``--variants``): label -> (startup, TPE options).
@@ -80,7 +84,7 @@ def reference_point(study) -> list[float]:
     return [0.5, 1.1 * hi, 1.1 * mem]
 
 
-def run_one(spec: Spec, root: str) -> dict:
+def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
     """Run one study on the surrogate; hypervolume and training steps after each trial."""
     import torch
 
@@ -89,7 +93,6 @@ def run_one(spec: Spec, root: str) -> dict:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    surrogate = Surrogate.from_jsonl(DATA)
     name = f"{spec.label}-h{int(spec.halving)}-s{spec.seed}"
     config = bench_study(
         name,
@@ -123,6 +126,7 @@ def run_one(spec: Spec, root: str) -> dict:
         "hv": hv,
         "steps": cum,
         "pruned": statuses.count("PRUNED"),
+        "complete": statuses.count("COMPLETE"),
         "reused": sum(1 for t in study.optuna.trials if t.user_attrs.get("reused")),
         "front": len(study.front()),
         "wall_s": wall,
@@ -133,6 +137,13 @@ def run_one(spec: Spec, root: str) -> dict:
 def first_reaching(curve: list[float], target: float) -> int | None:
     """The first trial count (1-based) at which ``curve`` reaches ``target``."""
     return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-12), None)
+
+
+def hv_at_steps(run: dict, budget: int) -> float | None:
+    """HV once ``budget`` training steps are spent (None: the run spent fewer)."""
+    if run["steps"][-1] < budget:
+        return None
+    return max((h for h, s in zip(run["hv"], run["steps"]) if s <= budget), default=0.0)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -163,8 +174,13 @@ def summarise(runs: list[dict]) -> list[dict]:
             if h in targets:
                 row[key] = first_reaching(curve, targets[h])
                 row[f"{key}_per_seed"] = [first_reaching(r["hv"], targets[h]) for r in rs]
+        at_budget = [hv_at_steps(r, STEP_BUDGET) for r in rs]
+        if None not in at_budget:
+            row["hv@steps"] = mean_std(at_budget)
         row["steps"] = mean_std([r["steps"][-1] for r in rs])
         row["pruned"] = statistics.fmean(r["pruned"] for r in rs)
+        row["complete"] = statistics.fmean(r["complete"] for r in rs)
+        row["reused"] = statistics.fmean(r["reused"] for r in rs)
         row["wall_s"] = statistics.fmean(r["wall_s"] for r in rs)
         rows.append(row)
     order = {s: i for i, s in enumerate([*SAMPLERS, *VARIANTS])}
@@ -172,42 +188,59 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def surrogate_summary(fit: dict) -> str:
+    """The surrogate's leave-one-out quality in one paragraph."""
+    cls, cur = fit["p_learn"], fit["learner_final_accuracy"]
+    exp = fit["expected_final_accuracy"]
+    lo, hi = fit["accuracy_range"]
+    return (
+        f"Surrogate: fitted to {fit['n']} real 40-step trials of `search_spaces/bench.yaml` "
+        f"(minilm, rotten_tomatoes; final accuracy {lo:.3f}..{hi:.3f}), {fit['learned']} of "
+        f"which beat the constant predictor ({fit['majority_accuracy']:.4f}). Leave-one-out: "
+        f"P(learns) AUC {cls['loo_auc']:.3f}, log-loss {cls['loo_log_loss']:.3f} (constant "
+        f"{cls['constant_log_loss']:.3f}); learners' final accuracy RMSE {cur['loo_rmse']:.4f} "
+        f"(constant {cur['constant_loo_rmse']:.4f}); expected final accuracy of all trials "
+        f"MAE {exp['loo_mae']:.4f} (constant {exp['constant_loo_mae']:.4f}), RMSE "
+        f"{exp['loo_rmse']:.4f} (constant {exp['constant_loo_rmse']:.4f}), Spearman "
+        f"{exp['loo_spearman']:.2f}. Parameters and predicted memory are exact."
+    )
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     """The results table and the verdict on the goal."""
-    fit = meta["surrogate"]
-    final = fit["steps"][str(max(map(int, fit["steps"])))]
     lines = [
         "# Search quality on the minilm surrogate",
         "",
-        f"Surrogate: kernel ridge per evaluation step, fitted to {final['n']} real 40-step "
-        f"trials of `search_spaces/bench.yaml` (minilm, rotten_tomatoes); leave-one-out RMSE "
-        f"of the final accuracy {final['loo_rmse']:.4f} vs {final['constant_loo_rmse']:.4f} "
-        f"for a constant (LOO R² {final['loo_r2']:.2f}). Accuracy noise = the LOO residual "
-        f"spread. Parameters and predicted memory are exact.",
+        surrogate_summary(meta["surrogate"]),
+        "",
         f"Hypervolume: fraction of the box between (accuracy 1, 0 params, 0 MiB) and the "
         f"reference point (accuracy {meta['reference'][0]}, {meta['reference'][1]:,.0f} "
         f"params, {meta['reference'][2]:,.1f} MiB), one reference for every run; mean ± std "
         f"over {meta['seeds']} seeds. Halving: eta 3, min_peers 3, rungs at steps 14 and 27 "
         f'of 40. "Trials to random": the first trial count at which the mean curve reaches '
-        f"random search's mean 100-trial hypervolume with the same halving setting (in "
-        f"brackets: per seed; — = not within the run). Steps: training steps spent in the run.",
+        f"random search's mean final hypervolume with the same halving setting (in "
+        f"brackets: per seed; — = not within the run). HV@{STEP_BUDGET:,} steps: the "
+        f"hypervolume once {STEP_BUDGET:,} training steps (40 full trials) are spent — equal "
+        f"compute (— = the run spent fewer). Steps: training steps spent in the whole run. "
+        f"Pruned: trials stopped by halving; reused: trials whose candidate was already "
+        f"trained (not retrained, but counted as trials).",
         "",
         "| sampler | halving | "
         + " | ".join(f"HV@{c}" for c in CHECKPOINTS)
-        + " | trials to random's HV@100 | steps | pruned | wall s |",
-        "|---|---|" + "---|" * (len(CHECKPOINTS) + 4),
+        + f" | HV@{STEP_BUDGET:,} steps | trials to random's HV@{meta['trials']} | steps "
+        "| pruned | reused | wall s |",
+        "|---|---|" + "---|" * (len(CHECKPOINTS) + 6),
     ]
     for r in rows:
         hv = [
             f"{r[f'hv@{c}'][0]:.4f} ± {r[f'hv@{c}'][1]:.4f}" if f"hv@{c}" in r else "—"
             for c in CHECKPOINTS
         ]
-        seeds = ", ".join(str(s) if s else "—" for s in r.get("to_random_per_seed", []))
-        reach = f"{r.get('to_random') or '—'} [{seeds}]"
-        steps = f"{r['steps'][0]:,.0f}"
+        hv.append(f"{r['hv@steps'][0]:.4f} ± {r['hv@steps'][1]:.4f}" if "hv@steps" in r else "—")
+        reach = f"{r.get('to_random') or '—'} [{per_seed(r.get('to_random_per_seed', []))}]"
         lines.append(
             f"| {r['label']} | {'on' if r['halving'] else 'off'} | {' | '.join(hv)} | {reach} | "
-            f"{steps} | {r['pruned']:.1f} | {r['wall_s']:.0f} |"
+            f"{r['steps'][0]:,.0f} | {r['pruned']:.1f} | {r['reused']:.1f} | {r['wall_s']:.0f} |"
         )
     lines += ["", "## Goal", "", *meta["verdict"], ""]
     notes = meta.get("notes")
@@ -215,6 +248,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     lines.append(f"Run: `{meta['command']}` ({meta['runtime_min']:.1f} min, {meta['machine']}).")
     return "\n".join(lines) + "\n"
+
+
+def per_seed(values: list[int | None]) -> str:
+    return ", ".join(str(v) if v else "—" for v in values)
 
 
 def verdict(rows: list[dict]) -> list[str]:
@@ -228,11 +265,47 @@ def verdict(rows: list[dict]) -> list[str]:
         mode = "with halving" if r["halving"] else "without halving"
         out.append(
             f"- Default sampler (TPE, n_startup_trials 10) {mode}: reaches random search's mean "
-            f"100-trial hypervolume (same halving setting) after "
+            f"final hypervolume (same halving setting) after "
             f"{reached if reached else 'more than ' + str(r['trials'])} trials (mean curve; "
-            f"per seed {r.get('to_random_per_seed')}) — goal of at most {GOAL_TRIALS} "
-            f"{'MET' if ok else 'NOT met'}."
+            f"per seed {per_seed(r.get('to_random_per_seed', []))}) — goal of at most "
+            f"{GOAL_TRIALS} {'MET' if ok else 'NOT met'}."
         )
+    meeting = [
+        f"{r['label']} ({'with' if r['halving'] else 'without'} halving: {r['to_random']})"
+        for r in rows
+        if r["label"] != "random" and r.get("to_random") and r["to_random"] <= GOAL_TRIALS
+    ]
+    out.append(f"- Settings that meet the goal on the mean curve: {', '.join(meeting) or 'none'}.")
+    return out
+
+
+def observations(rows: list[dict], args) -> list[str]:
+    """Notes the numbers call for (qNEHVI's length, NSGA-II's generations, duplicates)."""
+    out = []
+    if args.qnehvi_trials < args.trials:
+        out.append(
+            f"qNEHVI ran {args.qnehvi_trials} trials per run, not {args.trials}: one BoTorch "
+            f"proposal takes ~10-20 s on this CPU."
+        )
+    for r in rows:
+        where = f"{r['label']} {'with' if r['halving'] else 'without'} halving"
+        if r["label"] == "nsga2" and r["halving"] and r["complete"] < 50:
+            out.append(
+                f"{where}: only {r['complete']:.0f} trials complete on average (the rest are "
+                f"pruned), fewer than NSGA-II's population of 50, so it never leaves its random "
+                f"first generation and equals random search."
+            )
+        if r["label"] == "qnehvi" and r["halving"]:
+            out.append(
+                f"{where}: {r['complete']:.1f} of {r['trials']} trials complete on average; "
+                f"BoTorch counts only complete trials towards its 10 start-up trials, so most "
+                f"proposals are random."
+            )
+        if r["reused"] >= 0.2 * r["trials"]:
+            out.append(
+                f"{where}: {r['reused']:.1f} of {r['trials']} trials on average re-propose an "
+                f"already trained candidate (reused, no training, but a trial spent)."
+            )
     return out
 
 
@@ -325,13 +398,7 @@ def main() -> None:
     started = time.perf_counter()
     surrogate = Surrogate.from_jsonl(DATA)
     fit = surrogate.report()
-    for step, q in fit["steps"].items():
-        print(
-            f"surrogate step {step}: n {q['n']}  LOO RMSE {q['loo_rmse']:.4f} "
-            f"(constant {q['constant_loo_rmse']:.4f}, R² {q['loo_r2']:.2f})  "
-            f"width {q['width']} penalty {q['penalty']}"
-        )
-    print(f"residual correlation first/last step: {fit['residual_correlation_first_last']:.2f}")
+    print(surrogate_summary(fit))
     specs = []
     for seed in range(args.seeds):
         for halving in (False, True):
@@ -346,7 +413,7 @@ def main() -> None:
     specs.sort(key=lambda s: s.sampler != "qnehvi")
     runs = []
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_one, s, root) for s in specs]
+        futures = [pool.submit(run_one, s, surrogate, root) for s in specs]
         for spec, fut in zip(specs, futures):
             run = fut.result()
             runs.append(run)
@@ -360,10 +427,7 @@ def main() -> None:
     import platform
 
     meta = {
-        "surrogate": {
-            "steps": {str(k): v for k, v in fit["steps"].items()},
-            **{"residual_correlation_first_last": fit["residual_correlation_first_last"]},
-        },
+        "surrogate": fit,
         "reference": runs[0]["reference"],
         "seeds": args.seeds,
         "trials": args.trials,
@@ -374,10 +438,7 @@ def main() -> None:
         "machine": f"{platform.machine()} CPU",
     }
     meta["verdict"] = verdict(rows)
-    if args.qnehvi_trials < args.trials:
-        meta["notes"] = [
-            f"qNEHVI ran {args.qnehvi_trials} trials per run (BoTorch on CPU is slow)."
-        ]
+    meta["notes"] = observations(rows, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "search_quality.json").write_text(
         json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=1)

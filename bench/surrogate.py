@@ -1,13 +1,21 @@
 """A surrogate trial runner fitted to real trial results, for search-quality benchmarks.
 
 ``bench/collect_real_trials.py`` trains random candidates of ``search_spaces/bench.yaml`` for
-real and records their accuracy at each evaluation step. This module fits, per evaluation
-step, a kernel ridge regression (RBF kernel on standardised candidate features, plus a
-constant) to those accuracies and serves it through the executor's ``Runner`` interface, like
-:class:`autopeft.search.blackbox.BlackboxRunner`: accuracy at a step = the fitted prediction
-+ seeded noise with the fit's leave-one-out residual spread (correlated across the steps of
-one trial as the real residuals are). Trainable parameters and predicted memory are exact,
-from autopeft's formulas, so the parameter and memory objectives are the real ones.
+real (40 steps) and records their accuracy at each evaluation step. At that fidelity the
+outcome is bimodal: a trial either learns (final accuracy above the majority-class rate) or
+stays a constant predictor (exactly the majority, or minority, class rate). A single
+regression fits that poorly, so the surrogate is a two-part model over candidate features:
+
+- ``P(learns)``: logistic regression (ridge-penalised, penalty chosen by leave-one-out);
+- the learning curve of a trial that learns: ridge regression per evaluation step, fitted to
+  the trials that learned (penalty chosen by exact leave-one-out).
+
+A surrogate trial draws "learns" with that probability, then takes the predicted curve plus
+the leave-one-out residual curve of a randomly drawn real learner (so noise has the real
+spread and cross-step correlation), or else the whole curve of a randomly drawn real trial
+that did not learn. Draws are seeded per (run seed, candidate). Trainable parameters and
+predicted memory are exact, from autopeft's formulas, as in
+:class:`autopeft.search.blackbox.BlackboxRunner`.
 
 Features of a candidate: per module type whether it is on and its log2 size, whether LoRA
 targets the FFN too, the fraction of layers on, the lowest layer on and the log of the exact
@@ -20,7 +28,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -44,9 +52,9 @@ FEATURES = [
     "lowest_layer",
     "log_params",
 ]
-#: Candidate kernel widths and ridge penalties; the pair with the lowest LOO error is kept.
-WIDTHS = (1.0, 2.0, 3.0, 4.0, 6.0, 10.0)
-PENALTIES = (0.03, 0.1, 0.3, 1.0, 3.0)
+#: Penalties tried; the one with the lowest leave-one-out error is kept.
+PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+F64 = torch.float64
 
 
 def features(candidate: Candidate, profile: ModelProfile) -> list[float]:
@@ -66,88 +74,113 @@ def features(candidate: Candidate, profile: ModelProfile) -> list[float]:
     return out
 
 
-def _rbf(a: torch.Tensor, b: torch.Tensor, width: float) -> torch.Tensor:
-    return torch.exp(-torch.cdist(a, b).pow(2) / (2 * width**2))
+def _with_bias(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
 
 
-@dataclass
-class StepModel:
-    """Kernel ridge regression of the accuracy at one evaluation step."""
-
-    x: torch.Tensor  # standardised training features
-    alpha: torch.Tensor  # dual weights
-    mean: float  # the constant part (training mean)
-    width: float
-    penalty: float
-    loo_residuals: torch.Tensor  # leave-one-out residuals, in training order
-
-    @classmethod
-    def fit(cls, x: torch.Tensor, y: torch.Tensor) -> StepModel:
-        """Fit on standardised ``x``; width and penalty chosen by exact LOO error."""
-        best = None
-        for width in WIDTHS:
-            k = _rbf(x, x, width)
-            for penalty in PENALTIES:
-                res = _loo(k, y, penalty)
-                rmse = float(res.pow(2).mean().sqrt())
-                if best is None or rmse < best[0]:
-                    best = (rmse, width, penalty, res)
-        _, width, penalty, res = best
-        mean = float(y.mean())
-        k = _rbf(x, x, width)
-        alpha = torch.linalg.solve(k + penalty * torch.eye(len(y), dtype=x.dtype), y - mean)
-        return cls(x, alpha, mean, width, penalty, res)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Predicted accuracy for standardised features ``x``."""
-        return self.mean + _rbf(x, self.x, self.width) @ self.alpha
+def _penalty_matrix(dim: int, penalty: float) -> torch.Tensor:
+    p = penalty * torch.eye(dim, dtype=F64)
+    p[-1, -1] = 0.0  # the intercept is not penalised
+    return p
 
 
-def _loo(k: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Exact leave-one-out residuals of kernel ridge with a centred target.
+def fit_ridge(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Ridge weights (last one: the intercept) for features ``x`` with a bias column."""
+    return torch.linalg.solve(x.T @ x + _penalty_matrix(x.shape[1], penalty), x.T @ y)
 
-    With the hat matrix ``H = K (K + p I)^-1``, the LOO residual is ``r_i / (1 - H_ii)``;
-    centring by the full-data mean is a negligible (1/n) leak.
-    """
-    n = len(y)
-    hat = k @ torch.linalg.inv(k + penalty * torch.eye(n, dtype=k.dtype))
-    resid = (y - y.mean()) - hat @ (y - y.mean())
-    return resid / (1 - hat.diagonal())
+
+def ridge_loo(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Exact leave-one-out residuals of ridge regression (``r_i / (1 - H_ii)``)."""
+    hat = x @ torch.linalg.solve(x.T @ x + _penalty_matrix(x.shape[1], penalty), x.T)
+    return (y - hat @ y) / (1 - hat.diagonal())
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Ridge-penalised logistic regression by Newton's method."""
+    w = torch.zeros(x.shape[1], dtype=F64)
+    pen = _penalty_matrix(x.shape[1], penalty)
+    for _ in range(100):
+        p = torch.sigmoid(x @ w)
+        grad = x.T @ (p - y) + pen @ w
+        hess = x.T @ (x * (p * (1 - p))[:, None]) + pen
+        step = torch.linalg.solve(hess, grad)
+        w = w - step
+        if float(step.abs().max()) < 1e-10:
+            break
+    return w
+
+
+def logistic_loo(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Leave-one-out probabilities (one refit per trial)."""
+    out = torch.empty(len(y), dtype=F64)
+    for i in range(len(y)):
+        keep = torch.arange(len(y)) != i
+        out[i] = torch.sigmoid(x[i] @ fit_logistic(x[keep], y[keep], penalty))
+    return out
+
+
+def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
+
+
+def auc(score: torch.Tensor, y: torch.Tensor) -> float:
+    """Probability that a random positive scores above a random negative."""
+    pos, neg = score[y == 1], score[y == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float((diff > 0).to(F64).mean() + 0.5 * (diff == 0).to(F64).mean())
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    def ranks(v: torch.Tensor) -> torch.Tensor:
+        order = v.argsort()
+        r = torch.empty(len(v), dtype=F64)
+        r[order] = torch.arange(len(v), dtype=F64)
+        for value in v.unique():  # average ranks of ties
+            tied = v == value
+            r[tied] = r[tied].mean()
+        return r
+
+    return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]))[0, 1])
 
 
 class Surrogate:
-    """Accuracy(candidate, step), fitted to real trials; one :class:`StepModel` per step."""
+    """Accuracy curves of candidates, fitted to real trials (see the module docstring)."""
 
     def __init__(self, records: list[dict], profile: ModelProfile):
         self.profile = profile
         done = [r for r in records if r["status"] == "COMPLETE"]
-        if len(done) < 10:
-            raise ValueError(f"need at least 10 complete real trials, got {len(done)}")
-        self.candidates = [Candidate.model_validate(r["candidate"]) for r in done]
-        raw = torch.tensor([features(c, profile) for c in self.candidates], dtype=torch.float64)
-        self.center, self.scale = raw.mean(0), raw.std(0).clamp(min=1e-6)
-        x = (raw - self.center) / self.scale
+        if len(done) < 20:
+            raise ValueError(f"need at least 20 complete real trials, got {len(done)}")
         self.steps = sorted({int(h["step"]) for r in done for h in r["history"]})
-        self.targets: dict[int, torch.Tensor] = {}
-        self.models: dict[int, StepModel] = {}
-        for step in self.steps:
-            y = torch.tensor([_at_step(r["history"], step) for r in done], dtype=torch.float64)
-            self.targets[step] = y
-            self.models[step] = StepModel.fit(x, y)
-        final = self.models[self.steps[-1]].loo_residuals
-        #: Correlation of one trial's residuals across steps (first vs last step).
-        self.rho = (
-            max(
-                0.0,
-                float(
-                    torch.corrcoef(torch.stack([self.models[self.steps[0]].loo_residuals, final]))[
-                        0, 1
-                    ]
-                ),
-            )
-            if len(self.steps) > 1
-            else 1.0
+        self.curves = torch.tensor(
+            [[_at_step(r["history"], s) for s in self.steps] for r in done], dtype=F64
         )
+        final = self.curves[:, -1]
+        #: The constant predictor's accuracy: the most frequent final accuracy.
+        self.majority = Counter(round(float(v), 6) for v in final).most_common(1)[0][0]
+        self.learned = final > self.majority + 1e-6
+        raw = torch.tensor(
+            [features(Candidate.model_validate(r["candidate"]), profile) for r in done], dtype=F64
+        )
+        self.center, self.scale = raw.mean(0), raw.std(0).clamp(min=1e-6)
+        self.x = _with_bias((raw - self.center) / self.scale)
+        y = self.learned.to(F64)
+        losses = {p: log_loss(logistic_loo(self.x, y, p), y) for p in PENALTIES}
+        self.class_penalty = min(losses, key=losses.get)
+        self.class_w = fit_logistic(self.x, y, self.class_penalty)
+        xl = self.x[self.learned]
+        self.curve_penalty, self.curve_w, residuals = [], [], []
+        for j in range(len(self.steps)):
+            yl = self.curves[self.learned, j]
+            errs = {p: float(ridge_loo(xl, yl, p).pow(2).mean()) for p in PENALTIES}
+            best = min(errs, key=errs.get)
+            self.curve_penalty.append(best)
+            self.curve_w.append(fit_ridge(xl, yl, best))
+            residuals.append(ridge_loo(xl, yl, best))
+        #: Leave-one-out residual curves of the learners, and the curves of the others.
+        self.residuals = torch.stack(residuals, 1)
+        self.flat_curves = self.curves[~self.learned]
 
     @classmethod
     def from_jsonl(cls, path: Path = DATA, profile: ModelProfile | None = None) -> Surrogate:
@@ -157,44 +190,97 @@ class Surrogate:
         records = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
         return cls(records, profile or model_profile("minilm"))
 
-    def predict(self, candidate: Candidate, step: int) -> float:
-        """Noise-free accuracy at ``step`` (linear between fitted steps, clamped at the ends)."""
-        x = (
-            torch.tensor([features(candidate, self.profile)], dtype=torch.float64) - self.center
-        ) / self.scale
-        at = {s: float(self.models[s].predict(x)[0]) for s in self.steps}
-        if step <= self.steps[0]:
-            return at[self.steps[0]]
-        if step >= self.steps[-1]:
-            return at[self.steps[-1]]
-        hi = next(s for s in self.steps if s >= step)
-        lo = max(s for s in self.steps if s < step)
-        w = (step - lo) / (hi - lo)
-        return (1 - w) * at[lo] + w * at[hi]
+    def _x(self, candidate: Candidate) -> torch.Tensor:
+        raw = torch.tensor([features(candidate, self.profile)], dtype=F64)
+        return _with_bias((raw - self.center) / self.scale)[0]
 
-    def noise_std(self, step: int) -> float:
-        """The LOO residual spread at the fitted step nearest ``step``."""
-        near = min(self.steps, key=lambda s: abs(s - step))
-        return float(self.models[near].loo_residuals.std())
+    def p_learn(self, candidate: Candidate) -> float:
+        """Probability that training the candidate beats the constant predictor."""
+        return float(torch.sigmoid(self._x(candidate) @ self.class_w))
+
+    def learner_curve(self, candidate: Candidate) -> list[float]:
+        """Predicted accuracy at each fitted step, should the candidate learn."""
+        x = self._x(candidate)
+        return [float(x @ w) for w in self.curve_w]
+
+    def expected(self, candidate: Candidate) -> float:
+        """Expected final accuracy (noise-free): the mixture's mean."""
+        p = self.p_learn(candidate)
+        return p * self.learner_curve(candidate)[-1] + (1 - p) * float(
+            self.flat_curves[:, -1].mean()
+        )
+
+    def sample_curve(self, candidate: Candidate, seed: int) -> list[float]:
+        """One trial's accuracy at each fitted step (seeded by ``seed`` and the candidate)."""
+        digest = hashlib.sha1(f"{seed}|{candidate.key()}".encode()).hexdigest()
+        rng = random.Random(int(digest[:12], 16))
+        if rng.random() < self.p_learn(candidate):
+            noise = self.residuals[rng.randrange(len(self.residuals))]
+            curve = [m + float(e) for m, e in zip(self.learner_curve(candidate), noise)]
+        else:
+            curve = self.flat_curves[rng.randrange(len(self.flat_curves))].tolist()
+        return [min(1.0, max(0.0, v)) for v in curve]
+
+    def at(self, curve: list[float], step: int) -> float:
+        """A curve's value at ``step`` (linear between fitted steps, clamped at the ends)."""
+        if step <= self.steps[0]:
+            return curve[0]
+        if step >= self.steps[-1]:
+            return curve[-1]
+        hi = next(j for j, s in enumerate(self.steps) if s >= step)
+        w = (step - self.steps[hi - 1]) / (self.steps[hi] - self.steps[hi - 1])
+        return (1 - w) * curve[hi - 1] + w * curve[hi]
 
     def report(self) -> dict:
-        """LOO quality per step: RMSE and MAE vs a constant predictor, and the chosen fit."""
-        out = {}
-        for step in self.steps:
-            m, y = self.models[step], self.targets[step]
-            base = (y - y.mean()) * len(y) / (len(y) - 1)  # LOO residuals of the mean
-            rmse = float(m.loo_residuals.pow(2).mean().sqrt())
-            out[step] = {
-                "n": len(y),
-                "loo_rmse": rmse,
-                "loo_mae": float(m.loo_residuals.abs().mean()),
-                "constant_loo_rmse": float(base.pow(2).mean().sqrt()),
-                "loo_r2": 1 - rmse**2 / float(base.pow(2).mean()),
-                "accuracy_range": [float(y.min()), float(y.max())],
-                "width": m.width,
-                "penalty": m.penalty,
-            }
-        return {"steps": out, "residual_correlation_first_last": self.rho}
+        """Leave-one-out quality: the classifier, the learner curve, the whole mixture."""
+        y = self.learned.to(F64)
+        p_loo = logistic_loo(self.x, y, self.class_penalty)
+        n_l = int(self.learned.sum())
+        yl = self.curves[self.learned, -1]
+        curve_rmse = float(self.residuals[:, -1].pow(2).mean().sqrt())
+        const_l = float((yl - yl.mean()).pow(2).mean().sqrt() * n_l / (n_l - 1))
+        expected = self._loo_expected(p_loo)
+        final = self.curves[:, -1]
+        n = len(final)
+        const = (final - final.mean()) * n / (n - 1)  # LOO residuals of the mean
+        err = final - expected
+        return {
+            "n": n,
+            "learned": n_l,
+            "majority_accuracy": self.majority,
+            "p_learn": {
+                "penalty": self.class_penalty,
+                "loo_auc": auc(p_loo, y),
+                "loo_log_loss": log_loss(p_loo, y),
+                "constant_log_loss": log_loss(torch.full_like(y, float(y.mean())), y),
+            },
+            "learner_final_accuracy": {
+                "penalty": self.curve_penalty[-1],
+                "loo_rmse": curve_rmse,
+                "constant_loo_rmse": const_l,
+            },
+            "expected_final_accuracy": {
+                "loo_rmse": float(err.pow(2).mean().sqrt()),
+                "loo_mae": float(err.abs().mean()),
+                "constant_loo_rmse": float(const.pow(2).mean().sqrt()),
+                "constant_loo_mae": float(const.abs().mean()),
+                "loo_spearman": spearman(expected, final),
+            },
+            "accuracy_range": [float(final.min()), float(final.max())],
+        }
+
+    def _loo_expected(self, p_loo: torch.Tensor) -> torch.Tensor:
+        """Each trial's expected final accuracy from the model fitted without it."""
+        out = torch.empty(len(p_loo), dtype=F64)
+        final = self.curves[:, -1]
+        idx = torch.arange(len(final))
+        for i in range(len(final)):
+            keep = idx != i
+            learned, flat = keep & self.learned, keep & ~self.learned
+            w = fit_ridge(self.x[learned], final[learned], self.curve_penalty[-1])
+            mu = float(self.x[i] @ w)
+            out[i] = p_loo[i] * mu + (1 - p_loo[i]) * float(final[flat].mean())
+        return out
 
 
 def _at_step(history: list[dict], step: int) -> float:
@@ -202,11 +288,10 @@ def _at_step(history: list[dict], step: int) -> float:
 
 
 class SurrogateRunner:
-    """A ``Runner`` whose accuracy comes from a :class:`Surrogate` plus seeded noise.
+    """A ``Runner`` whose accuracy curves are drawn from a :class:`Surrogate`.
 
-    The noise of a (candidate, step) is fixed by ``seed``, so a repeated candidate gets the
-    same result within a run; one trial's noise is correlated across its steps as the real
-    residuals are, which is what successive halving's early decisions depend on.
+    The draw of a candidate is fixed by ``seed``, so a repeated candidate gets the same
+    result within a run while different seeds see different outcomes.
     """
 
     def __init__(
@@ -216,14 +301,12 @@ class SurrogateRunner:
         budget: Budget,
         seq_len: int,
         seed: int = 0,
-        noise: float = 1.0,
     ):
         self.surrogate, self.profile = surrogate, surrogate.profile
-        self.training, self.limits, self.seq_len = training, budget, seq_len
-        self.seed, self.noise = seed, noise
+        self.training, self.limits, self.seq_len, self.seed = training, budget, seq_len, seed
 
     def budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
-        """Exact params, predicted memory (CPU, as measured) and over-budget reason."""
+        """Exact params, predicted memory (CPU, fp32 activations) and over-budget reason."""
         params = candidate_params(candidate, self.profile, methods.registry())
         pred = predict_memory(
             self.profile, candidate, params, self.training.batch_size, self.seq_len, "cpu"
@@ -234,20 +317,6 @@ class SurrogateRunner:
         if self.limits.max_memory_mb is not None and pred > self.limits.max_memory_mb:
             return params, pred, f"predicted memory {pred:,.0f} MiB exceeds the budget"
         return params, pred, None
-
-    def _gauss(self, candidate: Candidate, tag: str) -> float:
-        digest = hashlib.sha1(f"{self.seed}|{candidate.key()}|{tag}".encode()).hexdigest()
-        return random.Random(int(digest[:12], 16)).gauss(0.0, 1.0)
-
-    def accuracy(self, candidate: Candidate, step: int) -> float:
-        """Predicted accuracy at ``step`` plus this run's noise, in [0, 1]."""
-        rho = self.surrogate.rho
-        z = math.sqrt(rho) * self._gauss(candidate, "trial") + math.sqrt(1 - rho) * self._gauss(
-            candidate, str(step)
-        )
-        value = self.surrogate.predict(candidate, step)
-        value += self.noise * self.surrogate.noise_std(step) * z
-        return min(1.0, max(0.0, value))
 
     def run(self, candidate: Candidate, report, eval_at: set[int]) -> TrialResult:
         """A surrogate trial: evaluations at ``eval_at`` and the end, stoppable by ``report``."""
@@ -261,10 +330,10 @@ class SurrogateRunner:
         )
         if over:
             return TrialResult(status=TrialStatus.INFEASIBLE, error=over, **base)
+        curve = self.surrogate.sample_curve(candidate, self.seed)
         total, history = self.training.steps, []
         for step in sorted(set(eval_at) | {total}):
-            acc = self.accuracy(candidate, step)
-            metrics = {"accuracy": acc}
+            metrics = {"accuracy": self.surrogate.at(curve, step)}
             history.append({"step": step, **metrics})
             if report is not None and step < total and not report(step, metrics):
                 return TrialResult(

@@ -8,7 +8,7 @@ check both routes agree for every supported family.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,6 @@ class ModelProfile:
     head_params: int
     num_labels: int
     is_causal: bool
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:

@@ -246,7 +246,7 @@ def run_ray(
             log_to_driver=False,
             ignore_reinit_error=True,
         )
-    budget = _driver_budget(study, runner)
+    budget = _driver_budget(study)
     gpus = _gpu_fraction(study, budget) if gpus_per_trial is None else gpus_per_trial
     if max_concurrent is None:
         batch = cfg.sampler.batch_size
@@ -288,7 +288,7 @@ def run_ray(
     return study
 
 
-def _driver_budget(study: Study, runner: str):
+def _driver_budget(study: Study):
     """Exact params and predicted memory (at the task's max length) on the driver.
 
     The driver loads no model or data; the workers check the budget again on the real data

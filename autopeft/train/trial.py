@@ -7,7 +7,7 @@ import gc
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,7 +50,6 @@ class TrialContext:
     before_training: Callable[[AdaptedModel], None] | None = None
     #: Where COMPLETE trials leave their trained adapter + head (``<candidate key>.safetensors``).
     weights_dir: Path | None = None
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def create(

@@ -1,0 +1,332 @@
+"""The HTML report: pure figure tables on a blackbox study, and the file in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from plotly.offline import get_plotlyjs
+
+from autopeft import api, methods
+from autopeft.core.result import MemoryKind, TrialStatus
+from autopeft.report import tables, write_report
+from autopeft.report.tables import StudyData
+from autopeft.search import blackbox
+from autopeft.search.local import run_local
+from autopeft.search.study import Study
+
+# One worker builds the shared blackbox study (under `pytest -n 2 --dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("report")
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+# Appended to a copy of the report in the browser test: lists every resource the page fetched.
+PROBE = """<script>window.addEventListener("load", function () { setTimeout(function () {
+  var names = performance.getEntriesByType("resource").map(function (e) { return e.name; });
+  document.documentElement.setAttribute("data-resources", JSON.stringify(names));
+}, 0); });</script>"""
+
+
+def study_config(name: str = "report"):
+    return api.study_from_dict(
+        {
+            "name": name,
+            "model": "minilm",
+            "search_space": {
+                "modules": {
+                    "lora": {"rank": [0, 2, 4, 8, 16, 32, 64], "targets": {"choice": [["q", "v"]]}},
+                    "serial_adapter": {"size": [0, 8, 32, 128]},
+                },
+                "layers": "search",
+                "budget": {"max_trainable_params": "1%"},
+            },
+            "training": {"steps": 90, "rungs": [0.34, 0.67, 1.0]},
+            "objectives": "accuracy, -trainable_params, -peak_memory",
+            "sampler": {"name": "random"},
+            "halving": {"enabled": True, "eta": 2, "min_peers": 2},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """24 blackbox trials, three objectives; every status appears (failures injected)."""
+    s = Study(study_config(), root=tmp_path_factory.mktemp("studies"))
+    run_local(s, 24, runner=blackbox.for_study(s, fail_every=5), progress=False)
+    statuses = {r.status for _, r in s.results()}
+    assert statuses == set(TrialStatus), statuses
+    return s
+
+
+@pytest.fixture(scope="module")
+def data(study):
+    return StudyData.from_study(study)
+
+
+# -- tables (pure) ---------------------------------------------------------------------------
+
+
+def test_tables_import_no_plotly():
+    code = "import sys, autopeft.report.tables; assert 'plotly' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_front_flags_match_the_study_front(study, data):
+    front = {n for n, _ in study.front()}
+    assert front and {n for n, _ in data.front()} == front
+    rows = tables.points(data)
+    assert {r["number"] for r in rows if r["front"]} == front
+    assert {r["number"] for r in tables.trial_rows(data) if r["front"]} == front
+    assert len(rows) == len(study.results())
+    for row in rows:
+        assert row["values"] == dict(
+            zip(study.metrics, study.values_of(dict(study.results())[row["number"]]))
+        )
+
+
+def test_hypervolume_history_is_monotone_and_ends_at_the_study_hypervolume(study, data):
+    rows = tables.hypervolume_rows(data)
+    assert [r["number"] for r in rows] == sorted(n for n, _ in study.results())
+    hv = [r["hypervolume"] for r in rows]
+    assert all(b >= a for a, b in zip(hv, hv[1:]))
+    assert hv[-1] == pytest.approx(study.hypervolume()) and hv[-1] > 0
+    assert all(r["status"] == "COMPLETE" for r in rows if r["improved"])
+
+
+def test_pair_fronts_are_nondominated_in_their_pair(data):
+    pairs = tables.objective_pairs(data)
+    assert pairs == [(0, 1), (0, 2), (1, 2)]
+    for i, j in pairs:
+        stairs = tables.pair_front(data, i, j)
+        assert stairs and [s["x"] for s in stairs] == sorted(s["x"] for s in stairs)
+
+
+def test_placement_counts_equal_a_direct_count(study, data):
+    front = [r for _, r in study.front()]
+    cells = {(c["layer"], c["module"]): c for c in tables.placement(data)}
+    assert {c[0] for c in cells} == set(range(study.profile.num_layers))
+    assert {c[1] for c in cells} == {"lora", "serial_adapter"}
+    for (layer, module), cell in cells.items():
+        spec = methods.get(module)
+        sizes = [
+            m.sizes[layer] if m.sizes else m.params[spec.size_param]
+            for r in front
+            if (m := r.candidate.module(module)) is not None and layer in m.layers
+        ]
+        sizes = [s for s in sizes if s > 0]
+        assert cell["count"] == len(sizes), (layer, module)
+        if sizes:
+            assert cell["mean_size"] == pytest.approx(sum(sizes) / len(sizes))
+    assert sum(c["count"] for c in cells.values()) > 0
+
+
+def test_module_summary(study, data):
+    rows = {r["module"]: r for r in tables.module_summary(data)}
+    results = study.results()
+    for module, row in rows.items():
+        using = [(n, r) for n, r in results if module in r.candidate.methods]
+        assert row["trials"] == len(using)
+        done = [r for _, r in using if r.status is TrialStatus.COMPLETE]
+        assert row["complete"] == len(done)
+        assert row["front"] == sum(module in r.candidate.methods for _, r in study.front())
+        if done:
+            assert row["best_metric"] == max(r.metrics["accuracy"] for r in done)
+        assert row["params_min"] <= row["params_max"]
+
+
+def test_failed_and_infeasible_rows_carry_their_reason(study, data):
+    rows = {r["number"]: r for r in tables.trial_rows(data)}
+    results = dict(study.results())
+    assert set(rows) == set(results)
+    for n, result in results.items():
+        row = rows[n]
+        assert row["status"] == result.status.value
+        if result.status is TrialStatus.FAILED:
+            assert row["error"] == "injected failure"
+        elif result.status is TrialStatus.INFEASIBLE:
+            assert "exceed the budget" in row["error"] and row["memory_kind"] == "predicted"
+            assert row["values"]["accuracy"] is None  # no worst-value sentinel in the table
+        elif result.status is TrialStatus.COMPLETE:
+            assert row["error"] == "" and row["memory_kind"] == "CPU estimate"
+        if result.status in (TrialStatus.PRUNED, TrialStatus.COMPLETE):
+            assert 0 < row["steps"] <= row["target_steps"] == 90
+
+
+def test_search_cost_sums(study, data):
+    cost = tables.search_cost(data)
+    counts = Counter(r.status.value for _, r in study.results())
+    assert cost["by_status"] == {s.value: counts[s.value] for s in TrialStatus}
+    assert cost["trials"] == len(study.results()) == 24
+    trained = [r for n, r in study.results() if n not in data.reused]  # reused: no compute
+    assert cost["steps_trained"] == sum(r.steps for r in trained)
+    assert cost["trained"] == len(trained) and cost["reused"] == len(data.reused)
+    assert cost["steps_trained"] < cost["steps_full_fidelity"]  # halving pruned some
+    # Wall time by device: CUDA-measured trials are GPU-hours, the others CPU-hours.
+    results, expected = [], {"gpu": 0.0, "cpu": 0.0}
+    for k, (n, r) in enumerate(data.results):
+        cuda = k % 2 == 0 and r.status is TrialStatus.COMPLETE
+        r = r.model_copy(
+            update={"wall_time_s": 36.0 * (k + 1), "memory_kind": MemoryKind.CUDA if cuda else None}
+        )
+        results.append((n, r))
+    fake = StudyData(**{**data.__dict__, "results": results, "reused": {results[-1][0]}})
+    for _, r in results[:-1]:  # the reused trial costs nothing
+        on_gpu = r.memory_kind is MemoryKind.CUDA or r.memory_kind is None
+        expected["gpu" if on_gpu else "cpu"] += r.wall_time_s / 3600
+    cost = tables.search_cost(fake)
+    assert cost["gpu_hours"] == pytest.approx(expected["gpu"]) and cost["gpu_hours"] > 0
+    assert cost["cpu_hours"] == pytest.approx(expected["cpu"])
+    assert cost["trained"] == 23 and cost["reused"] == 1
+
+
+def test_untold_trials_and_config(data):
+    extra = StudyData(**{**data.__dict__, "untold": {99: ("RUNNING", ""), 98: ("FAIL", "x")}})
+    rows = tables.trial_rows(extra)
+    assert [r["number"] for r in rows][-2:] == [98, 99] and rows[-2]["error"] == "x"
+    cost = tables.search_cost(extra)
+    assert cost["by_status"]["RUNNING"] == 1 and cost["trials"] == 26
+    assert data.config["name"] == "report" and data.config["training"]["steps"] == 90
+
+
+# -- HTML ------------------------------------------------------------------------------------
+
+
+def _outside_plotly(text: str) -> str:
+    bundle = get_plotlyjs()
+    assert text.count(bundle) == 1, "plotly.js is embedded exactly once"
+    return text.replace(bundle, "")
+
+
+def test_html_is_self_contained_and_escaped(data, tmp_path):
+    results = list(data.results)
+    n, r = next((n, r) for n, r in results if r.status is TrialStatus.FAILED)
+    results[results.index((n, r))] = (n, r.model_copy(update={"error": "<img src=x onerror=1>"}))
+    evil = StudyData(**{**data.__dict__, "name": "<script>alert(1)</script>", "results": results})
+    text = write_report(evil, tmp_path / "sub" / "r.html").read_text()
+    rest = _outside_plotly(text)
+    assert "<script>alert(1)" not in rest and "&lt;script&gt;alert(1)" in rest
+    assert "<img src=x" not in rest and "&lt;img src=x onerror=1&gt;" in rest
+    assert not re.search(r"https?://|\bsrc=|@import|url\(", rest.replace("&lt;img src=x", ""))
+    assert rest.count('class="autopeft-plot"') == 7  # 3 pairs, 3-D, hypervolume, states, heatmap
+    two = StudyData(**{**data.__dict__, "metrics": data.metrics[:2]})
+    two.directions, two.reference = data.directions[:2], data.reference[:2]
+    text = write_report(two, tmp_path / "two.html").read_text()
+    assert text.count('class="autopeft-plot"') == 4  # one pair, no 3-D
+
+
+class PlotScan(HTMLParser):
+    """Collects, per ``div.autopeft-plot``, the classes, tags and text inside it."""
+
+    VOID = {"area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
+
+    def __init__(self):
+        super().__init__()
+        self.plots: dict[str, Counter] = {}
+        self.text: dict[str, str] = {}
+        self.current: str | None = None
+        self.depth = 0
+        self.html_attrs: dict[str, str | None] = {}
+
+    def _mark(self, tag, attrs):
+        a = dict(attrs)
+        if self.current is not None:
+            self.plots[self.current].update((a.get("class") or "").split() + [f"<{tag}>"])
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "html":
+            self.html_attrs = a
+        if self.current is None and tag == "div" and "autopeft-plot" in (a.get("class") or ""):
+            self.current, self.depth = a["id"], 0
+            self.plots[self.current], self.text[self.current] = Counter(), ""
+        self._mark(tag, attrs)
+        if self.current is not None and tag not in self.VOID:
+            self.depth += 1
+
+    def handle_startendtag(self, tag, attrs):
+        self._mark(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if self.current is not None and tag not in self.VOID:
+            self.depth -= 1
+            if self.depth == 0:
+                self.current = None
+
+    def handle_data(self, data):
+        if self.current is not None:
+            self.text[self.current] += data
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    """Headless Chromium, offline: no sandbox (root), fresh profile, every host unresolvable."""
+    cmd = [
+        str(CHROMIUM),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--enable-unsafe-swiftshader",  # software WebGL for the 3-D plot
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--proxy-server=127.0.0.1:9",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=15000",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.slow
+def test_report_renders_offline_in_headless_chromium(study, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is missing: run `scripts/chromium.sh install` (as root)")
+    report = write_report(study, tmp_path / "reports" / "report.html")
+    url = report.resolve().as_uri()
+    probed = tmp_path / "probed.html"
+    probed.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+
+    out = chromium("--dump-dom", probed.as_uri(), profile=tmp_path / "profile-dom")
+    assert out.returncode == 0, out.stderr[-3000:]
+    scan = PlotScan()
+    scan.feed(out.stdout)
+    assert "data-js-errors" not in scan.html_attrs, scan.html_attrs.get("data-js-errors")
+    assert scan.html_attrs.get("data-resources") == "[]", "the page fetched nothing"
+    console = [ln for ln in out.stderr.splitlines() if ":CONSOLE" in ln and "file://" in ln]
+    bad = [ln for ln in console if re.search(r"Uncaught|Error|net::ERR_|Failed to load", ln)]
+    assert not bad, "\n".join(bad)
+    assert not re.search(r"net::ERR_|Failed to load resource", out.stderr), out.stderr[-3000:]
+    expected = ["pareto-0-1", "pareto-0-2", "pareto-1-2", "pareto-3d"]
+    expected += ["hypervolume", "status", "placement"]
+    assert sorted(scan.plots) == sorted(expected)
+    for plot_id, classes in scan.plots.items():
+        assert classes["js-plotly-plot"] == 1 and classes["main-svg"] >= 1, plot_id
+        assert "webgl" not in scan.text[plot_id].lower(), (plot_id, scan.text[plot_id][:300])
+    front = len(study.front())
+    for plot_id in expected[:3]:  # every evaluated point is drawn, the front among them
+        assert scan.plots[plot_id]["point"] >= front
+    assert scan.plots["pareto-3d"]["<canvas>"] >= 1
+    assert scan.plots["placement"]["hm"] == 1 and scan.plots["status"]["point"] == 4
+
+    shot = tmp_path / "report.png"
+    out = chromium(
+        "--hide-scrollbars",
+        "--window-size=1400,3000",
+        f"--screenshot={shot}",
+        url,
+        profile=tmp_path / "profile-shot",
+    )
+    assert out.returncode == 0 and shot.exists(), out.stderr[-3000:]
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("AUTOPEFT_SAVE_SCREENSHOT") == "1":
+        (ROOT / "reports").mkdir(exist_ok=True)
+        shutil.copy(shot, ROOT / "reports" / "example-report.png")

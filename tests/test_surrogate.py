@@ -1,0 +1,65 @@
+"""The search-quality surrogate (bench/surrogate.py) fitted on the committed real trials."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from autopeft import methods
+from autopeft.core.resolve import RandomSuggest, candidate_params
+from autopeft.core.result import TrialStatus
+from autopeft.search.local import run_local
+from autopeft.search.study import Study
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+surrogate = pytest.importorskip("surrogate")
+collect = pytest.importorskip("collect_real_trials")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    if not surrogate.DATA.exists():
+        pytest.skip("no real trials collected")
+    return surrogate.Surrogate.from_jsonl(surrogate.DATA)
+
+
+def test_leave_one_out_error_is_sane(fitted):
+    fit = fitted.report()
+    assert fit["n"] >= 60 and 10 <= fit["learned"] <= fit["n"] - 10
+    # Whether a candidate learns at all is predictable from its features ...
+    assert fit["p_learn"]["loo_auc"] > 0.75
+    assert fit["p_learn"]["loo_log_loss"] < fit["p_learn"]["constant_log_loss"]
+    # ... and so is how well it learns, better than predicting the mean.
+    learner = fit["learner_final_accuracy"]
+    assert learner["loo_rmse"] < learner["constant_loo_rmse"] < 0.05
+    expected = fit["expected_final_accuracy"]
+    assert expected["loo_mae"] < expected["constant_loo_mae"]
+    assert expected["loo_spearman"] > 0.4
+
+
+def test_runner_params_and_memory_are_exact(tmp_path, fitted):
+    study = Study(collect.bench_study("surrogate-test", halving={"enabled": False}), tmp_path)
+    runner = surrogate.for_study(study, fitted, seed=1)
+    registry = methods.registry()
+    for seed in range(20):
+        cand = study.space.sample(RandomSuggest(seed))
+        params, predicted, over = runner.budget(cand)
+        assert over is None and params == candidate_params(cand, study.profile, registry)
+        result = runner.run(cand, None, {14, 27})
+        assert result.status is TrialStatus.COMPLETE
+        assert result.trainable_params == params and result.peak_memory_mb == predicted
+        assert [h["step"] for h in result.history] == [14, 27, 40]
+        assert 0.0 <= result.metrics["accuracy"] <= 1.0
+        # Seeded: the same candidate gets the same accuracy within a run.
+        assert runner.run(cand, None, set()).metrics == result.metrics
+
+
+def test_search_on_the_surrogate_with_halving(tmp_path, fitted):
+    study = Study(collect.bench_study("surrogate-search"), tmp_path)
+    run_local(study, 25, runner=surrogate.for_study(study, fitted), progress=False)
+    statuses = {r.status for _, r in study.results()}
+    assert TrialStatus.PRUNED in statuses and study.front()

@@ -44,7 +44,7 @@ def cpu_estimate_mb(adapted: AdaptedModel, batch: dict[str, torch.Tensor]) -> fl
         if ptr not in param_ptrs:
             saved[ptr] = storage.nbytes()
             alive.append(t)
-        return t
+        return t.detach()  # keeping `t` itself would keep the whole graph alive
 
     model.train()
     # Forward only: what autograd saves is known once the graph is built; no backward needed.

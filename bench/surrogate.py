@@ -311,12 +311,7 @@ class SurrogateRunner:
         pred = predict_memory(
             self.profile, candidate, params, self.training.batch_size, self.seq_len, "cpu"
         ).total_mb
-        limit = self.limits.param_limit(self.profile.base_params)
-        if limit is not None and params > limit:
-            return params, pred, f"{params:,} trainable parameters exceed the budget of {limit:,}"
-        if self.limits.max_memory_mb is not None and pred > self.limits.max_memory_mb:
-            return params, pred, f"predicted memory {pred:,.0f} MiB exceeds the budget"
-        return params, pred, None
+        return params, pred, self.limits.violation(params, pred, self.profile.base_params)
 
     def run(self, candidate: Candidate, report, eval_at: set[int]) -> TrialResult:
         """A surrogate trial: evaluations at ``eval_at`` and the end, stoppable by ``report``."""

@@ -146,6 +146,18 @@ class Budget(BaseModel):
             raise RuleError(f"budget > 0 must hold, but got {value}", "give megabytes, e.g. 8000")
         return value
 
+    def violation(self, params: int, predicted_mb: float, base_params: int) -> str | None:
+        """Why a candidate with ``params`` and ``predicted_mb`` is over budget, or None."""
+        limit = self.param_limit(base_params)
+        if limit is not None and params > limit:
+            return f"{params:,} trainable parameters exceed the budget of {limit:,}"
+        if self.max_memory_mb is not None and predicted_mb > self.max_memory_mb:
+            return (
+                f"predicted memory {predicted_mb:,.0f} MiB exceeds the budget "
+                f"{self.max_memory_mb:,.0f}"
+            )
+        return None
+
     def param_limit(self, base_params: int) -> int | None:
         """The absolute trainable-parameter limit for a base model of ``base_params``."""
         limit = self.max_trainable_params

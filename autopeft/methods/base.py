@@ -86,6 +86,11 @@ class MethodSpec:
             "rank_pattern": patterns,
         }
 
+    def bottleneck_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
+        """Bottleneck adapters (down + up projection with biases) on every sized block."""
+        h = profile.hidden_size
+        return sum(2 * h * s + s + h for s in (self.size(cfg, i) for i in cfg.layers) if s > 0)
+
     def size(self, cfg: ModuleConfig, layer: int) -> int:
         """The size/rank of this module in block ``layer``."""
         return cfg.size_at(layer, self.size_param)

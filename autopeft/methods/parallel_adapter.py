@@ -32,8 +32,7 @@ class ParallelAdapter(MethodSpec):
 
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
         """``2 * hidden * size + size + hidden`` per placed block with a non-zero size."""
-        h = profile.hidden_size
-        return sum(2 * h * s + s + h for s in (self.size(cfg, i) for i in cfg.layers) if s > 0)
+        return self.bottleneck_params(profile, cfg)
 
     def attach(self, model: Any, profile: ModelProfile, cfg: ModuleConfig) -> None:
         """Add a bottleneck per block; capture the FFN input, add to the FFN output.

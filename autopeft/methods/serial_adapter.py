@@ -26,8 +26,7 @@ class SerialAdapter(MethodSpec):
 
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
         """``2 * hidden * size + size + hidden`` per placed block with a non-zero size."""
-        h = profile.hidden_size
-        return sum(2 * h * s + s + h for s in (self.size(cfg, i) for i in cfg.layers) if s > 0)
+        return self.bottleneck_params(profile, cfg)
 
     def attach(self, model: Any, profile: ModelProfile, cfg: ModuleConfig) -> None:
         """Add a bottleneck per block and a forward hook on the FFN output projection."""

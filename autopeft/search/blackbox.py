@@ -60,12 +60,7 @@ class BlackboxRunner:
         pred = predict_memory(
             self.profile, candidate, params, self.training.batch_size, 64
         ).total_mb
-        limit = self.limits.param_limit(self.profile.base_params)
-        if limit is not None and params > limit:
-            return params, pred, f"{params:,} trainable parameters exceed the budget of {limit:,}"
-        if self.limits.max_memory_mb is not None and pred > self.limits.max_memory_mb:
-            return params, pred, f"predicted memory {pred:,.0f} MiB exceeds the budget"
-        return params, pred, None
+        return params, pred, self.limits.violation(params, pred, self.profile.base_params)
 
     def _noise(self, candidate: Candidate, step: int) -> float:
         digest = hashlib.sha1(f"{self.seed}|{candidate.key()}|{step}".encode()).hexdigest()

@@ -101,13 +101,7 @@ def check_budget(ctx: TrialContext, candidate: Candidate) -> tuple[int, float, s
         why = methods.get(m.method).check(prof, m)
         if why:
             return params, pred, f"{m.method}: {why}"
-    limit = ctx.budget.param_limit(prof.base_params)
-    if limit is not None and params > limit:
-        return params, pred, f"{params:,} trainable parameters exceed the budget of {limit:,}"
-    max_mb = ctx.budget.max_memory_mb
-    if max_mb is not None and pred > max_mb:
-        return params, pred, f"predicted memory {pred:,.0f} MiB exceeds the budget {max_mb:,.0f}"
-    return params, pred, None
+    return params, pred, ctx.budget.violation(params, pred, prof.base_params)
 
 
 def run_trial(

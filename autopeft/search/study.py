@@ -103,23 +103,24 @@ class Study:
     def _storage(self) -> optuna.storages.BaseStorage | str:
         if self.storage_url.startswith("sqlite"):
             # A long busy timeout: readers such as optuna-dashboard may hold the file.
-            args = {"connect_args": {"timeout": 60}}
-            return optuna.storages.RDBStorage(self.storage_url, engine_kwargs=args)
-        if self.shared:
+            kwargs: dict = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
+        elif self.shared:
             interval, grace = self.heartbeat
-            for attempt in range(5):
-                try:
-                    return optuna.storages.RDBStorage(
-                        self.storage_url,
-                        engine_kwargs={"pool_pre_ping": True},
-                        heartbeat_interval=interval,
-                        grace_period=grace,
-                    )
-                except Exception:  # noqa: BLE001 -- drivers racing to create the schema
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.5 + attempt)
-        return self.storage_url
+            kwargs = {
+                "engine_kwargs": {"pool_pre_ping": True},
+                "heartbeat_interval": interval,
+                "grace_period": grace,
+            }
+        else:
+            return self.storage_url
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(self.storage_url, **kwargs)
+            except Exception:  # noqa: BLE001 -- another process creating the schema right now
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
+        raise AssertionError("unreachable")
 
     # -- ask / tell --------------------------------------------------------------------------
 

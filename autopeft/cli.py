@@ -117,6 +117,16 @@ def _reeval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from autopeft import results
+    from autopeft.report import write_report
+
+    study = results.open_study(args.study, storage=args.storage)
+    out = write_report(study, args.output or f"reports/{study.config.name}.html")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained: opens offline)")
+    return 0
+
+
 def _dashboard(args: argparse.Namespace) -> int:
     from autopeft import results
 
@@ -240,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="training seeds (default 5)")
     p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
     p.set_defaults(func=_reeval)
+
+    p = sub.add_parser(
+        "report",
+        help="write the study's self-contained HTML report",
+        description="Write one HTML file (plotly embedded, opens offline): 2-D Pareto fronts "
+        "per objective pair and a 3-D view, hypervolume over trials, seed robustness of the "
+        "re-evaluated front points (autopeft reeval), placement heatmap, per-module summary, "
+        "search cost, the trial table with failure reasons, and the study configuration.",
+    )
+    p.add_argument("study", help="the study YAML or its folder studies/<name>")
+    p.add_argument("-o", "--output", default=None, help="HTML path (default reports/NAME.html)")
+    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser(
         "dashboard",

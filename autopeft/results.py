@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError, Problem
-from autopeft.core.result import TrialStatus
+from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.study_config import StudyConfig
 
-REEVAL_ATTR = "reeval"
+REEVAL_ATTR = "reeval"  # user attributes reeval.<trial>: see autopeft.report.tables
 
 
 def open_study(ref: str | Path, storage: str | None = None, root: str | Path | None = None):
@@ -117,41 +119,63 @@ def export_trials(study, path: str | Path) -> Path:
     return path
 
 
-def reeval(study, top: int = 5, seeds: int = 5) -> list[dict[str, Any]]:
-    """Retrain the ``top`` front points (best first objective) with ``seeds`` training seeds.
+SeedRunner = Callable[[Candidate, int], TrialResult]
+
+
+def reeval(
+    study, top: int = 5, seeds: int = 5, run: SeedRunner | None = None
+) -> list[dict[str, Any]]:
+    """Retrain the ``top`` front points (best task metric first) with ``seeds`` training seeds.
 
     The study gets a ``reeval.<trial>`` user attribute per trial: per-seed metrics and their
     mean/std, so a report can draw error bars. The data split and the base model stay fixed;
     only the training seed (adapter init, batch order, dropout) changes.
-    """
-    from autopeft.train.trial import TrialContext, run_trial
 
+    Args:
+        study: an open :class:`~autopeft.search.study.Study`.
+        top: front points to re-evaluate.
+        seeds: training seeds ``0..seeds-1``.
+        run: ``(candidate, seed) -> TrialResult``; default: real training at full fidelity
+            (a synthetic runner in tests and benchmarks).
+    """
     metric = study.config.task.metric
     front = sorted(study.front(), key=lambda nr: -(nr[1].metrics.get(metric) or 0.0))[:top]
+    run = run or _training_seed_runner(study)
+    out = []
+    for number, result in front:
+        runs = []
+        for seed in range(seeds):
+            res = run(result.candidate, seed)
+            runs.append({"seed": seed, "status": res.status.value, **res.metrics})
+        values = [r[metric] for r in runs if metric in r]
+        summary = {
+            "metric": metric,
+            "seeds": runs,
+            "mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
+        # Finished trials are immutable in Optuna: the study keeps it, per trial number.
+        study.optuna.set_user_attr(f"{REEVAL_ATTR}.{number}", summary)
+        out.append({"trial": number, **summary})
+    return out
+
+
+def _training_seed_runner(study) -> SeedRunner:
+    """Real training of a candidate under a given training seed (model loaded once)."""
+    from autopeft.train.trial import TrialContext, run_trial
+
     ctx = TrialContext.create(study.config, cache_dir=study.folder / "cache")
     base_config = ctx.config
-    out = []
-    try:
-        for number, result in front:
-            runs = []
-            for seed in range(seeds):
-                training = base_config.training.model_copy(update={"seed": seed})
-                ctx.config = base_config.model_copy(update={"training": training})
-                res = run_trial(ctx, result.candidate)
-                runs.append({"seed": seed, "status": res.status.value, **res.metrics})
-            values = [r[metric] for r in runs if metric in r]
-            summary = {
-                "metric": metric,
-                "seeds": runs,
-                "mean": statistics.fmean(values) if values else None,
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            }
-            # Finished trials are immutable in Optuna: the study keeps it, per trial number.
-            study.optuna.set_user_attr(f"{REEVAL_ATTR}.{number}", summary)
-            out.append({"trial": number, **summary})
-    finally:
-        ctx.config = base_config
-    return out
+
+    def run(candidate: Candidate, seed: int) -> TrialResult:
+        training = base_config.training.model_copy(update={"seed": seed})
+        ctx.config = base_config.model_copy(update={"training": training})
+        try:
+            return run_trial(ctx, candidate)
+        finally:
+            ctx.config = base_config
+
+    return run
 
 
 def dashboard(study, host: str = "127.0.0.1", port: int = 8080) -> None:

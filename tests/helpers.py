@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from wsgiref.util import setup_testing_defaults
 
 import optuna
@@ -12,6 +13,40 @@ from autopeft.core.candidate import Candidate
 from autopeft.core.pareto import dominates, to_min
 from autopeft.core.result import TrialStatus
 from autopeft.search.study import Study
+
+
+def wait_mid_trial(db, name: str, proc, min_done: int, timeout: float) -> None:
+    """Return once ``min_done`` trials finished and one has been training for two polls.
+
+    A reused trial (a re-proposed known candidate) is RUNNING only for an instant, and a trial
+    being sampled has no candidate yet: the same sampled trial seen RUNNING twice, 0.3 s
+    apart, is really training, so a kill now interrupts it.
+    """
+    deadline, seen = time.time() + timeout, set()
+    while time.time() < deadline and proc.poll() is None:
+        done, running = 0, set()
+        if db.exists():
+            try:
+                trials = optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials
+                done = sum(t.state.is_finished() for t in trials)
+                running = {
+                    t.number
+                    for t in trials
+                    if t.state == TrialState.RUNNING and "candidate" in t.user_attrs
+                }
+            except Exception:  # noqa: BLE001 -- the study may not be created yet
+                pass
+        if done >= min_done and running & seen:
+            return
+        seen = running
+        time.sleep(0.3)
+
+
+def counted_trials(trials: list) -> list:
+    """Trials that count towards ``n_trials``: neither interrupted (re-run) nor reused."""
+    return [
+        t for t in trials if not (t.user_attrs.get("interrupted") or t.user_attrs.get("reused"))
+    ]
 
 
 def check_front(study: Study) -> None:

@@ -6,8 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -16,7 +14,7 @@ from optuna.trial import TrialState
 from autopeft import api
 from autopeft.core.result import TrialStatus
 from autopeft.search.study import Study
-from tests.helpers import check_dashboard, check_front, check_states
+from tests.helpers import check_dashboard, check_front, check_states, counted_trials, wait_mid_trial
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
@@ -95,17 +93,6 @@ def test_pareto_halving_scheduler_prunes_on_ray(local_ray, tmp_path):
     check_states(study)
 
 
-def _progress(db: Path) -> tuple[int, int]:
-    if not db.exists():
-        return 0, 0
-    try:
-        study = optuna.load_study(study_name="ray-resume", storage=f"sqlite:///{db}")
-    except Exception:  # noqa: BLE001 -- not created yet
-        return 0, 0
-    states = [t.state for t in study.trials]
-    return sum(s.is_finished() for s in states), states.count(TrialState.RUNNING)
-
-
 def test_kill_and_resume_ray_driver(tmp_path):
     import yaml
 
@@ -129,19 +116,14 @@ def test_kill_and_resume_ray_driver(tmp_path):
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
     db = tmp_path / "ray-resume" / "study.db"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        done, running = _progress(db)
-        if done >= 2 and running >= 1:
-            break
-        time.sleep(0.2)
+    wait_mid_trial(db, "ray-resume", proc, min_done=2, timeout=300)
     assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
     proc.wait()
     before = optuna.load_study(study_name="ray-resume", storage=f"sqlite:///{db}")
     finished = {t.number: t.params for t in before.trials if t.state == TrialState.COMPLETE}
     running = [t for t in before.trials if t.state == TrialState.RUNNING]
-    assert len(finished) >= 2 and running
+    assert len(finished) >= 2 and any("candidate" in t.user_attrs for t in running)
 
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -149,10 +131,13 @@ def test_kill_and_resume_ray_driver(tmp_path):
     for number, params in finished.items():
         assert after.trials[number].state == TrialState.COMPLETE
         assert after.trials[number].params == params
-    counted = [t for t in after.trials if not t.user_attrs.get("interrupted")]
+    counted = counted_trials(after.trials)
     assert sum(t.state.is_finished() for t in counted) == 8
     assert all(t.state != TrialState.RUNNING for t in after.trials)
     for t in running:
         assert after.trials[t.number].user_attrs["interrupted"] is True
         retries = [r for r in after.trials if r.user_attrs.get("retry_of") == t.number]
+        if "candidate" not in t.user_attrs:  # killed while sampling: nothing to re-run
+            assert not retries
+            continue
         assert len(retries) == 1 and retries[0].params == t.params

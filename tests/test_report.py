@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from collections import Counter
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs
 
-from autopeft import api, methods
+from autopeft import api, methods, results
 from autopeft.core.result import MemoryKind, TrialStatus
 from autopeft.report import tables, write_report
 from autopeft.report.tables import StudyData
@@ -54,13 +55,28 @@ def study_config(name: str = "report"):
     )
 
 
+REEVAL_TOP, REEVAL_SEEDS = 3, 4
+
+
+def seed_runner(study):
+    """``autopeft reeval``'s runner on the blackbox: the training seed changes the noise."""
+
+    def run(candidate, seed):
+        runner = blackbox.for_study(study, seed=100 + seed, noise=0.01)
+        return runner.run(candidate, None, set())
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """24 blackbox trials, three objectives; every status appears (failures injected)."""
+    """24 blackbox trials, three objectives; every status appears (failures injected); the
+    best front points re-evaluated with several seeds."""
     s = Study(study_config(), root=tmp_path_factory.mktemp("studies"))
     run_local(s, 24, runner=blackbox.for_study(s, fail_every=5), progress=False)
     statuses = {r.status for _, r in s.results()}
     assert statuses == set(TrialStatus), statuses
+    results.reeval(s, top=REEVAL_TOP, seeds=REEVAL_SEEDS, run=seed_runner(s))
     return s
 
 
@@ -162,8 +178,9 @@ def test_search_cost_sums(study, data):
     cost = tables.search_cost(data)
     counts = Counter(r.status.value for _, r in study.results())
     assert cost["by_status"] == {s.value: counts[s.value] for s in TrialStatus}
-    assert cost["trials"] == len(study.results()) == 24
+    assert cost["trials"] == len(study.results())
     trained = [r for n, r in study.results() if n not in data.reused]  # reused: no compute
+    assert len(trained) == study.n_done() == 24
     assert cost["steps_trained"] == sum(r.steps for r in trained)
     assert cost["trained"] == len(trained) and cost["reused"] == len(data.reused)
     assert cost["steps_trained"] < cost["steps_full_fidelity"]  # halving pruned some
@@ -182,7 +199,7 @@ def test_search_cost_sums(study, data):
     cost = tables.search_cost(fake)
     assert cost["gpu_hours"] == pytest.approx(expected["gpu"]) and cost["gpu_hours"] > 0
     assert cost["cpu_hours"] == pytest.approx(expected["cpu"])
-    assert cost["trained"] == 23 and cost["reused"] == 1
+    assert cost["trained"] == len(results) - 1 and cost["reused"] == 1
 
 
 def test_untold_trials_and_config(data):
@@ -190,8 +207,42 @@ def test_untold_trials_and_config(data):
     rows = tables.trial_rows(extra)
     assert [r["number"] for r in rows][-2:] == [98, 99] and rows[-2]["error"] == "x"
     cost = tables.search_cost(extra)
-    assert cost["by_status"]["RUNNING"] == 1 and cost["trials"] == 26
+    assert cost["by_status"]["RUNNING"] == 1 and cost["trials"] == len(data.results) + 2
     assert data.config["name"] == "report" and data.config["training"]["steps"] == 90
+
+
+def test_reeval_rows_summarise_the_seeds(study, data):
+    rows = tables.reeval_rows(data)
+    front = dict(study.front())
+    assert len(rows) == REEVAL_TOP and {r["number"] for r in rows} <= set(front)
+    best = sorted(front.values(), key=lambda r: -r.metrics["accuracy"])[:REEVAL_TOP]
+    assert {r["search"] for r in rows} == {r.metrics["accuracy"] for r in best}
+    for row in rows:
+        runs = study.optuna.user_attrs[f"reeval.{row['number']}"]["seeds"]
+        accs = [run["accuracy"] for run in runs]
+        assert row["seeds"] == REEVAL_SEEDS and row["failed_seeds"] == 0
+        assert row["mean"] == pytest.approx(statistics.fmean(accs))
+        assert row["std"] == pytest.approx(statistics.stdev(accs)) and row["std"] > 0
+        assert row["min"] == min(accs) and row["max"] == max(accs)
+    assert [r["mean"] for r in rows] == sorted((r["mean"] for r in rows), reverse=True)
+
+
+def test_report_cli_writes_the_report_and_rejects_a_missing_study(study, tmp_path):
+    out = tmp_path / "reports" / "cli.html"
+    cmd = [sys.executable, "-m", "autopeft.cli", "report", str(study.folder), "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"wrote {out}" in done.stdout
+    text = _outside_plotly(out.read_text())
+    assert text.count('class="autopeft-plot"') == 8 and 'id="robustness"' in text
+    for number in study.optuna.user_attrs:  # every re-evaluated trial is in the table
+        if number.startswith("reeval."):
+            assert f'<td class="num">{number.split(".")[1]}</td>' in text
+    default = subprocess.run(cmd[:-2], capture_output=True, text=True, cwd=tmp_path)
+    assert default.returncode == 0 and (tmp_path / "reports" / "report.html").is_file()
+    bad = subprocess.run([*cmd[:4], str(tmp_path / "nope")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no study file or study folder" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -213,11 +264,13 @@ def test_html_is_self_contained_and_escaped(data, tmp_path):
     assert "<script>alert(1)" not in rest and "&lt;script&gt;alert(1)" in rest
     assert "<img src=x" not in rest and "&lt;img src=x onerror=1&gt;" in rest
     assert not re.search(r"https?://|\bsrc=|@import|url\(", rest.replace("&lt;img src=x", ""))
-    assert rest.count('class="autopeft-plot"') == 7  # 3 pairs, 3-D, hypervolume, states, heatmap
-    two = StudyData(**{**data.__dict__, "metrics": data.metrics[:2]})
+    # 3 pairs, 3-D, hypervolume, states, seed robustness, heatmap
+    assert rest.count('class="autopeft-plot"') == 8
+    two = StudyData(**{**data.__dict__, "metrics": data.metrics[:2], "reeval": {}})
     two.directions, two.reference = data.directions[:2], data.reference[:2]
     text = write_report(two, tmp_path / "two.html").read_text()
-    assert text.count('class="autopeft-plot"') == 4  # one pair, no 3-D
+    assert text.count('class="autopeft-plot"') == 4  # one pair, no 3-D, no robustness
+    assert "No re-evaluation yet" in text and "autopeft reeval STUDY" in text
 
 
 class PlotScan(HTMLParser):
@@ -306,7 +359,7 @@ def test_report_renders_offline_in_headless_chromium(study, tmp_path):
     assert not bad, "\n".join(bad)
     assert not re.search(r"net::ERR_|Failed to load resource", out.stderr), out.stderr[-3000:]
     expected = ["pareto-0-1", "pareto-0-2", "pareto-1-2", "pareto-3d"]
-    expected += ["hypervolume", "status", "placement"]
+    expected += ["hypervolume", "status", "robustness", "placement"]
     assert sorted(scan.plots) == sorted(expected)
     for plot_id, classes in scan.plots.items():
         assert classes["js-plotly-plot"] == 1 and classes["main-svg"] >= 1, plot_id
@@ -316,6 +369,9 @@ def test_report_renders_offline_in_headless_chromium(study, tmp_path):
         assert scan.plots[plot_id]["point"] >= front
     assert scan.plots["pareto-3d"]["<canvas>"] >= 1
     assert scan.plots["placement"]["hm"] == 1 and scan.plots["status"]["point"] == 4
+    # One error bar per re-evaluated front point, beside its search-time value.
+    assert scan.plots["robustness"]["yerror"] == REEVAL_TOP
+    assert scan.plots["robustness"]["point"] == 2 * REEVAL_TOP
 
     shot = tmp_path / "report.png"
     out = chromium(

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -18,7 +17,7 @@ from autopeft.core.result import TrialStatus
 from autopeft.search import blackbox
 from autopeft.search.local import run_local
 from autopeft.search.study import Study
-from tests.helpers import check_dashboard, check_front, check_states
+from tests.helpers import check_dashboard, check_front, check_states, counted_trials, wait_mid_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +51,7 @@ def test_every_sampler_finishes_with_a_valid_front(tmp_path, sampler):
     n = 24 if sampler in ("random", "tpe", "nsga2") else 7
     study = Study(config(f"s-{sampler}", sampler), root=tmp_path)
     run_local(study, n, runner=blackbox.for_study(study), progress=False)
-    assert study.n_done() == n == len(study.optuna.trials)
+    assert study.n_done() == n == len(counted_trials(study.optuna.trials))
     statuses = {r.status for _, r in study.results()}
     assert TrialStatus.INFEASIBLE in statuses or sampler not in ("random",)
     check_front(study)
@@ -61,10 +60,50 @@ def test_every_sampler_finishes_with_a_valid_front(tmp_path, sampler):
     assert not infeasible & {n for n, _ in study.front()}
 
 
+def test_reproposed_candidates_reuse_results_and_do_not_count(tmp_path):
+    # 2 ranks x 2 sizes = 4 configurations (one shared layer set): the search stops when all
+    # are known instead of spinning, and no candidate is trained twice.
+    cfg = config("tiny-space", halving=False, n_trials=10)
+    space = cfg.search_space.model_dump()
+    space["modules"] = {"lora": {"rank": [2, 4]}, "serial_adapter": {"size": [8, 32]}}
+    space["layers"] = "all"
+    cfg = cfg.model_copy(update={"search_space": type(cfg.search_space).model_validate(space)})
+    study = Study(cfg, root=tmp_path)
+    assert study.space_size == 4
+    trained = []
+    runner = blackbox.for_study(study)
+    run = runner.run
+    runner.run = lambda c, report, eval_at: trained.append(c.key()) or run(c, report, eval_at)
+    run_local(study, 10, runner=runner, progress=False)
+    assert len(trained) == len(set(trained)) == 4 == study.n_done()
+    reused = [t for t in study.optuna.trials if t.user_attrs.get("reused")]
+    assert len(study.optuna.trials) == 4 + len(reused)
+    by_key = {
+        r.candidate.key(): r for n, r in study.results() if n not in {t.number for t in reused}
+    }
+    for t in reused:  # a reused trial carries the earlier result of the same candidate
+        r = dict(study.results())[t.number]
+        assert r == by_key[r.candidate.key()]
+
+
+def test_a_trial_killed_while_sampling_is_failed_not_requeued(tmp_path):
+    study = Study(config("half-asked", halving=False), root=tmp_path)
+    study.optuna.ask().suggest_int("lora.rank", 0, 64)  # a driver died inside ask()
+    reopened = Study(config("half-asked", halving=False), root=tmp_path)
+    assert reopened.recover_interrupted() == []
+    (trial,) = reopened.optuna.trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
+    assert reopened.n_done() == 0 and not reopened.optuna.get_trials(states=(TrialState.WAITING,))
+
+
 def test_successive_halving_prunes_and_pruned_trials_are_never_complete(tmp_path):
     study = Study(config("halving"), root=tmp_path)
     runner = blackbox.for_study(study)
+    trained = []
+    run = runner.run
+    runner.run = lambda c, report, eval_at: trained.append(c.key()) or run(c, report, eval_at)
     run_local(study, 30, runner=runner, progress=False)
+    assert len(trained) == len(set(trained)) == 30  # a pruned candidate is not retrained
     pruned = [(n, r) for n, r in study.results() if r.status is TrialStatus.PRUNED]
     assert len(pruned) >= 5
     for n, r in pruned:
@@ -112,18 +151,6 @@ def test_storage_opens_in_optuna_dashboard(tmp_path):
     check_dashboard(study)
 
 
-def _progress(db: Path) -> tuple[int, int]:
-    """(finished, running) trials of the resume study, (0, 0) before it exists."""
-    if not db.exists():
-        return 0, 0
-    try:
-        study = optuna.load_study(study_name="resume", storage=f"sqlite:///{db}")
-    except Exception:  # noqa: BLE001 -- the study may not be created yet
-        return 0, 0
-    states = [t.state for t in study.trials]
-    return sum(s.is_finished() for s in states), states.count(TrialState.RUNNING)
-
-
 @pytest.mark.slow
 def test_kill_and_resume_local(tmp_path):
     study_file = tmp_path / "study.yaml"
@@ -147,13 +174,7 @@ def test_kill_and_resume_local(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     db = tmp_path / "resume" / "study.db"
-    deadline = time.time() + 240
-    # Kill mid-trial: after 3 finished trials, while the 4th is running.
-    while time.time() < deadline and proc.poll() is None:
-        done, running = _progress(db)
-        if done >= 3 and running == 1:
-            break
-        time.sleep(0.1)
+    wait_mid_trial(db, "resume", proc, min_done=3, timeout=240)  # kill while one trains
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -169,12 +190,15 @@ def test_kill_and_resume_local(tmp_path):
     for number, params in finished_before.items():  # nothing computed is lost or redone
         assert after.trials[number].state == TrialState.COMPLETE
         assert after.trials[number].params == params
-    counted = [t for t in after.trials if not t.user_attrs.get("interrupted")]
+    counted = counted_trials(after.trials)
     assert sum(t.state.is_finished() for t in counted) == 8
     assert all(t.state != TrialState.RUNNING for t in after.trials)
     for t in running:  # the interrupted trial is failed, marked, and re-run once
         assert after.trials[t.number].user_attrs["interrupted"] is True
         retries = [r for r in after.trials if r.user_attrs.get("retry_of") == t.number]
+        if "candidate" not in t.user_attrs:  # killed while sampling: nothing to re-run
+            assert not retries
+            continue
         assert len(retries) == 1 and retries[0].params == t.params
         assert retries[0].state == TrialState.COMPLETE
 

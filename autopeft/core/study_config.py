@@ -115,7 +115,8 @@ class SamplerConfig(_Section):
     """Which sampler and its options."""
 
     name: str = "tpe"
-    #: Random trials before the model-based proposals (None: 10; 100 for ``autopeft``).
+    #: Random trials before the model-based proposals; for ``nsga2`` the population size
+    #: (None: 5 for ``tpe``, 20 for ``nsga2``, 100 for ``autopeft``, 10 otherwise).
     n_startup_trials: int | None = Field(None, ge=0)
     #: Proposals evaluated at once by the Ray executor, pending ones known to the sampler
     #: (None: 4 for ``autopeft``, as in the paper; otherwise as many as resources allow).

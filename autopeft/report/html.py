@@ -19,6 +19,7 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from autopeft.report import tables
+from autopeft.report.assets import CSS, ERRORS_JS
 from autopeft.report.tables import StudyData, label
 
 COLORS = {
@@ -31,38 +32,6 @@ COLORS = {
     "FAIL": "#ff7f0e",
 }
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
-ERRORS_JS = """(function () {
-  var errors = [];
-  function record(msg) {
-    errors.push(String(msg));
-    document.documentElement.setAttribute("data-js-errors", errors.join(" | "));
-  }
-  window.addEventListener("error", function (e) { record(e.message || "error"); });
-  window.addEventListener("unhandledrejection", function (e) {
-    record("unhandled rejection: " + ((e.reason && e.reason.message) || e.reason));
-  });
-  var consoleError = console.error;
-  console.error = function () {
-    record(Array.prototype.join.call(arguments, " "));
-    return consoleError.apply(console, arguments);
-  };
-})();"""
-CSS = """
-body { font-family: system-ui, "DejaVu Sans", Arial, sans-serif; margin: 24px 32px;
-       color: #222; background: #fafafa; }
-h1 { margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; }
-.sub { color: #555; margin-bottom: 16px; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 16px; }
-.autopeft-plot { background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 4px; }
-table { border-collapse: collapse; background: #fff; font-size: 13px; margin: 8px 0; }
-th, td { border: 1px solid #e0e0e0; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.front td:first-child { border-left: 4px solid #d62728; }
-.status { padding: 1px 6px; border-radius: 3px; color: #fff; font-size: 12px; }
-.err { color: #b00; max-width: 420px; } .desc { max-width: 520px; font-family: monospace; }
-pre { background: #fff; border: 1px solid #e3e3e3; padding: 12px; font-size: 12px; }
-.scroll { max-height: 640px; overflow: auto; display: inline-block; }
-"""
 
 
 def fmt(value: Any, metric: str | None = None) -> str:
@@ -278,6 +247,77 @@ def placement_figure(data: StudyData) -> go.Figure:
     return _style(fig, max(320, 110 + 26 * data.num_layers))
 
 
+def robustness_figure(data: StudyData) -> go.Figure:
+    """Re-evaluated front points: mean ± std over training seeds vs the search-time value."""
+    rows = tables.reeval_rows(data)
+    metric = rows[0]["metric"] if rows else data.task_metric()
+    xs = [r["trainable_params"] for r in rows]
+    hover = [[r["number"], r["seeds"], escape(r["description"])] for r in rows]
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=xs,
+                y=[r["mean"] for r in rows],
+                error_y={"type": "data", "array": [r["std"] for r in rows], "visible": True},
+                mode="markers",
+                name="mean ± std over seeds",
+                marker={"color": COLORS["front"], "size": 10},
+                customdata=hover,
+                hovertemplate=f"trial %{{customdata[0]}}: {metric} %{{y:.4f}} ± "
+                "%{error_y.array:.4f} over %{customdata[1]} seeds<br>%{customdata[2]}"
+                "<extra></extra>",
+            ),
+            go.Scatter(
+                x=xs,
+                y=[r["search"] for r in rows],
+                mode="markers",
+                name="value found in the search (one seed)",
+                marker={"color": "#444", "size": 9, "symbol": "circle-open"},
+                hoverinfo="skip",
+            ),
+        ]
+    )
+    fig.update_layout(
+        title={"text": f"Seed-robust {metric} of the front points (autopeft reeval)"},
+        xaxis=_axis("trainable_params", "minimize", xs),
+        yaxis={"title": {"text": metric}},
+    )
+    return _style(fig, 400)
+
+
+def robustness_table(data: StudyData) -> str:
+    """Re-evaluated front points as HTML."""
+    rows = tables.reeval_rows(data)
+    if not rows:
+        return ""
+    metric = rows[0]["metric"]
+    headers = ["trial", f"{metric} mean", "std", "min", "max", "seeds", "failed seeds"]
+    headers += [f"{metric} in search", "params", "configuration"]
+    cells = [
+        [_num(r["number"])]
+        + [_num(r[k], metric) for k in ("mean", "std", "min", "max")]
+        + [_num(r["seeds"]), _num(r["failed_seeds"]), _num(r["search"], metric)]
+        + [_num(r["trainable_params"]), f'<span class="desc">{escape(r["description"])}</span>']
+        for r in rows
+    ]
+    return _table(headers, cells)
+
+
+def _robustness_section(data: StudyData) -> list[str]:
+    if not data.reeval:
+        return [
+            "<h2>Seed robustness</h2>",
+            '<div class="sub">No re-evaluation yet: <code>autopeft reeval STUDY --top 5 '
+            "--seeds 5</code> retrains the best front points with several seeds; the report "
+            "then shows their mean and spread here.</div>",
+        ]
+    return [
+        "<h2>Seed robustness</h2>",
+        _plot(robustness_figure(data), "robustness"),
+        robustness_table(data),
+    ]
+
+
 def _style(fig: go.Figure, height: int) -> go.Figure:
     fig.update_layout(
         template="plotly_white",
@@ -411,6 +451,7 @@ def render(data: StudyData) -> str:
         + _plot(hypervolume_figure(data), "hypervolume")
         + _plot(status_figure(data), "status")
         + "</div>",
+        *_robustness_section(data),
         "<h2>Placement and module types</h2>",
         _plot(placement_figure(data), "placement"),
         modules_table(data),

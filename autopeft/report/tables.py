@@ -21,6 +21,8 @@ from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.study_config import METRICS
 
 Row = dict[str, Any]
+#: Study user attributes ``reeval.<trial>`` (written by :func:`autopeft.results.reeval`).
+REEVAL_PREFIX = "reeval."
 STATUSES = [s.value for s in TrialStatus]
 
 
@@ -51,6 +53,8 @@ class StudyData:
         reference: the hypervolume reference point (derived from the results when None).
         reused: trials that reused an identical earlier candidate's result (not compute).
         untold: trials without a result: ``{number: (state, note)}`` (running, interrupted).
+        reeval: seed re-evaluations by trial number (``autopeft reeval``): the metric, the
+            per-seed runs, mean and std.
     """
 
     name: str
@@ -62,6 +66,7 @@ class StudyData:
     reference: list[float] | None = None
     reused: set[int] = field(default_factory=set)
     untold: dict[int, tuple[str, str]] = field(default_factory=dict)
+    reeval: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_study(cls, study: Any) -> StudyData:
@@ -82,6 +87,11 @@ class StudyData:
             reference=list(study.reference_point()),
             reused={t.number for t in trials if t.user_attrs.get("reused")},
             untold=untold,
+            reeval={
+                int(key.removeprefix(REEVAL_PREFIX)): value
+                for key, value in study.optuna.user_attrs.items()
+                if key.startswith(REEVAL_PREFIX)
+            },
         )
 
     def values(self, result: TrialResult) -> list[float | None]:
@@ -315,6 +325,35 @@ def trial_rows(data: StudyData) -> list[Row]:
             }
         )
     return sorted(rows, key=lambda row: row["number"])
+
+
+def reeval_rows(data: StudyData) -> list[Row]:
+    """Seed re-evaluations of front points, best mean first (failed seeds counted apart)."""
+    by_number = dict(data.results)
+    rows = []
+    for n, rec in data.reeval.items():
+        result = by_number.get(n)
+        if result is None:
+            continue
+        metric = rec.get("metric") or data.task_metric()
+        runs = rec.get("seeds", [])
+        values = [run[metric] for run in runs if run.get(metric) is not None]
+        rows.append(
+            {
+                "number": n,
+                "metric": metric,
+                "mean": rec.get("mean"),
+                "std": rec.get("std") or 0.0,
+                "min": min(values, default=None),
+                "max": max(values, default=None),
+                "seeds": len(values),
+                "failed_seeds": len(runs) - len(values),
+                "search": result.metrics.get(metric),
+                "trainable_params": result.trainable_params,
+                "description": result.candidate.describe(),
+            }
+        )
+    return sorted(rows, key=lambda row: -(row["mean"] if row["mean"] is not None else -1e9))
 
 
 def search_cost(data: StudyData) -> Row:

@@ -14,7 +14,7 @@ from typing import Protocol
 from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
 from autopeft.core.result import TrialResult, TrialStatus
-from autopeft.search.study import Study
+from autopeft.search.study import REPEAT_LIMIT, REUSABLE, Study
 
 Listener = Callable[[int, TrialResult], None]
 Report = Callable[[int, dict[str, float]], bool]
@@ -101,20 +101,15 @@ def run_local(
     metric = study.config.task.metric
     study.recover_interrupted()
     display = Progress(study, n_trials) if progress else None
-    # A candidate already trained to completion is not trained again: its result is reused.
-    finished = {
-        r.candidate.key(): r for _, r in study.results() if r.status is TrialStatus.COMPLETE
-    }
+    # A candidate already trained is not trained again: its result is reused (Study.propose).
+    known = study.known_results()
     try:
         while study.n_done() < n_trials:
-            if study.shared:
-                study.recover_interrupted()  # trials of a driver that died meanwhile
-            trial, candidate = study.ask()
-            if candidate.key() in finished:
-                study.tell(trial, finished[candidate.key()], reused=True)
-                if display:
-                    display.update(trial.number, finished[candidate.key()])
-                continue
+            proposal = study.propose(known)
+            if proposal is None:
+                _say_exhausted(study, n_trials)
+                break
+            trial, candidate = proposal
             params, predicted, _ = runner.budget(candidate)
             report = (
                 halving_report(study, trial.number, [params, predicted], metric, rungs, rule)
@@ -123,8 +118,8 @@ def run_local(
             )
             result = runner.run(candidate, report, set(rungs))
             study.tell(trial, result)
-            if result.status is TrialStatus.COMPLETE:
-                finished[candidate.key()] = result
+            if result.status in REUSABLE:
+                known[candidate.key()] = result
             if on_result:
                 on_result(trial.number, result)
             if display:
@@ -133,6 +128,16 @@ def run_local(
         if display:
             display.close()
     return study
+
+
+def _say_exhausted(study: Study, n_trials: int) -> None:
+    """Why a search stopped before ``n_trials``: the sampler only proposes known candidates."""
+    print(
+        f"{study.config.name}: stopped at {study.n_done()} of {n_trials} trials: the sampler "
+        f"proposed only already-trained candidates ({REPEAT_LIMIT} in a row, or all "
+        f"{study.space_size:.0f} configurations of the space are known)",
+        flush=True,
+    )
 
 
 class Progress:

@@ -30,7 +30,7 @@ from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
 from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.study_config import StudyConfig
-from autopeft.search.study import Study
+from autopeft.search.study import REUSABLE, Study
 
 _RUNNERS: dict[str, Any] = {}  # per worker process: loaded once, reused across trials
 
@@ -133,33 +133,30 @@ class StudySearcher(Searcher):
         self.listener = listener
         self.numbers: dict[str, int] = {}
         self.scheduler: ParetoHalvingScheduler | None = None
-        self.finished = {
-            r.candidate.key(): r for _, r in study.results() if r.status is TrialStatus.COMPLETE
-        }
+        self.known = study.known_results()  # re-proposed candidates reuse these results
+        self.exhausted = False
 
     def _remaining(self) -> int:
         return self.n_trials - self.study.n_done() - len(self.numbers)
 
     def suggest(self, trial_id: str) -> dict | str | None:
         """The next candidate, or FINISHED once enough trials are done or running."""
-        while True:
-            if self._remaining() <= 0:
-                return Searcher.FINISHED if not self.numbers else None
-            if self.study.shared:
-                self.study.recover_interrupted()  # trials of a driver that died meanwhile
-            trial, candidate = self.study.ask()
-            if candidate.key() in self.finished:  # identical to a trained one: reuse it
-                self.study.tell(trial, self.finished[candidate.key()], reused=True)
-                continue
-            params, predicted, _ = self.budget(candidate)
-            self.numbers[trial_id] = trial.number
-            return {
-                "number": trial.number,
-                "candidate": candidate.to_json(),
-                "params": params,
-                "predicted_memory": predicted,
-                "eval_at": self.rungs,
-            }
+        if self._remaining() <= 0 or self.exhausted:
+            return Searcher.FINISHED if not self.numbers else None
+        proposal = self.study.propose(self.known)
+        if proposal is None:  # only known candidates proposed: finish with what runs
+            self.exhausted = True
+            return Searcher.FINISHED if not self.numbers else None
+        trial, candidate = proposal
+        params, predicted, _ = self.budget(candidate)
+        self.numbers[trial_id] = trial.number
+        return {
+            "number": trial.number,
+            "candidate": candidate.to_json(),
+            "params": params,
+            "predicted_memory": predicted,
+            "eval_at": self.rungs,
+        }
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         """Tell the study: the worker's result, PRUNED if the scheduler stopped it, or FAILED."""
@@ -172,8 +169,8 @@ class StudySearcher(Searcher):
             storage.set_trial_user_attr(tid, "worker_pid", int(result["worker_pid"]))
             storage.set_trial_user_attr(tid, "worker_node", str(result.get("worker_node")))
         self.study.tell(number, res)
-        if res.status is TrialStatus.COMPLETE:
-            self.finished[res.candidate.key()] = res
+        if res.status in REUSABLE:
+            self.known[res.candidate.key()] = res
         if self.listener:
             self.listener(number, res)
 

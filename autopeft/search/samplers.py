@@ -17,14 +17,28 @@ from autopeft.core.study_config import SamplerConfig
 
 #: The AutoPEFT paper's schedule: 100 random initial trials, then the BO proposals.
 AUTOPEFT_STARTUP = 100
+#: Deterministic model-based samplers: re-asked after proposing a known candidate they
+#: propose it again (after a model fit of seconds), so a random proposal replaces it at once.
+DETERMINISTIC = ("gp", "qnehvi", "autopeft")
+#: ``n_startup_trials`` when the study leaves it out (NSGA-II: the population size). TPE's 5:
+#: bench/results/search_quality_10seeds.md (random search's HV@100 in 37 trials).
+STARTUP_DEFAULTS = {"autopeft": AUTOPEFT_STARTUP, "tpe": 5, "nsga2": 20}
+
+
+def repeat_patience(cfg: SamplerConfig) -> int:
+    """Re-proposals of known candidates in a row before a random proposal replaces the next.
+
+    Stochastic samplers (TPE, NSGA-II) often propose something new when asked again; the
+    deterministic ones do not.
+    """
+    return 1 if cfg.name in DETERMINISTIC else 3
 
 
 def make_sampler(cfg: SamplerConfig) -> optuna.samplers.BaseSampler:
     """Build the sampler named in the study."""
     seed, startup = cfg.seed, cfg.n_startup_trials
     if startup is None:
-        # 5 for TPE: bench/results/search_quality_10seeds.md (random's HV@100 in 37 trials)
-        startup = AUTOPEFT_STARTUP if cfg.name == "autopeft" else 5 if cfg.name == "tpe" else 10
+        startup = STARTUP_DEFAULTS.get(cfg.name, 10)
     if cfg.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.name == "tpe":
@@ -37,7 +51,9 @@ def make_sampler(cfg: SamplerConfig) -> optuna.samplers.BaseSampler:
             constant_liar=True,
         )
     if cfg.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        # The first generation is the start-up: Optuna's 50 never leaves it in a 100-trial
+        # study whose halving prunes most trials (only complete ones form generations).
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(startup, 2))
     if cfg.name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     from optuna_integration import BoTorchSampler

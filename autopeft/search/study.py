@@ -25,13 +25,20 @@ from autopeft.core.profile import ModelProfile, load_profile, profile_from_confi
 from autopeft.core.resolve import ResolvedSpace
 from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.study_config import METRICS, StudyConfig
-from autopeft.search.samplers import make_sampler
+from autopeft.search.samplers import make_sampler, repeat_patience
 
 RESULT_ATTR = "result"
 STATUS_ATTR = "status"
 CANDIDATE_ATTR = "candidate"
 INTERRUPTED_ATTR = "interrupted"
 RETRY_OF_ATTR = "retry_of"
+REUSED_ATTR = "reused"
+#: Statuses whose result an identical, re-proposed candidate takes over instead of training
+#: again (failures may be transient, e.g. an OOM beside packed trials: those are retried).
+REUSABLE = (TrialStatus.COMPLETE, TrialStatus.PRUNED)
+#: Consecutive re-proposals of known candidates after which a search stops (the space is
+#: exhausted, or nearly); each costs a sampler call but no training.
+REPEAT_LIMIT = 100
 CONFIG_ATTR = "config"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -81,6 +88,7 @@ class Study:
         self.storage_url = storage or config.storage or default_storage(self.folder)
         self.profile = model_profile(config.model, num_labels)
         self.space = ResolvedSpace(config.search_space, self.profile, methods.registry())
+        self._space_size: float | None = None
         self.metrics = [o.metric for o in config.objectives]
         self.directions = [o.direction for o in config.objectives]
         self.optuna = optuna.create_study(
@@ -133,6 +141,51 @@ class Study:
         trial.set_user_attr(CANDIDATE_ATTR, candidate.to_json())
         return trial, candidate
 
+    def known_results(self) -> dict[str, TrialResult]:
+        """Reusable results by candidate key (see :data:`REUSABLE`)."""
+        return {r.candidate.key(): r for _, r in self.results() if r.status in REUSABLE}
+
+    def propose(
+        self, known: dict[str, TrialResult], limit: int = REPEAT_LIMIT
+    ) -> tuple[optuna.Trial, Candidate] | None:
+        """Ask until the sampler proposes a candidate not in ``known``; None if it will not.
+
+        A re-proposed candidate is told the known result at once (marked ``reused``): the
+        sampler learns from it, nothing is trained, and it does not count towards
+        ``n_trials`` (see :meth:`n_done`). After a few re-proposals in a row (see
+        :func:`~autopeft.search.samplers.repeat_patience`) a random sampler proposes
+        instead. None once every distinct configuration of the space is known, or after
+        ``limit`` re-proposals in a row.
+        """
+        if len(known) >= self.space_size:
+            return None
+        sampler, patience = self.optuna.sampler, repeat_patience(self.config.sampler)
+        try:
+            for repeat in range(limit):
+                if repeat == patience:
+                    self.optuna.sampler = optuna.samplers.RandomSampler(
+                        seed=None
+                        if self.config.sampler.seed is None
+                        else self.config.sampler.seed + len(self.optuna.trials)
+                    )
+                if self.shared:
+                    self.recover_interrupted()  # trials of a driver that died meanwhile
+                trial, candidate = self.ask()
+                hit = known.get(candidate.key())
+                if hit is None:
+                    return trial, candidate
+                self.tell(trial, hit, reused=True)
+        finally:
+            self.optuna.sampler = sampler
+        return None
+
+    @property
+    def space_size(self) -> float:
+        """Distinct parameter assignments of the space (cached)."""
+        if self._space_size is None:
+            self._space_size = self.space.size()
+        return self._space_size
+
     def _own(self, trial_id: int) -> None:
         # Heartbeats tell other drivers this trial is alive (shared storages only).
         self.optuna._storage.record_heartbeat(trial_id)
@@ -160,7 +213,7 @@ class Study:
         storage, tid = self.optuna._storage, self._trial_id(number)
         self._owned.discard(tid)
         if reused:
-            storage.set_trial_user_attr(tid, "reused", True)
+            storage.set_trial_user_attr(tid, REUSED_ATTR, True)
         storage.set_trial_user_attr(tid, RESULT_ATTR, json.loads(result.model_dump_json()))
         storage.set_trial_user_attr(tid, STATUS_ATTR, result.status.value)
         if result.error:
@@ -216,6 +269,8 @@ class Study:
     def recover_interrupted(self) -> list[int]:
         """Fail trials whose driver died and queue their parameters again (once each).
 
+        A trial killed before its candidate was fully sampled is failed but not re-queued.
+
         With SQLite (one driver at a time) every RUNNING trial at start-up is interrupted.
         With a shared server storage only trials whose driver stopped sending heartbeats for
         the grace period are; drivers call this before asking, so a live driver picks up the
@@ -234,17 +289,23 @@ class Study:
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
+            if CANDIDATE_ATTR not in t.user_attrs:
+                continue  # killed while its parameters were sampled: nothing to re-run
             self.optuna.enqueue_trial(t.params, user_attrs={RETRY_OF_ATTR: t.number})
             requeued.append(t.number)
         return requeued
 
     def n_done(self) -> int:
-        """Finished trials that count towards ``n_trials`` (interrupted ones do not)."""
+        """Finished trials that count towards ``n_trials``.
+
+        Interrupted trials (re-run) and reused ones (a re-proposed candidate that took over an
+        earlier result, nothing trained) do not count.
+        """
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         return sum(
             1
             for t in self.optuna.get_trials(deepcopy=False, states=done)
-            if not t.user_attrs.get(INTERRUPTED_ATTR)
+            if not t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get(REUSED_ATTR)
         )
 
     # -- results -----------------------------------------------------------------------------
@@ -263,7 +324,9 @@ class Study:
         A candidate appears once: trials that reused an earlier identical result are left out.
         """
         reused = {
-            t.number for t in self.optuna.get_trials(deepcopy=False) if t.user_attrs.get("reused")
+            t.number
+            for t in self.optuna.get_trials(deepcopy=False)
+            if t.user_attrs.get(REUSED_ATTR)
         }
         done = [
             (n, r)

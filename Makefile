@@ -37,6 +37,8 @@ lint: venv
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# The quickstart study on the bundled model and data (CPU: ~10 minutes); prints the front.
+# The quickstart study on the bundled model and data (CPU: ~10 minutes); prints the front
+# and writes its HTML report.
 run: venv
 	$(BIN)/autopeft run studies/quickstart/study.yaml
+	$(BIN)/autopeft report studies/quickstart -o reports/quickstart.html

@@ -140,6 +140,12 @@ def _usage(text: str):
     return ConfigError(Problem("arguments", text))
 
 
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of every command that works on an existing study."""
+    p.add_argument("study", help="the study YAML or its folder studies/<name>")
+    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -231,12 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
         "trains it at full fidelity first. --trials FILE writes every trial (.csv/.json/"
         ".parquet).",
     )
-    p.add_argument("study", help="the study YAML or its folder studies/<name>")
+    _study_arguments(p)
     p.add_argument("--trial", type=int, default=None, help="trial number")
     p.add_argument("-o", "--output", default=None, help="output folder for --trial")
     p.add_argument("--retrain", action="store_true", help="train at full fidelity first")
     p.add_argument("--trials", default=None, help="write all trials to FILE.csv|json|parquet")
-    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser(
@@ -245,10 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retrain the top-K front points (by the task metric) with --seeds "
         "training seeds and store per-seed metrics, mean and std in the study.",
     )
-    p.add_argument("study", help="the study YAML or its folder studies/<name>")
+    _study_arguments(p)
     p.add_argument("--top", type=int, default=5, help="front points to re-evaluate (default 5)")
     p.add_argument("--seeds", type=int, default=5, help="training seeds (default 5)")
-    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
     p.set_defaults(func=_reeval)
 
     p = sub.add_parser(
@@ -259,9 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         "re-evaluated front points (autopeft reeval), placement heatmap, per-module summary, "
         "search cost, the trial table with failure reasons, and the study configuration.",
     )
-    p.add_argument("study", help="the study YAML or its folder studies/<name>")
+    _study_arguments(p)
     p.add_argument("-o", "--output", default=None, help="HTML path (default reports/NAME.html)")
-    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser(
@@ -269,9 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve optuna-dashboard for a study on 127.0.0.1",
         description="Start optuna-dashboard for the study's storage and print its URL.",
     )
-    p.add_argument("study", help="the study YAML or its folder studies/<name>")
+    _study_arguments(p)
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
     p.set_defaults(func=_dashboard)
     return parser
 

@@ -30,7 +30,7 @@ def open_study(ref: str | Path, storage: str | None = None, root: str | Path | N
 
     ref = Path(ref)
     if ref.is_dir() and (ref / "study.json").is_file():
-        config = StudyConfig.model_validate_json((ref / "study.json").read_text())
+        config = _read_snapshot(ref / "study.json")
         root = root or ref.parent
     elif ref.is_file():
         config = api.load(ref)
@@ -56,6 +56,28 @@ def open_study(ref: str | Path, storage: str | None = None, root: str | Path | N
             )
         )
     return study
+
+
+def _read_snapshot(path: Path) -> StudyConfig:
+    """The study configuration a study folder keeps (``study.json``), or a clear error."""
+    from pydantic import ValidationError
+
+    from autopeft.core.errors import from_pydantic
+
+    try:
+        return StudyConfig.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        problems = from_pydantic(exc, prefix=path.name)
+        problems.append(
+            Problem(
+                "STUDY",
+                "this study folder's configuration snapshot does not validate (written by "
+                "another autopeft version?)",
+                str(path),
+                hint="give the study YAML instead of the folder: autopeft COMMAND study.yaml",
+            )
+        )
+        raise ConfigError(problems) from None
 
 
 def _trial_result(study, number: int):

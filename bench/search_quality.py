@@ -110,32 +110,57 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
     started = time.perf_counter()
     run_local(study, spec.trials, runner=runner, progress=False)
     wall = time.perf_counter() - started
-    results = dict(study.results())
-    # The x-axis is trained trials: a re-proposed candidate takes over an earlier result
-    # (Study.propose), costs no training, adds no point and does not count as a trial.
-    reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
-    trained = sorted(n for n in results if n not in reused)
-    points, steps = [], []
-    for number in trained:
-        r = results[number]
-        points.append(study.values_of(r) if r.status is TrialStatus.COMPLETE else None)
-        steps.append(r.steps)
-    ref = reference_point(study)
-    box = (1.0 - ref[0]) * ref[1] * ref[2]
-    hv = [h / box for h in hypervolume_history(points, ref, study.directions)]
-    cum = [sum(steps[: i + 1]) for i in range(len(steps))]
-    statuses = [results[n].status.value for n in trained]
+    curve = trained_curve(study)
+    hv, cum, statuses = curve["hv"], curve["steps"], curve["statuses"]
     return {
         **asdict(spec),
         "hv": hv,
         "steps": cum,
         "pruned": statuses.count("PRUNED"),
         "complete": statuses.count("COMPLETE"),
-        "reused": len(reused),
+        "reused": curve["reused"],
         "front": len(study.front()),
         "wall_s": wall,
+        "reference": curve["reference"],
+    }
+
+
+def trained_curve(study) -> dict:
+    """Hypervolume and cumulative training steps after each trained trial, their statuses.
+
+    The x-axis is trained trials: a re-proposed candidate takes over an earlier result
+    (``Study.propose``), costs no training, adds no point and does not count as a trial.
+    """
+    results = dict(study.results())
+    reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
+    trained = sorted(n for n in results if n not in reused)
+    points, steps, total = [], [], 0
+    for number in trained:
+        r = results[number]
+        points.append(study.values_of(r) if r.status is TrialStatus.COMPLETE else None)
+        total += r.steps
+        steps.append(total)
+    ref = reference_point(study)
+    box = (1.0 - ref[0]) * ref[1] * ref[2]
+    return {
+        "hv": [h / box for h in hypervolume_history(points, ref, study.directions)],
+        "steps": steps,
+        "statuses": [results[n].status.value for n in trained],
+        "reused": len(reused),
         "reference": ref,
     }
+
+
+def run_all(specs: list, run, jobs: int, line) -> list[dict]:
+    """``run(spec, surrogate, root)`` for every spec in ``jobs`` processes; prints ``line``."""
+    surrogate = Surrogate.from_jsonl(DATA)
+    runs = []
+    with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(run, s, surrogate, root) for s in specs]
+        for spec, fut in zip(specs, futures):
+            runs.append(fut.result())
+            print(line(spec, runs[-1]), flush=True)
+    return runs
 
 
 def first_reaching(curve: list[float], target: float) -> int | None:
@@ -416,18 +441,16 @@ def main() -> None:
                     specs.append(Spec(label, "tpe", halving, seed, args.trials, startup, opts))
     # The slow BO runs first, so they overlap with the fast ones.
     specs.sort(key=lambda s: s.sampler != "qnehvi")
-    runs = []
-    with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_one, s, surrogate, root) for s in specs]
-        for spec, fut in zip(specs, futures):
-            run = fut.result()
-            runs.append(run)
-            print(
-                f"{spec.label:16s} halving {spec.halving!s:5s} seed {spec.seed}: "
-                f"HV@{len(run['hv'])} {run['hv'][-1]:.4f}  steps {run['steps'][-1]:5d}  "
-                f"pruned {run['pruned']:3d}  {run['wall_s']:6.1f} s",
-                flush=True,
-            )
+    runs = run_all(
+        specs,
+        run_one,
+        args.jobs,
+        lambda spec, run: (
+            f"{spec.label:16s} halving {spec.halving!s:5s} seed {spec.seed}: "
+            f"HV@{len(run['hv'])} {run['hv'][-1]:.4f}  steps {run['steps'][-1]:5d}  "
+            f"pruned {run['pruned']:3d}  {run['wall_s']:6.1f} s"
+        ),
+    )
     rows = summarise(runs)
     import platform
 

@@ -243,6 +243,12 @@ def test_report_cli_writes_the_report_and_rejects_a_missing_study(study, tmp_pat
     bad = subprocess.run([*cmd[:4], str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no study file or study folder" in bad.stderr
     assert "Traceback" not in bad.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "study.json").write_text('{"name": "broken", "model": 3}')
+    bad = subprocess.run([*cmd[:4], str(broken)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "configuration snapshot does not validate" in bad.stderr
+    assert "study.json.model" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # -- HTML ------------------------------------------------------------------------------------

@@ -27,8 +27,11 @@ Scalar = StrictBool | StrictInt | StrictFloat | str
 
 
 class _Strict(BaseModel):
-    # Dump by alias so a config round-trips through JSON (`values`, not `values_`).
-    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+    # Dump by alias so a config round-trips through JSON (`values`, not `values_`); accept
+    # the field name too, as snapshots of studies written before did.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, serialize_by_alias=True, validate_by_name=True
+    )
 
 
 class IntParam(_Strict):

@@ -1,0 +1,290 @@
+"""Search cost: compute to reach a target front, with and without successive halving, and
+the AutoPEFT paper's protocol against autopeft's default, side by side in one run.
+
+The benchmark is the surrogate of ``bench/surrogate.py`` (fitted to 80 real 40-step trials of
+``search_spaces/bench.yaml`` on ``minilm`` / ``rotten_tomatoes``), run through ``run_local``
+exactly as ``autopeft run`` does. Compute is counted in training steps (a pruned trial costs
+the steps it ran; a re-proposed known candidate costs none) and converted to CPU-hours with
+the seconds per step measured in the real trials; the samplers' own time is measured and
+reported beside it.
+
+1. **Cost to a target front** (``--part cost``): the default sampler (TPE) with halving on and
+   off, each run until ``--budget-trials`` x 40 steps are spent (with halving that is many
+   more, cheaper trials). The target is 95% of the best hypervolume any run of this
+   benchmark reached; the cost of a run is the steps spent when its front first reaches it.
+2. **AutoPEFT's protocol** (``--part protocol``): the ``autopeft`` preset (SAAS fully
+   Bayesian GP + qNEHVI, 100 random initial trials, 200 trials, every trial at full fidelity
+   as in the paper) against the default sampler with halving given the same step budget.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/search_cost.py --jobs 2 [--part cost|protocol|all]
+
+Hypervolume is the fraction of the box between the ideal corner and the reference point of
+``bench/search_quality.py`` (shared by every run). Results: bench/results/search_cost.json
+and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from collect_real_trials import STEPS, bench_study  # noqa: E402
+from search_quality import run_all, trained_curve  # noqa: E402
+from surrogate import DATA, Surrogate, for_study  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+TARGET = 0.95
+GOAL_RATIO = 3.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One search run: until ``max_trials`` trained trials or ``step_budget`` steps."""
+
+    part: str
+    label: str
+    sampler: str
+    halving: bool
+    seed: int
+    step_budget: int
+    max_trials: int
+
+
+def seconds_per_step() -> float:
+    """Wall seconds per training step of the real trials the surrogate was fitted to."""
+    records = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    return sum(r["wall_time_s"] for r in records) / sum(r["steps"] for r in records)
+
+
+def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
+    """Run one study on the surrogate in chunks until its budget is spent."""
+    import torch
+
+    from autopeft.search.local import run_local
+    from autopeft.search.study import Study
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    name = f"{spec.part}-{spec.label}-h{int(spec.halving)}-s{spec.seed}"
+    config = bench_study(
+        name, sampler={"name": spec.sampler, "seed": spec.seed}, halving={"enabled": spec.halving}
+    )
+    study = Study(config, root=root)
+    runner = for_study(study, surrogate, seed=spec.seed)
+    started, n = time.perf_counter(), 0
+
+    def spent() -> int:
+        reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
+        return sum(r.steps for k, r in study.results() if k not in reused)
+
+    while spent() < spec.step_budget and n < spec.max_trials:
+        before = study.n_done()
+        n = min(spec.max_trials, before + 5)
+        run_local(study, n, runner=runner, progress=False)
+        if study.n_done() == before:  # the space is exhausted
+            break
+    wall = time.perf_counter() - started
+    curve = trained_curve(study)
+    # Runs go in chunks of 5 trials: cut at the trial that spends the budget.
+    steps = curve["steps"]
+    cut = next((i + 1 for i, s in enumerate(steps) if s >= spec.step_budget), len(steps))
+    return {
+        **asdict(spec),
+        "hv": curve["hv"][:cut],
+        "steps": steps[:cut],
+        "trials": cut,
+        "pruned": curve["statuses"][:cut].count("PRUNED"),
+        "reused": curve["reused"],
+        "wall_s": wall,
+    }
+
+
+def steps_to(run: dict, target: float) -> int | None:
+    """Steps spent when the run's hypervolume first reaches ``target`` (None: never)."""
+    return next((s for h, s in zip(run["hv"], run["steps"]) if h >= target - 1e-12), None)
+
+
+def hv_at(run: dict, budget: int) -> float:
+    """Hypervolume once at most ``budget`` steps are spent."""
+    return max((h for h, s in zip(run["hv"], run["steps"]) if s <= budget), default=0.0)
+
+
+def median_cost(costs: list[int | None]) -> float | None:
+    """The median over seeds, a run that never reached the target counting as infinite."""
+    ranked = sorted(float("inf") if c is None else c for c in costs)
+    mid = statistics.median(ranked)
+    return None if mid == float("inf") else mid
+
+
+def summarise(runs: list[dict], sps: float) -> dict:
+    """Target, per-group costs and the halving and protocol comparisons."""
+    best = max(r["hv"][-1] for r in runs)
+    target = TARGET * best
+    groups: dict[tuple[str, str, bool], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["part"], r["label"], r["halving"]), []).append(r)
+    rows = []
+    for (part, label, halving), rs in sorted(groups.items()):
+        costs = [steps_to(r, target) for r in rs]
+        med = median_cost(costs)
+        budget = rs[0]["step_budget"]
+        rows.append(
+            {
+                "part": part,
+                "label": label,
+                "halving": halving,
+                "seeds": len(rs),
+                "reached": sum(c is not None for c in costs),
+                "steps_to_target": costs,
+                "median_steps": med,
+                "median_cpu_hours": None if med is None else med * sps / 3600,
+                "hv_final": statistics.fmean(r["hv"][-1] for r in rs),
+                "hv_final_std": statistics.stdev([r["hv"][-1] for r in rs]) if len(rs) > 1 else 0,
+                "hv_at_budget": statistics.fmean(hv_at(r, budget) for r in rs),
+                "trials": statistics.fmean(r["trials"] for r in rs),
+                "steps": statistics.fmean(r["steps"][-1] for r in rs),
+                "pruned": statistics.fmean(r["pruned"] for r in rs),
+                "sampler_s": statistics.fmean(r["wall_s"] for r in rs),
+            }
+        )
+    return {"best_hv": best, "target": target, "rows": rows}
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def markdown(summary: dict, meta: dict) -> str:
+    """The tables and the verdicts."""
+    rows = summary["rows"]
+    lines = [
+        "# Search cost on the minilm surrogate",
+        "",
+        f"Target: {TARGET:.0%} of the best hypervolume any run here reached "
+        f"({summary['best_hv']:.4f}) = {summary['target']:.4f} (fraction of the reference "
+        f"box of bench/search_quality.py). Cost: training steps spent until a run's front "
+        f"first reaches it (a pruned trial costs the steps it ran, a re-proposed known "
+        f"candidate none); CPU-hours = steps x {meta['seconds_per_step']:.3f} s, the "
+        f"measured seconds per step of the 80 real trials behind the surrogate (minilm, "
+        f"2-core CPU). Median over {meta['seeds']} seeds, a run that never reached the "
+        f"target counting as infinite (— = the median did not). Sampler s: wall time of the "
+        f"whole run on the surrogate, i.e. the samplers' and the study's own cost.",
+        "",
+        "| part | sampler | halving | reached | median steps to target | median CPU-h "
+        "| steps to target per seed | final HV | HV at the step budget | trials | steps "
+        "| pruned | sampler s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        per_seed = ", ".join("—" if c is None else str(c) for c in r["steps_to_target"])
+        lines.append(
+            f"| {r['part']} | {r['label']} | {'on' if r['halving'] else 'off'} | "
+            f"{r['reached']}/{r['seeds']} | {_cell(r['median_steps'], ',.0f')} | "
+            f"{_cell(r['median_cpu_hours'], '.3f')} | {per_seed} | "
+            f"{r['hv_final']:.4f} ± {r['hv_final_std']:.4f} | {r['hv_at_budget']:.4f} | "
+            f"{r['trials']:.0f} | {r['steps']:,.0f} | {r['pruned']:.0f} | "
+            f"{r['sampler_s']:.0f} |"
+        )
+    lines += ["", "## Verdicts", "", *meta["verdicts"], ""]
+    lines.append(f"Run: `{meta['command']}` ({meta['runtime_min']:.1f} min, {meta['machine']}).")
+    return "\n".join(lines) + "\n"
+
+
+def verdicts(summary: dict) -> list[str]:
+    """Halving's saving against the goal; the protocol comparison."""
+    by = {(r["part"], r["label"], r["halving"]): r for r in summary["rows"]}
+    out = []
+    off, on = by.get(("cost", "tpe", False)), by.get(("cost", "tpe", True))
+    if off and on:
+        if on["median_steps"] and off["median_steps"]:
+            ratio = off["median_steps"] / on["median_steps"]
+            out.append(
+                f"- Halving: the default sampler reaches the target with {ratio:.2f}x fewer "
+                f"training steps (median {off['median_steps']:,.0f} without, "
+                f"{on['median_steps']:,.0f} with) — goal of at least {GOAL_RATIO:g}x "
+                f"{'MET' if ratio >= GOAL_RATIO else 'NOT met'}."
+            )
+        else:
+            out.append(
+                f"- Halving: median steps to the target without {off['median_steps']}, with "
+                f"{on['median_steps']} (None: the median run did not reach it) — goal of at "
+                f"least {GOAL_RATIO:g}x not measurable."
+            )
+    paper, ours = by.get(("protocol", "autopeft", False)), by.get(("protocol", "tpe", True))
+    if paper and ours:
+        out.append(
+            f"- AutoPEFT protocol (SAAS+qNEHVI, 200 full-fidelity trials): final HV "
+            f"{paper['hv_final']:.4f} after {paper['steps']:,.0f} steps and "
+            f"{paper['sampler_s']:.0f} s of sampler time; default TPE + halving on the same "
+            f"step budget: {ours['hv_final']:.4f} after {ours['steps']:,.0f} steps "
+            f"({ours['trials']:.0f} trials) and {ours['sampler_s']:.0f} s of sampler time."
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["cost", "protocol", "all"], default="all")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--protocol-seeds", type=int, default=1)
+    parser.add_argument("--budget-trials", type=int, default=150, help="full trials of steps")
+    parser.add_argument("--protocol-trials", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    specs = []
+    if args.part in ("cost", "all"):
+        budget = args.budget_trials * STEPS
+        for seed in range(args.seeds):
+            for halving in (False, True):
+                specs.append(Spec("cost", "tpe", "tpe", halving, seed, budget, 10 * budget))
+    if args.part in ("protocol", "all"):
+        budget = args.protocol_trials * STEPS
+        for seed in range(args.protocol_seeds):
+            specs.append(
+                Spec("protocol", "autopeft", "autopeft", False, seed, budget, args.protocol_trials)
+            )
+            specs.append(Spec("protocol", "tpe", "tpe", True, seed, budget, 10 * budget))
+    specs.sort(key=lambda s: s.sampler != "autopeft")  # the slow BO first, overlapping the rest
+    runs = run_all(
+        specs,
+        run_one,
+        args.jobs,
+        lambda spec, run: (
+            f"{spec.part:8s} {spec.label:8s} halving {spec.halving!s:5s} "
+            f"seed {spec.seed}: HV {run['hv'][-1]:.4f}  trials {run['trials']:4d}  steps "
+            f"{run['steps'][-1]:6d}  {run['wall_s']:7.1f} s"
+        ),
+    )
+    sps = seconds_per_step()
+    summary = summarise(runs, sps)
+    meta = {
+        "seeds": args.seeds,
+        "seconds_per_step": sps,
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/search_cost.py "
+        + " ".join(sys.argv[1:]),
+        "runtime_min": (time.perf_counter() - started) / 60,
+        "machine": f"{platform.machine()} CPU",
+        "verdicts": verdicts(summary),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "search_cost.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1)
+    )
+    (args.out / "search_cost.md").write_text(markdown(summary, meta))
+    print(markdown(summary, meta))
+
+
+if __name__ == "__main__":
+    main()

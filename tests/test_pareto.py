@@ -13,6 +13,7 @@ from autopeft.core.pareto import (
     dominates,
     hypervolume,
     hypervolume_history,
+    knee_point,
     nondominated_ranks,
     pareto_front,
     select_top,
@@ -85,3 +86,20 @@ def test_halving_rule():
     assert rule.keep(10) == 4
     assert rung_steps(90, [0.34, 0.67, 1.0]) == [31, 60, 90]
     assert rung_steps(10, [1.0]) == [10]
+
+
+def test_knee_point_is_the_balanced_front_point():
+    # accuracy (max) vs parameters (min): a convex front with an obvious elbow at (0.80, 100).
+    points = [[0.60, 1], [0.80, 100], [0.82, 900], [0.70, 500], [0.83, 1000], [0.50, 500]]
+    directions = ("maximize", "minimize")
+    assert knee_point(points, directions) == 1
+    assert knee_point([], directions) is None
+    assert knee_point([[0.7, 5]], directions) == 0
+    # The knee is always on the front, and invariant to rescaling an objective.
+    rng = random.Random(3)
+    for _ in range(50):
+        pts = [[rng.random(), rng.random(), rng.random()] for _ in range(12)]
+        knee = knee_point(pts, MAX_MIN_MIN)
+        assert knee in pareto_front(pts, MAX_MIN_MIN)
+        scaled = [[a, 1000 * b, c] for a, b, c in pts]
+        assert knee_point(scaled, MAX_MIN_MIN) == knee

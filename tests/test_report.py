@@ -106,6 +106,15 @@ def test_front_flags_match_the_study_front(study, data):
         )
 
 
+def test_the_knee_is_one_front_point_flagged_everywhere(study, data):
+    from autopeft.core.pareto import knee_point
+
+    front = study.front()
+    expected = front[knee_point([study.values_of(r) for _, r in front], study.directions)][0]
+    assert data.knee() == expected == tables.summary(data)["knee"]
+    assert [r["number"] for r in tables.points(data) if r["knee"]] == [expected]
+
+
 def test_hypervolume_history_is_monotone_and_ends_at_the_study_hypervolume(study, data):
     rows = tables.hypervolume_rows(data)
     assert [r["number"] for r in rows] == sorted(n for n, _ in study.results())

@@ -133,3 +133,21 @@ def select_top(points: Sequence[Point], directions: Sequence[str], k: int) -> li
             crowd[i] = d
     order = sorted(range(len(points)), key=lambda i: (ranks[i], -crowd[i], i))
     return order[:k]
+
+
+def knee_point(points: Sequence[Point], directions: Sequence[str]) -> int | None:
+    """Index of the knee of the non-dominated ``points`` (None when there are none).
+
+    Each objective is scaled to [0, 1] over the front (0 = its best value there); the knee is
+    the front point closest (Euclidean) to the ideal corner, i.e. the best balanced trade-off:
+    moving away from it along the front costs more in one objective than it gains in another.
+    Ties go to the lower index.
+    """
+    front = pareto_front(points, directions)
+    if not front:
+        return None
+    pts = to_min([points[i] for i in front], directions)
+    lows = [min(col) for col in zip(*pts)]
+    spans = [max(col) - lo or 1.0 for col, lo in zip(zip(*pts), lows)]
+    dist = [sum(((v - lo) / s) ** 2 for v, lo, s in zip(p, lows, spans)) for p in pts]
+    return front[min(range(len(front)), key=lambda k: (dist[k], front[k]))]

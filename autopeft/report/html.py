@@ -24,6 +24,7 @@ from autopeft.report.tables import StudyData, label
 
 COLORS = {
     "front": "#d62728",
+    "knee": "#ffbf00",
     "COMPLETE": "#7f7f7f",
     "PRUNED": "#9ecae1",
     "FAILED": "#ff7f0e",
@@ -88,13 +89,20 @@ def pair_figure(data: StudyData, i: int, j: int) -> go.Figure:
     """Objective ``i`` vs ``j``: all evaluated trials, the study front, the pair's staircase."""
     mi, mj = data.metrics[i], data.metrics[j]
     rows = [r for r in tables.points(data) if _plottable(r, mi, mj)]
-    groups = [
-        ("pruned (last rung)", lambda r: r["status"] == "PRUNED", COLORS["PRUNED"], 7),
-        ("complete", lambda r: r["status"] == "COMPLETE" and not r["front"], COLORS["COMPLETE"], 8),
-        ("Pareto front", lambda r: r["front"], COLORS["front"], 11),
+    groups = [  # name, which rows, colour, marker size, symbol
+        ("pruned (last rung)", lambda r: r["status"] == "PRUNED", COLORS["PRUNED"], 7, "circle"),
+        (
+            "complete",
+            lambda r: r["status"] == "COMPLETE" and not r["front"],
+            COLORS["COMPLETE"],
+            8,
+            "circle",
+        ),
+        ("Pareto front", lambda r: r["front"], COLORS["front"], 11, "circle"),
+        ("knee (balanced trade-off)", lambda r: r["knee"], COLORS["knee"], 18, "star"),
     ]
     fig = go.Figure()
-    for name, keep, color, size in groups:
+    for name, keep, color, size, symbol in groups:
         sel = [r for r in rows if keep(r) and not r["reused"]]
         fig.add_trace(
             go.Scatter(
@@ -102,7 +110,12 @@ def pair_figure(data: StudyData, i: int, j: int) -> go.Figure:
                 y=[r["values"][mj] for r in sel],
                 mode="markers",
                 name=name,
-                marker={"color": color, "size": size, "line": {"width": 1, "color": "#333"}},
+                marker={
+                    "color": color,
+                    "size": size,
+                    "symbol": symbol,
+                    "line": {"width": 1, "color": "#333"},
+                },
                 customdata=[[r["number"], r["status"], _hover_text(r)] for r in sel],
                 hovertemplate=f"trial %{{customdata[0]}} (%{{customdata[1]}})<br>{mi}: %{{x}}"
                 f"<br>{mj}: %{{y}}<br>%{{customdata[2]}}<extra></extra>",
@@ -426,7 +439,8 @@ def render(data: StudyData) -> str:
     sampler = (cfg.get("sampler") or {}).get("name", "")
     sub = (
         f"model {cfg.get('model', '')} &middot; task {task} &middot; sampler {sampler} &middot; "
-        f"{s['trials']} trials &middot; front of {s['front']} &middot; "
+        f"{s['trials']} trials &middot; front of {s['front']} (knee: trial {s['knee']}) "
+        "&middot; "
         f"hypervolume {fmt(s['hypervolume'])}"
     )
     sub = escape(sub).replace("&amp;middot;", "&middot;")

@@ -16,7 +16,7 @@ from typing import Any
 
 from autopeft import methods
 from autopeft.core.candidate import ModuleConfig
-from autopeft.core.pareto import hypervolume_history, pareto_front
+from autopeft.core.pareto import hypervolume_history, knee_point, pareto_front
 from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.study_config import METRICS
 
@@ -112,6 +112,12 @@ class StudyData:
         idx = pareto_front([self.values(r) for _, r in done], self.directions)
         return [done[i] for i in idx]
 
+    def knee(self) -> int | None:
+        """Trial number of the front's knee (:func:`~autopeft.core.pareto.knee_point`)."""
+        front = self.front()
+        k = knee_point([self.values(r) for _, r in front], self.directions)
+        return None if k is None else front[k][0]
+
     def reference_point(self) -> list[float]:
         """The given reference point, else the worst metric / 1.1 x the largest value seen."""
         if self.reference is not None:
@@ -151,8 +157,9 @@ def error_text(result: TrialResult) -> str:
 
 
 def points(data: StudyData) -> list[Row]:
-    """One row per told trial: status, objective values, front flag, description."""
+    """One row per told trial: status, objective values, front and knee flags, description."""
     front = {n for n, _ in data.front()}
+    knee = data.knee()
     rows = []
     for n, r in data.results:
         vals = data.values(r)
@@ -161,6 +168,7 @@ def points(data: StudyData) -> list[Row]:
                 "number": n,
                 "status": r.status.value,
                 "front": n in front,
+                "knee": n == knee,
                 "reused": n in data.reused,
                 "values": dict(zip(data.metrics, vals)),
                 "description": r.candidate.describe(),
@@ -399,6 +407,7 @@ def summary(data: StudyData) -> Row:
         "name": data.name,
         "trials": len(data.results) + len(data.untold),
         "front": len(data.front()),
+        "knee": data.knee(),
         "hypervolume": hv[-1]["hypervolume"] if hv else 0.0,
         "reference": data.reference_point(),
         "objectives": [label(m, d) for m, d in zip(data.metrics, data.directions)],

@@ -43,6 +43,8 @@ from surrogate import DATA, Surrogate, for_study  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TARGET = 0.95
+#: A looser target reported beside it (the best run can be a lucky outlier).
+LOOSE_TARGET = 0.90
 GOAL_RATIO = 3.0
 
 
@@ -136,6 +138,7 @@ def summarise(runs: list[dict], sps: float) -> dict:
     for (part, label, halving), rs in sorted(groups.items()):
         costs = [steps_to(r, target) for r in rs]
         med = median_cost(costs)
+        loose = median_cost([steps_to(r, LOOSE_TARGET * best) for r in rs])
         budget = rs[0]["step_budget"]
         rows.append(
             {
@@ -147,6 +150,7 @@ def summarise(runs: list[dict], sps: float) -> dict:
                 "steps_to_target": costs,
                 "median_steps": med,
                 "median_cpu_hours": None if med is None else med * sps / 3600,
+                "median_steps_loose": loose,
                 "hv_final": statistics.fmean(r["hv"][-1] for r in rs),
                 "hv_final_std": statistics.stdev([r["hv"][-1] for r in rs]) if len(rs) > 1 else 0,
                 "hv_at_budget": statistics.fmean(hv_at(r, budget) for r in rs),
@@ -180,9 +184,9 @@ def markdown(summary: dict, meta: dict) -> str:
         f"whole run on the surrogate, i.e. the samplers' and the study's own cost.",
         "",
         "| part | sampler | halving | reached | median steps to target | median CPU-h "
-        "| steps to target per seed | final HV | HV at the step budget | trials | steps "
-        "| pruned | sampler s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| steps to target per seed | median steps to {LOOSE_TARGET:.0%} | final HV "
+        "| HV at the step budget | trials | steps | pruned | sampler s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_seed = ", ".join("—" if c is None else str(c) for c in r["steps_to_target"])
@@ -190,6 +194,7 @@ def markdown(summary: dict, meta: dict) -> str:
             f"| {r['part']} | {r['label']} | {'on' if r['halving'] else 'off'} | "
             f"{r['reached']}/{r['seeds']} | {_cell(r['median_steps'], ',.0f')} | "
             f"{_cell(r['median_cpu_hours'], '.3f')} | {per_seed} | "
+            f"{_cell(r.get('median_steps_loose'), ',.0f')} | "
             f"{r['hv_final']:.4f} ± {r['hv_final_std']:.4f} | {r['hv_at_budget']:.4f} | "
             f"{r['trials']:.0f} | {r['steps']:,.0f} | {r['pruned']:.0f} | "
             f"{r['sampler_s']:.0f} |"
@@ -215,9 +220,11 @@ def verdicts(summary: dict) -> list[str]:
             )
         else:
             out.append(
-                f"- Halving: median steps to the target without {off['median_steps']}, with "
-                f"{on['median_steps']} (None: the median run did not reach it) — goal of at "
-                f"least {GOAL_RATIO:g}x not measurable."
+                f"- Halving: {on['reached']}/{on['seeds']} runs with halving and "
+                f"{off['reached']}/{off['seeds']} without reach the target within the same "
+                f"step budget (median steps without: {_cell(off['median_steps'], ',.0f')}, "
+                f"with: {_cell(on['median_steps'], ',.0f')}; — = the median run never did) "
+                f"— goal of at least {GOAL_RATIO:g}x fewer steps with halving NOT met."
             )
     paper, ours = by.get(("protocol", "autopeft", False)), by.get(("protocol", "tpe", True))
     if paper and ours:
@@ -240,7 +247,20 @@ def main() -> None:
     parser.add_argument("--protocol-trials", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--resummarise", type=Path, default=None, help="rewrite the tables from a results JSON"
+    )
     args = parser.parse_args()
+    if args.resummarise:
+        saved = json.loads(args.resummarise.read_text())
+        meta, runs = saved["meta"], saved["runs"]
+        summary = summarise(runs, meta["seconds_per_step"])
+        meta["verdicts"] = verdicts(summary)
+        saved["summary"] = summary
+        args.resummarise.write_text(json.dumps(saved, indent=1))
+        args.resummarise.with_suffix(".md").write_text(markdown(summary, meta))
+        print(markdown(summary, meta))
+        return
 
     started = time.perf_counter()
     specs = []

@@ -117,6 +117,13 @@ def saas_qnehvi_candidates_func(train_x, train_obj, train_con, bounds, pending_x
             gp, warmup_steps=64, num_samples=32, thinning=8, disable_progbar=True
         )
         models.append(gp)
+    # NUTS runs in JAX, which compiles afresh for every history length and keeps each
+    # executable mapped: ~2,900 memory mappings per proposal exhaust vm.max_map_count (65,530)
+    # after ~22 proposals and the process dies (bench/search_cost.py did). The fitted GPs are
+    # torch; the compiled JAX code is not needed again.
+    import jax
+
+    jax.clear_caches()
     model = ModelListGP(*models)
     acqf = qLogNoisyExpectedHypervolumeImprovement(
         model=model,

@@ -16,7 +16,7 @@ from autopeft.core.errors import ConfigError, Problem
 from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.study_config import StudyConfig
 
-REEVAL_ATTR = "reeval"  # user attributes reeval.<trial>: see autopeft.report.tables
+REEVAL_ATTR = "reeval"  # study user attributes reeval.<trial>, read by autopeft.report.tables
 
 
 def open_study(ref: str | Path, storage: str | None = None, root: str | Path | None = None):

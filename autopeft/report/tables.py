@@ -19,10 +19,11 @@ from autopeft.core.candidate import ModuleConfig
 from autopeft.core.pareto import hypervolume_history, knee_point, pareto_front
 from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.study_config import METRICS
+from autopeft.results import REEVAL_ATTR
 
 Row = dict[str, Any]
 #: Study user attributes ``reeval.<trial>`` (written by :func:`autopeft.results.reeval`).
-REEVAL_PREFIX = "reeval."
+REEVAL_PREFIX = f"{REEVAL_ATTR}."
 STATUSES = [s.value for s in TrialStatus]
 
 

@@ -9,6 +9,7 @@ violated constraint (so constraint-aware samplers learn it and it never reaches 
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -88,7 +89,6 @@ class Study:
         self.storage_url = storage or config.storage or default_storage(self.folder)
         self.profile = model_profile(config.model, num_labels)
         self.space = ResolvedSpace(config.search_space, self.profile, methods.registry())
-        self._space_size: float | None = None
         self.metrics = [o.metric for o in config.objectives]
         self.directions = [o.direction for o in config.objectives]
         self.optuna = optuna.create_study(
@@ -179,12 +179,10 @@ class Study:
             self.optuna.sampler = sampler
         return None
 
-    @property
+    @functools.cached_property
     def space_size(self) -> float:
-        """Distinct parameter assignments of the space (cached)."""
-        if self._space_size is None:
-            self._space_size = self.space.size()
-        return self._space_size
+        """Distinct parameter assignments of the space (computed once)."""
+        return self.space.size()
 
     def _own(self, trial_id: int) -> None:
         # Heartbeats tell other drivers this trial is alive (shared storages only).

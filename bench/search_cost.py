@@ -41,6 +41,9 @@ from collect_real_trials import STEPS, bench_study  # noqa: E402
 from search_quality import run_all, trained_curve  # noqa: E402
 from surrogate import DATA, Surrogate, for_study  # noqa: E402
 
+from autopeft.core import halving as halving_rule  # noqa: E402
+from autopeft.core.halving import TIE_BREAK, rung_steps  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 TARGET = 0.95
 #: A looser target reported beside it (the best run can be a lucky outlier).
@@ -59,12 +62,32 @@ class Spec:
     seed: int
     step_budget: int
     max_trials: int
+    #: The full fidelity in steps and the halving rungs (fractions of it).
+    fidelity: int = STEPS
+    rungs: tuple[float, ...] = (0.34, 0.67, 1.0)
+    min_delta: float = 0.0
+    #: ``ties-to-trial``: autopeft's rule; ``mo-asha``: the same without giving ties in rung
+    #: accuracy to the judged trial (plain MO-ASHA), the baseline.
+    rule: str = "ties-to-trial"
 
 
-def seconds_per_step() -> float:
+def real_trials(data: Path) -> list[dict]:
+    """The real trials the surrogate is fitted to."""
+    return [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+
+
+def seconds_per_step(data: Path) -> float:
     """Wall seconds per training step of the real trials the surrogate was fitted to."""
-    records = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    records = real_trials(data)
     return sum(r["wall_time_s"] for r in records) / sum(r["steps"] for r in records)
+
+
+def data_fidelity(data: Path) -> tuple[int, tuple[float, ...]]:
+    """The real trials' full fidelity in steps and their evaluation steps as fractions."""
+    records = real_trials(data)
+    total = max(r["target_steps"] for r in records)
+    evals = sorted({int(h["step"]) for r in records for h in r["history"]})
+    return total, tuple(round(e / total, 4) for e in evals)
 
 
 def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
@@ -76,9 +99,15 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
+    # Worker processes run one spec after another: set the rule every time.
+    halving_rule.TIE_BREAK = 0.0 if spec.rule == "mo-asha" else TIE_BREAK
     name = f"{spec.part}-{spec.label}-h{int(spec.halving)}-s{spec.seed}"
     config = bench_study(
-        name, sampler={"name": spec.sampler, "seed": spec.seed}, halving={"enabled": spec.halving}
+        name,
+        steps=spec.fidelity,
+        rungs=list(spec.rungs),
+        sampler={"name": spec.sampler, "seed": spec.seed},
+        halving={"enabled": spec.halving, "min_delta": spec.min_delta},
     )
     study = Study(config, root=root)
     runner = for_study(study, surrogate, seed=spec.seed)
@@ -178,8 +207,12 @@ def markdown(summary: dict, meta: dict) -> str:
         f"box of bench/search_quality.py). Cost: training steps spent until a run's front "
         f"first reaches it (a pruned trial costs the steps it ran, a re-proposed known "
         f"candidate none); CPU-hours = steps x {meta['seconds_per_step']:.3f} s, the "
-        f"measured seconds per step of the 80 real trials behind the surrogate (minilm, "
-        f"2-core CPU). Median over {meta['seeds']} seeds, a run that never reached the "
+        f"measured seconds per step of the {meta.get('real_trials', 80)} real trials behind "
+        f"the surrogate (minilm, 2-core CPU, {meta.get('fidelity', 40)} steps a full trial; "
+        f"halving rungs at {meta.get('rung_steps', [14, 27, 40])}, min_delta "
+        f"{meta.get('min_delta', 0.0)}; data {meta.get('data', 'real_trials_minilm.jsonl')})."
+        f" Rule: {meta.get('rule', 'MO-ASHA (rank and crowding only)')}. "
+        f"Median over {meta['seeds']} seeds, a run that never reached the "
         f"target counting as infinite (— = the median did not). Sampler s: wall time of the "
         f"whole run on the surrogate, i.e. the samplers' and the study's own cost.",
         "",
@@ -204,28 +237,42 @@ def markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def halving_verdict(name: str, off: dict, on: dict) -> str:
+    """Steps to the target with halving (``on``) against without (``off``), and the goal."""
+    loose = ""
+    if on.get("median_steps_loose") and off.get("median_steps_loose"):
+        loose = (
+            f"; to {LOOSE_TARGET:.0%}: "
+            f"{off['median_steps_loose'] / on['median_steps_loose']:.2f}x "
+            f"({off['median_steps_loose']:,.0f} without, {on['median_steps_loose']:,.0f} with)"
+        )
+    if on["median_steps"] and off["median_steps"]:
+        ratio = off["median_steps"] / on["median_steps"]
+        return (
+            f"- {name}: the default sampler reaches the target with {ratio:.2f}x fewer "
+            f"training steps (median {off['median_steps']:,.0f} without, "
+            f"{on['median_steps']:,.0f} with; {off['reached']}/{off['seeds']} and "
+            f"{on['reached']}/{on['seeds']} runs reach it){loose} — goal of at least "
+            f"{GOAL_RATIO:g}x {'MET' if ratio >= GOAL_RATIO else 'NOT met'}."
+        )
+    return (
+        f"- {name}: {on['reached']}/{on['seeds']} runs with halving and "
+        f"{off['reached']}/{off['seeds']} without reach the target within the same "
+        f"step budget (median steps without: {_cell(off['median_steps'], ',.0f')}, "
+        f"with: {_cell(on['median_steps'], ',.0f')}; — = the median run never did){loose} "
+        f"— goal of at least {GOAL_RATIO:g}x fewer steps with halving NOT met."
+    )
+
+
 def verdicts(summary: dict) -> list[str]:
     """Halving's saving against the goal; the protocol comparison."""
     by = {(r["part"], r["label"], r["halving"]): r for r in summary["rows"]}
     out = []
-    off, on = by.get(("cost", "tpe", False)), by.get(("cost", "tpe", True))
-    if off and on:
-        if on["median_steps"] and off["median_steps"]:
-            ratio = off["median_steps"] / on["median_steps"]
-            out.append(
-                f"- Halving: the default sampler reaches the target with {ratio:.2f}x fewer "
-                f"training steps (median {off['median_steps']:,.0f} without, "
-                f"{on['median_steps']:,.0f} with) — goal of at least {GOAL_RATIO:g}x "
-                f"{'MET' if ratio >= GOAL_RATIO else 'NOT met'}."
-            )
-        else:
-            out.append(
-                f"- Halving: {on['reached']}/{on['seeds']} runs with halving and "
-                f"{off['reached']}/{off['seeds']} without reach the target within the same "
-                f"step budget (median steps without: {_cell(off['median_steps'], ',.0f')}, "
-                f"with: {_cell(on['median_steps'], ',.0f')}; — = the median run never did) "
-                f"— goal of at least {GOAL_RATIO:g}x fewer steps with halving NOT met."
-            )
+    off = by.get(("cost", "tpe", False))
+    for label, name in (("tpe", "Halving"), ("tpe-mo-asha", "Halving by plain MO-ASHA")):
+        on = by.get(("cost", label, True))
+        if off and on:
+            out.append(halving_verdict(name, off, on))
     paper, ours = by.get(("protocol", "autopeft", False)), by.get(("protocol", "tpe", True))
     if paper and ours:
         out.append(
@@ -247,6 +294,26 @@ def main() -> None:
     parser.add_argument("--protocol-trials", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="search_cost", help="results file stem")
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="real trials the surrogate is fitted to"
+    )
+    parser.add_argument(
+        "--rungs",
+        type=lambda text: tuple(float(v) for v in text.split(",")),
+        default=None,
+        help="halving rungs as fractions (default: the real trials' evaluation steps)",
+    )
+    parser.add_argument("--min-delta", type=float, default=0.0, help="halving.min_delta")
+    parser.add_argument(
+        "--mo-asha", action="store_true", help="also run halving with plain MO-ASHA (baseline)"
+    )
+    parser.add_argument(
+        "--halving",
+        choices=["both", "on"],
+        default="both",
+        help="cost part: run with and without halving, or only with (e.g. to merge runs)",
+    )
     parser.add_argument(
         "--resummarise", type=Path, default=None, help="rewrite the tables from a results JSON"
     )
@@ -263,19 +330,44 @@ def main() -> None:
         return
 
     started = time.perf_counter()
+    fidelity, evals = data_fidelity(args.data)
+    shape = {"fidelity": fidelity, "rungs": args.rungs or evals, "min_delta": args.min_delta}
     specs = []
     if args.part in ("cost", "all"):
-        budget = args.budget_trials * STEPS
+        budget = args.budget_trials * fidelity
         for seed in range(args.seeds):
-            for halving in (False, True):
-                specs.append(Spec("cost", "tpe", "tpe", halving, seed, budget, 10 * budget))
+            for on in (False, True) if args.halving == "both" else (True,):
+                specs.append(Spec("cost", "tpe", "tpe", on, seed, budget, 10 * budget, **shape))
+            if args.mo_asha:
+                specs.append(
+                    Spec(
+                        "cost",
+                        "tpe-mo-asha",
+                        "tpe",
+                        True,
+                        seed,
+                        budget,
+                        10 * budget,
+                        **shape,
+                        rule="mo-asha",
+                    )
+                )
     if args.part in ("protocol", "all"):
-        budget = args.protocol_trials * STEPS
+        budget = args.protocol_trials * fidelity
         for seed in range(args.protocol_seeds):
             specs.append(
-                Spec("protocol", "autopeft", "autopeft", False, seed, budget, args.protocol_trials)
+                Spec(
+                    "protocol",
+                    "autopeft",
+                    "autopeft",
+                    False,
+                    seed,
+                    budget,
+                    args.protocol_trials,
+                    **shape,
+                )
             )
-            specs.append(Spec("protocol", "tpe", "tpe", True, seed, budget, 10 * budget))
+            specs.append(Spec("protocol", "tpe", "tpe", True, seed, budget, 10 * budget, **shape))
     specs.sort(key=lambda s: s.sampler != "autopeft")  # the slow BO first, overlapping the rest
     runs = run_all(
         specs,
@@ -286,12 +378,20 @@ def main() -> None:
             f"seed {spec.seed}: HV {run['hv'][-1]:.4f}  trials {run['trials']:4d}  steps "
             f"{run['steps'][-1]:6d}  {run['wall_s']:7.1f} s"
         ),
+        data=args.data,
     )
-    sps = seconds_per_step()
+    sps = seconds_per_step(args.data)
     summary = summarise(runs, sps)
     meta = {
         "seeds": args.seeds,
         "seconds_per_step": sps,
+        "real_trials": len(real_trials(args.data)),
+        "data": args.data.name,
+        "fidelity": fidelity,
+        "rung_steps": rung_steps(fidelity, list(shape["rungs"])),
+        "min_delta": args.min_delta,
+        "rule": "MO-ASHA selection, and a stop needs ceil(n/eta) peers more accurate "
+        "by more than min_delta (autopeft.core.halving)",
         "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/search_cost.py "
         + " ".join(sys.argv[1:]),
         "runtime_min": (time.perf_counter() - started) / 60,
@@ -299,10 +399,10 @@ def main() -> None:
         "verdicts": verdicts(summary),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search_cost.json").write_text(
+    (args.out / f"{args.name}.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1)
     )
-    (args.out / "search_cost.md").write_text(markdown(summary, meta))
+    (args.out / f"{args.name}.md").write_text(markdown(summary, meta))
     print(markdown(summary, meta))
 
 

@@ -151,9 +151,12 @@ def trained_curve(study) -> dict:
     }
 
 
-def run_all(specs: list, run, jobs: int, line) -> list[dict]:
-    """``run(spec, surrogate, root)`` for every spec in ``jobs`` processes; prints ``line``."""
-    surrogate = Surrogate.from_jsonl(DATA)
+def run_all(specs: list, run, jobs: int, line, data: Path = DATA) -> list[dict]:
+    """``run(spec, surrogate, root)`` for every spec in ``jobs`` processes; prints ``line``.
+
+    The surrogate is fitted once, to the real trials in ``data``.
+    """
+    surrogate = Surrogate.from_jsonl(data)
     runs = []
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(jobs) as pool:
         futures = [pool.submit(run, s, surrogate, root) for s in specs]

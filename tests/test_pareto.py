@@ -88,6 +88,24 @@ def test_halving_rule():
     assert rung_steps(10, [1.0]) == [10]
 
 
+def test_halving_rule_gives_ties_in_accuracy_to_the_trial():
+    """Costs are exact at every rung, accuracy is not: equal accuracy is no reason to stop."""
+    rule = HalvingRule(eta=3, min_peers=3)
+    floor = 0.607  # everyone still predicts the majority class
+    cheap = [(floor, 10 * i, 5 + i) for i in range(1, 9)]
+    large = (floor, 10_000, 500)
+    # MO-ASHA alone would stop it: 8 cheaper peers with the same accuracy dominate it.
+    assert 0 not in select_top([large, *cheap], MAX_MIN_MIN, 3)
+    assert rule.should_continue(large, cheap)
+    assert all(rule.should_continue(p, [q for q in cheap if q != p]) for p in cheap)
+    # Cheaper peers that are also more accurate are evidence: the same trial stops ...
+    learners = [(0.70, 20, 6), (0.68, 30, 7), (0.66, 40, 8)]
+    assert not rule.should_continue(large, [*cheap[:5], *learners])
+    # ... unless their margin is within min_delta.
+    lenient = HalvingRule(eta=3, min_peers=3, min_delta=0.1)
+    assert lenient.should_continue(large, [*cheap[:5], *learners])
+
+
 def test_knee_point_is_the_balanced_front_point():
     # accuracy (max) vs parameters (min): a convex front with an obvious elbow at (0.80, 100).
     points = [[0.60, 1], [0.80, 100], [0.82, 900], [0.70, 500], [0.83, 1000], [0.50, 500]]

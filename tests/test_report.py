@@ -113,6 +113,11 @@ def test_the_knee_is_one_front_point_flagged_everywhere(study, data):
     expected = front[knee_point([study.values_of(r) for _, r in front], study.directions)][0]
     assert data.knee() == expected == tables.summary(data)["knee"]
     assert [r["number"] for r in tables.points(data) if r["knee"]] == [expected]
+    from autopeft.report.html import figure_3d, pair_figure
+
+    for fig in (figure_3d(data), pair_figure(data, 0, 1)):
+        knee = [t for t in fig.data if t.name.startswith("knee")]
+        assert len(knee) == 1 and [c[0] for c in knee[0].customdata] == [expected]
 
 
 def test_hypervolume_history_is_monotone_and_ends_at_the_study_hypervolume(study, data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -56,6 +57,9 @@ def test_every_sampler_finishes_with_a_valid_front(tmp_path, sampler):
     # a 200-trial study die at the kernel's mapping limit).
     assert len(Path("/proc/self/maps").read_text().splitlines()) < maps + 1500
     assert study.n_done() == n == len(counted_trials(study.optuna.trials))
+    if sampler == "autopeft":  # the paper's batches: 4 proposals per SAAS fit
+        batches = study.optuna.sampler._candidates_func
+        assert batches.proposals >= 2 and batches.fits == math.ceil(batches.proposals / 4)
     statuses = {r.status for _, r in study.results()}
     assert TrialStatus.INFEASIBLE in statuses or sampler not in ("random",)
     check_front(study)

@@ -109,6 +109,9 @@ class HalvingConfig(_Section):
     enabled: bool = True
     eta: float = Field(3.0, gt=1)
     min_peers: int = Field(3, ge=1)
+    #: How much more accurate (in the objective metric) a peer must be at a rung to count as
+    #: evidence for stopping a trial; see :mod:`autopeft.core.halving`.
+    min_delta: float = Field(0.0, ge=0)
 
 
 class SamplerConfig(_Section):
@@ -120,6 +123,7 @@ class SamplerConfig(_Section):
     n_startup_trials: int | None = Field(None, ge=0)
     #: Proposals evaluated at once by the Ray executor, pending ones known to the sampler
     #: (None: 4 for ``autopeft``, as in the paper; otherwise as many as resources allow).
+    #: For ``autopeft`` also the proposals made from one SAAS fit, in either executor.
     batch_size: int | None = Field(None, ge=1)
     seed: int | None = 0
 

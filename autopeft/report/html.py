@@ -143,13 +143,14 @@ def pair_figure(data: StudyData, i: int, j: int) -> go.Figure:
 
 
 def figure_3d(data: StudyData) -> go.Figure:
-    """The three objectives in 3-D: evaluated trials and the front."""
+    """The three objectives in 3-D: evaluated trials, the front and its knee."""
     m = data.metrics
     rows = [r for r in tables.points(data) if _plottable(r, *m) and r["status"] == "COMPLETE"]
     fig = go.Figure()
     for name, sel, color, size in [
         ("complete", [r for r in rows if not r["front"] and not r["reused"]], "#9a9a9a", 4),
         ("Pareto front", [r for r in rows if r["front"]], COLORS["front"], 6),
+        ("knee (balanced trade-off)", [r for r in rows if r["knee"]], COLORS["knee"], 10),
     ]:
         fig.add_trace(
             go.Scatter3d(

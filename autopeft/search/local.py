@@ -96,7 +96,7 @@ def run_local(
     runner = runner or TrainingRunner.for_study(study)
     cfg, hcfg = study.config.training, study.config.halving
     enabled = hcfg.enabled if halving is None else halving
-    rule = HalvingRule(eta=hcfg.eta, min_peers=hcfg.min_peers) if enabled else None
+    rule = HalvingRule.from_config(hcfg) if enabled else None
     rungs = rung_steps(cfg.steps, cfg.rungs) if rule else [cfg.steps]
     metric = study.config.task.metric
     study.recover_interrupted()

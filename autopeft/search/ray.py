@@ -231,7 +231,7 @@ def run_ray(
 
     cfg, hcfg = study.config, study.config.halving
     enabled = hcfg.enabled if halving is None else halving
-    rule = HalvingRule(eta=hcfg.eta, min_peers=hcfg.min_peers)
+    rule = HalvingRule.from_config(hcfg)
     rungs = rung_steps(cfg.training.steps, cfg.training.rungs) if enabled else [cfg.training.steps]
     study.recover_interrupted()  # trials of a dead driver: failed and re-queued
     if not ray.is_initialized():

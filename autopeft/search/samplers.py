@@ -20,6 +20,8 @@ AUTOPEFT_STARTUP = 100
 #: Deterministic model-based samplers: re-asked after proposing a known candidate they
 #: propose it again (after a model fit of seconds), so a random proposal replaces it at once.
 DETERMINISTIC = ("gp", "qnehvi", "autopeft")
+#: The paper's batch: proposals made from one SAAS fit (a q-batch of qNEHVI).
+AUTOPEFT_BATCH = 4
 #: ``n_startup_trials`` when the study leaves it out (NSGA-II: the population size). TPE's 5:
 #: bench/results/search_quality_10seeds.md (random search's HV@100 in 37 trials).
 STARTUP_DEFAULTS = {"autopeft": AUTOPEFT_STARTUP, "tpe": 5, "nsga2": 20}
@@ -69,7 +71,7 @@ def make_sampler(cfg: SamplerConfig) -> optuna.samplers.BaseSampler:
         )
     if cfg.name == "autopeft":
         return BoTorchSampler(
-            candidates_func=saas_qnehvi_candidates_func,
+            candidates_func=BatchedCandidates(cfg.batch_size or AUTOPEFT_BATCH),
             n_startup_trials=startup,
             consider_running_trials=True,
             seed=seed,
@@ -77,8 +79,35 @@ def make_sampler(cfg: SamplerConfig) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown sampler {cfg.name!r}")
 
 
-def saas_qnehvi_candidates_func(train_x, train_obj, train_con, bounds, pending_x):
-    """Candidates from qLogNEHVI over a SAAS fully Bayesian GP (the AutoPEFT surrogate).
+class BatchedCandidates:
+    """A BoTorch ``candidates_func`` that proposes ``q`` configurations per SAAS fit.
+
+    As in the AutoPEFT paper, one fully Bayesian fit yields a q-batch of qNEHVI proposals
+    (chosen greedily, each conditioned on the ones before it); the sampler hands them out one
+    per ``ask`` and fits again once they are used up. Measured at 110 trials on one (shared)
+    CPU core: NUTS fits of 3 outcomes 48 s, acquisition 10 s for one proposal and 23 s for a
+    batch of 4, so a proposal costs ~18 s instead of ~58 s.
+    """
+
+    def __init__(self, q: int = AUTOPEFT_BATCH):
+        self.q = q
+        self.queue: list = []
+        self.fits = self.proposals = 0
+
+    def __call__(self, train_x, train_obj, train_con, bounds, pending_x):
+        """The next proposal of the current batch, fitting a new batch when it is used up."""
+        if not self.queue:
+            batch = saas_qnehvi_candidates_func(
+                train_x, train_obj, train_con, bounds, pending_x, q=self.q
+            )
+            self.queue = [row.unsqueeze(0) for row in batch]
+            self.fits += 1
+        self.proposals += 1
+        return self.queue.pop(0)
+
+
+def saas_qnehvi_candidates_func(train_x, train_obj, train_con, bounds, pending_x, q=1):
+    """``q`` candidates from qLogNEHVI over a SAAS fully Bayesian GP (the AutoPEFT surrogate).
 
     Mirrors ``optuna_integration.botorch.qnehvi_candidates_func`` (same constraint handling,
     reference point and normalisation) with ``SaasFullyBayesianSingleTaskGP`` fitted by NUTS
@@ -135,5 +164,7 @@ def saas_qnehvi_candidates_func(train_x, train_obj, train_con, bounds, pending_x
     )
     unit = torch.zeros_like(bounds)
     unit[1] = 1
-    cand, _ = optimize_acqf(acqf, bounds=unit, q=1, num_restarts=8, raw_samples=256)
+    cand, _ = optimize_acqf(
+        acqf, bounds=unit, q=q, num_restarts=8, raw_samples=256, sequential=q > 1
+    )
     return unnormalize(cand.detach(), bounds=bounds)

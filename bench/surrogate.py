@@ -157,8 +157,15 @@ class Surrogate:
             [[_at_step(r["history"], s) for s in self.steps] for r in done], dtype=F64
         )
         final = self.curves[:, -1]
-        #: The constant predictor's accuracy: the most frequent final accuracy.
-        self.majority = Counter(round(float(v), 6) for v in final).most_common(1)[0][0]
+        #: The constant predictor's accuracy (the majority-class rate): the best final accuracy
+        #: of a trial whose predictions carry no information (MCC exactly 0); without such a
+        #: trial, the most frequent final accuracy.
+        constant = [float(v) for v, r in zip(final, done) if r["metrics"].get("mcc", 1.0) == 0]
+        self.majority = (
+            round(max(constant), 6)
+            if constant
+            else Counter(round(float(v), 6) for v in final).most_common(1)[0][0]
+        )
         self.learned = final > self.majority + 1e-6
         raw = torch.tensor(
             [features(Candidate.model_validate(r["candidate"]), profile) for r in done], dtype=F64

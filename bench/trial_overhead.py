@@ -80,40 +80,36 @@ def bare_loop(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, fl
     return time.perf_counter() - start, correct / n, train_seconds
 
 
-def hf_trainer(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, float, float]:
-    """The same trial through transformers.Trainer (what HF users run today)."""
-    from peft import get_peft_model
-    from transformers import Trainer, TrainingArguments
+class Rows(torch.utils.data.Dataset):
+    """An autopeft token set as the per-example dataset ``transformers.Trainer`` expects."""
+
+    def __init__(self, enc, n: int):
+        self.enc, self.n = enc, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.enc.batch(torch.tensor([i])).items()}
+
+
+def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Pad a list of examples to the longest (the padding autopeft's batches use)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - len(t)))  # noqa: E731
+    return {
+        "input_ids": torch.stack([pad(r["input_ids"]) for r in rows]),
+        "attention_mask": torch.stack([pad(r["attention_mask"]) for r in rows]),
+        "labels": torch.stack([r["labels"] for r in rows]),
+    }
+
+
+def trainer_args(ctx: TrialContext, steps: int, **extra):
+    """``TrainingArguments`` with the study's recipe: steps, batch, lr, warm-up, clipping."""
+    from transformers import TrainingArguments
 
     cfg = ctx.config.training
-    train, valid = ctx.data["train"], ctx.data["validation"]
-
-    class Rows(torch.utils.data.Dataset):
-        def __init__(self, enc, n):
-            self.enc, self.n = enc, n
-
-        def __len__(self):
-            return self.n
-
-        def __getitem__(self, i):
-            return {k: v[0] for k, v in self.enc.batch(torch.tensor([i])).items()}
-
-    def collate(rows):
-        width = max(len(r["input_ids"]) for r in rows)
-        pad = lambda t: torch.nn.functional.pad(t, (0, width - len(t)))  # noqa: E731
-        return {
-            "input_ids": torch.stack([pad(r["input_ids"]) for r in rows]),
-            "attention_mask": torch.stack([pad(r["attention_mask"]) for r in rows]),
-            "labels": torch.stack([r["labels"] for r in rows]),
-        }
-
-    start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    model = copy.deepcopy(ctx.base_model)
-    model = get_peft_model(
-        model, methods.get("lora").peft_config(ctx.profile, cand.modules[0], steps)
-    )
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir="/tmp/autopeft-bench-trainer",
         max_steps=steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -132,18 +128,35 @@ def hf_trainer(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, f
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=cfg.seed,
+        **extra,
     )
-    n = min(cfg.eval_examples, len(valid))
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=Rows(train, len(train)),
-        eval_dataset=Rows(valid, n),
-        data_collator=collate,
-        compute_metrics=lambda p: {
+
+
+def trainer_data(ctx: TrialContext) -> dict:
+    """Train and validation sets, collator and accuracy metric for ``transformers.Trainer``."""
+    train, valid = ctx.data["train"], ctx.data["validation"]
+    return {
+        "train_dataset": Rows(train, len(train)),
+        "eval_dataset": Rows(valid, min(ctx.config.training.eval_examples, len(valid))),
+        "data_collator": collate,
+        "compute_metrics": lambda p: {
             "accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())
         },
+    }
+
+
+def hf_trainer(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, float, float]:
+    """The same trial through transformers.Trainer (what HF users run today)."""
+    from peft import get_peft_model
+    from transformers import Trainer
+
+    start = time.perf_counter()
+    torch.manual_seed(ctx.config.training.seed)
+    model = copy.deepcopy(ctx.base_model)
+    model = get_peft_model(
+        model, methods.get("lora").peft_config(ctx.profile, cand.modules[0], steps)
     )
+    trainer = Trainer(model=model, args=trainer_args(ctx, steps), **trainer_data(ctx))
     out = trainer.train()
     metrics = trainer.evaluate()
     return time.perf_counter() - start, metrics["eval_accuracy"], out.metrics["train_runtime"]

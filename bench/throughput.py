@@ -1,0 +1,353 @@
+"""Trial throughput: trials packed per device vs one trial per device vs the HF Trainer's search.
+
+Three ways to run the same search, side by side in one run, on one device:
+
+- ``packed``: autopeft's Ray executor, several trials per device (on a GPU the share per trial
+  comes from the predicted memory, up to 8 trials per GPU; on a CPU one trial per core);
+- ``one-per-device``: the same executor with one trial holding the whole device;
+- ``trainer``: ``transformers.Trainer.hyperparameter_search`` (optuna backend) over the same
+  LoRA space, one trial after another: what Hugging Face users run today (LoRA space only).
+
+The model, data, steps and batch size are the same everywhere, halving is off (every trial
+trains to the end) and the two Ray modes use the ``random`` sampler under one seed, so trial
+``i`` is the same candidate in both and its accuracy can be compared (it should match up to
+the noise of non-deterministic GPU kernels). Device utilisation is sampled while each mode runs
+(``nvidia-smi`` on a GPU, ``psutil`` on a CPU).
+
+    .venv/bin/python bench/throughput.py --model minilm --space lora --trials 32 --steps 200
+    .venv/bin/python bench/throughput.py --model bert-base --space mixed --trials 16
+
+``bert-base`` is a BERT-base-sized classifier (12 layers, hidden 768, random weights) built from
+config with the bundled tokenizer and saved once under ``studies/.bench-cache/``. Results:
+``bench/results/throughput_<device>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from autopeft import api  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+CACHE = ROOT / "studies" / ".bench-cache"
+#: The LoRA space (72 configurations on every layer), searched the same way by the Trainer.
+LORA = {"rank": [2, 4, 8, 16, 32, 64], "alpha": [8, 16, 32, 64]}
+TARGETS = {
+    "qv": ["q", "v"],
+    "qkvo": ["q", "k", "v", "o"],
+    "all": ["q", "k", "v", "o", "ffn_up", "ffn_down"],
+}
+SPACES = {
+    "lora": {
+        "modules": {"lora": {**LORA, "targets": {"choice": list(TARGETS.values())}}},
+        "layers": "all",
+    },
+    "mixed": str(ROOT / "search_spaces" / "bench.yaml"),
+}
+
+
+def model_path(name: str) -> str:
+    """A bundled short name as is; ``bert-base``: build and save the random BERT-base once."""
+    if name != "bert-base":
+        return name
+    folder = CACHE / "bert-base-random"
+    if not (folder / "config.json").exists():
+        from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+        from autopeft.core.profile import resolve_model_dir
+
+        tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_dir("minilm")))
+        config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2)  # BERT-base sizes
+        BertForSequenceClassification(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def study_config(name: str, args: argparse.Namespace):
+    """The study every mode runs: random sampler, halving off, the given model and space."""
+    return api.study_from_dict(
+        {
+            "name": name,
+            "model": model_path(args.model),
+            "task": {"name": "rotten_tomatoes", "max_length": args.max_length},
+            "training": {
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "eval_every": args.steps,
+                "eval_examples": args.eval_examples,
+            },
+            "search_space": SPACES[args.space],
+            "sampler": {"name": "random", "seed": 0},
+            "halving": {"enabled": False},
+        }
+    )
+
+
+class Utilisation:
+    """Samples the device's utilisation (%) and memory in use (MiB) in the background."""
+
+    def __init__(self, gpu: bool, every_s: float = 0.5):
+        self.gpu, self.every_s, self.samples = gpu, every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> tuple[float, float]:
+        if self.gpu:
+            out = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "--id=0",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            util, mem = (float(v) for v in out.strip().split(","))
+            return util, mem
+        import psutil
+
+        return psutil.cpu_percent(None), psutil.virtual_memory().used / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.samples.append(self._sample())
+
+    def __enter__(self) -> Utilisation:
+        self._sample()  # psutil: the first call starts the interval
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"util_mean": None, "util_median": None, "mem_peak_mb": None}
+        utils = [u for u, _ in self.samples]
+        return {
+            "util_mean": round(statistics.fmean(utils), 1),
+            "util_median": round(statistics.median(utils), 1),
+            "mem_peak_mb": round(max(m for _, m in self.samples)),
+        }
+
+
+def ray_mode(mode: str, args: argparse.Namespace, root: str, gpu: bool, cores: int) -> dict:
+    """One Ray mode: the study, its wall time, trials/hour and the accuracy of each trial."""
+    from autopeft.core.result import TrialStatus
+    from autopeft.search.ray import run_ray
+    from autopeft.search.study import Study
+
+    study = Study(study_config(f"throughput-{mode}", args), root=root)
+    if mode == "packed":
+        options = {"gpus_per_trial": None} if gpu else {"cpus_per_trial": 1.0}
+    else:
+        options = {"gpus_per_trial": 1.0} if gpu else {"cpus_per_trial": float(cores)}
+    started = time.perf_counter()
+    with Utilisation(gpu) as util:
+        run_ray(study, args.trials, progress=False, **options)
+    wall = time.perf_counter() - started
+    # Re-proposals of a known candidate are told its result without training: not counted.
+    reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
+    results = {n: r for n, r in study.results() if n not in reused}
+    done = {n: r for n, r in results.items() if r.status is TrialStatus.COMPLETE}
+    return {
+        "mode": mode,
+        "options": options,
+        "trials": len(results),
+        "complete": len(done),
+        "wall_s": round(wall, 1),
+        "trials_per_hour": round(3600 * len(results) / wall, 1),
+        "accuracy": {n: r.metrics.get("accuracy") for n, r in done.items()},
+        "candidates": {n: r.candidate.describe() for n, r in done.items()},
+        "trial_wall_s": statistics.median(r.wall_time_s for r in done.values()) if done else None,
+        **util.summary(),
+    }
+
+
+def trainer_mode(args: argparse.Namespace, gpu: bool) -> dict:
+    """``Trainer.hyperparameter_search`` over the same LoRA space, optuna backend, in turn."""
+    import copy
+
+    import torch
+    from peft import get_peft_model
+    from transformers import Trainer
+    from trial_overhead import candidate, trainer_args, trainer_data
+
+    from autopeft import methods
+    from autopeft.train.trial import TrialContext
+
+    ctx = TrialContext.create(study_config("throughput-trainer", args), cache_dir=CACHE)
+    accuracies: list[float] = []
+
+    def hp_space(trial) -> dict:
+        return {
+            **{k: trial.suggest_categorical(k, v) for k, v in LORA.items()},
+            "targets": trial.suggest_categorical("targets", list(TARGETS)),
+        }
+
+    def model_init(trial=None):
+        base = candidate(ctx.profile.num_layers).modules[0]
+        # Optuna gives the same value back when hp_space already suggested it.
+        values = hp_space(trial) if trial is not None else {"targets": "qv"}
+        params = {**base.params, **{k: v for k, v in values.items() if k in LORA}}
+        module = base.model_copy(
+            update={"params": params, "targets": tuple(TARGETS[values["targets"]])}
+        )
+        torch.manual_seed(ctx.config.training.seed)
+        model = copy.deepcopy(ctx.base_model)
+        peft_config = methods.get("lora").peft_config(ctx.profile, module, args.steps)
+        return get_peft_model(model, peft_config)
+
+    def objective(metrics: dict) -> float:
+        accuracies.append(metrics["eval_accuracy"])
+        return metrics["eval_accuracy"]
+
+    trainer = Trainer(
+        model_init=model_init, args=trainer_args(ctx, args.steps), **trainer_data(ctx)
+    )
+    started = time.perf_counter()
+    with Utilisation(gpu) as util:
+        trainer.hyperparameter_search(
+            direction="maximize",
+            backend="optuna",
+            hp_space=hp_space,
+            n_trials=args.trials,
+            compute_objective=objective,
+        )
+    wall = time.perf_counter() - started
+    return {
+        "mode": "trainer",
+        "options": {"backend": "optuna"},
+        "trials": len(accuracies),
+        "complete": len(accuracies),
+        "wall_s": round(wall, 1),
+        "trials_per_hour": round(3600 * len(accuracies) / wall, 1),
+        "accuracy_median": statistics.median(accuracies) if accuracies else None,
+        **util.summary(),
+    }
+
+
+def compare(packed: dict, single: dict) -> dict:
+    """Accuracy of the same trial number (same candidate) in the two Ray modes."""
+    common = sorted(set(packed["accuracy"]) & set(single["accuracy"]))
+    same = [n for n in common if packed["candidates"][n] == single["candidates"][n]]
+    diffs = [abs(packed["accuracy"][n] - single["accuracy"][n]) for n in same]
+    return {
+        "same_candidates": len(same),
+        "max_abs_accuracy_diff": max(diffs) if diffs else None,
+        "mean_abs_accuracy_diff": statistics.fmean(diffs) if diffs else None,
+    }
+
+
+def markdown(result: dict) -> str:
+    """The table, the accuracy check and the verdict."""
+    rows = result["modes"]
+    base = next((r["trials_per_hour"] for r in rows if r["mode"] == "one-per-device"), None)
+    lines = [
+        f"# Trial throughput ({result['device']}, {result['model']}, space {result['space']}, "
+        f"{result['trials']} trials x {result['steps']} steps, batch {result['batch_size']})",
+        "",
+        "| mode | trials/h | vs one per device | complete | wall s | median trial s | "
+        "util % (mean) | peak memory MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        trial_s = r.get("trial_wall_s")
+        ratio = "—" if not base else f"{r['trials_per_hour'] / base:.2f}x"
+        lines.append(
+            f"| {r['mode']} | {r['trials_per_hour']:,.0f} | {ratio} | "
+            f"{r['complete']}/{r['trials']} | {r['wall_s']:,.0f} | "
+            f"{'—' if trial_s is None else f'{trial_s:.1f}'} | {r['util_mean']} | "
+            f"{r['mem_peak_mb']} |"
+        )
+    lines.append("")
+    acc = result["accuracy_match"]
+    if acc:
+        lines.append(
+            f"Same candidate, packed vs one per device: {acc['same_candidates']} trials, max "
+            f"|Δ accuracy| {acc['max_abs_accuracy_diff']}, mean {acc['mean_abs_accuracy_diff']}."
+        )
+    packed = next((r for r in rows if r["mode"] == "packed"), None)
+    if packed and base:
+        ratio = packed["trials_per_hour"] / base
+        lines.append(
+            f"Goal: packed ≥ 4x one per device — {'MET' if ratio >= 4 else 'NOT met'} "
+            f"({ratio:.2f}x)."
+        )
+    lines += ["", f"Run: `{result['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="minilm", help="minilm, bert-base, or a model path")
+    parser.add_argument("--space", choices=sorted(SPACES), default="lora")
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--eval-examples", type=int, default=300)
+    parser.add_argument("--modes", default="packed,one-per-device,trainer")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    import os
+
+    import ray
+    import torch
+
+    gpu = torch.cuda.is_available()
+    cores = os.cpu_count() or 1
+    modes = args.modes.split(",")
+    device = torch.cuda.get_device_name() if gpu else f"cpu-{platform.machine()}-{cores}cores"
+    runs = []
+    ray_modes = [m for m in ("packed", "one-per-device") if m in modes]
+    if ray_modes:
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        with tempfile.TemporaryDirectory() as root:
+            for mode in ray_modes:
+                runs.append(ray_mode(mode, args, root, gpu, cores))
+                brief = {k: v for k, v in runs[-1].items() if k not in ("accuracy", "candidates")}
+                print(json.dumps(brief), flush=True)
+        ray.shutdown()
+    if "trainer" in modes and args.space == "lora":
+        runs.append(trainer_mode(args, gpu))
+        print(json.dumps(runs[-1]), flush=True)
+    result = {
+        "benchmark": "throughput",
+        "device": device,
+        "model": args.model,
+        "space": args.space,
+        "trials": args.trials,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
+        "modes": runs,
+        "accuracy_match": compare(runs[0], runs[1]) if len(ray_modes) == 2 else {},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = f"{'gpu' if gpu else 'cpu'}_{args.model}_{args.space}"
+    (args.out / f"throughput_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"throughput_{tag}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

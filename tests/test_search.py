@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -59,13 +58,37 @@ def test_every_sampler_finishes_with_a_valid_front(tmp_path, sampler):
     assert study.n_done() == n == len(counted_trials(study.optuna.trials))
     if sampler == "autopeft":  # the paper's batches: 4 proposals per SAAS fit
         batches = study.optuna.sampler._candidates_func
-        assert batches.proposals >= 2 and batches.fits == math.ceil(batches.proposals / 4)
+        assert batches.proposals >= 2 and 1 <= batches.fits <= batches.proposals
     statuses = {r.status for _, r in study.results()}
     assert TrialStatus.INFEASIBLE in statuses or sampler not in ("random",)
     check_front(study)
     check_states(study)
     infeasible = {n for n, r in study.results() if r.status is TrialStatus.INFEASIBLE}
     assert not infeasible & {n for n, _ in study.front()}
+
+
+def test_saas_batches_serve_q_proposals_per_fit_and_refit_when_the_space_changes(monkeypatch):
+    import torch
+
+    from autopeft.search import samplers
+
+    calls = []
+
+    def fake_fit(train_x, train_obj, train_con, bounds, pending_x, q=1):
+        calls.append((len(train_x), bounds.shape[1], q))
+        return torch.rand(q, bounds.shape[1], dtype=torch.float64)
+
+    monkeypatch.setattr(samplers, "saas_qnehvi_candidates_func", fake_fit)
+    batches = samplers.BatchedCandidates(q=4)
+    bounds = torch.tensor([[0.0] * 3, [1.0] * 3], dtype=torch.float64)
+    x, y = torch.rand(10, 3, dtype=torch.float64), torch.rand(10, 2, dtype=torch.float64)
+    shapes = [tuple(batches(x, y, None, bounds, None).shape) for _ in range(6)]
+    assert shapes == [(1, 3)] * 6 and batches.fits == 2 and calls[0] == (10, 3, 4)
+    # Optuna's relative space shrank (conditional parameters): the rest of the batch is void.
+    wider = torch.tensor([[0.0] * 5, [1.0] * 5], dtype=torch.float64)
+    out = batches(torch.rand(12, 5, dtype=torch.float64), y, None, wider, None)
+    assert out.shape == (1, 5) and batches.fits == 3 and batches.proposals == 7
+    assert len(batches.queue) == 3
 
 
 def test_reproposed_candidates_reuse_results_and_do_not_count(tmp_path):

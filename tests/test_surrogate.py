@@ -63,3 +63,18 @@ def test_search_on_the_surrogate_with_halving(tmp_path, fitted):
     run_local(study, 25, runner=surrogate.for_study(study, fitted), progress=False)
     statuses = {r.status for _, r in study.results()}
     assert TrialStatus.PRUNED in statuses and study.front()
+
+
+def test_longer_fidelity_surrogate_prunes_at_its_rungs(tmp_path):
+    """The 160-step real trials: learning starts before the rungs, so halving stops trials."""
+    data = BENCH / "results" / "real_trials_minilm_160.jsonl"
+    fitted = surrogate.Surrogate.from_jsonl(data)
+    assert fitted.steps == [20, 40, 80, 160]
+    config = collect.bench_study("surrogate-160", steps=160, rungs=[0.25, 0.5, 1.0], lr=2e-3)
+    study = Study(config, tmp_path)
+    run_local(study, 30, runner=surrogate.for_study(study, fitted), progress=False)
+    results = [r for _, r in study.results()]
+    pruned = [r for r in results if r.status is TrialStatus.PRUNED]
+    assert pruned and {r.steps for r in pruned} <= {40, 80}
+    assert sum(r.steps for r in results) < 160 * len(results)
+    assert study.front()

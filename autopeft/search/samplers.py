@@ -92,15 +92,22 @@ class BatchedCandidates:
     def __init__(self, q: int = AUTOPEFT_BATCH):
         self.q = q
         self.queue: list = []
+        self.bounds = None  # the search-space bounds the queued batch was fitted on
         self.fits = self.proposals = 0
 
     def __call__(self, train_x, train_obj, train_con, bounds, pending_x):
         """The next proposal of the current batch, fitting a new batch when it is used up."""
+        # Optuna's relative search space (the parameters every finished trial shares) can
+        # change between asks under conditional spaces: a batch fitted on other bounds is void.
+        if self.queue and not (
+            self.bounds.shape == bounds.shape and bool((self.bounds == bounds).all())
+        ):
+            self.queue = []
         if not self.queue:
             batch = saas_qnehvi_candidates_func(
                 train_x, train_obj, train_con, bounds, pending_x, q=self.q
             )
-            self.queue = [row.unsqueeze(0) for row in batch]
+            self.queue, self.bounds = [row.unsqueeze(0) for row in batch], bounds.clone()
             self.fits += 1
         self.proposals += 1
         return self.queue.pop(0)

@@ -57,7 +57,7 @@ def test_every_sampler_finishes_with_a_valid_front(tmp_path, sampler):
     assert len(Path("/proc/self/maps").read_text().splitlines()) < maps + 1500
     assert study.n_done() == n == len(counted_trials(study.optuna.trials))
     if sampler == "autopeft":  # the paper's batches: 4 proposals per SAAS fit
-        batches = study.optuna.sampler._candidates_func
+        batches = study.optuna.sampler._candidates_func.func
         assert batches.proposals >= 2 and 1 <= batches.fits <= batches.proposals
     statuses = {r.status for _, r in study.results()}
     assert TrialStatus.INFEASIBLE in statuses or sampler not in ("random",)
@@ -89,6 +89,22 @@ def test_saas_batches_serve_q_proposals_per_fit_and_refit_when_the_space_changes
     out = batches(torch.rand(12, 5, dtype=torch.float64), y, None, wider, None)
     assert out.shape == (1, 5) and batches.fits == 3 and batches.proposals == 7
     assert len(batches.queue) == 3
+
+
+def test_a_failing_bo_proposal_becomes_a_random_one():
+    import torch
+
+    from autopeft.search.samplers import RandomOnFailure
+
+    def broken(*args):
+        raise ValueError("NaN gradients")
+
+    wrapped = RandomOnFailure(broken)
+    bounds = torch.tensor([[0.0, -2.0], [1.0, 2.0]], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="NaN gradients"):
+        out = wrapped(torch.rand(7, 2), None, None, bounds, None)
+    assert out.shape == (1, 2) and wrapped.failures == 1
+    assert bool(((out >= bounds[0]) & (out <= bounds[1])).all())
 
 
 def test_reproposed_candidates_reuse_results_and_do_not_count(tmp_path):

@@ -45,9 +45,9 @@ def bench_study(
 ) -> StudyConfig:
     """The benchmark's study: minilm, rotten_tomatoes at max length 48, bench.yaml.
 
-    ``steps`` is the full fidelity (40 by default), ``lr`` the peak learning rate and ``rungs``
-    the evaluation / halving
-    fractions; ``extra`` entries replace top-level sections (``sampler``, ``halving``, ...).
+    ``steps`` is the full fidelity (40 by default), ``lr`` the peak learning rate and
+    ``rungs`` the evaluation / halving fractions; ``extra`` entries replace top-level sections
+    (``sampler``, ``halving``, ...).
     """
     raw = {
         "name": name,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from collect_real_trials import STEPS, bench_study  # noqa: E402
+from collect_real_trials import RUNGS, STEPS, bench_study  # noqa: E402
 from search_quality import run_all, trained_curve  # noqa: E402
 from surrogate import DATA, Surrogate, for_study  # noqa: E402
 
@@ -69,7 +69,7 @@ class Spec:
     max_trials: int
     #: The full fidelity in steps and the halving rungs (fractions of it).
     fidelity: int = STEPS
-    rungs: tuple[float, ...] = (0.34, 0.67, 1.0)
+    rungs: tuple[float, ...] = tuple(RUNGS)
     min_delta: float = 0.0
     #: ``ties-to-trial``: autopeft's rule; ``mo-asha``: the same without giving ties in rung
     #: accuracy to the judged trial (plain MO-ASHA), the baseline.
@@ -81,15 +81,13 @@ def real_trials(data: Path) -> list[dict]:
     return [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
 
 
-def seconds_per_step(data: Path) -> float:
+def seconds_per_step(records: list[dict]) -> float:
     """Wall seconds per training step of the real trials the surrogate was fitted to."""
-    records = real_trials(data)
     return sum(r["wall_time_s"] for r in records) / sum(r["steps"] for r in records)
 
 
-def data_fidelity(data: Path) -> tuple[int, tuple[float, ...]]:
+def data_fidelity(records: list[dict]) -> tuple[int, tuple[float, ...]]:
     """The real trials' full fidelity in steps and their evaluation steps as fractions."""
-    records = real_trials(data)
     total = max(r["target_steps"] for r in records)
     evals = sorted({int(h["step"]) for r in records for h in r["history"]})
     return total, tuple(round(e / total, 4) for e in evals)
@@ -212,11 +210,10 @@ def markdown(summary: dict, meta: dict) -> str:
         f"box of bench/search_quality.py). Cost: training steps spent until a run's front "
         f"first reaches it (a pruned trial costs the steps it ran, a re-proposed known "
         f"candidate none); CPU-hours = steps x {meta['seconds_per_step']:.3f} s, the "
-        f"measured seconds per step of the {meta.get('real_trials', 80)} real trials behind "
-        f"the surrogate (minilm, 2-core CPU, {meta.get('fidelity', 40)} steps a full trial; "
-        f"halving rungs at {meta.get('rung_steps', [14, 27, 40])}, min_delta "
-        f"{meta.get('min_delta', 0.0)}; data {meta.get('data', 'real_trials_minilm.jsonl')})."
-        f" Rule: {meta.get('rule', 'MO-ASHA (rank and crowding only)')}. "
+        f"measured seconds per step of the {meta['real_trials']} real trials behind "
+        f"the surrogate (minilm, 2-core CPU, {meta['fidelity']} steps a full trial; "
+        f"halving rungs at {meta['rung_steps']}, min_delta {meta['min_delta']}; data "
+        f"{meta['data']}). Rule: {meta['rule']}. "
         f"Median over {meta['seeds']} seeds, a run that never reached the "
         f"target counting as infinite (— = the median did not). Sampler s: wall time of the "
         f"whole run on the surrogate, i.e. the samplers' and the study's own cost.",
@@ -335,7 +332,8 @@ def main() -> None:
         return
 
     started = time.perf_counter()
-    fidelity, evals = data_fidelity(args.data)
+    records = real_trials(args.data)
+    fidelity, evals = data_fidelity(records)
     shape = {"fidelity": fidelity, "rungs": args.rungs or evals, "min_delta": args.min_delta}
     specs = []
     if args.part in ("cost", "all"):
@@ -385,12 +383,12 @@ def main() -> None:
         ),
         data=args.data,
     )
-    sps = seconds_per_step(args.data)
+    sps = seconds_per_step(records)
     summary = summarise(runs, sps)
     meta = {
         "seeds": args.seeds,
         "seconds_per_step": sps,
-        "real_trials": len(real_trials(args.data)),
+        "real_trials": len(records),
         "data": args.data.name,
         "fidelity": fidelity,
         "rung_steps": rung_steps(fidelity, list(shape["rungs"])),

@@ -128,11 +128,11 @@ class BatchedCandidates:
 
     def __call__(self, train_x, train_obj, train_con, bounds, pending_x):
         """The next proposal of the current batch, fitting a new batch when it is used up."""
+        import torch
+
         # Optuna's relative search space (the parameters every finished trial shares) can
         # change between asks under conditional spaces: a batch fitted on other bounds is void.
-        if self.queue and not (
-            self.bounds.shape == bounds.shape and bool((self.bounds == bounds).all())
-        ):
+        if self.queue and not torch.equal(self.bounds, bounds):
             self.queue = []
         if not self.queue:
             batch = saas_qnehvi_candidates_func(

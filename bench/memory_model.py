@@ -5,7 +5,11 @@ tensors saved for backward, one forward of the longest batch); on a GPU it is th
 allocator's peak over real training steps. `--fit` refits the activation coefficients of
 `autopeft.core.memory` (per family) by least squares and prints them.
 
-    .venv/bin/python bench/memory_model.py [--fit] [--device cuda]
+    .venv/bin/python bench/memory_model.py [--fit] [--device cuda] [--shapes 16x48,32x128]
+        [--models minilm,tiny-llama,bert-base]
+
+``--shapes`` lists batch x max-length pairs (the longest batch of rotten_tomatoes at that
+length is measured); ``bert-base`` is built from config (``bench_models.py``).
 
 Results: bench/results/memory_model_<cpu|gpu>.json and .md.
 """
@@ -15,9 +19,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_models import model_path  # noqa: E402
 
 from autopeft import api
 from autopeft.core import memory as memmodel
@@ -101,87 +110,101 @@ def measure(ctx: TrialContext, cand: Candidate, batch_size: int) -> tuple[float,
     return box[0], batch
 
 
+def measure_model(model: str, batch_size: int, max_length: int, device: str | None) -> list:
+    """Measured and predicted peak of every candidate on one model at one shape."""
+    study = api.study_from_dict(
+        {
+            "name": "mem",
+            "model": model_path(model),
+            "task": {"name": "rotten_tomatoes", "max_length": max_length},
+            "search_space": {"modules": {"lora": {}}},
+            "training": {"batch_size": batch_size},
+        }
+    )
+    ctx = TrialContext.create(study, cache_dir=Path("/tmp/autopeft-bench-cache"), device=device)
+    embed = EMBEDDING_METHODS
+    rows = []
+    for name, cand in candidates(ctx.profile.num_layers).items():
+        measured, batch = measure(ctx, cand, batch_size)
+        params = api.candidate_trainable_params(cand, ctx.profile)
+        seq = batch["input_ids"].shape[1]
+        pred = memmodel.predict_memory(
+            ctx.profile,
+            cand,
+            params,
+            batch_size,
+            seq,
+            ctx.device.type,
+            embeddings_trained=bool(embed & set(cand.methods)),
+        )
+        rows.append(
+            {
+                "model": model,
+                "candidate": name,
+                "params": params,
+                "seq": seq,
+                "measured_mb": round(measured, 2),
+                "predicted_mb": round(pred.total_mb, 2),
+                "error_pct": round(100 * (pred.total_mb - measured) / measured, 1),
+                "static_mb": round(pred.static / MB, 2),
+                "device": ctx.device.type,
+                "max_length": max_length,
+                "family": ctx.profile.family,
+                "blocks": memmodel.blocks_with_gradient(
+                    ctx.profile, cand, bool(embed & set(cand.methods))
+                ),
+                "hidden": ctx.profile.hidden_size,
+                "inter": ctx.profile.intermediate_size,
+                "heads": ctx.profile.num_heads,
+                "batch": batch_size,
+                "inputs": memmodel.module_input_elements(ctx.profile, cand),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,tiny-llama")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-length", type=int, default=48)
+    ap.add_argument("--shapes", default="16x48", help="batch x max length, comma-separated")
     ap.add_argument("--device", default=None)
     ap.add_argument("--fit", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = ap.parse_args()
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
     rows = []
     for model in args.models.split(","):
-        study = api.study_from_dict(
-            {
-                "name": "mem",
-                "model": model,
-                "task": {"name": "rotten_tomatoes", "max_length": args.max_length},
-                "search_space": {"modules": {"lora": {}}},
-                "training": {"batch_size": args.batch_size},
-            }
-        )
-        ctx = TrialContext.create(
-            study, cache_dir=Path("/tmp/autopeft-bench-cache"), device=args.device
-        )
-        for name, cand in candidates(ctx.profile.num_layers).items():
-            measured, batch = measure(ctx, cand, args.batch_size)
-            params = api.candidate_trainable_params(cand, ctx.profile)
-            seq = batch["input_ids"].shape[1]
-            pred = memmodel.predict_memory(
-                ctx.profile,
-                cand,
-                params,
-                args.batch_size,
-                seq,
-                ctx.device.type,
-                embeddings_trained=bool(EMBEDDING_METHODS & set(cand.methods)),
-            )
-            rows.append(
-                {
-                    "model": model,
-                    "candidate": name,
-                    "params": params,
-                    "seq": seq,
-                    "measured_mb": round(measured, 2),
-                    "predicted_mb": round(pred.total_mb, 2),
-                    "error_pct": round(100 * (pred.total_mb - measured) / measured, 1),
-                    "static_mb": round((pred.weights + pred.train_state) / MB, 2),
-                    "family": ctx.profile.family,
-                    "blocks": memmodel.blocks_with_gradient(
-                        ctx.profile, cand, bool(EMBEDDING_METHODS & set(cand.methods))
-                    ),
-                    "hidden": ctx.profile.hidden_size,
-                    "inter": ctx.profile.intermediate_size,
-                    "heads": ctx.profile.num_heads,
-                    "batch": args.batch_size,
-                    "inputs": memmodel.module_input_elements(ctx.profile, cand),
-                }
-            )
+        for batch_size, max_length in shapes:
+            rows += measure_model(model, batch_size, max_length, args.device)
     if args.fit:
         fit(rows, 4 if (args.device or "cpu") == "cpu" else 2)
     tag = "gpu" if rows and (args.device or "cpu") != "cpu" else "cpu"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"memory_model_{tag}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    kind = "CUDA allocator peak" if tag == "gpu" else "CPU saved-tensor estimate (one forward)"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"memory_model_{tag}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if tag == "gpu":
+        kind = f"CUDA allocator peak, {torch.cuda.get_device_name()}, bf16 autocast, 3 steps"
+    else:
+        kind = "CPU saved-tensor estimate (one forward)"
     header = [
         f"# Predicted vs measured peak training memory ({kind})",
         "",
-        f"batch {args.batch_size}, longest batch of rotten_tomatoes at max length "
-        f"{args.max_length}; predicted: autopeft.core.memory.predict_memory.",
+        "The longest batch of rotten_tomatoes at each batch size x max length; predicted: "
+        "autopeft.core.memory.predict_memory.",
         "",
     ]
     lines = [
-        "| model | candidate | trainable | measured MiB | predicted MiB | error |",
-        "|---|---|---|---|---|---|",
+        "| model | batch x max length | candidate | trainable | measured MiB | predicted MiB "
+        "| error |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['model']} | {r['candidate']} | {r['params']:,} | {r['measured_mb']} | "
-        f"{r['predicted_mb']} | {r['error_pct']:+}% |"
+        f"| {r['model']} | {r['batch']}x{r['max_length']} | {r['candidate']} | {r['params']:,} "
+        f"| {r['measured_mb']} | {r['predicted_mb']} | {r['error_pct']:+}% |"
         for r in rows
     ]
     worst = max(abs(r["error_pct"]) for r in rows)
     lines.append(f"\nworst |error|: {worst}% over {len(rows)} candidates")
-    (RESULTS / f"memory_model_{tag}.md").write_text("\n".join(header + lines) + "\n")
+    (args.out / f"memory_model_{tag}.md").write_text("\n".join(header + lines) + "\n")
     print("\n".join(lines))
 
 

@@ -37,11 +37,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_models import CACHE, model_path  # noqa: E402
+
 from autopeft import api  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-CACHE = ROOT / "studies" / ".bench-cache"
 #: The LoRA space (72 configurations on every layer), searched the same way by the Trainer.
 LORA = {"rank": [2, 4, 8, 16, 32, 64], "alpha": [8, 16, 32, 64]}
 TARGETS = {
@@ -56,23 +57,6 @@ SPACES = {
     },
     "mixed": str(ROOT / "search_spaces" / "bench.yaml"),
 }
-
-
-def model_path(name: str) -> str:
-    """A bundled short name as is; ``bert-base``: build and save the random BERT-base once."""
-    if name != "bert-base":
-        return name
-    folder = CACHE / "bert-base-random"
-    if not (folder / "config.json").exists():
-        from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-        from autopeft.core.profile import resolve_model_dir
-
-        tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_dir("minilm")))
-        config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2)  # BERT-base sizes
-        BertForSequenceClassification(config).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def study_config(name: str, args: argparse.Namespace):
@@ -158,7 +142,7 @@ def ray_mode(mode: str, args: argparse.Namespace, root: str, gpu: bool, cores: i
         options = {"gpus_per_trial": None} if gpu else {"cpus_per_trial": 1.0}
     else:
         options = {"gpus_per_trial": 1.0} if gpu else {"cpus_per_trial": float(cores)}
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     with Utilisation(gpu) as util:
         run_ray(study, args.trials, progress=False, **options)
     wall = time.perf_counter() - started
@@ -166,6 +150,14 @@ def ray_mode(mode: str, args: argparse.Namespace, root: str, gpu: bool, cores: i
     reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
     results = {n: r for n, r in study.results() if n not in reused}
     done = {n: r for n, r in results.items() if r.status is TrialStatus.COMPLETE}
+    ends = sorted(
+        t.datetime_complete.timestamp()
+        for t in study.optuna.trials
+        if t.number in results and t.datetime_complete is not None
+    )
+    # Warm rate: trials that ended after the first one, over the time since it ended — the
+    # workers' cold start (imports, model load, tokenising) is outside it.
+    steady = 3600 * (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 2 else None
     return {
         "mode": mode,
         "options": options,
@@ -173,6 +165,8 @@ def ray_mode(mode: str, args: argparse.Namespace, root: str, gpu: bool, cores: i
         "complete": len(done),
         "wall_s": round(wall, 1),
         "trials_per_hour": round(3600 * len(results) / wall, 1),
+        "warm_trials_per_hour": round(steady, 1) if steady else None,
+        "first_trial_end_s": round(ends[0] - started_at, 1) if ends else None,
         "accuracy": {n: r.metrics.get("accuracy") for n, r in done.items()},
         "candidates": {n: r.candidate.describe() for n, r in done.items()},
         "trial_wall_s": statistics.median(r.wall_time_s for r in done.values()) if done else None,
@@ -263,15 +257,17 @@ def markdown(result: dict) -> str:
         f"# Trial throughput ({result['device']}, {result['model']}, space {result['space']}, "
         f"{result['trials']} trials x {result['steps']} steps, batch {result['batch_size']})",
         "",
-        "| mode | trials/h | vs one per device | complete | wall s | median trial s | "
-        "util % (mean) | peak memory MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | trials/h | vs one per device | warm trials/h | first trial ends s | complete "
+        "| wall s | median trial s | util % (mean) | peak memory MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         trial_s = r.get("trial_wall_s")
         ratio = "—" if not base else f"{r['trials_per_hour'] / base:.2f}x"
+        warm = r.get("warm_trials_per_hour")
         lines.append(
             f"| {r['mode']} | {r['trials_per_hour']:,.0f} | {ratio} | "
+            f"{'—' if warm is None else f'{warm:,.0f}'} | {r.get('first_trial_end_s') or '—'} | "
             f"{r['complete']}/{r['trials']} | {r['wall_s']:,.0f} | "
             f"{'—' if trial_s is None else f'{trial_s:.1f}'} | {r['util_mean']} | "
             f"{r['mem_peak_mb']} |"
@@ -290,6 +286,10 @@ def markdown(result: dict) -> str:
             f"Goal: packed ≥ 4x one per device — {'MET' if ratio >= 4 else 'NOT met'} "
             f"({ratio:.2f}x)."
         )
+        single = next(r for r in rows if r["mode"] == "one-per-device")
+        if packed.get("warm_trials_per_hour") and single.get("warm_trials_per_hour"):
+            warm = packed["warm_trials_per_hour"] / single["warm_trials_per_hour"]
+            lines.append(f"Warm (cold start excluded): {warm:.2f}x.")
     lines += ["", f"Run: `{result['command']}`"]
     return "\n".join(lines) + "\n"
 

@@ -57,9 +57,12 @@ def bare_loop(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, fl
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.schedule)
     )
     model.train()
+    # bf16 autocast on a GPU, as run_trial and the Trainer (bf16=True) train there.
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     t0 = time.perf_counter()
     for batch in ctx.data["train"].batches(cfg.batch_size, cfg.seed, steps):
-        loss = model(**{k: v.to(dev) for k, v in batch.items()}).loss
+        with autocast:
+            loss = model(**{k: v.to(dev) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
@@ -75,7 +78,8 @@ def bare_loop(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, fl
     with torch.no_grad():
         for s in range(0, n, cfg.batch_size * 2):
             b = valid.batch(torch.arange(s, min(n, s + cfg.batch_size * 2)))
-            logits = model(**{k: v.to(dev) for k, v in b.items()}).logits
+            with autocast:
+                logits = model(**{k: v.to(dev) for k, v in b.items()}).logits
             correct += int((logits.argmax(-1).cpu() == b["labels"]).sum())
     return time.perf_counter() - start, correct / n, train_seconds
 
@@ -170,6 +174,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--eval-examples", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
 
     study = api.study_from_dict(
@@ -240,9 +245,9 @@ def main() -> None:
         "reps": args.reps,
         "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if ctx.device.type == "cuda" else "cpu"
-    (RESULTS / f"trial_overhead_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"trial_overhead_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# Trial overhead ({device}, {args.model}, {cand.describe()}, {args.steps} steps, "
         f"batch {args.batch_size}, max length {args.max_length}, median of {args.reps})",
@@ -255,7 +260,7 @@ def main() -> None:
         f"{r['step_ratio_vs_bare']}x | {r['accuracy']} |"
         for r in rows
     ]
-    (RESULTS / f"trial_overhead_{tag}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"trial_overhead_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

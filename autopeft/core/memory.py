@@ -1,15 +1,21 @@
 """A memory model of a training trial, available before training (for budgets and packing).
 
-peak = weights + trainable state (gradient + AdamW moments) + saved activations.
+peak = weights + trainable state (gradient + AdamW moments) + weight copies + saved activations.
+
+On a GPU, training runs under bf16 autocast: every linear layer a gradient flows through
+keeps the bf16 copy of its fp32 weight that autocast made for the forward (its backward needs
+it for the input gradient), so those weights count once more at 2 bytes each. On CPU training
+runs in fp32 and the saved weight is the parameter itself (nothing extra).
 
 Saved activations have two parts:
 - the *gradient path*: every block from the lowest trained block to the top keeps what its
   non-linear ops save for backward (LayerNorm and activation inputs, attention operands and
-  probabilities) — frozen linear layers save nothing but their (already counted) weights;
+  probabilities) — frozen linear layers save only their weights (counted above);
 - the *module inputs*: a trainable module keeps the tensor it reads (a LoRA on q, k and v
   shares one saved input; one on ffn_down keeps the FFN's intermediate activation).
-The coefficients are per architecture family, fitted by ``bench/memory_model.py --fit`` to
-measured figures; `autopeft.train.memory` measures the real peak to keep them honest.
+The coefficients are per device and architecture family, fitted by
+``bench/memory_model.py --fit`` to measured figures; `autopeft.train.memory` measures the real
+peak to keep them honest.
 """
 
 from __future__ import annotations
@@ -21,12 +27,26 @@ from autopeft.core.profile import ModelProfile
 
 MB = 1024 * 1024
 
-#: Per family: gradient-path elements per token per block as multiples of (hidden,
-#: intermediate), attention copies per head per token pair, and module-input copies.
-ACTIVATION_COEFFS = {
-    "bert": (0.881, 3.524, 1.322, 1.933),
-    "llama": (0.356, 0.712, 2.137, 0.597),
+#: Per device and family: gradient-path elements per token per block as multiples of
+#: (hidden, intermediate), attention copies per head per token pair, and module-input copies.
+#: Fitted by ``bench/memory_model.py --fit`` to measured peaks; a device without its own fit
+#: (CUDA until a GPU run is fitted) uses the CPU coefficients at its own activation width.
+ACTIVATION_COEFFS: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "cpu": {
+        "bert": (0.881, 3.524, 1.322, 1.933),
+        "llama": (0.356, 0.712, 2.137, 0.597),
+    },
+    "cuda": {},
 }
+
+
+def activation_coeffs(family: str, device: str) -> tuple[float, float, float, float]:
+    """The fitted coefficients for ``family`` on ``device`` (CPU's, BERT's as fallbacks)."""
+    for table in (ACTIVATION_COEFFS.get(device, {}), ACTIVATION_COEFFS["cpu"]):
+        if family in table:
+            return table[family]
+    return ACTIVATION_COEFFS["cpu"]["bert"]
+
 
 #: Which saved tensor a module on a target reads: targets sharing a source share a tensor.
 _SOURCE = {
@@ -51,11 +71,17 @@ class MemoryPrediction:
     weights: int
     train_state: int
     activations: int
+    weight_copies: int = 0
+
+    @property
+    def static(self) -> int:
+        """Bytes that do not depend on batch or sequence length."""
+        return self.weights + self.train_state + self.weight_copies
 
     @property
     def total_mb(self) -> float:
         """The predicted peak in MiB."""
-        return (self.weights + self.train_state + self.activations) / MB
+        return (self.static + self.activations) / MB
 
 
 def blocks_with_gradient(
@@ -66,6 +92,15 @@ def blocks_with_gradient(
         return profile.num_layers
     layers = [min(m.layers) for m in candidate.modules if m.layers]
     return profile.num_layers - min(layers) if layers else 0
+
+
+def gradient_path_weights(profile: ModelProfile, blocks: int) -> int:
+    """Elements of the linear weights in the top ``blocks`` blocks (what a gradient crosses)."""
+    return sum(
+        lin.in_features * lin.out_features
+        for layer in profile.layers[profile.num_layers - blocks :]
+        for lin in layer.sublayers.values()
+    )
 
 
 def module_input_elements(profile: ModelProfile, candidate: Candidate) -> int:
@@ -113,7 +148,7 @@ def predict_memory(
     weights = 4 * (profile.base_params + profile.head_params + trainable_params)
     train_state = 12 * (trainable_params + profile.head_params)
     blocks = blocks_with_gradient(profile, candidate, embeddings_trained)
-    a, b, c, d = ACTIVATION_COEFFS.get(profile.family, ACTIVATION_COEFFS["bert"])
+    a, b, c, d = activation_coeffs(profile.family, device)
     path = blocks * (
         a * profile.hidden_size + b * profile.intermediate_size + c * profile.num_heads * seq_len
     )
@@ -128,4 +163,9 @@ def predict_memory(
                 for i in m.layers
                 for t in m.targets
             )
-    return MemoryPrediction(weights, train_state, activations)
+    copies = 0
+    if device == "cuda":  # autocast's bf16 weight copies, kept for backward (module doc)
+        copies = 2 * (
+            gradient_path_weights(profile, blocks) + trainable_params + profile.head_params
+        )
+    return MemoryPrediction(weights, train_state, activations, copies)

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 3 and 7 in one device call: predicted vs measured CUDA memory,
+# per-trial overhead against a bare loop and the HF Trainer, and trial throughput packed vs
+# one per GPU vs Trainer.hyperparameter_search (MiniLM, then a BERT-base-sized model).
+#
+#   here:   .venv/bin/python bench/gpu/bundle.py          # once: .gpu/site.tar.xz (~50 MiB)
+#   device: run(command="bash bench/gpu/checks.sh", carry=[".gpu"], timeout_s=600)
+#
+# Each part runs under its own time limit inside one overall budget (GPU_CHECKS_BUDGET_S) and
+# a part that fails does not stop the next. What came out comes back in $OUT: checks.log
+# (summary), one log per part and results.tar.gz (bench/results/*gpu*). Unpack the results
+# here with `tar -xzf .../results.tar.gz` from the repository root.
+# GPU_CHECKS_SMOKE=1 shrinks every part to a few steps: the CPU dry run of this script
+# (PYTHON=<a venv with the device image's packages> GPU_BUNDLE=<bundle for its Python>).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/autopeft-gpu-out}
+PY=${PYTHON:-python3}
+BUNDLE=${GPU_BUNDLE:-.gpu/site.tar.xz}
+BUDGET=${GPU_CHECKS_BUDGET_S:-540}
+SMOKE=${GPU_CHECKS_SMOKE:-0}
+mkdir -p "$OUT"
+LOG="$OUT/checks.log"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export RAY_USAGE_STATS_ENABLED=0
+
+say() { echo "$*" | tee -a "$LOG"; }
+
+# part NAME LIMIT_S COMMAND...: run COMMAND under the smaller of LIMIT_S and what is left.
+part() {
+    local name=$1 limit=$2 left rc
+    shift 2
+    left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 20 ]; then
+        say "== $name: skipped, ${left}s of the budget left"
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    say "== $name: limit ${limit}s, at ${SECONDS}s"
+    timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    tail -n 25 "$OUT/$name.log" >>"$LOG"
+    say "== $name: exit $rc at ${SECONDS}s"
+}
+
+say "autopeft GPU checks $(date -u +%FT%TZ), budget ${BUDGET}s, smoke=$SMOKE"
+if ! site=$("$PY" bench/gpu/unpack.py "$BUNDLE" /tmp/autopeft-gpu 2>>"$LOG"); then
+    say "unpacking $BUNDLE failed (make it with bench/gpu/bundle.py and carry .gpu)"
+    exit 1
+fi
+export PYTHONPATH="$site:$PWD:${PYTHONPATH:-}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
+"$PY" - >>"$LOG" 2>&1 <<'EOF'
+import sys, torch, transformers, peft, optuna, pydantic, ray, autopeft
+from autopeft.core.profile import resolve_model_dir
+print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      "transformers", transformers.__version__, "peft", peft.__version__, "optuna",
+      optuna.__version__, "ray", ray.__version__, "model", resolve_model_dir("minilm"))
+EOF
+
+if [ "$SMOKE" = 1 ]; then  # a CPU dry run: tiny settings, results outside the repo
+    device=cpu results=/tmp/autopeft-gpu-smoke-results shapes=8x32 steps=4 reps=1 trials=2
+    overhead_shape=(--batch-size 8 --max-length 32)
+else
+    device=cuda results=bench/results shapes=16x48,32x128 steps=200 reps=3 trials=16
+    overhead_shape=(--batch-size 32 --max-length 128)
+fi
+mkdir -p "$results"
+touch /tmp/autopeft-gpu-checks.start
+# Issue 3: predicted vs measured peak memory, 11 candidates x 2 models x 2 shapes.
+part memory 120 "$PY" bench/memory_model.py --device "$device" --models minilm,bert-base \
+    --shapes "$shapes" --fit --out "$results"
+# Issue 3: run_trial vs a bare loop vs the HF Trainer, one LoRA trial.
+part overhead 120 "$PY" bench/trial_overhead.py --steps "$steps" --reps "$reps" \
+    "${overhead_shape[@]}" --eval-examples 256 --out "$results"
+# Issue 7.1: trials/hour, packed vs one per GPU vs Trainer.hyperparameter_search.
+part throughput-minilm 240 "$PY" bench/throughput.py --model minilm --space lora \
+    --trials "$trials" --steps "$steps" --out "$results"
+part throughput-bert-base 240 "$PY" bench/throughput.py --model bert-base --space lora \
+    --trials "$trials" --steps "$((steps / 2))" --out "$results"
+
+# The results files this run wrote, as paths under bench/results/ (the repository's layout).
+mapfile -t written < <(find "$results" -maxdepth 1 -type f -newer /tmp/autopeft-gpu-checks.start -printf '%f\n')
+if [ "${#written[@]}" -gt 0 ]; then
+    tar -czf "$OUT/results.tar.gz" --transform 's,^,bench/results/,' -C "$results" "${written[@]}"
+    say "results: ${written[*]}"
+else
+    say "no results written"
+fi
+say "done at ${SECONDS}s"

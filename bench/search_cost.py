@@ -71,6 +71,7 @@ class Spec:
     fidelity: int = STEPS
     rungs: tuple[float, ...] = tuple(RUNGS)
     min_delta: float = 0.0
+    eta: float = 3.0
     #: ``ties-to-trial``: autopeft's rule; ``mo-asha``: the same without giving ties in rung
     #: accuracy to the judged trial (plain MO-ASHA), the baseline.
     rule: str = "ties-to-trial"
@@ -110,7 +111,7 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
         steps=spec.fidelity,
         rungs=list(spec.rungs),
         sampler={"name": spec.sampler, "seed": spec.seed},
-        halving={"enabled": spec.halving, "min_delta": spec.min_delta},
+        halving={"enabled": spec.halving, "min_delta": spec.min_delta, "eta": spec.eta},
     )
     study = Study(config, root=root)
     runner = for_study(study, surrogate, seed=spec.seed)
@@ -212,7 +213,8 @@ def markdown(summary: dict, meta: dict) -> str:
         f"candidate none); CPU-hours = steps x {meta['seconds_per_step']:.3f} s, the "
         f"measured seconds per step of the {meta['real_trials']} real trials behind "
         f"the surrogate (minilm, 2-core CPU, {meta['fidelity']} steps a full trial; "
-        f"halving rungs at {meta['rung_steps']}, min_delta {meta['min_delta']}; data "
+        f"halving rungs at {meta['rung_steps']}, eta {meta.get('eta', 3.0)}, min_delta "
+        f"{meta['min_delta']}; data "
         f"{meta['data']}). Rule: {meta['rule']}. "
         f"Median over {meta['seeds']} seeds, a run that never reached the "
         f"target counting as infinite (— = the median did not). Sampler s: wall time of the "
@@ -307,6 +309,7 @@ def main() -> None:
         help="halving rungs as fractions (default: the real trials' evaluation steps)",
     )
     parser.add_argument("--min-delta", type=float, default=0.0, help="halving.min_delta")
+    parser.add_argument("--eta", type=float, default=3.0, help="halving.eta")
     parser.add_argument(
         "--mo-asha", action="store_true", help="also run halving with plain MO-ASHA (baseline)"
     )
@@ -334,7 +337,12 @@ def main() -> None:
     started = time.perf_counter()
     records = real_trials(args.data)
     fidelity, evals = data_fidelity(records)
-    shape = {"fidelity": fidelity, "rungs": args.rungs or evals, "min_delta": args.min_delta}
+    shape = {
+        "fidelity": fidelity,
+        "rungs": args.rungs or evals,
+        "min_delta": args.min_delta,
+        "eta": args.eta,
+    }
     specs = []
     if args.part in ("cost", "all"):
         budget = args.budget_trials * fidelity
@@ -393,6 +401,7 @@ def main() -> None:
         "fidelity": fidelity,
         "rung_steps": rung_steps(fidelity, list(shape["rungs"])),
         "min_delta": args.min_delta,
+        "eta": args.eta,
         "rule": RULE,
         "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/search_cost.py "
         + " ".join(sys.argv[1:]),

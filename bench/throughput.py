@@ -317,19 +317,6 @@ def main() -> None:
     cores = os.cpu_count() or 1
     modes = args.modes.split(",")
     device = torch.cuda.get_device_name() if gpu else f"cpu-{platform.machine()}-{cores}cores"
-    runs = []
-    ray_modes = [m for m in ("packed", "one-per-device") if m in modes]
-    if ray_modes:
-        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
-        with tempfile.TemporaryDirectory() as root:
-            for mode in ray_modes:
-                runs.append(ray_mode(mode, args, root, gpu, cores))
-                brief = {k: v for k, v in runs[-1].items() if k not in ("accuracy", "candidates")}
-                print(json.dumps(brief), flush=True)
-        ray.shutdown()
-    if "trainer" in modes and args.space == "lora":
-        runs.append(trainer_mode(args, gpu))
-        print(json.dumps(runs[-1]), flush=True)
     result = {
         "benchmark": "throughput",
         "device": device,
@@ -339,13 +326,31 @@ def main() -> None:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
-        "modes": runs,
-        "accuracy_match": compare(runs[0], runs[1]) if len(ray_modes) == 2 else {},
+        "modes": [],
+        "accuracy_match": {},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     tag = f"{'gpu' if gpu else 'cpu'}_{args.model}_{args.space}"
-    (args.out / f"throughput_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"throughput_{tag}.md").write_text(markdown(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def record(run: dict) -> None:
+        # Written after every mode: a run cut short by its time limit keeps what it measured.
+        result["modes"].append(run)
+        ray_runs = [r for r in result["modes"] if "accuracy" in r]
+        if len(ray_runs) == 2:
+            result["accuracy_match"] = compare(*ray_runs)
+        (args.out / f"throughput_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / f"throughput_{tag}.md").write_text(markdown(result))
+        print(json.dumps({k: v for k, v in run.items() if k not in ("accuracy", "candidates")}))
+
+    ray_modes = [m for m in ("packed", "one-per-device") if m in modes]
+    if ray_modes:
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        with tempfile.TemporaryDirectory() as root:
+            for mode in ray_modes:
+                record(ray_mode(mode, args, root, gpu, cores))
+        ray.shutdown()
+    if "trainer" in modes and args.space == "lora":
+        record(trainer_mode(args, gpu))
     print(markdown(result))
 
 

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/autopeft-gpu-out}
 PY=${PYTHON:-python3}
 BUNDLE=${GPU_BUNDLE:-.gpu/site.tar.xz}
-BUDGET=${GPU_CHECKS_BUDGET_S:-540}
+BUDGET=${GPU_CHECKS_BUDGET_S:-560}
 SMOKE=${GPU_CHECKS_SMOKE:-0}
 mkdir -p "$OUT"
 LOG="$OUT/checks.log"
@@ -76,8 +76,12 @@ part overhead 120 "$PY" bench/trial_overhead.py --steps "$steps" --reps "$reps" 
 # Issue 7.1: trials/hour, packed vs one per GPU vs Trainer.hyperparameter_search.
 part throughput-minilm 240 "$PY" bench/throughput.py --model minilm --space lora \
     --trials "$trials" --steps "$steps" --out "$results"
+# A Ray cut off by its time limit must not be joined by the next part's ray.init.
+pkill -9 -f 'raylet|gcs_server|ray::|dashboard/agent' 2>/dev/null
 part throughput-bert-base 240 "$PY" bench/throughput.py --model bert-base --space lora \
     --trials "$trials" --steps "$((steps / 2))" --out "$results"
+
+pkill -9 -f 'raylet|gcs_server|ray::|dashboard/agent' 2>/dev/null
 
 # The results files this run wrote, as paths under bench/results/ (the repository's layout).
 mapfile -t written < <(find "$results" -maxdepth 1 -type f -newer /tmp/autopeft-gpu-checks.start -printf '%f\n')

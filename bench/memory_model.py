@@ -163,14 +163,75 @@ def measure_model(model: str, batch_size: int, max_length: int, device: str | No
     return rows
 
 
+#: Peak MiB of LoRA r8 on q,v trained on an H100 (bf16 autocast, eager, sequence 128, random
+#: weights), from the GPU anchor figures in ../shared/FACTS.md: (model, batch, measured).
+H100_ANCHORS = (
+    ("minilm", 32, 495),
+    ("bert-base", 32, 1856),
+    ("bert-base", 128, 5323),
+    ("bert-large", 32, 4919),
+)
+BERT_SIZES = {
+    "bert-base": {},
+    "bert-large": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    ),
+}
+
+
+def anchors(out: Path) -> None:
+    """The CUDA prediction against the H100 measurements of FACTS.md, from configs alone."""
+    from transformers import BertConfig
+
+    from autopeft.core.profile import load_profile, profile_from_config
+
+    lines = [
+        "# CUDA prediction vs the H100 anchor figures (../shared/FACTS.md)",
+        "",
+        "LoRA r8 on q,v in every layer, bf16 autocast, sequence 128; measured on an H100 by an "
+        "earlier session (random weights, eager); predicted here from the config alone "
+        "(`predict_memory(..., 'cuda')`, CPU activation coefficients at 2 bytes, autocast "
+        "weight copies). Four LoRA points, not a fit: a first check of the CUDA path until a "
+        "lent GPU runs `bench/gpu/checks.sh`.",
+        "",
+        "| model | batch | measured MiB | predicted MiB | error | weights | weight copies "
+        "| activations |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model, batch, measured in H100_ANCHORS:
+        if model == "minilm":
+            profile = load_profile("minilm")
+        else:
+            config = BertConfig(vocab_size=30522, **BERT_SIZES[model]).to_dict()
+            profile = profile_from_config(config, 2)
+        lora = m("lora", range(profile.num_layers), ("q", "v"), rank=8, alpha=16.0)
+        cand = Candidate(modules=(lora,))
+        params = api.candidate_trainable_params(cand, profile)
+        pred = memmodel.predict_memory(profile, cand, params, batch, 128, "cuda")
+        lines.append(
+            f"| {model} | {batch} | {measured:,} | {pred.total_mb:,.0f} | "
+            f"{100 * (pred.total_mb - measured) / measured:+.1f}% | {pred.weights / MB:,.0f} | "
+            f"{pred.weight_copies / MB:,.0f} | {pred.activations / MB:,.0f} |"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory_model_h100_anchors.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,tiny-llama")
     ap.add_argument("--shapes", default="16x48", help="batch x max length, comma-separated")
     ap.add_argument("--device", default=None)
     ap.add_argument("--fit", action="store_true")
+    ap.add_argument(
+        "--anchors", action="store_true", help="only: CUDA prediction vs FACTS.md's H100 figures"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = ap.parse_args()
+    if args.anchors:
+        anchors(args.out)
+        return
     shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
     rows = []
     for model in args.models.split(","):

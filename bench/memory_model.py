@@ -122,10 +122,10 @@ def measure_model(model: str, batch_size: int, max_length: int, device: str | No
         }
     )
     ctx = TrialContext.create(study, cache_dir=Path("/tmp/autopeft-bench-cache"), device=device)
-    embed = EMBEDDING_METHODS
     rows = []
     for name, cand in candidates(ctx.profile.num_layers).items():
         measured, batch = measure(ctx, cand, batch_size)
+        embeddings_trained = bool(EMBEDDING_METHODS & set(cand.methods))
         params = api.candidate_trainable_params(cand, ctx.profile)
         seq = batch["input_ids"].shape[1]
         pred = memmodel.predict_memory(
@@ -135,7 +135,7 @@ def measure_model(model: str, batch_size: int, max_length: int, device: str | No
             batch_size,
             seq,
             ctx.device.type,
-            embeddings_trained=bool(embed & set(cand.methods)),
+            embeddings_trained=embeddings_trained,
         )
         rows.append(
             {
@@ -150,9 +150,7 @@ def measure_model(model: str, batch_size: int, max_length: int, device: str | No
                 "device": ctx.device.type,
                 "max_length": max_length,
                 "family": ctx.profile.family,
-                "blocks": memmodel.blocks_with_gradient(
-                    ctx.profile, cand, bool(embed & set(cand.methods))
-                ),
+                "blocks": memmodel.blocks_with_gradient(ctx.profile, cand, embeddings_trained),
                 "hidden": ctx.profile.hidden_size,
                 "inter": ctx.profile.intermediate_size,
                 "heads": ctx.profile.num_heads,

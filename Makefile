@@ -25,10 +25,10 @@ venv: $(BIN)/.installed
 
 test: venv
 	$(BIN)/ruff check autopeft tests bench
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not gpu"
 
 test-fast: venv
-	$(BIN)/python -m pytest -n 2 -q -m "not slow and not ray"
+	$(BIN)/python -m pytest -n 2 -q -m "not slow and not ray and not gpu"
 
 lint: venv
 	$(BIN)/ruff check autopeft tests bench

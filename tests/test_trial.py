@@ -5,38 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autopeft import api, methods
+from autopeft import methods
 from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.core.result import MemoryKind, TrialStatus
-from autopeft.train.trial import TrialContext, run_trial
-
-LORA = Candidate(
-    modules=(
-        ModuleConfig(
-            method="lora",
-            params={"rank": 4, "alpha": 8.0, "dropout": 0.0, "use_dora": False},
-            layers=(0, 1, 2, 3),
-            targets=("q", "v"),
-        ),
-    )
-)
-
-
-def make_context(budget=None, **training):
-    study = {
-        "name": "t",
-        "model": "tiny-bert",
-        "task": {"name": "sms_spam", "max_length": 32},
-        "search_space": {"modules": {"lora": {}}, **({"budget": budget} if budget else {})},
-        "training": {
-            "steps": 12,
-            "batch_size": 8,
-            "eval_every": 6,
-            "eval_examples": 64,
-            **training,
-        },
-    }
-    return TrialContext.create(api.study_from_dict(study), cache_dir=None)
+from autopeft.train.loop import LossGuard, NonFiniteLoss
+from autopeft.train.trial import run_trial
+from tests.trial_helpers import LORA, inject, make_context
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +64,6 @@ def test_over_memory_budget_is_infeasible_without_training():
     assert res.status is TrialStatus.INFEASIBLE and "predicted memory" in res.error
 
 
-def _inject(ctx, make_hook):
-    def before(adapted):
-        head = adapted.base.get_submodule(ctx.profile.head_path)
-        head.register_forward_hook(make_hook())
-
-    ctx.before_training = before
-
-
 def test_nan_loss_fails_with_the_step_and_the_study_goes_on(ctx):
     def hook():
         calls = {"n": 0}
@@ -108,7 +74,7 @@ def test_nan_loss_fails_with_the_step_and_the_study_goes_on(ctx):
 
         return fn
 
-    _inject(ctx, hook)
+    inject(ctx, hook)
     try:
         res = run_trial(ctx, LORA)
     finally:
@@ -125,7 +91,7 @@ def test_exception_fails_with_the_message(ctx):
 
         return fn
 
-    _inject(ctx, hook)
+    inject(ctx, hook)
     try:
         res = run_trial(ctx, LORA)
     finally:
@@ -141,7 +107,7 @@ def test_out_of_memory_is_infeasible_and_the_next_trial_runs(ctx):
 
         return fn
 
-    _inject(ctx, hook)
+    inject(ctx, hook)
     try:
         res = run_trial(ctx, LORA)
     finally:
@@ -163,3 +129,24 @@ def test_native_and_peft_modules_train_together(ctx):
     res = run_trial(ctx, cand)
     assert res.status is TrialStatus.COMPLETE, res.error
     assert res.trainable_params == 2048 + 2 * (2 * 32 * 8 + 8 + 32)
+
+
+def test_loss_guard_raises_at_once_on_cpu():
+    guard = LossGuard(torch.device("cpu"))
+    assert not guard.deferred
+    guard.see(1, torch.tensor(0.7))
+    with pytest.raises(NonFiniteLoss, match="loss is inf at step 2"):
+        guard.see(2, torch.tensor(float("inf")))
+
+
+def test_deferred_loss_guard_reports_the_first_bad_step_when_checked():
+    # The GPU mode (no device sync per step), run on CPU tensors.
+    guard = LossGuard(torch.device("cpu"), deferred=True)
+    for step, value in enumerate([0.7, 0.6], start=1):
+        guard.see(step, torch.tensor(value))
+    guard.check()  # nothing bad yet
+    for step, value in enumerate([float("nan"), float("inf"), 0.5], start=3):
+        guard.see(step, torch.tensor(value))  # never raises: nothing is read back
+    with pytest.raises(NonFiniteLoss) as err:
+        guard.check()
+    assert err.value.step == 3

@@ -28,6 +28,34 @@ class NonFiniteLoss(RuntimeError):
         super().__init__(f"loss is {value} at step {step}")
 
 
+class LossGuard:
+    """Detects a NaN or infinite loss: at once on CPU, without a sync per step on a GPU.
+
+    On a GPU, reading the loss every step would synchronise the device; the first bad step
+    is recorded on the device instead and looked at (one sync) at evaluation points.
+    """
+
+    def __init__(self, device: torch.device, deferred: bool | None = None):
+        self.deferred = device.type != "cpu" if deferred is None else deferred
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)
+
+    def see(self, step: int, loss: torch.Tensor) -> None:
+        """Look at the loss of ``step`` (raises at once unless deferred)."""
+        if not self.deferred:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLoss(step, value)
+            return
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad == 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check(self) -> None:
+        """Raise for the first bad step seen so far (deferred mode; syncs the device)."""
+        step = int(self.first_bad) if self.deferred else 0
+        if step:
+            raise NonFiniteLoss(step, float("nan"))
+
+
 @dataclass
 class LoopResult:
     """What a training run produced."""
@@ -128,22 +156,14 @@ def train_and_eval(
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.schedule)
     )
     result = LoopResult(metrics={})
-    # On GPU, checking the loss every step would sync the device; record the first bad step
-    # on the device instead and look at it at evaluation points. On CPU checking is free.
-    first_bad = torch.zeros((), dtype=torch.long, device=device)
+    guard = LossGuard(device)
     start = time.perf_counter()
     step = 0
     for step, batch in enumerate(train.batches(cfg.batch_size, cfg.seed, total), start=1):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with _autocast(device):
             loss = model(**batch).loss
-        if device.type == "cpu":
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NonFiniteLoss(step, value)
-        else:
-            bad = ~torch.isfinite(loss.detach()) & (first_bad == 0)
-            first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+        guard.see(step, loss)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
@@ -153,8 +173,7 @@ def train_and_eval(
         result.tokens += int(batch["attention_mask"].sum())
         if step % cfg.eval_every == 0 or step in eval_at or step == total:
             value = float(loss.detach())  # syncs the device only at evaluation points
-            if int(first_bad):
-                raise NonFiniteLoss(int(first_bad), float("nan"))
+            guard.check()
             result.train_seconds += time.perf_counter() - start
             metrics = evaluate(adapted, valid, cfg.batch_size * 2, cfg.eval_examples, device)
             metrics["train_loss"] = value

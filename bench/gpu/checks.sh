@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 3 and 7 in one device call: predicted vs measured CUDA memory,
-# per-trial overhead against a bare loop and the HF Trainer, and trial throughput packed vs
-# one per GPU vs Trainer.hyperparameter_search (MiniLM, then a BERT-base-sized model).
+# The GPU checks of issues 3 and 7 in one device call: the GPU tests (tests/test_gpu.py),
+# predicted vs measured CUDA memory, per-trial overhead against a bare loop and the HF
+# Trainer, and trial throughput packed vs one per GPU vs Trainer.hyperparameter_search
+# (MiniLM, then a BERT-base-sized model).
 #
 #   here:   .venv/bin/python bench/gpu/bundle.py          # once: .gpu/site.tar.xz (~50 MiB)
 #   device: run(command="bash bench/gpu/checks.sh", carry=[".gpu"], timeout_s=600)
@@ -67,6 +68,8 @@ else
 fi
 mkdir -p "$results"
 touch /tmp/autopeft-gpu-checks.start
+# The GPU-only code paths of a trial (allocator peak, deferred NaN check, a real OOM).
+part gpu-tests 90 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
 # Issue 3: predicted vs measured peak memory, 11 candidates x 2 models x 2 shapes.
 part memory 120 "$PY" bench/memory_model.py --device "$device" --models minilm,bert-base \
     --shapes "$shapes" --fit --out "$results"

@@ -11,7 +11,7 @@ import torch
 
 from autopeft.core.result import MemoryKind, TrialStatus
 from autopeft.train.trial import check_budget, run_trial
-from tests.trial_helpers import LORA, inject, make_context
+from tests.trial_helpers import LORA, make_context, nan_from_call, run_injected
 
 pytestmark = pytest.mark.gpu
 
@@ -34,20 +34,8 @@ def test_cuda_trial_reports_the_allocator_peak(ctx):
 
 
 def test_nan_on_cuda_fails_with_the_first_bad_step(ctx):
-    def hook():
-        calls = {"n": 0}
-
-        def fn(module, args, out):
-            calls["n"] += 1  # on a GPU no memory-estimate forward precedes training
-            return out * float("nan") if calls["n"] >= 3 else out
-
-        return fn
-
-    inject(ctx, hook)
-    try:
-        res = run_trial(ctx, LORA)
-    finally:
-        ctx.before_training = None
+    # On a GPU no memory-estimate forward precedes training: the 3rd call is step 3.
+    res = run_injected(ctx, nan_from_call(3))
     # Found at the evaluation point (step 6) without a sync per step, reported at step 3.
     assert res.status is TrialStatus.FAILED and res.error_step == 3, res.error
     assert run_trial(ctx, LORA).status is TrialStatus.COMPLETE

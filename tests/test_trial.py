@@ -10,7 +10,7 @@ from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.core.result import MemoryKind, TrialStatus
 from autopeft.train.loop import LossGuard, NonFiniteLoss
 from autopeft.train.trial import run_trial
-from tests.trial_helpers import LORA, inject, make_context
+from tests.trial_helpers import LORA, make_context, nan_from_call, raising, run_injected
 
 
 @pytest.fixture(scope="module")
@@ -65,53 +65,21 @@ def test_over_memory_budget_is_infeasible_without_training():
 
 
 def test_nan_loss_fails_with_the_step_and_the_study_goes_on(ctx):
-    def hook():
-        calls = {"n": 0}
-
-        def fn(module, args, out):
-            calls["n"] += 1
-            return out * float("nan") if calls["n"] >= 4 else out  # 1st call: memory estimate
-
-        return fn
-
-    inject(ctx, hook)
-    try:
-        res = run_trial(ctx, LORA)
-    finally:
-        ctx.before_training = None
+    res = run_injected(ctx, nan_from_call(4))  # the 1st call is the memory estimate's forward
     assert res.status is TrialStatus.FAILED and res.error_step == 3
     assert "loss is nan at step 3" in res.error
     assert run_trial(ctx, LORA).status is TrialStatus.COMPLETE
 
 
 def test_exception_fails_with_the_message(ctx):
-    def hook():
-        def fn(module, args, out):
-            raise ValueError("injected failure")
-
-        return fn
-
-    inject(ctx, hook)
-    try:
-        res = run_trial(ctx, LORA)
-    finally:
-        ctx.before_training = None
+    res = run_injected(ctx, raising(ValueError("injected failure")))
     assert res.status is TrialStatus.FAILED
     assert res.error.startswith("ValueError: injected failure")
 
 
 def test_out_of_memory_is_infeasible_and_the_next_trial_runs(ctx):
-    def hook():
-        def fn(module, args, out):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-        return fn
-
-    inject(ctx, hook)
-    try:
-        res = run_trial(ctx, LORA)
-    finally:
-        ctx.before_training = None
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    res = run_injected(ctx, raising(oom))
     assert res.status is TrialStatus.INFEASIBLE
     assert res.error.startswith("out of device memory: CUDA out of memory")
     assert run_trial(ctx, LORA).status is TrialStatus.COMPLETE

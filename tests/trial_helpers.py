@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from autopeft import api
 from autopeft.core.candidate import Candidate, ModuleConfig
-from autopeft.train.trial import TrialContext
+from autopeft.train.trial import TrialContext, run_trial
 
 LORA = Candidate(
     modules=(
@@ -44,3 +44,39 @@ def inject(ctx, make_hook):
         head.register_forward_hook(make_hook())
 
     ctx.before_training = before
+
+
+def run_injected(ctx, make_hook, candidate=LORA):
+    """``run_trial`` with ``make_hook()`` on the head of the trial's model; then removed."""
+    inject(ctx, make_hook)
+    try:
+        return run_trial(ctx, candidate)
+    finally:
+        ctx.before_training = None
+
+
+def nan_from_call(first: int):
+    """A hook factory: the head's output turns NaN from its ``first``-th call on."""
+
+    def make():
+        calls = {"n": 0}
+
+        def fn(module, args, out):
+            calls["n"] += 1
+            return out * float("nan") if calls["n"] >= first else out
+
+        return fn
+
+    return make
+
+
+def raising(error: Exception):
+    """A hook factory: the head raises ``error``."""
+
+    def make():
+        def fn(module, args, out):
+            raise error
+
+        return fn
+
+    return make

@@ -17,9 +17,13 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def ctx():
+def cuda():
     if not torch.cuda.is_available():
         pytest.fail("needs a CUDA device: run on a GPU (bench/gpu/checks.sh does)")
+
+
+@pytest.fixture(scope="module")
+def ctx(cuda):
     return make_context(device="cuda")
 
 
@@ -41,9 +45,7 @@ def test_nan_on_cuda_fails_with_the_first_bad_step(ctx):
     assert run_trial(ctx, LORA).status is TrialStatus.COMPLETE
 
 
-def test_real_cuda_oom_is_infeasible_and_the_next_trial_runs():
-    if not torch.cuda.is_available():
-        pytest.fail("needs a CUDA device")
+def test_real_cuda_oom_is_infeasible_and_the_next_trial_runs(cuda):
     big = make_context(device="cuda", batch_size=2048, steps=2, eval_every=2)
     cap_mb = 48
     _, predicted_mb, _ = check_budget(big, LORA)

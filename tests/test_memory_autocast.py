@@ -53,7 +53,6 @@ def saved_weight_copies(model: torch.nn.Module, ids, mask, labels) -> int:
 @pytest.mark.parametrize("layers", [(0, 1, 2, 3), (2, 3), (3,)])
 def test_cuda_prediction_counts_the_autocast_weight_copies(layers):
     torch.manual_seed(0)
-    # Distinct hidden and FFN widths with no weight shape shared by an activation.
     model = load_model("tiny-bert")
     profile = profile_model(model)
     candidate = lora_on(layers)

@@ -26,6 +26,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PAR
 export RAY_USAGE_STATS_ENABLED=0
 
 say() { echo "$*" | tee -a "$LOG"; }
+# A Ray cut off by its time limit must not be joined by the next part's ray.init.
+stop_ray() { pkill -9 -f 'raylet|gcs_server|ray::|dashboard/agent' 2>/dev/null; }
 
 # part NAME LIMIT_S COMMAND...: run COMMAND under the smaller of LIMIT_S and what is left.
 part() {
@@ -79,12 +81,10 @@ part overhead 120 "$PY" bench/trial_overhead.py --steps "$steps" --reps "$reps" 
 # Issue 7.1: trials/hour, packed vs one per GPU vs Trainer.hyperparameter_search.
 part throughput-minilm 240 "$PY" bench/throughput.py --model minilm --space lora \
     --trials "$trials" --steps "$steps" --out "$results"
-# A Ray cut off by its time limit must not be joined by the next part's ray.init.
-pkill -9 -f 'raylet|gcs_server|ray::|dashboard/agent' 2>/dev/null
+stop_ray
 part throughput-bert-base 240 "$PY" bench/throughput.py --model bert-base --space lora \
     --trials "$trials" --steps "$((steps / 2))" --out "$results"
-
-pkill -9 -f 'raylet|gcs_server|ray::|dashboard/agent' 2>/dev/null
+stop_ray
 
 # The results files this run wrote, as paths under bench/results/ (the repository's layout).
 mapfile -t written < <(find "$results" -maxdepth 1 -type f -newer /tmp/autopeft-gpu-checks.start -printf '%f\n')

@@ -67,6 +67,21 @@ def test_every_sampler_finishes_with_a_valid_front(tmp_path, sampler):
     assert not infeasible & {n for n, _ in study.front()}
 
 
+def test_bo_samplers_model_every_parameter_after_a_trial_with_every_layer_off(tmp_path):
+    # Optuna's GP and BoTorch samplers model the intersection of the finished trials' spaces
+    # and draw the rest at random: a head-only trial must not drop the module sizes from it.
+    study = Study(config("all-off", "gp"), root=tmp_path)
+    study.optuna.enqueue_trial({f"placement.layer_{i}": 0 for i in range(6)})
+    run_local(study, 8, runner=blackbox.for_study(study), progress=False)
+    first = study.optuna.trials[0]
+    assert first.state is TrialState.COMPLETE and study.results()[0][1].candidate.modules == ()
+    modelled = optuna.search_space.IntersectionSearchSpace().calculate(study.optuna)
+    assert {"lora.rank", "lora.targets", "serial_adapter.size", "placement.layer_0"} <= set(
+        modelled
+    )
+    assert set(modelled) == set(first.params)
+
+
 def test_saas_batches_serve_q_proposals_per_fit_and_refit_when_the_space_changes(monkeypatch):
     import torch
 

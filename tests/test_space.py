@@ -9,7 +9,7 @@ import pytest
 from autopeft import api, methods
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError
-from autopeft.core.resolve import RandomSuggest, candidate_params
+from autopeft.core.resolve import RandomSuggest, candidate_params, parameter_domains
 from tests.helpers import enumerate_all
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +41,9 @@ def test_autopeft_preset_matches_the_paper():
             seen.add(m.params[methods.get(m.method).size_param])
     assert seen <= {1, 2, 3, 6, 12, 24, 48, 96, 192, 384}
     assert {1, 384} <= seen
-    # 63 non-empty masks x 11^3 sizes, plus the empty mask (nothing else is sampled then)
-    assert resolved.size() == (2**6 - 1) * 11**3 + 1
+    # 63 non-empty masks x (11^3 - 1) size triples with a module on, plus the head-only
+    # candidate (an empty mask, or every size 0)
+    assert resolved.size() == (2**6 - 1) * (11**3 - 1) + 1
 
 
 SMALL = {
@@ -60,10 +61,47 @@ SMALL = {
 }
 
 
-def test_size_equals_brute_force_enumeration():
-    resolved = api.resolve(api.space_from_dict(SMALL), "minilm")
+# Placed by a searched shared mask: a peft and a native module on it, a peft module with its
+# own fixed layers, an optional one on the mask, and one not placed per layer.
+SHARED_MASK = {
+    "modules": {
+        "lora": {"rank": [0, 4], "targets": {"choice": [["q"], ["v"]]}},
+        "ia3": {"layers": {"top": 1}},
+        "serial_adapter": {"size": [0, 8]},
+        "bitfit": {"optional": True},
+        "prompt": {"length": [0, 4]},
+    },
+    "layers": "search",
+}
+PER_LAYER_OWN_MASK = {
+    "modules": {"parallel_adapter": {"size": [0, 4, 8], "per_layer": True, "layers": "search"}},
+    "layers": [0, 1],
+}
+
+
+@pytest.mark.parametrize(
+    "space", [SMALL, SHARED_MASK, PER_LAYER_OWN_MASK], ids=["fixed", "shared", "per-layer"]
+)
+def test_size_counts_the_distinct_candidates_of_brute_force_enumeration(space):
+    resolved = api.resolve(api.space_from_dict(space), "minilm")
     candidates = enumerate_all(resolved)
-    assert len(candidates) == resolved.size()
+    distinct = {c.key() for c in candidates}
+    assert len(distinct) < len(candidates)  # switched-off parts' parameters change nothing
+    assert len(distinct) == resolved.size()
+
+
+@pytest.mark.parametrize("space", [SMALL, SHARED_MASK, "autopeft"])
+def test_every_trial_suggests_the_same_parameters(space):
+    # Optuna's GP and BoTorch samplers model only the parameters every trial has: none may
+    # go missing when a mask comes out empty, a size is 0 or another peft method is chosen.
+    loaded = api.load(ROOT / "search_spaces/autopeft.yaml") if space == "autopeft" else None
+    resolved = api.resolve(loaded or api.space_from_dict(space), "minilm")
+    expected = set(parameter_domains(resolved))
+    rng = RandomSuggest(seed=7)
+    for _ in range(300):
+        rng.params = {}
+        resolved.sample(rng)
+        assert set(rng.params) == expected
 
 
 def test_param_range_equals_brute_force_extremes():

@@ -113,10 +113,16 @@ class ModulePlan:
         return _scale(v, p, hidden)
 
     def sample(self, s: Suggest, shared_layers: tuple[int, ...], profile: ModelProfile):
-        """Sample this module's config, or None when the sample switches it off."""
+        """Sample this module's config, or None when the sample switches it off.
+
+        Every parameter is suggested whatever the others say (a layer mask that came out
+        empty, ``on`` = 0, a size of 0): the names a trial suggests never depend on values.
+        Optuna's model-based samplers (GP, BoTorch) model only the parameters that every
+        finished trial has, so one trial without, say, ``serial_adapter.size`` would leave
+        them modelling the placement alone. Values of a part that is off are ignored.
+        """
         n, hidden = self.name, profile.hidden_size
-        if self.optional and not s.suggest_int(f"{n}.on", 0, 1):
-            return None
+        on = not self.optional or bool(s.suggest_int(f"{n}.on", 0, 1))
         layers: tuple[int, ...] = ()
         if self.spec.uses_layers:
             if self.shared:
@@ -127,27 +133,26 @@ class ModulePlan:
                 )
             else:
                 layers = self.layers
-            if not layers:
-                return None
         size, sizes = self.size_param, None
         if size is not None and self.per_layer:
-            sizes = {i: self._value(s, size, f"{n}.{size}.layer_{i}", hidden) for i in layers}
-            sizes = {i: v for i, v in sizes.items() if v > 0}
-            if not sizes:
-                return None
+            searched = self.shared or self.layers is None
+            universe = range(profile.num_layers) if searched else (self.layers or ())
+            drawn = {i: self._value(s, size, f"{n}.{size}.layer_{i}", hidden) for i in universe}
+            sizes = {i: v for i, v in drawn.items() if i in layers and v > 0}
             layers = tuple(sorted(sizes))
         values: dict[str, Any] = {}
         for key in self.params:
             if key == size and sizes is not None:
-                values[key] = max(sizes.values())
-                continue
-            values[key] = self._value(s, key, f"{n}.{key}", hidden)
-            if key == size and values[key] == 0:
-                return None
+                values[key] = max(sizes.values(), default=0)
+            else:
+                values[key] = self._value(s, key, f"{n}.{key}", hidden)
         targets = self.target_options[0]
         if len(self.target_options) > 1:
             pick = s.suggest_categorical(f"{n}.targets", ["+".join(t) for t in self.target_options])
             targets = tuple(pick.split("+"))
+        placed = layers or not self.spec.uses_layers
+        if not on or not placed or (size in values and values[size] == 0):
+            return None
         return ModuleConfig(method=n, params=values, layers=layers, targets=targets, sizes=sizes)
 
     def can_be_off(self) -> bool:
@@ -166,44 +171,55 @@ class ModulePlan:
             return 0 in size.values()
         return size == 0
 
-    def _on_leaves(self, k: int) -> float:
-        """Leaves of the sampling tree below "placed on ``k`` layers"."""
+    def _rest(self) -> float:
+        """Assignments of the parameters other than the size, times the target options."""
         rest = float(len(self.target_options))
-        sizes = zeros = 1.0
         for key, p in self.params.items():
-            if not isinstance(p, (IntParam, FloatParam, ChoiceParam)):
-                continue
-            if key != self.size_param:
+            if key != self.size_param and isinstance(p, (IntParam, FloatParam, ChoiceParam)):
                 rest *= p.count()
-                continue
-            sizes = p.count()
-            values = p.values() if not isinstance(p, FloatParam) else None
-            zeros = 1.0 if values is not None and 0 in values else 0.0
-        if self.size_param is None or not isinstance(
-            self.params.get(self.size_param), (IntParam, FloatParam, ChoiceParam)
-        ):
-            return rest  # no searched size: only the other parameters branch
-        if self.per_layer:  # one size per layer; all zeros switch the module off (one leaf)
-            return (sizes**k - zeros**k) * rest + zeros**k
-        return (sizes - zeros) * rest + zeros
+        return rest
 
-    def leaves(self, shared_k: int, num_layers: int) -> float:
-        """Distinct assignments of this module given ``shared_k`` layers on in the shared mask.
+    def _sizes(self) -> tuple[float, bool]:
+        """Non-zero values of the size, and whether 0 (off) is one of its values."""
+        p = self.params.get(self.size_param) if self.size_param else None
+        if isinstance(p, ChoiceParam):
+            zero = 0 in p.values()
+            return p.count() - zero, zero
+        if isinstance(p, (IntParam, FloatParam)):
+            zero = p.low == 0
+            return p.count() - zero, zero
+        return (0.0, True) if p == 0 and self.size_param else (1.0, False)
 
-        These are the leaves of its define-by-run sampling tree.
+    def _exact_on(self, j: int) -> float:
+        """Configs switched on whose layers are exactly a given set of ``j`` layers."""
+        nz, _ = self._sizes()
+        return (nz**j if self.per_layer else nz) * self._rest()
+
+    def _on_configs(self, k: int) -> float:
+        """Distinct configs switched on, placed on a given set of ``k`` layers."""
+        if not self.spec.uses_layers:
+            return self._exact_on(0)
+        nz, zero = self._sizes()
+        if self.per_layer and zero:  # a size of 0 drops its layer: any non-empty subset
+            return sum(math.comb(k, j) * self._exact_on(j) for j in range(1, k + 1))
+        return self._exact_on(k) if k else 0.0
+
+    def options(self, k: int, num_layers: int) -> tuple[float, float, bool]:
+        """Distinct configs of the module with ``k`` layers on in the searched shared mask.
+
+        Returns:
+            (configs placed on the shared mask, other configs switched on, whether the module
+            can be absent): configs of the first kind differ between masks, the others not.
         """
         if not self.spec.uses_layers:
-            on = self._on_leaves(0)
-        elif self.shared:
-            on = self._on_leaves(shared_k) if shared_k else 1.0
-        elif self.layers is not None:
-            on = self._on_leaves(len(self.layers))
-        else:  # own searched mask: an empty mask is one leaf
-            on = sum(
-                math.comb(num_layers, j) * (self._on_leaves(j) if j else 1.0)
-                for j in range(num_layers + 1)
-            )
-        return on + 1.0 if self.optional else on
+            return 0.0, self._on_configs(0), self.has_off_value()
+        if self.shared:
+            return self._on_configs(k), 0.0, k == 0 or self.has_off_value()
+        if self.layers is None:  # own searched mask; empty = off
+            n = num_layers
+            on = sum(math.comb(n, j) * self._exact_on(j) for j in range(1, n + 1))
+            return 0.0, on, True
+        return 0.0, self._on_configs(len(self.layers)), self.has_off_value()
 
     def extreme_configs(self, profile: ModelProfile, largest: bool):
         """Configs at the corners of the sub-space (for the parameter range)."""
@@ -300,7 +316,7 @@ class ResolvedSpace:
         return tuple(t for t in available if t in out)
 
     def sample(self, s: Suggest) -> Candidate:
-        """Sample one candidate (define-by-run; conditional parameters only when active)."""
+        """Sample one candidate (define-by-run, every parameter suggested in every trial)."""
         shared = self.shared_layers
         if shared is None:
             shared = tuple(
@@ -316,35 +332,45 @@ class ResolvedSpace:
             chosen = s.suggest_categorical("peft_method", peft)
         modules = []
         for plan in self.plans:
-            if plan.spec.backend == "peft" and plan.name != chosen:
-                continue
+            # Every peft method's parameters too, chosen or not: a fixed set of names per
+            # trial (see ModulePlan.sample); only the chosen method's config is kept.
             cfg = plan.sample(s, shared, self.profile)
-            if cfg is not None:
+            if cfg is not None and (plan.spec.backend != "peft" or plan.name == chosen):
                 modules.append(cfg)
         return Candidate(modules=tuple(sorted(modules, key=lambda m: m.method)))
 
     def size(self) -> float:
-        """Distinct parameter assignments (``inf`` with continuous parameters).
+        """Distinct candidates of the space (``inf`` with continuous parameters).
 
-        Exactly the number of leaves of the define-by-run sampling tree, so it equals the
-        number of distinct parameter dicts a sampler can produce.
+        Many parameter assignments make one candidate (a module that is off ignores its
+        other parameters), and studies count known candidates against this. Exact, except
+        for a per-layer size that can be 0 on a searched shared mask: its candidates placed
+        on a mask's subset are counted again under the subset (an upper bound then).
         """
         num = self.profile.num_layers
-        if self.shared_layers is None:
-            weights = [(math.comb(num, k), k) for k in range(num + 1)]
-        else:
-            weights = [(1, len(self.shared_layers))]
         peft = [p for p in self.plans if p.spec.backend == "peft"]
-        total = 0.0
-        for weight, k in weights:
-            term = float(weight)
-            if peft:
-                term *= sum(p.leaves(k, num) for p in peft)
-            for p in self.plans:
-                if p.spec.backend != "peft":
-                    term *= p.leaves(k, num)
-            total += term
-        return total
+        others = [p for p in self.plans if p.spec.backend != "peft"]
+
+        def product(k: int, placed: bool) -> float:
+            # Candidates with k layers in the shared mask: all of them when `placed`, else
+            # only those no module of which is placed on the mask (the same for every mask).
+            total = 1.0
+            groups = [p.options(k, num) for p in others]
+            if peft:  # one peft method per candidate; its absence is one candidate
+                opts = [p.options(k, num) for p in peft]
+                groups.append(
+                    (sum(o[0] for o in opts), sum(o[1] for o in opts), any(o[2] for o in opts))
+                )
+            for on_mask, other, absent in groups:
+                total *= other + absent + (on_mask if placed else 0.0)
+            return total
+
+        if self.shared_layers is not None:  # no module is placed by a searched mask
+            return product(0, False)
+        total = product(0, False) + sum(
+            math.comb(num, k) * (product(k, True) - product(k, False)) for k in range(1, num + 1)
+        )
+        return math.inf if math.isnan(total) else total
 
     def param_range(self) -> tuple[int, int]:
         """Smallest and largest trainable-parameter count (head excluded) over the space."""
@@ -388,14 +414,13 @@ def _default(value: Any) -> Any:
 
 
 class DomainRecorder:
-    """A :class:`Suggest` that records every parameter's domain and switches everything on."""
+    """A :class:`Suggest` that records every parameter's domain (and picks the largest)."""
 
-    def __init__(self, peft_method: str | None = None):
-        self.peft_method = peft_method
+    def __init__(self) -> None:
         self.domains: dict[str, str] = {}
 
     def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
-        """Record an int domain; return ``high`` (on, largest)."""
+        """Record an int domain; return ``high``."""
         self.domains[name] = (
             f"int {low}..{high}" + (" log" if log else "") + (f" step {step}" if step != 1 else "")
         )
@@ -407,22 +432,16 @@ class DomainRecorder:
         return high
 
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
-        """Record a choice; return the requested peft method or the last (largest) choice."""
+        """Record a choice; return the last one."""
         self.domains[name] = "choice " + ", ".join(map(str, choices))
-        if name == "peft_method" and self.peft_method in choices:
-            return self.peft_method
         return choices[-1]
 
 
 def parameter_domains(resolved: ResolvedSpace) -> dict[str, str]:
-    """Every searched parameter (union over the peft-method branches) with its domain."""
-    peft = [p.name for p in resolved.plans if p.spec.backend == "peft"] or [None]
-    out: dict[str, str] = {}
-    for name in peft:
-        rec = DomainRecorder(name)
-        resolved.sample(rec)
-        out.update(rec.domains)
-    return out
+    """Every searched parameter with its domain (every trial suggests each of them)."""
+    recorder = DomainRecorder()
+    resolved.sample(recorder)
+    return recorder.domains
 
 
 def candidate_params(candidate: Candidate, profile: ModelProfile, methods: dict[str, Any]) -> int:

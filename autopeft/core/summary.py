@@ -56,7 +56,7 @@ def summarize(
         )
     size = resolved.size()
     size_text = "infinite (continuous parameters)" if math.isinf(size) else f"{size:,.0f}"
-    lines.append(f"configurations: {size_text} (distinct parameter assignments)")
+    lines.append(f"configurations: {size_text} (distinct candidates)")
     lo, hi = resolved.param_range()
     lines.append(
         f"trainable parameters: {lo:,} .. {hi:,} ({_pct(lo, prof.base_params)} .. "

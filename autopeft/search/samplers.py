@@ -49,7 +49,7 @@ def make_sampler(cfg: SamplerConfig) -> optuna.samplers.BaseSampler:
             seed=seed,
             n_startup_trials=startup,
             multivariate=True,
-            group=True,  # conditional spaces: model each module's parameters as a group
+            group=True,  # one group: every trial has every parameter (core/resolve.py)
             constant_liar=True,
         )
     if cfg.name == "nsga2":

@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus-per-trial",
         type=float,
         default=None,
-        help="Ray: GPU share per trial, e.g. 0.25 packs 4 trials per GPU (default: from the "
-        "largest predicted memory)",
+        help="Ray: GPU share per trial, e.g. 0.25 packs 4 trials per GPU (default: as many as "
+        "memory at the largest predicted trial and CPUs allow, up to 16)",
     )
     p.add_argument("--max-concurrent", type=int, default=None, help="Ray: trials at once")
     p.add_argument(

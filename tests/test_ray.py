@@ -141,3 +141,25 @@ def test_kill_and_resume_ray_driver(tmp_path):
             assert not retries
             continue
         assert len(retries) == 1 and retries[0].params == t.params
+
+
+@pytest.mark.parametrize(
+    ("worst_mb", "gpu_mb", "cpus_per_gpu", "cpus_per_trial", "trials_per_gpu"),
+    [
+        (1_000, 143_000, 16, 1, 16),  # small trials on an H200 with 16 cores: 16
+        (1_000, 143_000, 16, 2, 8),  # two CPUs a trial: the cores limit it
+        (1_000, 143_000, 64, 1, 16),  # never more than MAX_TRIALS_PER_GPU
+        (10_000, 80_000, 16, 1, 6),  # 80 GB / (10 GB x 1.3 headroom)
+        (4_000, 80_000, 7, 1, 7),  # 7 shares of 1/7 must still fit on one GPU
+        (70_000, 80_000, 16, 1, 1),  # a trial that needs most of the GPU gets all of it
+    ],
+)
+def test_gpu_share_packs_as_many_trials_as_memory_and_cpus_allow(
+    worst_mb, gpu_mb, cpus_per_gpu, cpus_per_trial, trials_per_gpu
+):
+    from autopeft.search.ray import gpu_share
+
+    share = gpu_share(worst_mb, gpu_mb, cpus_per_gpu, cpus_per_trial)
+    assert int(1 / share + 1e-9) == trials_per_gpu
+    assert share * trials_per_gpu <= 1.0  # Ray places n shares on one GPU only if they sum <= 1
+    assert share == 1.0 or share * (trials_per_gpu + 1) > 1.0

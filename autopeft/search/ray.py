@@ -17,6 +17,7 @@ Only the driver touches the study's storage, so the embedded SQLite works with R
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,9 @@ def run_ray(
             ignore_reinit_error=True,
         )
     budget = _driver_budget(study)
-    gpus = _gpu_fraction(study, budget) if gpus_per_trial is None else gpus_per_trial
+    gpus = (
+        _gpu_fraction(study, budget, cpus_per_trial) if gpus_per_trial is None else gpus_per_trial
+    )
     if max_concurrent is None:
         batch = cfg.sampler.batch_size
         max_concurrent = batch if batch else (4 if cfg.sampler.name == "autopeft" else None)
@@ -307,13 +310,37 @@ def _driver_budget(study: Study):
     return budget
 
 
-def _gpu_fraction(study: Study, budget) -> float:
-    """GPU share per trial: enough for the largest predicted trial, packing up to 8 per GPU."""
-    if not ray.cluster_resources().get("GPU"):
+MAX_TRIALS_PER_GPU = 16
+MEMORY_HEADROOM = 1.3  # predicted memory is a model: room for its error and the allocator's
+
+
+def gpu_share(worst_mb: float, gpu_mb: float, cpus_per_gpu: float, cpus_per_trial: float) -> float:
+    """GPU share per trial: as many trials per GPU as its memory and the CPUs beside it allow.
+
+    Args:
+        worst_mb: the largest predicted peak memory of a trial in the space.
+        gpu_mb: one GPU's memory.
+        cpus_per_gpu: the cluster's CPUs per GPU (each packed trial needs its CPUs).
+        cpus_per_trial: CPUs each trial reserves.
+
+    Returns:
+        ``1/n`` for ``n`` trials on a GPU (at most ``MAX_TRIALS_PER_GPU``), rounded down to
+        Ray's resource precision so that ``n`` shares still fit on one GPU; 1.0 for one.
+    """
+    by_memory = int(gpu_mb // (worst_mb * MEMORY_HEADROOM)) if worst_mb > 0 else MAX_TRIALS_PER_GPU
+    by_cpus = int(cpus_per_gpu // cpus_per_trial) if cpus_per_trial > 0 else MAX_TRIALS_PER_GPU
+    n = max(1, min(by_memory, by_cpus, MAX_TRIALS_PER_GPU))
+    return 1.0 if n == 1 else math.floor(10_000 / n) / 10_000
+
+
+def _gpu_fraction(study: Study, budget, cpus_per_trial: float) -> float:
+    """GPU share per trial from the space's largest predicted trial (0 without GPUs)."""
+    resources = ray.cluster_resources()
+    if not resources.get("GPU"):
         return 0.0
     import torch
 
-    total_mb = (
+    gpu_mb = (
         torch.cuda.get_device_properties(0).total_memory / 2**20
         if torch.cuda.is_available()
         else 80_000
@@ -322,10 +349,8 @@ def _gpu_fraction(study: Study, budget) -> float:
 
     rng = RandomSuggest(seed=0)
     worst = max(budget(study.space.sample(rng))[1] for _ in range(200))
-    for share in (1 / 8, 1 / 4, 1 / 2):
-        if worst * 1.3 < share * total_mb:
-            return share
-    return 1.0
+    cpus_per_gpu = resources.get("CPU", 1.0) / resources["GPU"]
+    return gpu_share(worst, gpu_mb, cpus_per_gpu, cpus_per_trial)
 
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

@@ -188,7 +188,7 @@ class ModulePlan:
         if isinstance(p, (IntParam, FloatParam)):
             zero = p.low == 0
             return p.count() - zero, zero
-        return (0.0, True) if p == 0 and self.size_param else (1.0, False)
+        return (0.0, True) if p == 0 else (1.0, False)  # a fixed size (None: no size)
 
     def _exact_on(self, j: int) -> float:
         """Configs switched on whose layers are exactly a given set of ``j`` layers."""
@@ -343,9 +343,10 @@ class ResolvedSpace:
         """Distinct candidates of the space (``inf`` with continuous parameters).
 
         Many parameter assignments make one candidate (a module that is off ignores its
-        other parameters), and studies count known candidates against this. Exact, except
-        for a per-layer size that can be 0 on a searched shared mask: its candidates placed
-        on a mask's subset are counted again under the subset (an upper bound then).
+        other parameters), and studies count known candidates against this. Exact, or an
+        upper bound in two cases: a per-layer size that can be 0 on a searched shared mask
+        (a candidate placed on part of a mask is counted again under that part), and sizes
+        that ``relative_to_hidden`` rounds to the same value on a small model.
         """
         num = self.profile.num_layers
         peft = [p for p in self.plans if p.spec.backend == "peft"]

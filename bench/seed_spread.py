@@ -1,0 +1,120 @@
+"""Final hypervolume over many seeds, this checkout against a baseline checkout, side by side.
+
+A change to sampling (what a trial suggests, in which order) changes every seed's draws, so a
+few seeds cannot tell a better sampler from a luckier one. This runs the same search-cost run
+(``search_cost.run_one``: TPE on the 160-step surrogate, one step budget) for seeds
+``0..N-1`` in two checkouts and reports mean, standard deviation and the standard error of
+the difference. Make the baseline with ``git worktree add /tmp/base <commit>``.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/seed_spread.py --baseline /tmp/base --seeds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DATA = RESULTS / "real_trials_minilm_160.jsonl"
+
+
+def run_seeds(checkout: Path, seeds: int, halving: bool, budget: int) -> list[float]:
+    """Final HV per seed, computed by ``checkout``'s own code (a child process)."""
+    code = f"""
+import json, sys, tempfile
+sys.path.insert(0, {str(checkout / "bench")!r})
+from search_cost import Spec, run_one
+from surrogate import Surrogate
+surrogate = Surrogate.from_jsonl({str(DATA)!r})
+out = []
+for seed in range({seeds}):
+    with tempfile.TemporaryDirectory() as root:
+        spec = Spec("cost", "tpe", "tpe", {halving}, seed, {budget}, 10 * {budget},
+                    fidelity=160, rungs=(0.25, 0.5, 1.0))
+        out.append(run_one(spec, surrogate, root)["hv"][-1])
+print(json.dumps(out))
+"""
+    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True
+        )
+    if done.returncode != 0:
+        raise SystemExit(f"{checkout}: the run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(base: list[float], ours: list[float], meta: dict) -> str:
+    """Per-seed table and the summary line."""
+    se = (statistics.variance(base) / len(base) + statistics.variance(ours) / len(ours)) ** 0.5
+    diff = statistics.fmean(ours) - statistics.fmean(base)
+    lines = [
+        "# Final hypervolume over seeds: this checkout vs a baseline",
+        "",
+        f"TPE, halving {'on' if meta['halving'] else 'off'}, {meta['budget']:,} training steps "
+        f"on the 160-step surrogate ({DATA.name}); baseline `{meta['baseline']}`, this "
+        f"checkout `{meta['ours']}`.",
+        "",
+        "| seed | baseline | this checkout |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {i} | {b:.4f} | {o:.4f} |" for i, (b, o) in enumerate(zip(base, ours))]
+    lines += [
+        "",
+        f"- mean ± std: baseline {statistics.fmean(base):.4f} ± {statistics.stdev(base):.4f}, "
+        f"this checkout {statistics.fmean(ours):.4f} ± {statistics.stdev(ours):.4f}; "
+        f"difference {diff:+.4f} (standard error {se:.4f}, {abs(diff) / se:.1f} of them).",
+        "",
+        f"Run: `{meta['command']}` ({meta['minutes']:.1f} min).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _commit(checkout: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip() or str(checkout)
+
+
+def main() -> None:
+    import time
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", type=Path, required=True, help="a checkout to compare to")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--halving", choices=["off", "on"], default="off")
+    parser.add_argument("--budget-trials", type=int, default=100, help="full trials of steps")
+    parser.add_argument("--name", default="seed_spread_160")
+    args = parser.parse_args()
+    started, halving, budget = time.perf_counter(), args.halving == "on", args.budget_trials * 160
+    base = run_seeds(args.baseline.resolve(), args.seeds, halving, budget)
+    ours = run_seeds(HERE.parent, args.seeds, halving, budget)
+    meta = {
+        "halving": halving,
+        "budget": budget,
+        "baseline": _commit(args.baseline),
+        "ours": _commit(HERE.parent),
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/seed_spread.py "
+        + " ".join(sys.argv[1:]),
+        "minutes": (time.perf_counter() - started) / 60,
+    }
+    (RESULTS / f"{args.name}.json").write_text(
+        json.dumps({"meta": meta, "baseline": base, "ours": ours}, indent=1)
+    )
+    text = markdown(base, ours, meta)
+    (RESULTS / f"{args.name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

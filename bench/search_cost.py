@@ -322,6 +322,12 @@ def main() -> None:
     parser.add_argument(
         "--resummarise", type=Path, default=None, help="rewrite the tables from a results JSON"
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep the studies in this folder; the same command again resumes them",
+    )
     args = parser.parse_args()
     if args.resummarise:
         saved = json.loads(args.resummarise.read_text())
@@ -390,6 +396,7 @@ def main() -> None:
             f"{run['steps'][-1]:6d}  {run['wall_s']:7.1f} s"
         ),
         data=args.data,
+        keep=args.keep,
     )
     sps = seconds_per_step(records)
     summary = summarise(runs, sps)

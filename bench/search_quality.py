@@ -22,6 +22,7 @@ Results: bench/results/search_quality.json, .md (table) and .html (plotly figure
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -151,14 +152,23 @@ def trained_curve(study) -> dict:
     }
 
 
-def run_all(specs: list, run, jobs: int, line, data: Path = DATA) -> list[dict]:
+def run_all(
+    specs: list, run, jobs: int, line, data: Path = DATA, keep: Path | None = None
+) -> list[dict]:
     """``run(spec, surrogate, root)`` for every spec in ``jobs`` processes; prints ``line``.
 
-    The surrogate is fitted once, to the real trials in ``data``.
+    The surrogate is fitted once, to the real trials in ``data``. The studies live in a
+    temporary folder, or in ``keep``, where a rerun resumes them.
     """
     surrogate = Surrogate.from_jsonl(data)
     runs = []
-    with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(jobs) as pool:
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            root = stack.enter_context(tempfile.TemporaryDirectory())
+        else:
+            keep.mkdir(parents=True, exist_ok=True)
+            root = str(keep)
+        pool = stack.enter_context(ProcessPoolExecutor(jobs))
         futures = [pool.submit(run, s, surrogate, root) for s in specs]
         for spec, fut in zip(specs, futures):
             runs.append(fut.result())

@@ -199,7 +199,7 @@ class ModulePlan:
         """Distinct configs switched on, placed on a given set of ``k`` layers."""
         if not self.spec.uses_layers:
             return self._exact_on(0)
-        nz, zero = self._sizes()
+        _, zero = self._sizes()
         if self.per_layer and zero:  # a size of 0 drops its layer: any non-empty subset
             return sum(math.comb(k, j) * self._exact_on(j) for j in range(1, k + 1))
         return self._exact_on(k) if k else 0.0

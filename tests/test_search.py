@@ -218,7 +218,10 @@ def test_kill_and_resume_local(tmp_path):
     study_file = tmp_path / "study.yaml"
     study_file.write_text(
         "name: resume\nmodel: tiny-bert\ntask: {name: sms_spam, max_length: 32}\n"
-        "training: {steps: 40, batch_size: 8, eval_every: 40, eval_examples: 64}\n"
+        # 160 steps (~3 s a trial): a trial must outlast wait_mid_trial's two polls and the
+        # kill, or it may finish first (at 40 steps, ~1 s, a clean-clone run once had none
+        # running at the kill).
+        "training: {steps: 160, batch_size: 8, eval_every: 160, eval_examples: 64}\n"
         "search_space:\n"
         "  modules: {lora: {rank: [2, 4, 8, 16]}, serial_adapter: {size: [0, 4, 8, 16]}}\n"
         "  layers: search\nhalving: {enabled: false}\nsampler: {name: random}\nn_trials: 8\n"

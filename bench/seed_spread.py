@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -87,8 +88,6 @@ def _commit(checkout: Path) -> str:
 
 
 def main() -> None:
-    import time
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", type=Path, required=True, help="a checkout to compare to")
     parser.add_argument("--seeds", type=int, default=20)

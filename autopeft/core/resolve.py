@@ -195,13 +195,17 @@ class ModulePlan:
         nz, _ = self._sizes()
         return (nz**j if self.per_layer else nz) * self._rest()
 
+    def _on_some_of(self, k: int) -> float:
+        """Configs switched on whose layers are any non-empty subset of ``k`` given layers."""
+        return sum(math.comb(k, j) * self._exact_on(j) for j in range(1, k + 1))
+
     def _on_configs(self, k: int) -> float:
         """Distinct configs switched on, placed on a given set of ``k`` layers."""
         if not self.spec.uses_layers:
             return self._exact_on(0)
         _, zero = self._sizes()
         if self.per_layer and zero:  # a size of 0 drops its layer: any non-empty subset
-            return sum(math.comb(k, j) * self._exact_on(j) for j in range(1, k + 1))
+            return self._on_some_of(k)
         return self._exact_on(k) if k else 0.0
 
     def options(self, k: int, num_layers: int) -> tuple[float, float, bool]:
@@ -215,10 +219,8 @@ class ModulePlan:
             return 0.0, self._on_configs(0), self.has_off_value()
         if self.shared:
             return self._on_configs(k), 0.0, k == 0 or self.has_off_value()
-        if self.layers is None:  # own searched mask; empty = off
-            n = num_layers
-            on = sum(math.comb(n, j) * self._exact_on(j) for j in range(1, n + 1))
-            return 0.0, on, True
+        if self.layers is None:  # own searched mask (any subset of the layers); empty = off
+            return 0.0, self._on_some_of(num_layers), True
         return 0.0, self._on_configs(len(self.layers)), self.has_off_value()
 
     def extreme_configs(self, profile: ModelProfile, largest: bool):

@@ -57,8 +57,8 @@ def test_every_sampler_finishes_with_a_valid_front(tmp_path, sampler):
     assert len(Path("/proc/self/maps").read_text().splitlines()) < maps + 1500
     assert study.n_done() == n == len(counted_trials(study.optuna.trials))
     if sampler == "autopeft":  # the paper's batches: 4 proposals per SAAS fit
-        batches = study.optuna.sampler._candidates_func.func
-        assert batches.proposals >= 2 and 1 <= batches.fits <= batches.proposals
+        sampler = study.optuna.sampler
+        assert sampler.proposals == 2 and sampler.fits == 1
     statuses = {r.status for _, r in study.results()}
     assert TrialStatus.INFEASIBLE in statuses or sampler not in ("random",)
     check_front(study)
@@ -82,44 +82,77 @@ def test_bo_samplers_model_every_parameter_after_a_trial_with_every_layer_off(tm
     assert set(modelled) == set(first.params)
 
 
-def test_saas_batches_serve_q_proposals_per_fit_and_refit_when_the_space_changes(monkeypatch):
-    import torch
+def test_pool_samplers_propose_unseen_within_budget_candidates_only(tmp_path):
+    # The old BoTorch samplers modelled trainable parameters too and optimised a relaxed
+    # space: they kept proposing the head-only candidate, each re-proposal replaced by a
+    # random one. The pool holds only unseen candidates within the parameter budget.
+    study = Study(config("pool", "qnehvi", halving=False), root=tmp_path)
+    run_local(study, 16, runner=blackbox.for_study(study), progress=False)
+    sampler = study.optuna.sampler
+    assert sampler.fits == sampler.proposals == 11 and sampler.failures == 0
+    assert not [t for t in study.optuna.trials if t.user_attrs.get("reused")]
+    keys = [r.candidate.key() for _, r in study.results()]
+    assert len(keys) == len(set(keys)) == 16
+    bo = [r for n, r in study.results() if n >= 5]
+    assert all(r.status is TrialStatus.COMPLETE for r in bo)
 
-    from autopeft.search import samplers
+
+def test_known_objectives_are_exact_and_memory_is_calibrated(tmp_path):
+    from autopeft.search.pool import calibrate
+
+    study = Study(config("exact", "qnehvi", halving=False), root=tmp_path)
+    run_local(study, 8, runner=blackbox.for_study(study), progress=False)
+    done = [t for t in study.optuna.trials if t.state is TrialState.COMPLETE]
+    done = [t for t in done if t.constraints["budget"] <= 0]
+    cands = [study.oracle.candidate(t.params) for t in done]
+    signs = [1.0, -1.0, -1.0]  # accuracy up, parameters and memory down
+    exact = study.optuna.sampler._exact_values(done, cands, [1, 2], signs)
+    for t, row in zip(done, exact.tolist()):
+        assert row == pytest.approx([-t.values[1], -t.values[2]], rel=1e-9)
+    # A predictor off by a factor and an offset is mapped onto the measurements.
+    assert calibrate([100.0, 200.0, 400.0], [260.0, 460.0, 860.0]) == pytest.approx((2.0, 60.0))
+    assert calibrate([100.0, 200.0], [150.0, 300.0]) == pytest.approx((1.5, 0.0))
+    assert calibrate([], []) == (1.0, 0.0)
+
+
+def test_saas_batches_serve_q_proposals_per_fit_and_running_trials_are_pending(
+    tmp_path, monkeypatch
+):
+    from autopeft.search import pool
 
     calls = []
+    choose = pool.choose
 
-    def fake_fit(train_x, train_obj, train_con, bounds, pending_x, q=1):
-        calls.append((len(train_x), bounds.shape[1], q))
-        return torch.rand(q, bounds.shape[1], dtype=torch.float64)
+    def spy(x_train, y_train, x_pending, x_pool, exact, q, surrogate):
+        calls.append((len(x_train), None if x_pending is None else len(x_pending), q, surrogate))
+        return choose(x_train, y_train, x_pending, x_pool, exact, q, "gp")  # no NUTS: fast
 
-    monkeypatch.setattr(samplers, "saas_qnehvi_candidates_func", fake_fit)
-    batches = samplers.BatchedCandidates(q=4)
-    bounds = torch.tensor([[0.0] * 3, [1.0] * 3], dtype=torch.float64)
-    x, y = torch.rand(10, 3, dtype=torch.float64), torch.rand(10, 2, dtype=torch.float64)
-    shapes = [tuple(batches(x, y, None, bounds, None).shape) for _ in range(6)]
-    assert shapes == [(1, 3)] * 6 and batches.fits == 2 and calls[0] == (10, 3, 4)
-    # Optuna's relative space shrank (conditional parameters): the rest of the batch is void.
-    wider = torch.tensor([[0.0] * 5, [1.0] * 5], dtype=torch.float64)
-    out = batches(torch.rand(12, 5, dtype=torch.float64), y, None, wider, None)
-    assert out.shape == (1, 5) and batches.fits == 3 and batches.proposals == 7
-    assert len(batches.queue) == 3
+    monkeypatch.setattr(pool, "choose", spy)
+    study = Study(config("batches", "autopeft", halving=False), root=tmp_path)
+    run_local(study, 13, runner=blackbox.for_study(study), progress=False)
+    assert [c[2:] for c in calls] == [(4, "saas")] * 2 and study.optuna.sampler.proposals == 8
+    _, first = study.ask()  # a third fit; the trial stays running (training elsewhere)
+    assert calls[-1][1] is None and len(study.optuna.sampler.queue) == 3
+    _, queued = study.ask()  # the batch's next proposal, no fit
+    study.optuna.sampler.queue.clear()
+    _, third = study.ask()  # a fourth fit, with both running trials pending
+    assert len(calls) == 4 and calls[-1][:2] == (12, 2)  # 12 feasible trials
+    known = {r.candidate.key() for _, r in study.results()}
+    assert len({first.key(), queued.key(), third.key()} | known) == 16
 
 
-def test_a_failing_bo_proposal_becomes_a_random_one():
-    import torch
-
-    from autopeft.search.samplers import RandomOnFailure
+def test_a_failing_bo_proposal_becomes_a_random_one(tmp_path, monkeypatch):
+    from autopeft.search import pool
 
     def broken(*args):
         raise ValueError("NaN gradients")
 
-    wrapped = RandomOnFailure(broken)
-    bounds = torch.tensor([[0.0, -2.0], [1.0, 2.0]], dtype=torch.float64)
+    monkeypatch.setattr(pool, "choose", broken)
+    study = Study(config("broken", "qnehvi", halving=False), root=tmp_path)
     with pytest.warns(RuntimeWarning, match="NaN gradients"):
-        out = wrapped(torch.rand(7, 2), None, None, bounds, None)
-    assert out.shape == (1, 2) and wrapped.failures == 1
-    assert bool(((out >= bounds[0]) & (out <= bounds[1])).all())
+        run_local(study, 7, runner=blackbox.for_study(study), progress=False)
+    assert study.optuna.sampler.failures == 2 and study.n_done() == 7
+    assert all(set(t.params) == set(study.optuna.trials[0].params) for t in study.optuna.trials)
 
 
 def test_reproposed_candidates_reuse_results_and_do_not_count(tmp_path):

@@ -94,6 +94,7 @@ def run_local(
     ``halving`` overrides the study's ``halving.enabled``.
     """
     runner = runner or TrainingRunner.for_study(study)
+    study.oracle.predict = runner.budget  # the BO samplers' exact parameters and memory
     cfg, hcfg = study.config.training, study.config.halving
     enabled = hcfg.enabled if halving is None else halving
     rule = HalvingRule.from_config(hcfg) if enabled else None

@@ -244,7 +244,7 @@ def run_ray(
             log_to_driver=False,
             ignore_reinit_error=True,
         )
-    budget = _driver_budget(study)
+    budget = study.driver_budget
     gpus = (
         _gpu_fraction(study, budget, cpus_per_trial) if gpus_per_trial is None else gpus_per_trial
     )
@@ -286,28 +286,6 @@ def run_ray(
         if display:
             display.close()
     return study
-
-
-def _driver_budget(study: Study):
-    """Exact params and predicted memory (at the task's max length) on the driver.
-
-    The driver loads no model or data; the workers check the budget again on the real data
-    (``run_trial``), which is what decides INFEASIBLE.
-    """
-    from autopeft import methods
-    from autopeft.core.memory import predict_memory
-    from autopeft.core.resolve import candidate_params
-
-    cfg = study.config
-
-    def budget(candidate: Candidate) -> tuple[int, float, str | None]:
-        params = candidate_params(candidate, study.profile, methods.registry())
-        pred = predict_memory(
-            study.profile, candidate, params, cfg.training.batch_size, cfg.task.max_length
-        ).total_mb
-        return params, pred, None
-
-    return budget
 
 
 MAX_TRIALS_PER_GPU = 16

@@ -21,11 +21,13 @@ from optuna.trial import TrialState
 
 from autopeft import methods
 from autopeft.core.candidate import Candidate
+from autopeft.core.memory import predict_memory
 from autopeft.core.pareto import hypervolume, pareto_front
 from autopeft.core.profile import ModelProfile, load_profile, profile_from_config
-from autopeft.core.resolve import ResolvedSpace
+from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.study_config import METRICS, StudyConfig
+from autopeft.search.pool import Oracle
 from autopeft.search.samplers import make_sampler, repeat_patience
 
 RESULT_ATTR = "result"
@@ -91,17 +93,34 @@ class Study:
         self.space = ResolvedSpace(config.search_space, self.profile, methods.registry())
         self.metrics = [o.metric for o in config.objectives]
         self.directions = [o.direction for o in config.objectives]
+        #: What the BO samplers know of a candidate untrained; executors with a runner set
+        #: ``oracle.predict`` to its budget check (the real sequence length and device).
+        self.oracle = Oracle(self.space, self.profile, config.search_space.budget)
+        self.oracle.predict = self.driver_budget
         self.optuna = optuna.create_study(
             study_name=config.name,
             storage=self._storage(),
             directions=self.directions,
-            sampler=make_sampler(config.sampler),
+            sampler=make_sampler(config.sampler, self.oracle, self.metrics),
             load_if_exists=True,
         )
         snapshot = config.model_dump_json()
         if CONFIG_ATTR not in self.optuna.user_attrs:
             self.optuna.set_user_attr(CONFIG_ATTR, json.loads(snapshot))
             (self.folder / "study.json").write_text(snapshot)
+
+    def driver_budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
+        """Exact parameters and predicted memory (at the task's max length) on the driver.
+
+        The driver loads no model or data, so it leaves the memory budget to the trial's own
+        check on the real data (``run_trial``), which is what decides INFEASIBLE.
+        """
+        params = candidate_params(candidate, self.profile, methods.registry())
+        cfg = self.config
+        pred = predict_memory(
+            self.profile, candidate, params, cfg.training.batch_size, cfg.task.max_length
+        ).total_mb
+        return params, pred, None
 
     @property
     def shared(self) -> bool:

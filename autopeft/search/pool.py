@@ -1,0 +1,377 @@
+"""Bayesian optimisation over a pool of unseen candidates, with the known objectives exact.
+
+The ``qnehvi`` and ``autopeft`` samplers. A GP (a SAAS fully Bayesian one for ``autopeft``,
+as in the AutoPEFT paper) models only what training measures -- the task metric, wall time.
+Trainable parameters are exact before training (the method formulas) and memory is the memory
+model's prediction, calibrated on the study's measurements, so neither is modelled: qLogNEHVI
+runs over a :class:`botorch.models.model.ModelList` of the GPs and a deterministic model.
+
+The acquisition is maximised over a pool of *distinct candidates not yet proposed* -- random
+draws of the space plus mutations of the current front -- rather than over a continuous
+relaxation of the encoded parameters. Why: with every objective a GP over the relaxed space,
+qNEHVI kept choosing points that decode to the head-only candidate (every layer off, so any
+sizes), whose parameter count it could not know is exactly the one already seen; ~58 of the
+61 trials after the start-up of a 200-trial protocol run were random replacements of such
+re-proposals (bench/results/search_cost_protocol_160_partial.md). A pool of unseen candidates
+cannot re-propose, and over-budget candidates are left out of it.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study as OptunaStudy
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft import methods
+from autopeft.core.candidate import Candidate
+from autopeft.core.profile import ModelProfile
+from autopeft.core.resolve import RandomSuggest, ResolvedSpace, candidate_params
+from autopeft.core.space import Budget
+
+#: Exact parameters, predicted memory (MiB) and an over-budget reason (or None).
+Predictor = Callable[[Candidate], tuple[int, float, str | None]]
+#: Objectives computed from the predictor rather than modelled.
+MEMORY_METRICS = ("peak_memory", "predicted_memory")
+EXACT_METRICS = ("trainable_params", *MEMORY_METRICS)
+#: Random draws and mutations of the front per fit (before de-duplication).
+POOL_RANDOM, POOL_MUTANTS = 1024, 512
+
+
+class FixedSuggest:
+    """A :class:`~autopeft.core.resolve.Suggest` that replays recorded parameter values."""
+
+    def __init__(self, params: dict[str, Any]):
+        self.params = params
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        """The recorded integer."""
+        return self.params[name]
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        """The recorded real."""
+        return self.params[name]
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        """The recorded choice."""
+        return self.params[name]
+
+
+class Oracle:
+    """What a sampler can know of a candidate without training it.
+
+    ``predict`` is the executor's budget check (exact parameters, predicted memory, over-budget
+    reason); the study starts with a driver-side one and the local executor replaces it with
+    its runner's, which predicts at the task's real sequence length and device.
+    """
+
+    def __init__(self, space: ResolvedSpace, profile: ModelProfile, budget: Budget):
+        self.space, self.profile, self.budget = space, profile, budget
+        self.predict: Predictor | None = None
+
+    def draw(self, rng: random.Random) -> dict[str, Any]:
+        """Every parameter of a uniformly random candidate."""
+        suggest = RandomSuggest()
+        suggest.rng = rng
+        self.space.sample(suggest)
+        return suggest.params
+
+    def candidate(self, params: dict[str, Any]) -> Candidate:
+        """The candidate that ``params`` (a full assignment) decode to."""
+        return self.space.sample(FixedSuggest(params))
+
+    def known(self, candidate: Candidate) -> tuple[int, float | None, bool]:
+        """Exact parameters, predicted memory (None without a predictor), within budget."""
+        memory, over = None, None
+        if self.predict is not None:
+            params, memory, over = self.predict(candidate)
+        else:
+            params = candidate_params(candidate, self.profile, methods.registry())
+        limit = self.budget.param_limit(self.profile.base_params)
+        return params, memory, over is None and (limit is None or params <= limit)
+
+
+def calibrate(predicted: list[float], measured: list[float]) -> tuple[float, float]:
+    """Least-squares ``measured ~ a * predicted + b`` (a ratio with fewer than 3 points)."""
+    n = len(predicted)
+    if n == 0:
+        return 1.0, 0.0
+    mean_p, mean_m = sum(predicted) / n, sum(measured) / n
+    var = sum((p - mean_p) ** 2 for p in predicted)
+    if n < 3 or var <= 1e-12 * max(1.0, mean_p**2):
+        return (mean_m / mean_p if mean_p else 1.0), 0.0
+    a = sum((p - mean_p) * (m - mean_m) for p, m in zip(predicted, measured)) / var
+    return a, mean_m - a * mean_p
+
+
+class PoolSampler(BaseSampler):
+    """qLogNEHVI over unseen candidates: GPs for measured objectives, exact for known ones.
+
+    Args:
+        oracle: the space, profile and budget of the study (and its executor's predictor).
+        metrics: the study's objective metrics, in order.
+        surrogate: ``saas`` (fully Bayesian SAAS GP fitted by NUTS) or ``gp`` (a single-task
+            GP fitted by maximum likelihood).
+        q: proposals per fit (a greedy q-batch, each conditioned on those before it).
+        n_startup_trials: random trials (completed or running) before the first fit.
+        seed: seeds the random start-up, the pools and the fits.
+    """
+
+    def __init__(
+        self,
+        oracle: Oracle,
+        metrics: list[str],
+        surrogate: str = "gp",
+        q: int = 1,
+        n_startup_trials: int = 10,
+        seed: int | None = None,
+    ):
+        self.oracle, self.metrics, self.surrogate, self.q = oracle, metrics, surrogate, q
+        self.n_startup_trials, self.seed = n_startup_trials, seed
+        self._random = RandomSampler(seed=seed)
+        self.queue: list[dict[str, Any]] = []
+        self.fits = self.proposals = self.failures = 0
+
+    def reseed_rng(self) -> None:
+        """Reseed the random fallback (Optuna calls this for forked workers)."""
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: OptunaStudy, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        """Every parameter finished trials share (all of them: see core/resolve.py)."""
+        return optuna.search_space.intersection_search_space(
+            study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        )
+
+    def sample_independent(
+        self,
+        study: OptunaStudy,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        """Uniformly random: the start-up trials, and any proposal the model could not make."""
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def sample_relative(
+        self, study: OptunaStudy, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        """The next model-based proposal ({} during the start-up or if the model failed)."""
+        if not search_space:
+            return {}
+        trials = study.get_trials(deepcopy=False)
+        live = [t for t in trials if t.number != trial.number]
+        if sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING) for t in live) < (
+            self.n_startup_trials
+        ):
+            return {}
+        taken = {
+            self.oracle.candidate(t.params).key()
+            for t in live
+            if t.state != TrialState.FAIL and set(search_space) <= set(t.params)
+        }
+        while self.queue:  # the rest of the last fit's batch, unless taken meanwhile
+            params = self.queue.pop(0)
+            fits = set(params) == set(search_space)
+            if fits and self.oracle.candidate(params).key() not in taken:
+                self.proposals += 1
+                return params
+        try:
+            self.queue = self._fit_and_choose(study, live, search_space, taken)
+        except Exception as err:  # noqa: BLE001 -- a numerical BO failure costs one proposal
+            self.failures += 1
+            warnings.warn(
+                f"model-based proposal failed ({type(err).__name__}: {err}); "
+                "a random proposal replaces it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return {}
+        if not self.queue:  # every candidate of the pool is known: let random search try
+            return {}
+        self.fits += 1
+        self.proposals += 1
+        return self.queue.pop(0)
+
+    # -- the fit ------------------------------------------------------------------------------
+
+    def _fit_and_choose(self, study, live, search_space, taken) -> list[dict[str, Any]]:
+        import torch
+        from botorch.utils.sampling import manual_seed
+        from optuna._transform import _SearchSpaceTransform
+
+        from autopeft.core.pareto import pareto_front
+
+        def complete(t: FrozenTrial) -> bool:
+            return set(search_space) <= set(t.params)
+
+        train, seen = [], set()
+        for t in live:  # re-proposed (reused) trials repeat a candidate: keep one each
+            feasible = all(v <= 0 for v in (t.constraints or {}).values())
+            if t.state == TrialState.COMPLETE and feasible and complete(t):
+                key = self.oracle.candidate(t.params).key()
+                if key not in seen:
+                    seen.add(key)
+                    train.append(t)
+        if len(train) < 2:
+            return []
+        running = [t.params for t in live if t.state == TrialState.RUNNING and complete(t)]
+        draws = 0 if self.seed is None else self.seed * 1_000_003 + len(live)
+        rng = random.Random(draws)
+        signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+        values = [[s * v for s, v in zip(signs, t.values)] for t in train]
+        parents = [train[i].params for i in pareto_front(values, ["maximize"] * len(signs))]
+        pool = self._pool(rng, parents, list(search_space), taken)
+        if not pool:
+            return []
+        exact = [i for i, m in enumerate(self.metrics) if m in EXACT_METRICS]
+        modelled = [i for i in range(len(self.metrics)) if i not in exact]
+        if not modelled:
+            raise ValueError("no measured objective to model (every objective is exact)")
+        cands = [self.oracle.candidate(p) for p in [t.params for t in train] + running]
+        exact_values = self._exact_values(train, cands + [c for _, c in pool], exact, signs)
+
+        trans = _SearchSpaceTransform(search_space)
+        bounds = torch.from_numpy(trans.bounds).T
+        span = (bounds[1] - bounds[0]).clamp_min(1e-12)
+
+        def encode(rows: list[dict[str, Any]]) -> torch.Tensor:
+            x = torch.from_numpy(numpy.array([trans.transform(p) for p in rows], dtype=float))
+            return ((x - bounds[0]) / span).reshape(len(rows), len(bounds[0]))
+
+        with manual_seed(draws % 2**31):
+            chosen = choose(
+                encode([t.params for t in train]),
+                torch.tensor(values, dtype=torch.float64)[:, modelled],
+                encode(running) if running else None,
+                encode([p for p, _ in pool]),
+                exact_values,
+                min(self.q, len(pool)),
+                self.surrogate,
+            )
+        return [pool[i][0] for i in chosen]
+
+    def _pool(self, rng, parents, names, taken) -> list[tuple[dict[str, Any], Candidate]]:
+        """Distinct, within-budget candidates not yet taken: random draws and front mutants."""
+        rows = [self.oracle.draw(rng) for _ in range(POOL_RANDOM)]
+        for _ in range(POOL_MUTANTS if parents else 0):
+            child, donor = dict(rng.choice(parents)), self.oracle.draw(rng)
+            for name in rng.sample(names, k=min(len(names), rng.choice((1, 1, 2, 3)))):
+                child[name] = donor[name]
+            rows.append(child)
+        out, keys = [], set(taken)
+        for params in rows:
+            if set(params) != set(names):
+                continue
+            candidate = self.oracle.candidate(params)
+            key = candidate.key()
+            if key not in keys:
+                keys.add(key)
+                if self.oracle.known(candidate)[2]:
+                    out.append((params, candidate))
+        return out
+
+    def _exact_values(self, train, cands, exact, signs):
+        """Exact objectives (maximising signs) of ``cands``: training rows first.
+
+        Memory is the predictor's, mapped onto the study's measurements by a linear fit (the
+        identity when they are the predictions themselves).
+        """
+        import torch
+
+        known = [self.oracle.known(c) for c in cands]
+        cols = []
+        for i in exact:
+            metric = self.metrics[i]
+            if metric == "trainable_params":
+                col = [float(k[0]) for k in known]
+            else:
+                predicted = [k[1] for k in known]
+                if None in predicted:
+                    raise ValueError(f"{metric} needs a memory predictor")
+                measured = [t.values[i] for t in train]
+                a, b = calibrate(predicted[: len(train)], measured)
+                col = [a * p + b for p in predicted]
+            cols.append([signs[i] * v for v in col])
+        return torch.tensor(cols, dtype=torch.float64).T.reshape(len(cands), len(exact))
+
+
+def choose(x_train, y_train, x_pending, x_pool, exact, q, surrogate) -> list[int]:
+    """Indices of ``q`` pool rows maximising qLogNEHVI (greedy, each conditioned on the last).
+
+    Args:
+        x_train: encoded training candidates in [0, 1]^d.
+        y_train: their measured objectives (maximised), one column per GP.
+        x_pending: encoded running trials, or None.
+        x_pool: encoded pool candidates.
+        exact: exact objectives (maximised) of the training, pending and pool rows, in order.
+        q: proposals wanted.
+        surrogate: ``saas`` or ``gp``.
+    """
+    import torch
+    from botorch.acquisition.multi_objective.logei import (
+        qLogNoisyExpectedHypervolumeImprovement,
+    )
+    from botorch.models.deterministic import GenericDeterministicModel
+    from botorch.models.model import ModelList
+    from botorch.optim import optimize_acqf_discrete
+
+    parts = [x_train] + ([x_pending] if x_pending is not None else []) + [x_pool]
+    table = torch.cat(parts)
+
+    def lookup(x: torch.Tensor) -> torch.Tensor:
+        # The acquisition only sees training, pending and pool rows: read their exact values.
+        flat = x.reshape(-1, x.shape[-1])
+        index = torch.cdist(flat, table).argmin(dim=-1)
+        return exact[index].reshape(*x.shape[:-1], exact.shape[-1])
+
+    models = [fit_gp(x_train, y_train[:, i : i + 1], surrogate) for i in range(y_train.shape[1])]
+    if exact.shape[-1]:
+        models.append(GenericDeterministicModel(lookup, num_outputs=exact.shape[-1]))
+    observed = torch.cat([y_train, exact[: len(x_train)]], dim=-1)
+    acqf = qLogNoisyExpectedHypervolumeImprovement(
+        model=ModelList(*models),
+        ref_point=(observed.min(dim=0).values - 1e-8).tolist(),
+        X_baseline=x_train,
+        prune_baseline=True,
+        X_pending=x_pending,
+    )
+    chosen, _ = optimize_acqf_discrete(acqf, q=q, choices=x_pool, max_batch_size=256, unique=True)
+    return torch.cdist(chosen, x_pool).argmin(dim=-1).tolist()
+
+
+def fit_gp(x, y, surrogate: str):
+    """A GP of one outcome: SAAS by NUTS (small MCMC budget: trials are the expensive part)."""
+    from botorch.models.transforms.outcome import Standardize
+
+    if surrogate == "saas":
+        from botorch.fit import fit_fully_bayesian_model_nuts
+        from botorch.models.fully_bayesian import SaasFullyBayesianSingleTaskGP
+
+        gp = SaasFullyBayesianSingleTaskGP(x, y, outcome_transform=Standardize(m=1))
+        fit_fully_bayesian_model_nuts(
+            gp, warmup_steps=64, num_samples=32, thinning=8, disable_progbar=True
+        )
+        # NUTS runs in JAX, which compiles afresh for every history length and keeps each
+        # executable mapped: ~2,900 memory mappings per fit exhaust vm.max_map_count (65,530)
+        # after ~22 fits and the process dies (bench/search_cost.py did). The GP is torch.
+        import jax
+
+        jax.clear_caches()
+        return gp
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    gp = SingleTaskGP(x, y, outcome_transform=Standardize(m=1))
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+    return gp

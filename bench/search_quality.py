@@ -436,6 +436,7 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true", help="also run the TPE variants")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="search_quality", help="result files' name")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -481,11 +482,11 @@ def main() -> None:
     meta["verdict"] = verdict(rows)
     meta["notes"] = observations(rows, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search_quality.json").write_text(
+    (args.out / f"{args.name}.json").write_text(
         json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=1)
     )
-    (args.out / "search_quality.md").write_text(markdown(rows, meta))
-    figure(runs, args.out / "search_quality.html")
+    (args.out / f"{args.name}.md").write_text(markdown(rows, meta))
+    figure(runs, args.out / f"{args.name}.html")
     print(markdown(rows, meta))
 
 

@@ -341,8 +341,8 @@ def observations(rows: list[dict], args) -> list[str]:
         if r["label"] == "qnehvi" and r["halving"]:
             out.append(
                 f"{where}: {r['complete']:.1f} of {r['trials']} trials complete on average; "
-                f"BoTorch counts only complete trials towards its 10 start-up trials, so most "
-                f"proposals are random."
+                f"the BO counts complete and running trials, not pruned ones, towards its 10 "
+                f"start-up trials and fits the complete ones only."
             )
         if r["reused"] >= 0.2 * r["trials"]:
             out.append(

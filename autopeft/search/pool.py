@@ -31,10 +31,9 @@ from optuna.study import Study as OptunaStudy
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from autopeft import methods
 from autopeft.core.candidate import Candidate
 from autopeft.core.profile import ModelProfile
-from autopeft.core.resolve import RandomSuggest, ResolvedSpace, candidate_params
+from autopeft.core.resolve import RandomSuggest, ResolvedSpace
 from autopeft.core.space import Budget
 
 #: Exact parameters, predicted memory (MiB) and an over-budget reason (or None).
@@ -73,9 +72,10 @@ class Oracle:
     its runner's, which predicts at the task's real sequence length and device.
     """
 
-    def __init__(self, space: ResolvedSpace, profile: ModelProfile, budget: Budget):
-        self.space, self.profile, self.budget = space, profile, budget
-        self.predict: Predictor | None = None
+    def __init__(
+        self, space: ResolvedSpace, profile: ModelProfile, budget: Budget, predict: Predictor
+    ):
+        self.space, self.profile, self.budget, self.predict = space, profile, budget, predict
 
     def draw(self, rng: random.Random) -> dict[str, Any]:
         """Every parameter of a uniformly random candidate."""
@@ -88,13 +88,13 @@ class Oracle:
         """The candidate that ``params`` (a full assignment) decode to."""
         return self.space.sample(FixedSuggest(params))
 
-    def known(self, candidate: Candidate) -> tuple[int, float | None, bool]:
-        """Exact parameters, predicted memory (None without a predictor), within budget."""
-        memory, over = None, None
-        if self.predict is not None:
-            params, memory, over = self.predict(candidate)
-        else:
-            params = candidate_params(candidate, self.profile, methods.registry())
+    def known(self, candidate: Candidate) -> tuple[int, float, bool]:
+        """Exact parameters, predicted memory, and whether the candidate is within budget.
+
+        The parameter limit is checked here too: a driver-side predictor leaves the budget
+        to the trial (:meth:`autopeft.search.study.Study.driver_budget`).
+        """
+        params, memory, over = self.predict(candidate)
         limit = self.budget.param_limit(self.profile.base_params)
         return params, memory, over is None and (limit is None or params <= limit)
 
@@ -225,7 +225,8 @@ class PoolSampler(BaseSampler):
         if len(train) < 2:
             return []
         running = [t.params for t in live if t.state == TrialState.RUNNING and complete(t)]
-        draws = 0 if self.seed is None else self.seed * 1_000_003 + len(live)
+        # Seeded studies draw the same pools and fits on a rerun; unseeded ones differ.
+        draws = random.randrange(2**31) if self.seed is None else self.seed * 1_000_003 + len(live)
         rng = random.Random(draws)
         signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
         values = [[s * v for s, v in zip(signs, t.values)] for t in train]
@@ -296,8 +297,6 @@ class PoolSampler(BaseSampler):
                 col = [float(k[0]) for k in known]
             else:
                 predicted = [k[1] for k in known]
-                if None in predicted:
-                    raise ValueError(f"{metric} needs a memory predictor")
                 measured = [t.values[i] for t in train]
                 a, b = calibrate(predicted[: len(train)], measured)
                 col = [a * p + b for p in predicted]

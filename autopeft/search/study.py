@@ -95,8 +95,9 @@ class Study:
         self.directions = [o.direction for o in config.objectives]
         #: What the BO samplers know of a candidate untrained; executors with a runner set
         #: ``oracle.predict`` to its budget check (the real sequence length and device).
-        self.oracle = Oracle(self.space, self.profile, config.search_space.budget)
-        self.oracle.predict = self.driver_budget
+        self.oracle = Oracle(
+            self.space, self.profile, config.search_space.budget, self.driver_budget
+        )
         self.optuna = optuna.create_study(
             study_name=config.name,
             storage=self._storage(),

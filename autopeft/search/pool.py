@@ -174,11 +174,13 @@ class PoolSampler(BaseSampler):
             self.n_startup_trials
         ):
             return {}
-        taken = {
-            self.oracle.candidate(t.params).key()
+        # Each trial's candidate, decoded once per ask (failed trials may be retried).
+        decoded = {
+            t.number: self.oracle.candidate(t.params)
             for t in live
             if t.state != TrialState.FAIL and set(search_space) <= set(t.params)
         }
+        taken = {c.key() for c in decoded.values()}
         while self.queue:  # the rest of the last fit's batch, unless taken meanwhile
             params = self.queue.pop(0)
             fits = set(params) == set(search_space)
@@ -186,7 +188,7 @@ class PoolSampler(BaseSampler):
                 self.proposals += 1
                 return params
         try:
-            self.queue = self._fit_and_choose(study, live, search_space, taken)
+            self.queue = self._fit_and_choose(study, live, decoded, search_space, taken)
         except Exception as err:  # noqa: BLE001 -- a numerical BO failure costs one proposal
             self.failures += 1
             warnings.warn(
@@ -204,27 +206,24 @@ class PoolSampler(BaseSampler):
 
     # -- the fit ------------------------------------------------------------------------------
 
-    def _fit_and_choose(self, study, live, search_space, taken) -> list[dict[str, Any]]:
+    def _fit_and_choose(self, study, live, decoded, search_space, taken) -> list[dict[str, Any]]:
         import torch
         from botorch.utils.sampling import manual_seed
         from optuna._transform import _SearchSpaceTransform
 
         from autopeft.core.pareto import pareto_front
 
-        def complete(t: FrozenTrial) -> bool:
-            return set(search_space) <= set(t.params)
-
         train, seen = [], set()
         for t in live:  # re-proposed (reused) trials repeat a candidate: keep one each
             feasible = all(v <= 0 for v in (t.constraints or {}).values())
-            if t.state == TrialState.COMPLETE and feasible and complete(t):
-                key = self.oracle.candidate(t.params).key()
+            if t.state == TrialState.COMPLETE and feasible and t.number in decoded:
+                key = decoded[t.number].key()
                 if key not in seen:
                     seen.add(key)
                     train.append(t)
         if len(train) < 2:
             return []
-        running = [t.params for t in live if t.state == TrialState.RUNNING and complete(t)]
+        running = [t for t in live if t.state == TrialState.RUNNING and t.number in decoded]
         # Seeded studies draw the same pools and fits on a rerun; unseeded ones differ.
         draws = random.randrange(2**31) if self.seed is None else self.seed * 1_000_003 + len(live)
         rng = random.Random(draws)
@@ -238,7 +237,7 @@ class PoolSampler(BaseSampler):
         modelled = [i for i in range(len(self.metrics)) if i not in exact]
         if not modelled:
             raise ValueError("no measured objective to model (every objective is exact)")
-        cands = [self.oracle.candidate(p) for p in [t.params for t in train] + running]
+        cands = [decoded[t.number] for t in train + running]
         exact_values = self._exact_values(train, cands + [c for _, c in pool], exact, signs)
 
         trans = _SearchSpaceTransform(search_space)
@@ -253,7 +252,7 @@ class PoolSampler(BaseSampler):
             chosen = choose(
                 encode([t.params for t in train]),
                 torch.tensor(values, dtype=torch.float64)[:, modelled],
-                encode(running) if running else None,
+                encode([t.params for t in running]) if running else None,
                 encode([p for p, _ in pool]),
                 exact_values,
                 min(self.q, len(pool)),

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 #: What the device image lacks of autopeft's (and ray[tune]'s) dependency closure, found by
 #: walking the requirements of this venv against the image's package list (KINDS.md). Not
-#: shipped: plotly, optuna-integration, optuna-dashboard — the benchmarks never import them.
+#: shipped: plotly, optuna-dashboard — the benchmarks never import them.
 MISSING = (
     "alembic annotated-types colorlog jsonschema jsonschema-specifications mako optuna "
     "pydantic pydantic-core ray referencing rpds-py sqlalchemy tensorboardx typing-inspection"

@@ -191,6 +191,25 @@ def test_study_errors(tmp_path):
     assert "did you mean 'trainable_params'" in str(info.value)
 
 
+@pytest.mark.parametrize("sampler", ["qnehvi", "autopeft"])
+def test_a_model_based_sampler_needs_a_measured_objective(sampler):
+    study = {
+        "name": "known",
+        "search_space": {"modules": {"lora": {}}},
+        "objectives": "-trainable_params, -peak_memory",
+        "sampler": sampler,
+    }
+    with pytest.raises(ConfigError) as info:
+        api.study_from_dict(study)
+    (problem,) = info.value.problems
+    text = problem.render()
+    assert text.startswith(f"- sampler.name: sampler {sampler!r} needs a measured objective"), text
+    assert "trainable_params, peak_memory" in text and "Hint: add a task metric" in text
+    # One measured objective (here wall time) is enough, and TPE needs none.
+    api.study_from_dict({**study, "objectives": "-trainable_params, -wall_time"})
+    api.study_from_dict({**study, "sampler": "tpe"})
+
+
 def _cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "autopeft.cli", *args], capture_output=True, text=True, cwd=cwd

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autopeft.core.errors import RuleError, did_you_mean
 from autopeft.core.space import SearchSpace
@@ -21,6 +21,11 @@ METRICS = {
     "wall_time": "minimize",
 }
 SAMPLERS = ("random", "tpe", "nsga2", "gp", "qnehvi", "autopeft")
+#: Objectives known before training: the method formulas give the parameters, the memory model
+#: the memory (calibrated on the study's measurements by the pool samplers).
+KNOWN_METRICS = ("trainable_params", "peak_memory", "predicted_memory")
+#: Samplers that model only the measured objectives and need at least one.
+POOL_SAMPLERS = ("qnehvi", "autopeft")
 
 
 class _Section(BaseModel):
@@ -180,3 +185,16 @@ class StudyConfig(_Section):
     @classmethod
     def _sampler(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _sampler_has_something_to_model(self) -> StudyConfig:
+        names = [o.metric for o in self.objectives]
+        if self.sampler.name in POOL_SAMPLERS and all(n in KNOWN_METRICS for n in names):
+            raise RuleError(
+                f"sampler {self.sampler.name!r} needs a measured objective to model, "
+                f"but every objective is known before training: {', '.join(names)}",
+                "add a task metric (accuracy, f1, mcc) or wall_time to objectives, "
+                "or use sampler 'tpe' or 'random'",
+                path="sampler.name",
+            )
+        return self

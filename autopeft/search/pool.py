@@ -35,12 +35,10 @@ from autopeft.core.candidate import Candidate
 from autopeft.core.profile import ModelProfile
 from autopeft.core.resolve import RandomSuggest, ResolvedSpace
 from autopeft.core.space import Budget
+from autopeft.core.study_config import KNOWN_METRICS
 
 #: Exact parameters, predicted memory (MiB) and an over-budget reason (or None).
 Predictor = Callable[[Candidate], tuple[int, float, str | None]]
-#: Objectives computed from the predictor rather than modelled.
-MEMORY_METRICS = ("peak_memory", "predicted_memory")
-EXACT_METRICS = ("trainable_params", *MEMORY_METRICS)
 #: Random draws and mutations of the front per fit (before de-duplication).
 POOL_RANDOM, POOL_MUTANTS = 1024, 512
 
@@ -233,7 +231,7 @@ class PoolSampler(BaseSampler):
         pool = self._pool(rng, parents, list(search_space), taken)
         if not pool:
             return []
-        exact = [i for i, m in enumerate(self.metrics) if m in EXACT_METRICS]
+        exact = [i for i, m in enumerate(self.metrics) if m in KNOWN_METRICS]
         modelled = [i for i in range(len(self.metrics)) if i not in exact]
         if not modelled:
             raise ValueError("no measured objective to model (every objective is exact)")

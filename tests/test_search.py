@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autopeft import api
+from autopeft.core.halving import rung_steps
 from autopeft.core.result import TrialStatus
 from autopeft.search import blackbox
 from autopeft.search.local import run_local
@@ -123,9 +124,9 @@ def test_saas_batches_serve_q_proposals_per_fit_and_running_trials_are_pending(
     calls = []
     choose = pool.choose
 
-    def spy(x_train, y_train, x_pending, x_pool, exact, q, surrogate):
+    def spy(x_train, y_train, x_pending, x_pool, exact, q, surrogate, fidelity=None):
         calls.append((len(x_train), None if x_pending is None else len(x_pending), q, surrogate))
-        return choose(x_train, y_train, x_pending, x_pool, exact, q, "gp")  # no NUTS: fast
+        return choose(x_train, y_train, x_pending, x_pool, exact, q, "gp", fidelity)  # no NUTS
 
     monkeypatch.setattr(pool, "choose", spy)
     study = Study(config("batches", "autopeft", halving=False), root=tmp_path)
@@ -139,6 +140,44 @@ def test_saas_batches_serve_q_proposals_per_fit_and_running_trials_are_pending(
     assert len(calls) == 4 and calls[-1][:2] == (12, 2)  # 12 feasible trials
     known = {r.candidate.key() for _, r in study.results()}
     assert len({first.key(), queued.key(), third.key()} | known) == 16
+
+
+def test_bo_under_halving_fits_pruned_trials_at_their_rung(tmp_path, monkeypatch):
+    # Halving prunes most trials: the BO counts them in its start-up and fits their rung
+    # accuracy with the fraction of training they ran as an input, instead of ignoring them.
+    from autopeft.search import pool
+
+    fits = []
+    choose = pool.choose
+
+    def spy(x_train, y_train, x_pending, x_pool, exact, q, surrogate, fidelity=None):
+        fits.append((x_train.shape, y_train[:, 0].tolist(), fidelity.tolist()))
+        return choose(x_train, y_train, x_pending, x_pool, exact, q, surrogate, fidelity)
+
+    monkeypatch.setattr(pool, "choose", spy)
+    study = Study(config("bo-halving", "qnehvi"), root=tmp_path)
+    run_local(study, 16, runner=blackbox.for_study(study), progress=False)
+    trials = study.optuna.trials
+    pruned = [t for t in trials if t.state is TrialState.PRUNED]
+    complete = [
+        t for t in trials if t.state is TrialState.COMPLETE and t.constraints["budget"] <= 0
+    ]
+    assert pruned and complete
+    # The start-up is 5 trials whatever their state: every later trial is a BO proposal.
+    assert study.optuna.sampler.fits == len(fits) == 11 and study.optuna.sampler.failures == 0
+    shape, accuracy, fidelity = fits[-1]
+    before_last = [t for t in pruned + complete if t.number < 15]
+    assert shape[0] == len(fidelity) == len(before_last)  # all distinct candidates
+    done = fidelity.count(1.0)
+    assert done == len([t for t in complete if t.number < 15]) and fidelity[:done] == [1.0] * done
+    rungs = {t.number: study.pruned_values(t) for t in pruned if t.number < 15}
+    assert sorted(fidelity[done:]) == sorted(f for _, f in rungs.values())
+    low_rungs = {step / 90 for step in rung_steps(90, [0.34, 0.67, 1.0])[:-1]}
+    assert set(fidelity[done:]) <= low_rungs
+    assert sorted(accuracy[done:]) == pytest.approx(sorted(v[0] for v, _ in rungs.values()))
+    # Proposals stay unseen candidates.
+    keys = [r.candidate.key() for _, r in study.results()]
+    assert len(keys) == len(set(keys))
 
 
 def test_a_failing_bo_proposal_becomes_a_random_one(tmp_path, monkeypatch):

@@ -14,6 +14,11 @@ sizes), whose parameter count it could not know is exactly the one already seen;
 61 trials after the start-up of a 200-trial protocol run were random replacements of such
 re-proposals (bench/results/search_cost_protocol_160_partial.md). A pool of unseen candidates
 cannot re-propose, and over-budget candidates are left out of it.
+
+Under successive halving most trials are pruned at a low rung. Their rung accuracy is still
+evidence, so they are fitted too, with the fraction of the training they ran as one more input
+(the GP learns how accuracy grows with training); proposals, pending trials and the front the
+improvement is measured against sit at the full fidelity, 1.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from autopeft.core.study_config import KNOWN_METRICS
 
 #: Exact parameters, predicted memory (MiB) and an over-budget reason (or None).
 Predictor = Callable[[Candidate], tuple[int, float, str | None]]
+#: A pruned trial's objective values where it stopped and the fraction of its training it ran
+#: (None when it recorded none).
+Partial = Callable[[FrozenTrial], tuple[list[float], float] | None]
 #: Random draws and mutations of the front per fit (before de-duplication).
 POOL_RANDOM, POOL_MUTANTS = 1024, 512
 
@@ -119,8 +127,9 @@ class PoolSampler(BaseSampler):
         surrogate: ``saas`` (fully Bayesian SAAS GP fitted by NUTS) or ``gp`` (a single-task
             GP fitted by maximum likelihood).
         q: proposals per fit (a greedy q-batch, each conditioned on those before it).
-        n_startup_trials: random trials (completed or running) before the first fit.
+        n_startup_trials: random trials (completed, pruned or running) before the first fit.
         seed: seeds the random start-up, the pools and the fits.
+        partial: a pruned trial's values and fidelity (None: pruned trials are not fitted).
     """
 
     def __init__(
@@ -131,9 +140,10 @@ class PoolSampler(BaseSampler):
         q: int = 1,
         n_startup_trials: int = 10,
         seed: int | None = None,
+        partial: Partial | None = None,
     ):
         self.oracle, self.metrics, self.surrogate, self.q = oracle, metrics, surrogate, q
-        self.n_startup_trials, self.seed = n_startup_trials, seed
+        self.n_startup_trials, self.seed, self.partial = n_startup_trials, seed, partial
         self._random = RandomSampler(seed=seed)
         self.queue: list[dict[str, Any]] = []
         self.fits = self.proposals = self.failures = 0
@@ -168,9 +178,8 @@ class PoolSampler(BaseSampler):
             return {}
         trials = study.get_trials(deepcopy=False)
         live = [t for t in trials if t.number != trial.number]
-        if sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING) for t in live) < (
-            self.n_startup_trials
-        ):
+        started = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        if sum(t.state in started for t in live) < self.n_startup_trials:
             return {}
         # Each trial's candidate, decoded once per ask (failed trials may be retried).
         decoded = {
@@ -211,23 +220,17 @@ class PoolSampler(BaseSampler):
 
         from autopeft.core.pareto import pareto_front
 
-        train, seen = [], set()
-        for t in live:  # re-proposed (reused) trials repeat a candidate: keep one each
-            feasible = all(v <= 0 for v in (t.constraints or {}).values())
-            if t.state == TrialState.COMPLETE and feasible and t.number in decoded:
-                key = decoded[t.number].key()
-                if key not in seen:
-                    seen.add(key)
-                    train.append(t)
+        signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+        train, values, fidelity = self._training_rows(live, decoded, signs)
         if len(train) < 2:
             return []
         running = [t for t in live if t.state == TrialState.RUNNING and t.number in decoded]
         # Seeded studies draw the same pools and fits on a rerun; unseeded ones differ.
         draws = random.randrange(2**31) if self.seed is None else self.seed * 1_000_003 + len(live)
         rng = random.Random(draws)
-        signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
-        values = [[s * v for s, v in zip(signs, t.values)] for t in train]
-        parents = [train[i].params for i in pareto_front(values, ["maximize"] * len(signs))]
+        complete = train[: fidelity.count(1.0)]  # full-fidelity rows come first
+        front = pareto_front(values[: len(complete) or len(train)], ["maximize"] * len(signs))
+        parents = [train[i].params for i in front]
         pool = self._pool(rng, parents, list(search_space), taken)
         if not pool:
             return []
@@ -236,7 +239,7 @@ class PoolSampler(BaseSampler):
         if not modelled:
             raise ValueError("no measured objective to model (every objective is exact)")
         cands = [decoded[t.number] for t in train + running]
-        exact_values = self._exact_values(train, cands + [c for _, c in pool], exact, signs)
+        exact_values = self._exact_values(complete, cands + [c for _, c in pool], exact, signs)
 
         trans = _SearchSpaceTransform(search_space)
         bounds = torch.from_numpy(trans.bounds).T
@@ -255,8 +258,37 @@ class PoolSampler(BaseSampler):
                 exact_values,
                 min(self.q, len(pool)),
                 self.surrogate,
+                torch.tensor(fidelity, dtype=torch.float64),
             )
         return [pool[i][0] for i in chosen]
+
+    def _training_rows(self, live, decoded, signs):
+        """One row per distinct candidate: its full-fidelity result, else its furthest rung.
+
+        Returns the trials, their values (maximising signs) and the fraction of training each
+        value was measured at. Re-proposed (reused) trials repeat a candidate: one counts.
+        """
+        best: dict[str, tuple[FrozenTrial, list[float], float]] = {}
+        for t in live:
+            if t.number not in decoded:
+                continue
+            if t.state == TrialState.COMPLETE:
+                if any(v > 0 for v in (t.constraints or {}).values()):
+                    continue  # infeasible: its values are placeholders
+                row = (t, list(t.values), 1.0)
+            elif t.state == TrialState.PRUNED and self.partial is not None:
+                got = self.partial(t)
+                if got is None or not 0.0 < got[1] < 1.0:
+                    continue
+                row = (t, *got)
+            else:
+                continue
+            key = decoded[t.number].key()
+            if key not in best or row[2] > best[key][2]:
+                best[key] = row
+        rows = sorted(best.values(), key=lambda r: r[2] < 1.0)  # stable: complete ones first
+        values = [[s * v for s, v in zip(signs, r[1])] for r in rows]
+        return [r[0] for r in rows], values, [r[2] for r in rows]
 
     def _pool(self, rng, parents, names, taken) -> list[tuple[dict[str, Any], Candidate]]:
         """Distinct, within-budget candidates not yet taken: random draws and front mutants."""
@@ -278,8 +310,8 @@ class PoolSampler(BaseSampler):
                     out.append((params, candidate))
         return out
 
-    def _exact_values(self, train, cands, exact, signs):
-        """Exact objectives (maximising signs) of ``cands``: training rows first.
+    def _exact_values(self, complete, cands, exact, signs):
+        """Exact objectives (maximising signs) of ``cands``, the ``complete`` trials' first.
 
         Memory is the predictor's, mapped onto the study's measurements by a linear fit (the
         identity when they are the predictions themselves).
@@ -294,14 +326,14 @@ class PoolSampler(BaseSampler):
                 col = [float(k[0]) for k in known]
             else:
                 predicted = [k[1] for k in known]
-                measured = [t.values[i] for t in train]
-                a, b = calibrate(predicted[: len(train)], measured)
+                measured = [t.values[i] for t in complete]
+                a, b = calibrate(predicted[: len(complete)], measured)
                 col = [a * p + b for p in predicted]
             cols.append([signs[i] * v for v in col])
         return torch.tensor(cols, dtype=torch.float64).T.reshape(len(cands), len(exact))
 
 
-def choose(x_train, y_train, x_pending, x_pool, exact, q, surrogate) -> list[int]:
+def choose(x_train, y_train, x_pending, x_pool, exact, q, surrogate, fidelity=None) -> list[int]:
     """Indices of ``q`` pool rows maximising qLogNEHVI (greedy, each conditioned on the last).
 
     Args:
@@ -312,6 +344,9 @@ def choose(x_train, y_train, x_pending, x_pool, exact, q, surrogate) -> list[int
         exact: exact objectives (maximised) of the training, pending and pool rows, in order.
         q: proposals wanted.
         surrogate: ``saas`` or ``gp``.
+        fidelity: the fraction of training each training row was measured at, full-fidelity
+            rows first (None: all 1). Below 1 anywhere, it becomes one more GP input and
+            everything else is evaluated at 1.
     """
     import torch
     from botorch.acquisition.multi_objective.logei import (
@@ -323,21 +358,36 @@ def choose(x_train, y_train, x_pending, x_pool, exact, q, surrogate) -> list[int
 
     parts = [x_train] + ([x_pending] if x_pending is not None else []) + [x_pool]
     table = torch.cat(parts)
+    d = x_train.shape[-1]
 
     def lookup(x: torch.Tensor) -> torch.Tensor:
         # The acquisition only sees training, pending and pool rows: read their exact values.
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x[..., :d].reshape(-1, d)
         index = torch.cdist(flat, table).argmin(dim=-1)
         return exact[index].reshape(*x.shape[:-1], exact.shape[-1])
 
-    models = [fit_gp(x_train, y_train[:, i : i + 1], surrogate) for i in range(y_train.shape[1])]
+    x_fit, x_baseline = x_train, x_train
+    if fidelity is not None and bool((fidelity < 1).any()):
+
+        def at(x: torch.Tensor | None, f: torch.Tensor | float = 1.0) -> torch.Tensor | None:
+            if x is None:
+                return None
+            column = torch.as_tensor(f, dtype=x.dtype).expand(len(x)).reshape(-1, 1)
+            return torch.cat([x, column], dim=-1)
+
+        x_fit = at(x_train, fidelity)
+        complete = int((fidelity >= 1).sum())
+        # Improvement over the front of complete trials: the one the study reports.
+        x_baseline = at(x_train[: complete or len(x_train)])
+        x_pending, x_pool = at(x_pending), at(x_pool)
+    models = [fit_gp(x_fit, y_train[:, i : i + 1], surrogate) for i in range(y_train.shape[1])]
     if exact.shape[-1]:
         models.append(GenericDeterministicModel(lookup, num_outputs=exact.shape[-1]))
     observed = torch.cat([y_train, exact[: len(x_train)]], dim=-1)
     acqf = qLogNoisyExpectedHypervolumeImprovement(
         model=ModelList(*models),
         ref_point=(observed.min(dim=0).values - 1e-8).tolist(),
-        X_baseline=x_train,
+        X_baseline=x_baseline,
         prune_baseline=True,
         X_pending=x_pending,
     )

@@ -15,7 +15,7 @@ import warnings
 import optuna
 
 from autopeft.core.study_config import SamplerConfig
-from autopeft.search.pool import Oracle, PoolSampler
+from autopeft.search.pool import Oracle, Partial, PoolSampler
 
 #: The AutoPEFT paper's schedule: 100 random initial trials, then the BO proposals.
 AUTOPEFT_STARTUP = 100
@@ -40,13 +40,16 @@ def repeat_patience(cfg: SamplerConfig) -> int:
 
 
 def make_sampler(
-    cfg: SamplerConfig, oracle: Oracle | None = None, metrics: list[str] | None = None
+    cfg: SamplerConfig,
+    oracle: Oracle | None = None,
+    metrics: list[str] | None = None,
+    partial: Partial | None = None,
 ) -> optuna.samplers.BaseSampler:
     """Build the sampler named in the study.
 
     ``oracle`` and ``metrics`` (the space and the objectives) are needed by ``qnehvi`` and
     ``autopeft``, which choose among unseen candidates with the known objectives exact
-    (:mod:`autopeft.search.pool`).
+    (:mod:`autopeft.search.pool`); ``partial`` gives them pruned trials' rung results.
     """
     seed, startup = cfg.seed, cfg.n_startup_trials
     if startup is None:
@@ -74,5 +77,5 @@ def make_sampler(
         # The paper's SAAS fit yields a q-batch; one proposal per fit for the plain GP.
         q = (cfg.batch_size or AUTOPEFT_BATCH) if cfg.name == "autopeft" else 1
         surrogate = "saas" if cfg.name == "autopeft" else "gp"
-        return PoolSampler(oracle, metrics, surrogate, q, startup, seed)
+        return PoolSampler(oracle, metrics, surrogate, q, startup, seed, partial)
     raise ValueError(f"unknown sampler {cfg.name!r}")

@@ -102,7 +102,7 @@ class Study:
             study_name=config.name,
             storage=self._storage(),
             directions=self.directions,
-            sampler=make_sampler(config.sampler, self.oracle, self.metrics),
+            sampler=make_sampler(config.sampler, self.oracle, self.metrics, self.pruned_values),
             load_if_exists=True,
         )
         snapshot = config.model_dump_json()
@@ -259,6 +259,21 @@ class Study:
                 value = -1.0 if METRICS[metric] == "maximize" else float("inf")
             out.append(value)
         return out
+
+    def pruned_values(self, trial: optuna.trial.FrozenTrial) -> tuple[list[float], float] | None:
+        """A pruned trial's objective values where halving stopped it and its fidelity.
+
+        The fidelity is the fraction of its training it ran. For the BO samplers; None when
+        the trial recorded no result.
+        """
+        raw = trial.user_attrs.get(RESULT_ATTR)
+        if raw is None:
+            return None
+        result = TrialResult.model_validate(raw)
+        values = self.values_of(result)
+        if None in values or not result.target_steps:
+            return None
+        return values, result.steps / result.target_steps
 
     def _trial_id(self, number: int) -> int:
         return self.optuna._storage.get_trial_id_from_study_id_trial_number(

@@ -341,8 +341,8 @@ def observations(rows: list[dict], args) -> list[str]:
         if r["label"] == "qnehvi" and r["halving"]:
             out.append(
                 f"{where}: {r['complete']:.1f} of {r['trials']} trials complete on average; "
-                f"the BO counts complete and running trials, not pruned ones, towards its 10 "
-                f"start-up trials and fits the complete ones only."
+                f"the BO counts pruned trials towards its 10 start-up trials and fits them at "
+                f"their last rung, with the fraction of training they ran as a GP input."
             )
         if r["reused"] >= 0.2 * r["trials"]:
             out.append(
@@ -437,6 +437,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="search_quality", help="result files' name")
+    parser.add_argument(
+        "--halving", choices=("both", "on", "off"), default="both", help="which settings to run"
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -445,7 +448,7 @@ def main() -> None:
     print(surrogate_summary(fit))
     specs = []
     for seed in range(args.seeds):
-        for halving in (False, True):
+        for halving in {"both": (False, True), "on": (True,), "off": (False,)}[args.halving]:
             for sampler in args.samplers.split(","):
                 n = args.qnehvi_trials if sampler == "qnehvi" else args.trials
                 specs.append(Spec(sampler, sampler, halving, seed, n))

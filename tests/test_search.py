@@ -180,6 +180,29 @@ def test_bo_under_halving_fits_pruned_trials_at_their_rung(tmp_path, monkeypatch
     assert len(keys) == len(set(keys))
 
 
+def test_a_prescreened_batch_is_the_greedy_batch_over_the_whole_pool(monkeypatch):
+    # A q-batch is chosen greedily among the PRESCREEN best candidates by their own value
+    # rather than the whole pool: on a smooth problem that is the same batch, found sooner.
+    import torch
+    from botorch.utils.sampling import manual_seed
+
+    from autopeft.search import pool
+
+    torch.manual_seed(0)
+    x_train, x_pool = (
+        torch.rand(24, 5, dtype=torch.float64),
+        torch.rand(400, 5, dtype=torch.float64),
+    )
+    accuracy = -(x_train - 0.6).pow(2).sum(-1, keepdim=True) + 0.3 * x_train[:, :1]
+    exact = -torch.cat([x_train, x_pool])[:, 1:3].sum(-1, keepdim=True)  # a known cost
+    batches = []
+    for prescreen in (64, len(x_pool)):
+        monkeypatch.setattr(pool, "PRESCREEN", prescreen)  # 400: the whole pool, as before
+        with manual_seed(0):
+            batches.append(pool.choose(x_train, accuracy, None, x_pool, exact, 3, "gp"))
+    assert len(set(batches[0])) == 3 and sorted(batches[0]) == sorted(batches[1])
+
+
 def test_a_failing_bo_proposal_becomes_a_random_one(tmp_path, monkeypatch):
     from autopeft.search import pool
 

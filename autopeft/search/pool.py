@@ -49,6 +49,13 @@ Predictor = Callable[[Candidate], tuple[int, float, str | None]]
 Partial = Callable[[FrozenTrial], tuple[list[float], float] | None]
 #: Random draws and mutations of the front per fit (before de-duplication).
 POOL_RANDOM, POOL_MUTANTS = 1024, 512
+#: A greedy q-batch is chosen among the pool's best candidates by their own (q = 1) value:
+#: each greedy step re-scores its choices with the earlier picks pending, so scoring 128
+#: instead of ~1,500 cuts most of the cost of a SAAS batch (bench/results/acquisition_cpu.md).
+PRESCREEN = 128
+#: Monte Carlo samples of qLogNEHVI (BoTorch's default), shared out over a fully Bayesian
+#: model's MCMC draws: each draw multiplies the box decompositions, which dominate the cost.
+MC_SAMPLES = 128
 
 
 class FixedSuggest:
@@ -349,49 +356,93 @@ def choose(x_train, y_train, x_pending, x_pool, exact, q, surrogate, fidelity=No
             everything else is evaluated at 1.
     """
     import torch
+
+    rows = torch.cat([x_train] + ([x_pending] if x_pending is not None else []) + [x_pool])
+    x_fit, x_baseline, x_pending, x_pool = with_fidelity(x_train, x_pending, x_pool, fidelity)
+    gps = [fit_gp(x_fit, y_train[:, i : i + 1], surrogate) for i in range(y_train.shape[1])]
+    acqf = acquisition(gps, y_train, rows, exact, x_baseline, x_pending)
+    return select(acqf, x_pool, q)
+
+
+def with_fidelity(x_train, x_pending, x_pool, fidelity):
+    """The GP's inputs, the baseline, pending and pool rows (a fidelity column if needed).
+
+    Improvement is measured over the front of the complete trials, the one a study reports,
+    and proposals and running trials sit at the full fidelity.
+    """
+    import torch
+
+    if fidelity is None or not bool((fidelity < 1).any()):
+        return x_train, x_train, x_pending, x_pool
+
+    def at(x, f=1.0):
+        if x is None:
+            return None
+        column = torch.as_tensor(f, dtype=x.dtype).expand(len(x)).reshape(-1, 1)
+        return torch.cat([x, column], dim=-1)
+
+    complete = int((fidelity >= 1).sum())
+    return at(x_train, fidelity), at(x_train[: complete or len(x_train)]), at(x_pending), at(x_pool)
+
+
+def acquisition(gps, y_train, rows, exact, x_baseline, x_pending, mc_samples=None):
+    """The qLogNEHVI of the GPs and the exact objectives of ``rows`` (a nearest-row lookup).
+
+    ``mc_samples`` (None: :data:`MC_SAMPLES` shared out over a fully Bayesian model's MCMC
+    draws; a GP fitted by likelihood gets BoTorch's default, the same 128).
+    """
+    import torch
     from botorch.acquisition.multi_objective.logei import (
         qLogNoisyExpectedHypervolumeImprovement,
     )
     from botorch.models.deterministic import GenericDeterministicModel
     from botorch.models.model import ModelList
-    from botorch.optim import optimize_acqf_discrete
+    from botorch.sampling.get_sampler import get_sampler
 
-    parts = [x_train] + ([x_pending] if x_pending is not None else []) + [x_pool]
-    table = torch.cat(parts)
-    d = x_train.shape[-1]
+    d = rows.shape[-1]
 
     def lookup(x: torch.Tensor) -> torch.Tensor:
         # The acquisition only sees training, pending and pool rows: read their exact values.
-        flat = x[..., :d].reshape(-1, d)
-        index = torch.cdist(flat, table).argmin(dim=-1)
+        index = torch.cdist(x[..., :d].reshape(-1, d), rows).argmin(dim=-1)
         return exact[index].reshape(*x.shape[:-1], exact.shape[-1])
 
-    x_fit, x_baseline = x_train, x_train
-    if fidelity is not None and bool((fidelity < 1).any()):
-
-        def at(x: torch.Tensor | None, f: torch.Tensor | float = 1.0) -> torch.Tensor | None:
-            if x is None:
-                return None
-            column = torch.as_tensor(f, dtype=x.dtype).expand(len(x)).reshape(-1, 1)
-            return torch.cat([x, column], dim=-1)
-
-        x_fit = at(x_train, fidelity)
-        complete = int((fidelity >= 1).sum())
-        # Improvement over the front of complete trials: the one the study reports.
-        x_baseline = at(x_train[: complete or len(x_train)])
-        x_pending, x_pool = at(x_pending), at(x_pool)
-    models = [fit_gp(x_fit, y_train[:, i : i + 1], surrogate) for i in range(y_train.shape[1])]
+    models = list(gps)
     if exact.shape[-1]:
         models.append(GenericDeterministicModel(lookup, num_outputs=exact.shape[-1]))
-    observed = torch.cat([y_train, exact[: len(x_train)]], dim=-1)
-    acqf = qLogNoisyExpectedHypervolumeImprovement(
-        model=ModelList(*models),
+    model = ModelList(*models)
+    draws = getattr(gps[0], "num_mcmc_samples", 1)
+    if mc_samples is None and draws > 1:
+        mc_samples = max(16, MC_SAMPLES // draws)
+    sampler = None
+    if mc_samples is not None:
+        shape = torch.Size([mc_samples])
+        sampler = get_sampler(model.posterior(x_baseline[:1]), sample_shape=shape)
+    observed = torch.cat([y_train, exact[: len(y_train)]], dim=-1)
+    return qLogNoisyExpectedHypervolumeImprovement(
+        model=model,
         ref_point=(observed.min(dim=0).values - 1e-8).tolist(),
         X_baseline=x_baseline,
+        sampler=sampler,
         prune_baseline=True,
         X_pending=x_pending,
     )
-    chosen, _ = optimize_acqf_discrete(acqf, q=q, choices=x_pool, max_batch_size=256, unique=True)
+
+
+def select(acqf, x_pool, q: int, prescreen: int | None = None) -> list[int]:
+    """Greedy q-batch of pool rows; for q > 1 among the ``prescreen`` best by own value.
+
+    ``prescreen`` None: :data:`PRESCREEN`; 0: the whole pool.
+    """
+    import torch
+    from botorch.optim import optimize_acqf_discrete
+
+    keep = PRESCREEN if prescreen is None else prescreen
+    choices = x_pool
+    if q > 1 and 0 < keep < len(x_pool):
+        with torch.no_grad():
+            single = torch.cat([acqf(part.unsqueeze(1)) for part in x_pool.split(256)])
+        choices = x_pool[single.topk(keep).indices]
+    chosen, _ = optimize_acqf_discrete(acqf, q=q, choices=choices, max_batch_size=256, unique=True)
     return torch.cdist(chosen, x_pool).argmin(dim=-1).tolist()
 
 

@@ -1,9 +1,9 @@
 """Cost of one ``autopeft`` (SAAS + qNEHVI) batch: the whole-pool greedy against the prescreen.
 
-A study is filled with N random trials of the synthetic runner (the space of
-``bench/overheads.py``), the ``autopeft`` sampler is asked once, and the inputs of its
-``choose`` are captured. One SAAS GP is fitted to them by NUTS (seeded), and then the same
-q = 4 batch is chosen two ways, side by side on that one fit:
+A study is filled with N random trials of the synthetic runner (``bench/overheads.py``),
+the ``autopeft`` sampler is asked once, and the inputs of its ``choose`` are captured. One
+SAAS GP is fitted to them by NUTS (seeded), and then the same q = 4 batch is chosen two
+ways, side by side on that one fit:
 
 - baseline, autopeft before this benchmark: qLogNEHVI with 128 Monte Carlo samples per MCMC
   draw, the greedy q-batch over the whole pool (~1,300-1,500 candidates);
@@ -28,11 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from overheads import SPACE
+from overheads import filled_study
 
-from autopeft import api
-from autopeft.search import blackbox, pool
-from autopeft.search.local import run_local
+from autopeft.search import pool
 from autopeft.search.study import Study
 
 RESULTS = Path(__file__).parent / "results"
@@ -42,17 +40,7 @@ VARIANTS = (("whole pool, 128 MC per draw", 128, 0), ("prescreen 128, 128 MC in 
 
 def captured_inputs(n: int, root: Path) -> tuple:
     """The arguments the ``autopeft`` sampler passes to ``pool.choose`` after N trials."""
-    base = api.study_from_dict(
-        {
-            "name": f"fill-{n}",
-            "model": "minilm",
-            "search_space": SPACE,
-            "halving": {"enabled": False},
-            "sampler": "random",
-        }
-    )
-    filled = Study(base, root=root)
-    run_local(filled, n, runner=blackbox.for_study(filled), progress=False)
+    base = filled_study(n, root).config
     sampler = base.sampler.model_copy(update={"name": "autopeft", "n_startup_trials": 10})
     cfg = base.model_copy(update={"sampler": sampler})
     got: list[tuple] = []

@@ -44,6 +44,22 @@ SPACE = {
 FITTING = ("gp", "qnehvi", "autopeft")
 
 
+def filled_study(n: int, root: Path) -> Study:
+    """A study of N finished random trials of the synthetic runner over :data:`SPACE`."""
+    config = api.study_from_dict(
+        {
+            "name": f"fill-{n}",
+            "model": "minilm",
+            "search_space": SPACE,
+            "halving": {"enabled": False},
+            "sampler": "random",
+        }
+    )
+    study = Study(config, root=root)
+    run_local(study, n, runner=blackbox.for_study(study), progress=False)
+    return study
+
+
 def sampler_latency(
     sizes: list[int], samplers: list[str], probes: int, fit_probes: int, saas_sizes: list[int]
 ) -> list[dict]:
@@ -52,17 +68,7 @@ def sampler_latency(
     root = Path(tempfile.mkdtemp())
     try:
         for n in sizes:
-            base = api.study_from_dict(
-                {
-                    "name": f"fill-{n}",
-                    "model": "minilm",
-                    "search_space": SPACE,
-                    "halving": {"enabled": False},
-                    "sampler": "random",
-                }
-            )
-            filled = Study(base, root=root / "base")
-            run_local(filled, n, runner=blackbox.for_study(filled), progress=False)
+            base = filled_study(n, root / "base").config
             for name in samplers:
                 if name == "autopeft" and n not in saas_sizes:
                     continue

@@ -114,13 +114,18 @@ def test_ray_cluster_with_postgres_survives_a_lost_worker_node(postgres_url, tmp
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
     name, n = f"ray-cluster-{uuid.uuid4().hex[:8]}", 10
     study = Study(study_config(name), root=tmp_path, storage=postgres_url)
-    removed = threading.Event()
+    removed, lost = threading.Event(), threading.Event()
 
     def remove_a_node_mid_study():
+        # Only once both nodes have finished trials: on a loaded machine the second node's
+        # worker can start late, and losing it before then would test nothing.
         while not removed.is_set():
-            done = sum(t.state.is_finished() for t in study.optuna.get_trials(deepcopy=False))
-            if done >= 3:
+            trials = study.optuna.get_trials(deepcopy=False)
+            done = sum(t.state.is_finished() for t in trials)
+            nodes = {t.user_attrs.get("worker_node") for t in trials} - {None}
+            if done >= 3 and len(nodes) >= 2:
                 cluster.remove_node(workers[1])
+                lost.set()
                 removed.set()
                 return
             time.sleep(0.2)
@@ -133,7 +138,7 @@ def test_ray_cluster_with_postgres_survives_a_lost_worker_node(postgres_url, tmp
         removed.set()
         ray.shutdown()
         cluster.shutdown()
-    assert killer.is_alive() is False
+    assert killer.is_alive() is False and lost.is_set()  # a node was lost mid-study
     trials = study.optuna.get_trials(deepcopy=False)
     counted = counted_trials(trials)
     assert sum(t.state.is_finished() for t in counted) == n

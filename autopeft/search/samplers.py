@@ -14,7 +14,7 @@ import warnings
 
 import optuna
 
-from autopeft.core.study_config import SamplerConfig
+from autopeft.core.study_config import POOL_SAMPLERS, SamplerConfig
 from autopeft.search.pool import Oracle, Partial, PoolSampler
 
 #: The AutoPEFT paper's schedule: 100 random initial trials, then the BO proposals.
@@ -71,7 +71,7 @@ def make_sampler(
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(startup, 2))
     if cfg.name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
-    if cfg.name in ("qnehvi", "autopeft"):
+    if cfg.name in POOL_SAMPLERS:
         if oracle is None or metrics is None:
             raise ValueError(f"the {cfg.name} sampler needs the study's space and objectives")
         # The paper's SAAS fit yields a q-batch; one proposal per fit for the plain GP.

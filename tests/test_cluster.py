@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,11 @@ def postgres_url():
     # server runs as the `postgres` user, which must reach its data directory.
     parent = Path(tempfile.mkdtemp(prefix="autopeft-test-pg-"))
     os.chmod(parent, 0o777)
-    env = dict(os.environ, PGPORT="54331", PGDATA_DIR=str(parent / "data"))
+    # A free port: each pytest-xdist worker that runs these tests starts its own server.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PGPORT=str(port), PGDATA_DIR=str(parent / "data"))
     script = ROOT / "scripts" / "postgres.sh"
     out = subprocess.run([script, "start"], env=env, capture_output=True, text=True)
     if out.returncode != 0:

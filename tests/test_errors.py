@@ -205,6 +205,7 @@ def test_a_model_based_sampler_needs_a_measured_objective(sampler):
     text = problem.render()
     assert text.startswith(f"- sampler.name: sampler {sampler!r} needs a measured objective"), text
     assert "trainable_params, peak_memory" in text and "Hint: add a task metric" in text
+    assert "{" not in text  # the rule names the objectives; the study itself is not echoed
     # One measured objective (here wall time) is enough, and TPE needs none.
     api.study_from_dict({**study, "objectives": "-trainable_params, -wall_time"})
     api.study_from_dict({**study, "sampler": "tpe"})

@@ -192,7 +192,7 @@ class StudyConfig(_Section):
         if self.sampler.name in POOL_SAMPLERS and all(n in KNOWN_METRICS for n in names):
             raise RuleError(
                 f"sampler {self.sampler.name!r} needs a measured objective to model, "
-                f"but every objective is known before training: {', '.join(names)}",
+                f"but got only objectives known before training: {', '.join(names)}",
                 "add a task metric (accuracy, f1, mcc) or wall_time to objectives, "
                 "or use sampler 'tpe' or 'random'",
                 path="sampler.name",

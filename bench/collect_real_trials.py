@@ -41,12 +41,14 @@ def bench_study(
     steps: int = STEPS,
     rungs: list[float] | None = None,
     lr: float = 5e-3,
+    eval_examples: int = 300,
     **extra,
 ) -> StudyConfig:
     """The benchmark's study: minilm, rotten_tomatoes at max length 48, bench.yaml.
 
     ``steps`` is the full fidelity (40 by default), ``lr`` the peak learning rate and
-    ``rungs`` the evaluation / halving fractions; ``extra`` entries replace top-level sections
+    ``rungs`` the evaluation / halving fractions, ``eval_examples`` the validation examples
+    each evaluation scores; ``extra`` entries replace top-level sections
     (``sampler``, ``halving``, ...).
     """
     raw = {
@@ -58,7 +60,7 @@ def bench_study(
             "batch_size": 16,
             "lr": lr,
             "eval_every": steps,
-            "eval_examples": 300,
+            "eval_examples": eval_examples,
             "rungs": rungs or RUNGS,
         },
         "search_space": str(SPACE),
@@ -71,6 +73,17 @@ def eval_steps(config: StudyConfig) -> set[int]:
     from autopeft.core.halving import rung_steps
 
     return set(rung_steps(config.training.steps, config.training.rungs))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``K/N`` -> (K, N), with 0 <= K < N."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 0/2, but got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"0 <= K < N must hold, but got {text!r}")
+    return k, n
 
 
 def main() -> None:
@@ -86,19 +99,36 @@ def main() -> None:
         default=None,
         help="comma-separated evaluation steps (default: the rungs, 14,27,40 for 40 steps)",
     )
+    parser.add_argument(
+        "--eval-examples", type=int, default=300, help="validation examples per evaluation"
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        help="K/N: collect only the draws i with i %% N == K, so N processes (one thread "
+        "each) share the cores and append to the same file",
+    )
     args = parser.parse_args()
 
     from autopeft.search.study import model_profile
     from autopeft.train.trial import TrialContext, run_trial
 
     rungs = [e / args.steps for e in args.evals] if args.evals else None
-    config = bench_study(steps=args.steps, rungs=rungs, lr=args.lr)
+    config = bench_study(
+        steps=args.steps, rungs=rungs, lr=args.lr, eval_examples=args.eval_examples
+    )
     space = api.resolve(config.search_space, model_profile(config.model))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     lines = args.out.read_text().splitlines() if args.out.exists() else []
     done = {json.loads(line)["draw"] for line in lines if line.strip()}
-    print(f"{len(done)} trials in {args.out}; collecting draws 0..{args.n - 1}")
-    if done >= set(range(args.n)):
+    shard, shards = args.shard
+    wanted = {i for i in range(args.n) if i % shards == shard}
+    print(
+        f"{len(done)} trials in {args.out}; "
+        f"collecting {len(wanted - done)} draws of 0..{args.n - 1}"
+    )
+    if done >= wanted:
         return
     started = time.perf_counter()
     context = TrialContext.create(config, cache_dir=ROOT / "studies" / ".bench-cache")
@@ -108,12 +138,13 @@ def main() -> None:
         # One generator per draw, seeded by (seed, index): draw i is the same on a resume.
         suggest = RandomSuggest(seed=args.seed * 100_003 + i)
         candidate = space.sample(suggest)
-        if i in done:
+        if i in done or i not in wanted:
             continue
         result = run_trial(context, candidate, eval_at=evals)
         record = json.loads(result.model_dump_json())
         record["params"] = suggest.params
         record["draw"] = i
+        # One write of one line: appends from several shards stay whole lines.
         with args.out.open("a") as f:
             f.write(json.dumps(record, separators=(",", ":")) + "\n")
         acc = result.metrics.get("accuracy")
@@ -124,7 +155,7 @@ def main() -> None:
             flush=True,
         )
     total = time.perf_counter() - started
-    print(f"done: {len(set(range(args.n)) - done)} trials in {total / 60:.1f} min")
+    print(f"done: {len(wanted - done)} trials in {total / 60:.1f} min")
 
 
 if __name__ == "__main__":

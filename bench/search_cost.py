@@ -212,7 +212,7 @@ def markdown(summary: dict, meta: dict) -> str:
         f"first reaches it (a pruned trial costs the steps it ran, a re-proposed known "
         f"candidate none); CPU-hours = steps x {meta['seconds_per_step']:.3f} s, the "
         f"measured seconds per step of the {meta['real_trials']} real trials behind "
-        f"the surrogate (minilm, 2-core CPU, {meta['fidelity']} steps a full trial; "
+        f"the surrogate (minilm on CPU, {meta['fidelity']} steps a full trial; "
         f"halving rungs at {meta['rung_steps']}, eta {meta.get('eta', 3.0)}, min_delta "
         f"{meta['min_delta']}; data "
         f"{meta['data']}). Rule: {meta['rule']}. "

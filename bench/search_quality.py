@@ -235,12 +235,18 @@ def surrogate_summary(fit: dict) -> str:
     cls, cur = fit["p_learn"], fit["learner_final_accuracy"]
     exp = fit["expected_final_accuracy"]
     lo, hi = fit["accuracy_range"]
+    # Without a trial that never learned there is no P(learns) to fit (it is 1).
+    p_learn = (
+        f"P(learns) AUC {cls['loo_auc']:.3f}, log-loss {cls['loo_log_loss']:.3f} (constant "
+        f"{cls['constant_log_loss']:.3f}); "
+        if cls
+        else ""
+    )
     return (
         f"Surrogate: fitted to {fit['n']} real 40-step trials of `search_spaces/bench.yaml` "
         f"(minilm, rotten_tomatoes; final accuracy {lo:.3f}..{hi:.3f}), {fit['learned']} of "
         f"which beat the constant predictor ({fit['majority_accuracy']:.4f}). Leave-one-out: "
-        f"P(learns) AUC {cls['loo_auc']:.3f}, log-loss {cls['loo_log_loss']:.3f} (constant "
-        f"{cls['constant_log_loss']:.3f}); learners' final accuracy RMSE {cur['loo_rmse']:.4f} "
+        f"{p_learn}learners' final accuracy RMSE {cur['loo_rmse']:.4f} "
         f"(constant {cur['constant_loo_rmse']:.4f}); expected final accuracy of all trials "
         f"MAE {exp['loo_mae']:.4f} (constant {exp['constant_loo_mae']:.4f}), RMSE "
         f"{exp['loo_rmse']:.4f} (constant {exp['constant_loo_rmse']:.4f}), Spearman "

@@ -157,15 +157,7 @@ class Surrogate:
             [[_at_step(r["history"], s) for s in self.steps] for r in done], dtype=F64
         )
         final = self.curves[:, -1]
-        #: The constant predictor's accuracy (the majority-class rate): the best final accuracy
-        #: of a trial whose predictions carry no information (MCC exactly 0); without such a
-        #: trial, the most frequent final accuracy.
-        constant = [float(v) for v, r in zip(final, done) if r["metrics"].get("mcc", 1.0) == 0]
-        self.majority = (
-            round(max(constant), 6)
-            if constant
-            else Counter(round(float(v), 6) for v in final).most_common(1)[0][0]
-        )
+        self.majority = _majority(done, final)
         self.learned = final > self.majority + 1e-6
         raw = torch.tensor(
             [features(Candidate.model_validate(r["candidate"]), profile) for r in done], dtype=F64
@@ -173,9 +165,15 @@ class Surrogate:
         self.center, self.scale = raw.mean(0), raw.std(0).clamp(min=1e-6)
         self.x = _with_bias((raw - self.center) / self.scale)
         y = self.learned.to(F64)
-        losses = {p: log_loss(logistic_loo(self.x, y, p), y) for p in PENALTIES}
-        self.class_penalty = min(losses, key=losses.get)
-        self.class_w = fit_logistic(self.x, y, self.class_penalty)
+        #: Whether some trials never learned: on a long enough fidelity every trial does, and
+        #: the surrogate is then the learner curve alone (P(learns) = 1).
+        self.bimodal = 0 < int(self.learned.sum()) < len(y)
+        if self.bimodal:
+            losses = {p: log_loss(logistic_loo(self.x, y, p), y) for p in PENALTIES}
+            self.class_penalty = min(losses, key=losses.get)
+            self.class_w = fit_logistic(self.x, y, self.class_penalty)
+        elif not self.learned.any():
+            raise ValueError("no real trial beat the constant predictor: nothing to fit")
         xl = self.x[self.learned]
         self.curve_penalty, self.curve_w, residuals = [], [], []
         for j in range(len(self.steps)):
@@ -203,6 +201,8 @@ class Surrogate:
 
     def p_learn(self, candidate: Candidate) -> float:
         """Probability that training the candidate beats the constant predictor."""
+        if not self.bimodal:
+            return 1.0
         return float(torch.sigmoid(self._x(candidate) @ self.class_w))
 
     def learner_curve(self, candidate: Candidate) -> list[float]:
@@ -213,6 +213,8 @@ class Surrogate:
     def expected(self, candidate: Candidate) -> float:
         """Expected final accuracy (noise-free): the mixture's mean."""
         p = self.p_learn(candidate)
+        if p == 1.0:
+            return self.learner_curve(candidate)[-1]
         return p * self.learner_curve(candidate)[-1] + (1 - p) * float(
             self.flat_curves[:, -1].mean()
         )
@@ -241,7 +243,16 @@ class Surrogate:
     def report(self) -> dict:
         """Leave-one-out quality: the classifier, the learner curve, the whole mixture."""
         y = self.learned.to(F64)
-        p_loo = logistic_loo(self.x, y, self.class_penalty)
+        if self.bimodal:
+            p_loo = logistic_loo(self.x, y, self.class_penalty)
+            p_learn = {
+                "penalty": self.class_penalty,
+                "loo_auc": auc(p_loo, y),
+                "loo_log_loss": log_loss(p_loo, y),
+                "constant_log_loss": log_loss(torch.full_like(y, float(y.mean())), y),
+            }
+        else:
+            p_loo, p_learn = torch.ones_like(y), None
         n_l = int(self.learned.sum())
         yl = self.curves[self.learned, -1]
         curve_rmse = float(self.residuals[:, -1].pow(2).mean().sqrt())
@@ -255,12 +266,7 @@ class Surrogate:
             "n": n,
             "learned": n_l,
             "majority_accuracy": self.majority,
-            "p_learn": {
-                "penalty": self.class_penalty,
-                "loo_auc": auc(p_loo, y),
-                "loo_log_loss": log_loss(p_loo, y),
-                "constant_log_loss": log_loss(torch.full_like(y, float(y.mean())), y),
-            },
+            "p_learn": p_learn,
             "learner_final_accuracy": {
                 "penalty": self.curve_penalty[-1],
                 "loo_rmse": curve_rmse,
@@ -286,8 +292,24 @@ class Surrogate:
             learned, flat = keep & self.learned, keep & ~self.learned
             w = fit_ridge(self.x[learned], final[learned], self.curve_penalty[-1])
             mu = float(self.x[i] @ w)
-            out[i] = p_loo[i] * mu + (1 - p_loo[i]) * float(final[flat].mean())
+            out[i] = (
+                mu if not flat.any() else p_loo[i] * mu + (1 - p_loo[i]) * float(final[flat].mean())
+            )
         return out
+
+
+def _majority(done: list[dict], final: torch.Tensor) -> float:
+    """The constant predictor's accuracy (the majority-class rate).
+
+    It is the best accuracy of an evaluation whose predictions carry no information (MCC
+    exactly 0), at any step: on a long fidelity every trial learns by its end, but each one
+    still predicts a single class at its first evaluation. Without such an evaluation, the
+    most frequent final accuracy.
+    """
+    constant = [float(h["accuracy"]) for r in done for h in r["history"] if h.get("mcc", 1.0) == 0]
+    if constant:
+        return round(max(constant), 6)
+    return Counter(round(float(v), 6) for v in final).most_common(1)[0][0]
 
 
 def _at_step(history: list[dict], step: int) -> float:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
 
 from autopeft import methods
+from autopeft.core.candidate import Candidate
 from autopeft.core.resolve import RandomSuggest, candidate_params
 from autopeft.core.result import TrialStatus
 from autopeft.search.local import run_local
-from autopeft.search.study import Study
+from autopeft.search.study import Study, model_profile
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -78,3 +81,28 @@ def test_longer_fidelity_surrogate_prunes_at_its_rungs(tmp_path):
     assert pruned and {r.steps for r in pruned} <= {40, 80}
     assert sum(r.steps for r in results) < 160 * len(results)
     assert study.front()
+
+
+def test_a_fidelity_where_every_trial_learns_fits_the_learner_curve_alone():
+    """On a long fidelity every trial leaves the floor: P(learns) is 1, not a fit to one class.
+
+    The floor is still known from the first evaluations (each trial predicts one class there),
+    so a learner's final accuracy is never mistaken for the constant predictor's.
+    """
+    data = BENCH / "results" / "real_trials_minilm_160.jsonl"
+    records = [json.loads(line) for line in data.read_text().splitlines() if line]
+    learners = [r for r in records if r["metrics"]["mcc"] != 0]
+    assert 20 <= len(learners) < len(records)
+    fitted = surrogate.Surrogate(learners, model_profile("minilm"))
+    assert fitted.majority == pytest.approx(0.606667)
+    assert bool(fitted.learned.all()) and not fitted.bimodal
+    fit = fitted.report()
+    assert fit["p_learn"] is None and fit["learned"] == len(learners)
+    assert math.isfinite(fit["expected_final_accuracy"]["loo_rmse"])
+    cand = Candidate.model_validate(learners[0]["candidate"])
+    assert fitted.p_learn(cand) == 1.0
+    assert fitted.expected(cand) == pytest.approx(fitted.learner_curve(cand)[-1])
+    curves = [fitted.sample_curve(cand, seed) for seed in range(20)]
+    # Every draw is the learner curve plus a learner's residuals, never a flat curve.
+    assert all(c[-1] > fitted.majority for c in curves)
+    assert len({round(c[-1], 9) for c in curves}) > 1

@@ -268,12 +268,38 @@ def halving_verdict(name: str, off: dict, on: dict) -> str:
     )
 
 
+def parse_ladders(text: str) -> tuple[tuple[tuple[float, ...], float], ...]:
+    """``'0.125,0.5,1.0@4;...'`` -> ((rungs, eta), ...)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        rungs, _, eta = part.partition("@")
+        try:
+            out.append((tuple(float(v) for v in rungs.split(",")), float(eta or 3.0)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected rungs@eta such as 0.125,0.5,1.0@4, but got {part!r}"
+            ) from None
+    return tuple(out)
+
+
+def ladder_label(steps: list[int], eta: float) -> str:
+    """A ladder's row label (and study-name part): ``tpe-r80-160-320-e3``."""
+    return f"tpe-r{'-'.join(str(s) for s in steps)}-e{eta:g}"
+
+
 def verdicts(summary: dict) -> list[str]:
     """Halving's saving against the goal; the protocol comparison."""
     by = {(r["part"], r["label"], r["halving"]): r for r in summary["rows"]}
     out = []
     off = by.get(("cost", "tpe", False))
-    for label, name in (("tpe", "Halving"), ("tpe-mo-asha", "Halving by plain MO-ASHA")):
+    names = {"tpe": "Halving", "tpe-mo-asha": "Halving by plain MO-ASHA"}
+    ladders = sorted(
+        label for part, label, on in by if part == "cost" and label.startswith("tpe-r")
+    )
+    for label in ladders:
+        rungs, eta = label.removeprefix("tpe-r").rsplit("-e", 1)
+        names[label] = f"Halving at rungs {rungs.replace('-', '/')} with eta {eta}"
+    for label, name in names.items():
         on = by.get(("cost", label, True))
         if off and on:
             out.append(halving_verdict(name, off, on))
@@ -312,6 +338,13 @@ def main() -> None:
     parser.add_argument("--eta", type=float, default=3.0, help="halving.eta")
     parser.add_argument(
         "--mo-asha", action="store_true", help="also run halving with plain MO-ASHA (baseline)"
+    )
+    parser.add_argument(
+        "--ladders",
+        type=parse_ladders,
+        default=(),
+        help="more halving ladders run beside --rungs/--eta on the same seeds and target, "
+        "e.g. '0.125,0.25,0.5,1.0@3;0.125,0.5,1.0@4' (rungs@eta, separated by ';')",
     )
     parser.add_argument(
         "--halving",
@@ -355,6 +388,10 @@ def main() -> None:
         for seed in range(args.seeds):
             for on in (False, True) if args.halving == "both" else (True,):
                 specs.append(Spec("cost", "tpe", "tpe", on, seed, budget, 10 * budget, **shape))
+            for rungs, eta in args.ladders:
+                label = ladder_label(rung_steps(fidelity, list(rungs)), eta)
+                ladder = shape | {"rungs": rungs, "eta": eta}
+                specs.append(Spec("cost", label, "tpe", True, seed, budget, 10 * budget, **ladder))
             if args.mo_asha:
                 specs.append(
                     Spec(

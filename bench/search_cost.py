@@ -215,7 +215,8 @@ def markdown(summary: dict, meta: dict) -> str:
         f"the surrogate (minilm on CPU, {meta['fidelity']} steps a full trial; "
         f"halving rungs at {meta['rung_steps']}, eta {meta.get('eta', 3.0)}, min_delta "
         f"{meta['min_delta']}; data "
-        f"{meta['data']}). Rule: {meta['rule']}. "
+        f"{meta['data']}; learner-curve features {'/'.join(meta.get('features', ['all']))}). "
+        f"Rule: {meta['rule']}. "
         f"Median over {meta['seeds']} seeds, a run that never reached the "
         f"target counting as infinite (— = the median did not). Sampler s: wall time of the "
         f"whole run on the surrogate, i.e. the samplers' and the study's own cost.",
@@ -334,6 +335,13 @@ def main() -> None:
         default=None,
         help="halving rungs as fractions (default: the real trials' evaluation steps)",
     )
+    parser.add_argument(
+        "--features",
+        type=lambda text: tuple(text.split(",")),
+        default=("all",),
+        help="the surrogate's learner-curve feature sets, chosen per step by leave-one-out: "
+        "'all' (default) or 'all,log_params'",
+    )
     parser.add_argument("--min-delta", type=float, default=0.0, help="halving.min_delta")
     parser.add_argument("--eta", type=float, default=3.0, help="halving.eta")
     parser.add_argument(
@@ -434,6 +442,7 @@ def main() -> None:
         ),
         data=args.data,
         keep=args.keep,
+        feature_sets=args.features,
     )
     sps = seconds_per_step(records)
     summary = summarise(runs, sps)
@@ -442,6 +451,7 @@ def main() -> None:
         "seconds_per_step": sps,
         "real_trials": len(records),
         "data": args.data.name,
+        "features": list(args.features),
         "fidelity": fidelity,
         "rung_steps": rung_steps(fidelity, list(shape["rungs"])),
         "min_delta": args.min_delta,

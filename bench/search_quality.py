@@ -153,14 +153,21 @@ def trained_curve(study) -> dict:
 
 
 def run_all(
-    specs: list, run, jobs: int, line, data: Path = DATA, keep: Path | None = None
+    specs: list,
+    run,
+    jobs: int,
+    line,
+    data: Path = DATA,
+    keep: Path | None = None,
+    feature_sets: tuple[str, ...] = ("all",),
 ) -> list[dict]:
     """``run(spec, surrogate, root)`` for every spec in ``jobs`` processes; prints ``line``.
 
-    The surrogate is fitted once, to the real trials in ``data``. The studies live in a
-    temporary folder, or in ``keep``, where a rerun resumes them.
+    The surrogate is fitted once, to the real trials in ``data`` (its learner curves on
+    ``feature_sets``). The studies live in a temporary folder, or in ``keep``, where a rerun
+    resumes them.
     """
-    surrogate = Surrogate.from_jsonl(data)
+    surrogate = Surrogate.from_jsonl(data, feature_sets=feature_sets)
     runs = []
     with contextlib.ExitStack() as stack:
         if keep is None:

@@ -106,3 +106,31 @@ def test_a_fidelity_where_every_trial_learns_fits_the_learner_curve_alone():
     # Every draw is the learner curve plus a learner's residuals, never a flat curve.
     assert all(c[-1] > fitted.majority for c in curves)
     assert len({round(c[-1], 9) for c in curves}) > 1
+
+
+def test_one_trial_alone_in_its_class_and_the_parameter_count_feature_set():
+    """The head-only candidate as the only non-learner: no singular leave-one-out fit.
+
+    Leave-one-out cannot choose the classifier's penalty then (every fold without that trial
+    has one class), so the weakest one is used, which places it below one half. Offered
+    both feature sets, each curve step takes the one with the lower leave-one-out error.
+    """
+    data = BENCH / "results" / "real_trials_minilm_160.jsonl"
+    records = [json.loads(line) for line in data.read_text().splitlines() if line]
+    head_only = [r for r in records if not r["candidate"]["modules"]]
+    assert len(head_only) == 1 and head_only[0]["metrics"]["mcc"] == 0
+    kept = [r for r in records if r["metrics"]["mcc"] != 0] + head_only
+    profile = model_profile("minilm")
+    both = surrogate.Surrogate(kept, profile, feature_sets=("all", "log_params"))
+    assert both.bimodal and both.class_penalty == min(surrogate.PENALTIES)
+    assert both.p_learn(Candidate.model_validate(head_only[0]["candidate"])) < 0.5
+    fit = both.report()
+    assert fit["p_learn"]["loo_log_loss"] > 0 and set(both.curve_features) <= {"all", "log_params"}
+    only_all = surrogate.Surrogate(kept, profile)
+    assert only_all.curve_features == ["all"] * len(only_all.steps)
+    # Each step's choice is no worse out of sample than every feature alone.
+    assert fit["learner_final_accuracy"]["loo_rmse"] <= (
+        only_all.report()["learner_final_accuracy"]["loo_rmse"] + 1e-12
+    )
+    with pytest.raises(ValueError, match="feature sets are"):
+        surrogate.Surrogate(kept, profile, feature_sets=("size",))

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from collect_real_trials import RUNGS, STEPS, bench_study  # noqa: E402
-from search_quality import run_all, trained_curve  # noqa: E402
+from search_quality import run_all, surrogate_summary, trained_curve  # noqa: E402
 from surrogate import DATA, Surrogate, for_study  # noqa: E402
 
 from autopeft.core import halving as halving_rule  # noqa: E402
@@ -238,6 +238,8 @@ def markdown(summary: dict, meta: dict) -> str:
             f"{r['sampler_s']:.0f} |"
         )
     lines += ["", "## Verdicts", "", *meta["verdicts"], ""]
+    if "surrogate" in meta:
+        lines += [surrogate_summary(meta["surrogate"]), ""]
     lines.append(f"Run: `{meta['command']}` ({meta['runtime_min']:.1f} min, {meta['machine']}).")
     return "\n".join(lines) + "\n"
 
@@ -462,6 +464,7 @@ def main() -> None:
         "runtime_min": (time.perf_counter() - started) / 60,
         "machine": f"{platform.machine()} CPU",
         "verdicts": verdicts(summary),
+        "surrogate": Surrogate.from_jsonl(args.data, feature_sets=args.features).report(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(

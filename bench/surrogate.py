@@ -311,6 +311,7 @@ class Surrogate:
         err = final - expected
         return {
             "n": n,
+            "steps": self.steps,
             "learned": n_l,
             "majority_accuracy": self.majority,
             "p_learn": p_learn,

@@ -43,6 +43,7 @@ from surrogate import DATA, Surrogate, for_study  # noqa: E402
 
 from autopeft.core import halving as halving_rule  # noqa: E402
 from autopeft.core.halving import TIE_BREAK, rung_steps  # noqa: E402
+from autopeft.search.study import model_profile  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TARGET = 0.95
@@ -385,6 +386,7 @@ def main() -> None:
 
     started = time.perf_counter()
     records = real_trials(args.data)
+    surrogate = Surrogate(records, model_profile("minilm"), args.features)
     fidelity, evals = data_fidelity(records)
     shape = {
         "fidelity": fidelity,
@@ -442,9 +444,8 @@ def main() -> None:
             f"seed {spec.seed}: HV {run['hv'][-1]:.4f}  trials {run['trials']:4d}  steps "
             f"{run['steps'][-1]:6d}  {run['wall_s']:7.1f} s"
         ),
-        data=args.data,
+        surrogate,
         keep=args.keep,
-        feature_sets=args.features,
     )
     sps = seconds_per_step(records)
     summary = summarise(runs, sps)
@@ -464,7 +465,7 @@ def main() -> None:
         "runtime_min": (time.perf_counter() - started) / 60,
         "machine": f"{platform.machine()} CPU",
         "verdicts": verdicts(summary),
-        "surrogate": Surrogate.from_jsonl(args.data, feature_sets=args.features).report(),
+        "surrogate": surrogate.report(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(

@@ -153,21 +153,14 @@ def trained_curve(study) -> dict:
 
 
 def run_all(
-    specs: list,
-    run,
-    jobs: int,
-    line,
-    data: Path = DATA,
-    keep: Path | None = None,
-    feature_sets: tuple[str, ...] = ("all",),
+    specs: list, run, jobs: int, line, surrogate: Surrogate, keep: Path | None = None
 ) -> list[dict]:
     """``run(spec, surrogate, root)`` for every spec in ``jobs`` processes; prints ``line``.
 
-    The surrogate is fitted once, to the real trials in ``data`` (its learner curves on
-    ``feature_sets``). The studies live in a temporary folder, or in ``keep``, where a rerun
-    resumes them.
+    Every run shares the one fitted ``surrogate`` (the caller reports its quality from the
+    same fit). The studies live in a temporary folder, or in ``keep``, where a rerun resumes
+    them.
     """
-    surrogate = Surrogate.from_jsonl(data, feature_sets=feature_sets)
     runs = []
     with contextlib.ExitStack() as stack:
         if keep is None:
@@ -481,6 +474,7 @@ def main() -> None:
             f"HV@{len(run['hv'])} {run['hv'][-1]:.4f}  steps {run['steps'][-1]:5d}  "
             f"pruned {run['pruned']:3d}  {run['wall_s']:6.1f} s"
         ),
+        surrogate,
     )
     rows = summarise(runs)
     import platform

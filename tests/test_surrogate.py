@@ -149,3 +149,27 @@ def test_the_640_step_surrogate_ranks_candidates_by_size():
     # Every feature alone (the default) fits the final step worse out of sample here.
     default = surrogate.Surrogate.from_jsonl(data).report()["learner_final_accuracy"]
     assert learner["loo_rmse"] < default["loo_rmse"]
+
+
+def test_the_collectors_shards_and_search_costs_ladders_parse_or_say_why():
+    import argparse
+
+    search_cost = pytest.importorskip("search_cost")
+    assert collect._shard("1/2") == (1, 2)
+    for bad, why in (("2/2", "0 <= K < N"), ("one/2", "expected K/N")):
+        with pytest.raises(argparse.ArgumentTypeError, match=why):
+            collect._shard(bad)
+    ladders = search_cost.parse_ladders("0.125,0.5,1.0@4; 0.25,1.0")
+    assert ladders == (((0.125, 0.5, 1.0), 4.0), ((0.25, 1.0), 3.0))
+    with pytest.raises(argparse.ArgumentTypeError, match="rungs@eta"):
+        search_cost.parse_ladders("0.125,half@4")
+    label = search_cost.ladder_label([80, 320, 640], 4.0)
+    assert label == "tpe-r80-320-640-e4"
+    # The verdict names the ladder it read back from the label.
+    row = {"median_steps": 100, "reached": 1, "seeds": 1, "median_steps_loose": None}
+    rows = [
+        {**row, "part": "cost", "label": "tpe", "halving": False, "median_steps": 300},
+        {**row, "part": "cost", "label": label, "halving": True},
+    ]
+    (verdict,) = search_cost.verdicts({"rows": rows})
+    assert verdict.startswith("- Halving at rungs 80/320/640 with eta 4: ") and "3.00x" in verdict

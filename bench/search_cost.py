@@ -73,6 +73,8 @@ class Spec:
     rungs: tuple[float, ...] = tuple(RUNGS)
     min_delta: float = 0.0
     eta: float = 3.0
+    #: halving.stop_hopeless: also stop trials the finished ones show cannot reach the front.
+    stop_hopeless: bool = False
     #: ``ties-to-trial``: autopeft's rule; ``mo-asha``: the same without giving ties in rung
     #: accuracy to the judged trial (plain MO-ASHA), the baseline.
     rule: str = "ties-to-trial"
@@ -112,7 +114,12 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
         steps=spec.fidelity,
         rungs=list(spec.rungs),
         sampler={"name": spec.sampler, "seed": spec.seed},
-        halving={"enabled": spec.halving, "min_delta": spec.min_delta, "eta": spec.eta},
+        halving={
+            "enabled": spec.halving,
+            "min_delta": spec.min_delta,
+            "eta": spec.eta,
+            "stop_hopeless": spec.stop_hopeless,
+        },
     )
     study = Study(config, root=root)
     runner = for_study(study, surrogate, seed=spec.seed)
@@ -272,23 +279,24 @@ def halving_verdict(name: str, off: dict, on: dict) -> str:
     )
 
 
-def parse_ladders(text: str) -> tuple[tuple[tuple[float, ...], float], ...]:
-    """``'0.125,0.5,1.0@4;...'`` -> ((rungs, eta), ...)."""
+def parse_ladders(text: str) -> tuple[tuple[tuple[float, ...], float, bool], ...]:
+    """``'0.125,0.5,1.0@4;0.25,0.5,1.0@3+hopeless'`` -> ((rungs, eta, stop_hopeless), ...)."""
     out = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
+        part, hopeless = part.removesuffix("+hopeless"), part.endswith("+hopeless")
         rungs, _, eta = part.partition("@")
         try:
-            out.append((tuple(float(v) for v in rungs.split(",")), float(eta or 3.0)))
+            out.append((tuple(float(v) for v in rungs.split(",")), float(eta or 3.0), hopeless))
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected rungs@eta such as 0.125,0.5,1.0@4, but got {part!r}"
+                f"expected rungs@eta[+hopeless] such as 0.125,0.5,1.0@4, but got {part!r}"
             ) from None
     return tuple(out)
 
 
-def ladder_label(steps: list[int], eta: float) -> str:
-    """A ladder's row label (and study-name part): ``tpe-r80-160-320-e3``."""
-    return f"tpe-r{'-'.join(str(s) for s in steps)}-e{eta:g}"
+def ladder_label(steps: list[int], eta: float, hopeless: bool = False) -> str:
+    """A ladder's row label (and study-name part): ``tpe-r80-160-320-e3[-hopeless]``."""
+    return f"tpe-r{'-'.join(str(s) for s in steps)}-e{eta:g}" + ("-hopeless" if hopeless else "")
 
 
 def verdicts(summary: dict) -> list[str]:
@@ -301,8 +309,10 @@ def verdicts(summary: dict) -> list[str]:
         label for part, label, on in by if part == "cost" and label.startswith("tpe-r")
     )
     for label in ladders:
-        rungs, eta = label.removeprefix("tpe-r").rsplit("-e", 1)
-        names[label] = f"Halving at rungs {rungs.replace('-', '/')} with eta {eta}"
+        shape = label.removeprefix("tpe-r").removesuffix("-hopeless")
+        rungs, eta = shape.rsplit("-e", 1)
+        also = ", hopeless trials stopped too" if label.endswith("-hopeless") else ""
+        names[label] = f"Halving at rungs {rungs.replace('-', '/')} with eta {eta}{also}"
     for label, name in names.items():
         on = by.get(("cost", label, True))
         if off and on:
@@ -355,7 +365,8 @@ def main() -> None:
         type=parse_ladders,
         default=(),
         help="more halving ladders run beside --rungs/--eta on the same seeds and target, "
-        "e.g. '0.125,0.25,0.5,1.0@3;0.125,0.5,1.0@4' (rungs@eta, separated by ';')",
+        "e.g. '0.125,0.25,0.5,1.0@3;0.25,0.5,1.0@3+hopeless' (rungs@eta, '+hopeless' for "
+        "halving.stop_hopeless, separated by ';')",
     )
     parser.add_argument(
         "--halving",
@@ -400,9 +411,9 @@ def main() -> None:
         for seed in range(args.seeds):
             for on in (False, True) if args.halving == "both" else (True,):
                 specs.append(Spec("cost", "tpe", "tpe", on, seed, budget, 10 * budget, **shape))
-            for rungs, eta in args.ladders:
-                label = ladder_label(rung_steps(fidelity, list(rungs)), eta)
-                ladder = shape | {"rungs": rungs, "eta": eta}
+            for rungs, eta, hopeless in args.ladders:
+                label = ladder_label(rung_steps(fidelity, list(rungs)), eta, hopeless)
+                ladder = shape | {"rungs": rungs, "eta": eta, "stop_hopeless": hopeless}
                 specs.append(Spec("cost", label, "tpe", True, seed, budget, 10 * budget, **ladder))
             if args.mo_asha:
                 specs.append(

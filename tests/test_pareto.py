@@ -106,6 +106,29 @@ def test_halving_rule_gives_ties_in_accuracy_to_the_trial():
     assert lenient.should_continue(large, [*cheap[:5], *learners])
 
 
+def test_halving_stops_hopeless_trials_only_when_asked():
+    """A trial the rank rule keeps stops if no gain seen in finished trials lifts it clear."""
+    peers = [(0.70, 100, 10), (0.60, 50, 10), (0.65, 10, 10)]
+    finished = [
+        ((0.75, 50, 5), (0.80, 50, 5)),  # gained 0.05 from this rung
+        ((0.70, 200, 20), (0.72, 200, 20)),  # gained 0.02
+        ((0.60, 20, 2), (0.78, 20, 2)),  # a late start from the floor: gained 0.18
+    ]
+    trial = (0.74, 300, 30)
+    assert HalvingRule().should_continue(trial, peers, finished)  # the rank rule keeps it
+    hopeful = HalvingRule(stop_hopeless=True)
+    # Only the gains of finished trials at least as accurate here count (0.05, not 0.18):
+    # 0.74 + 0.05 < 0.80 at fewer parameters and less memory.
+    assert hopeful.hopeless(trial, finished)
+    assert not hopeful.should_continue(trial, peers, finished)
+    # Within min_delta of that, or costing no more than the dominating trial, it goes on.
+    assert HalvingRule(stop_hopeless=True, min_delta=0.02).should_continue(trial, peers, finished)
+    assert hopeful.should_continue((0.74, 40, 4), peers, finished)
+    # Ahead of every finished trial at the rung: never hopeless; too few finished: no verdict.
+    assert not hopeful.hopeless((0.76, 300, 30), finished)
+    assert not hopeful.hopeless(trial, finished[:2])
+
+
 def test_knee_point_is_the_balanced_front_point():
     # accuracy (max) vs parameters (min): a convex front with an obvious elbow at (0.80, 100).
     points = [[0.60, 1], [0.80, 100], [0.82, 900], [0.70, 500], [0.83, 1000], [0.50, 500]]

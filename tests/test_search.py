@@ -279,6 +279,40 @@ def test_halving_costs_fewer_steps_than_full_fidelity(tmp_path):
     assert steps["half"] < 0.75 * steps["full"]
 
 
+class SmallIsBetter(blackbox.BlackboxRunner):
+    """Noise-free, and the fewer trainable parameters the more accurate: larger candidates
+    that the rank rule keeps at a rung (they spread its front) are then dominated at the end
+    by finished smaller ones, i.e. hopeless."""
+
+    def final_accuracy(self, candidate) -> float:
+        params, _, _ = self.budget(candidate)
+        return 0.85 - params / 2e6
+
+
+def test_stopping_hopeless_trials_costs_fewer_steps_and_reads_finished_outcomes(tmp_path):
+    hopeless = config("hopeless")
+    hopeless = hopeless.model_copy(
+        update={"halving": hopeless.halving.model_copy(update={"stop_hopeless": True})}
+    )
+    studies = [Study(c, root=tmp_path) for c in (config("ranked"), hopeless)]
+    for study in studies:
+        runner = SmallIsBetter(
+            study.profile, study.config.training, study.config.search_space.budget, noise=0.0
+        )
+        run_local(study, 30, runner=runner, progress=False)
+    steps = [sum(r.steps for _, r in s.results()) for s in studies]
+    assert steps[1] < steps[0]
+    # The outcomes the rule read: each finished trial's rung point and its final metric.
+    pruner = studies[1]
+    rung = rung_steps(90, [0.34, 0.67, 1.0])[0]
+    outcomes = pruner.rung_outcomes(rung)
+    finished = [r for _, r in pruner.results() if r.status is TrialStatus.COMPLETE]
+    assert 0 < len(outcomes) <= len(finished)
+    finals = {round(r.metrics["accuracy"], 9) for r in finished}
+    assert all(round(end[0], 9) in finals and end[1:] == at[1:] for at, end in outcomes)
+    check_states(pruner)
+
+
 def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):
     study = Study(config("fails", halving=False), root=tmp_path)
     run_local(study, 12, runner=blackbox.for_study(study, fail_every=4), progress=False)

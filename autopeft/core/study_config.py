@@ -117,6 +117,9 @@ class HalvingConfig(_Section):
     #: How much more accurate (in the objective metric) a peer must be at a rung to count as
     #: evidence for stopping a trial; see :mod:`autopeft.core.halving`.
     min_delta: float = Field(0.0, ge=0)
+    #: Also stop, at a rung, a trial that the finished trials show cannot reach the front
+    #: even with the largest gain any of them made from there (see autopeft.core.halving).
+    stop_hopeless: bool = False
 
 
 class SamplerConfig(_Section):

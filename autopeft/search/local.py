@@ -75,7 +75,8 @@ def halving_report(
         point = [metrics[metric], *point_rest]
         peers = study.rung_points(step, exclude=trial_number)
         study.record_rung(trial_number, step, point)
-        return rule.should_continue(point, peers)
+        finished = study.rung_outcomes(step) if rule.stop_hopeless else []
+        return rule.should_continue(point, peers, finished)
 
     return report
 

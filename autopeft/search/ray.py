@@ -118,7 +118,8 @@ class ParetoHalvingScheduler(FIFOScheduler):
         peers = [p for n, p in self.points[step].items() if n != -number - 1]
         self.points[step][-number - 1] = point  # negative keys: this run's trials
         self.study.record_rung(number, step, point)
-        if self.rule.should_continue(point, peers):
+        finished = self.study.rung_outcomes(step) if self.rule.stop_hopeless else []
+        if self.rule.should_continue(point, peers, finished):
             return TrialScheduler.CONTINUE
         self.stopped.add(trial.trial_id)
         return TrialScheduler.STOP

@@ -297,6 +297,22 @@ class Study:
             if key in t.user_attrs and t.number != exclude
         ]
 
+    def rung_outcomes(self, step: int) -> list[tuple[list[float], list[float]]]:
+        """(point at rung ``step``, point at the end) of the trials that finished from there.
+
+        The end point is the trial's full-fidelity objective metric with the same exact
+        costs; trials that completed without recording the rung (or were reused) are left out.
+        """
+        key, metric = f"rung_{step}", self.config.task.metric
+        out = []
+        for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            rung, raw = t.user_attrs.get(key), t.user_attrs.get(RESULT_ATTR) or {}
+            final = (raw.get("metrics") or {}).get(metric)
+            if rung is None or raw.get("status") != TrialStatus.COMPLETE.value or final is None:
+                continue
+            out.append((rung, [final, *rung[1:]]))
+        return out
+
     # -- resume ------------------------------------------------------------------------------
 
     def recover_interrupted(self) -> list[int]:

@@ -142,10 +142,17 @@ def test_the_640_step_surrogate_ranks_candidates_by_size():
     fitted = surrogate.Surrogate.from_jsonl(data, feature_sets=("all", "log_params"))
     assert fitted.steps == [40, 80, 160, 320, 640]
     fit = fitted.report()
-    assert fit["n"] >= 30 and fit["learned"] == fit["n"] - 1  # all but the head-only
+    # 56 trials: all but 3 learn (the head-only one among those that do not).
+    assert fit["n"] >= 56 and fit["n"] - 3 <= fit["learned"] < fit["n"]
+    # Who learns is predicted better than by the base rate, out of sample ...
+    p_learn = fit["p_learn"]
+    assert p_learn["loo_log_loss"] < p_learn["constant_log_loss"]
+    # ... and so is how well a learner does, from its size (Spearman 0.31 over all trials:
+    # the size trend of the first 32, 0.64, weakened with more draws).
     learner = fit["learner_final_accuracy"]
+    assert learner["features"] == "log_params"
     assert learner["loo_rmse"] < learner["constant_loo_rmse"]
-    assert fit["expected_final_accuracy"]["loo_spearman"] > 0.5
+    assert fit["expected_final_accuracy"]["loo_spearman"] > 0.25
     # Every feature alone (the default) fits the final step worse out of sample here.
     default = surrogate.Surrogate.from_jsonl(data).report()["learner_final_accuracy"]
     assert learner["loo_rmse"] < default["loo_rmse"]
@@ -159,8 +166,13 @@ def test_the_collectors_shards_and_search_costs_ladders_parse_or_say_why():
     for bad, why in (("2/2", "0 <= K < N"), ("one/2", "expected K/N")):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             collect._shard(bad)
-    ladders = search_cost.parse_ladders("0.125,0.5,1.0@4; 0.25,1.0")
-    assert ladders == (((0.125, 0.5, 1.0), 4.0), ((0.25, 1.0), 3.0))
+    ladders = search_cost.parse_ladders("0.125,0.5,1.0@4; 0.25,1.0; 0.25,1.0@3+hopeless")
+    assert ladders == (
+        ((0.125, 0.5, 1.0), 4.0, False),
+        ((0.25, 1.0), 3.0, False),
+        ((0.25, 1.0), 3.0, True),
+    )
+    assert search_cost.ladder_label([160, 640], 3.0, True) == "tpe-r160-640-e3-hopeless"
     with pytest.raises(argparse.ArgumentTypeError, match="rungs@eta"):
         search_cost.parse_ladders("0.125,half@4")
     label = search_cost.ladder_label([80, 320, 640], 4.0)
@@ -171,5 +183,9 @@ def test_the_collectors_shards_and_search_costs_ladders_parse_or_say_why():
         {**row, "part": "cost", "label": "tpe", "halving": False, "median_steps": 300},
         {**row, "part": "cost", "label": label, "halving": True},
     ]
-    (verdict,) = search_cost.verdicts({"rows": rows})
+    hopeless = search_cost.ladder_label([160, 640], 3.0, True)
+    rows.append({**row, "part": "cost", "label": hopeless, "halving": True, "median_steps": 200})
+    also, verdict = search_cost.verdicts({"rows": rows})  # ladders in label order
     assert verdict.startswith("- Halving at rungs 80/320/640 with eta 4: ") and "3.00x" in verdict
+    assert also.startswith("- Halving at rungs 160/640 with eta 3, hopeless trials stopped too: ")
+    assert "1.50x" in also

@@ -306,11 +306,12 @@ class Study:
         key, metric = f"rung_{step}", self.config.task.metric
         out = []
         for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            rung, raw = t.user_attrs.get(key), t.user_attrs.get(RESULT_ATTR) or {}
-            final = (raw.get("metrics") or {}).get(metric)
-            if rung is None or raw.get("status") != TrialStatus.COMPLETE.value or final is None:
-                continue
-            out.append((rung, [final, *rung[1:]]))
+            rung = t.user_attrs.get(key)
+            if rung is None or t.user_attrs.get(STATUS_ATTR) != TrialStatus.COMPLETE.value:
+                continue  # INFEASIBLE trials are COMPLETE in Optuna too
+            final = t.user_attrs[RESULT_ATTR]["metrics"].get(metric)
+            if final is not None:
+                out.append((rung, [final, *rung[1:]]))
         return out
 
     # -- resume ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from autopeft import api
 from autopeft.core.result import TrialStatus
-from autopeft.search.study import Study
+from autopeft.search.study import Study, rung_attr
 from tests.helpers import check_dashboard, check_front, check_states, counted_trials, wait_mid_trial
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
@@ -58,7 +58,7 @@ def test_real_tiny_study_on_ray_with_reused_actors(local_ray, tmp_path):
     # Every trained trial passed the rung (step 10) through the scheduler, which recorded it
     # (a trial identical to an earlier one reuses its result and trains nothing).
     trained = [t for t in study.optuna.trials if not t.user_attrs.get("reused")]
-    assert trained and all("rung_10" in t.user_attrs for t in trained)
+    assert trained and all(rung_attr(10) in t.user_attrs for t in trained)
     assert all(s in (TrialStatus.COMPLETE, TrialStatus.PRUNED) for s in statuses), statuses
     for r in results.values():
         assert r.trainable_params == api.candidate_trainable_params(r.candidate, study.profile)

@@ -73,9 +73,8 @@ def halving_report(
         if step not in rung_set:
             return True
         point = [metrics[metric], *point_rest]
-        peers = study.rung_points(step, exclude=trial_number)
+        peers, finished = study.rung_evidence(step, trial_number, outcomes=rule.stop_hopeless)
         study.record_rung(trial_number, step, point)
-        finished = study.rung_outcomes(step) if rule.stop_hopeless else []
         return rule.should_continue(point, peers, finished)
 
     return report

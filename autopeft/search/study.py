@@ -44,6 +44,12 @@ REUSABLE = (TrialStatus.COMPLETE, TrialStatus.PRUNED)
 REPEAT_LIMIT = 100
 CONFIG_ATTR = "config"
 
+
+def rung_attr(step: int) -> str:
+    """The user attribute holding a trial's point at the halving rung at ``step``."""
+    return f"rung_{step}"
+
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -285,17 +291,12 @@ class Study:
     def record_rung(self, trial_number: int, step: int, point: list[float]) -> None:
         """Store a trial's (accuracy, params, predicted memory) at a rung for its peers."""
         self.optuna._storage.set_trial_user_attr(
-            self._trial_id(trial_number), f"rung_{step}", point
+            self._trial_id(trial_number), rung_attr(step), point
         )
 
     def rung_points(self, step: int, exclude: int | None = None) -> list[list[float]]:
         """Points recorded at rung ``step`` by other trials."""
-        key = f"rung_{step}"
-        return [
-            t.user_attrs[key]
-            for t in self.optuna.get_trials(deepcopy=False)
-            if key in t.user_attrs and t.number != exclude
-        ]
+        return self.rung_evidence(step, exclude)[0]
 
     def rung_outcomes(self, step: int) -> list[tuple[list[float], list[float]]]:
         """(point at rung ``step``, point at the end) of the trials that finished from there.
@@ -303,16 +304,31 @@ class Study:
         The end point is the trial's full-fidelity objective metric with the same exact
         costs; trials that completed without recording the rung (or were reused) are left out.
         """
-        key, metric = f"rung_{step}", self.config.task.metric
-        out = []
-        for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return self.rung_evidence(step, outcomes=True)[1]
+
+    def rung_evidence(
+        self, step: int, exclude: int | None = None, outcomes: bool = False
+    ) -> tuple[list[list[float]], list[tuple[list[float], list[float]]]]:
+        """Peers' points at rung ``step`` and, if ``outcomes``, the finished ones' outcomes.
+
+        One storage read for both, as a rung decision needs both (see :meth:`rung_points`
+        and :meth:`rung_outcomes`).
+        """
+        key, metric = rung_attr(step), self.config.task.metric
+        peers: list[list[float]] = []
+        finished: list[tuple[list[float], list[float]]] = []
+        for t in self.optuna.get_trials(deepcopy=False):
             rung = t.user_attrs.get(key)
-            if rung is None or t.user_attrs.get(STATUS_ATTR) != TrialStatus.COMPLETE.value:
-                continue  # INFEASIBLE trials are COMPLETE in Optuna too
+            if rung is None or t.number == exclude:
+                continue
+            peers.append(rung)
+            # INFEASIBLE trials are COMPLETE in Optuna too: the status attribute tells them.
+            if not outcomes or t.user_attrs.get(STATUS_ATTR) != TrialStatus.COMPLETE.value:
+                continue
             final = t.user_attrs[RESULT_ATTR]["metrics"].get(metric)
-            if final is not None:
-                out.append((rung, [final, *rung[1:]]))
-        return out
+            if t.state == TrialState.COMPLETE and final is not None:
+                finished.append((rung, [final, *rung[1:]]))
+        return peers, finished
 
     # -- resume ------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from collect_real_trials import RUNGS, STEPS, bench_study  # noqa: E402
+from ladders import Ladder, parse_ladders  # noqa: E402
 from search_quality import run_all, surrogate_summary, trained_curve  # noqa: E402
 from surrogate import DATA, Surrogate, for_study  # noqa: E402
 
@@ -75,6 +76,8 @@ class Spec:
     eta: float = 3.0
     #: halving.stop_hopeless: also stop trials the finished ones show cannot reach the front.
     stop_hopeless: bool = False
+    #: The surrogate reports the final accuracy at every rung (a ceiling, not a method).
+    oracle: bool = False
     #: ``ties-to-trial``: autopeft's rule; ``mo-asha``: the same without giving ties in rung
     #: accuracy to the judged trial (plain MO-ASHA), the baseline.
     rule: str = "ties-to-trial"
@@ -122,7 +125,7 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
         },
     )
     study = Study(config, root=root)
-    runner = for_study(study, surrogate, seed=spec.seed)
+    runner = for_study(study, surrogate, seed=spec.seed, oracle=spec.oracle)
     started, n = time.perf_counter(), 0
 
     def spent() -> int:
@@ -249,6 +252,8 @@ def markdown(summary: dict, meta: dict) -> str:
     if "surrogate" in meta:
         lines += [surrogate_summary(meta["surrogate"]), ""]
     lines.append(f"Run: `{meta['command']}` ({meta['runtime_min']:.1f} min, {meta['machine']}).")
+    if meta.get("parts"):
+        lines.append(f"It merges: {'; '.join(meta['parts'])}.")
     return "\n".join(lines) + "\n"
 
 
@@ -279,26 +284,6 @@ def halving_verdict(name: str, off: dict, on: dict) -> str:
     )
 
 
-def parse_ladders(text: str) -> tuple[tuple[tuple[float, ...], float, bool], ...]:
-    """``'0.125,0.5,1.0@4;0.25,0.5,1.0@3+hopeless'`` -> ((rungs, eta, stop_hopeless), ...)."""
-    out = []
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        part, hopeless = part.removesuffix("+hopeless"), part.endswith("+hopeless")
-        rungs, _, eta = part.partition("@")
-        try:
-            out.append((tuple(float(v) for v in rungs.split(",")), float(eta or 3.0), hopeless))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected rungs@eta[+hopeless] such as 0.125,0.5,1.0@4, but got {part!r}"
-            ) from None
-    return tuple(out)
-
-
-def ladder_label(steps: list[int], eta: float, hopeless: bool = False) -> str:
-    """A ladder's row label (and study-name part): ``tpe-r80-160-320-e3[-hopeless]``."""
-    return f"tpe-r{'-'.join(str(s) for s in steps)}-e{eta:g}" + ("-hopeless" if hopeless else "")
-
-
 def verdicts(summary: dict) -> list[str]:
     """Halving's saving against the goal; the protocol comparison."""
     by = {(r["part"], r["label"], r["halving"]): r for r in summary["rows"]}
@@ -309,10 +294,7 @@ def verdicts(summary: dict) -> list[str]:
         label for part, label, on in by if part == "cost" and label.startswith("tpe-r")
     )
     for label in ladders:
-        shape = label.removeprefix("tpe-r").removesuffix("-hopeless")
-        rungs, eta = shape.rsplit("-e", 1)
-        also = ", hopeless trials stopped too" if label.endswith("-hopeless") else ""
-        names[label] = f"Halving at rungs {rungs.replace('-', '/')} with eta {eta}{also}"
+        names[label] = Ladder.title(label)
     for label, name in names.items():
         on = by.get(("cost", label, True))
         if off and on:
@@ -366,7 +348,8 @@ def main() -> None:
         default=(),
         help="more halving ladders run beside --rungs/--eta on the same seeds and target, "
         "e.g. '0.125,0.25,0.5,1.0@3;0.25,0.5,1.0@3+hopeless' (rungs@eta, '+hopeless' for "
-        "halving.stop_hopeless, separated by ';')",
+        "halving.stop_hopeless, '+oracle' for rungs that see the final accuracy: the ceiling "
+        "of better rung accuracy; separated by ';')",
     )
     parser.add_argument(
         "--halving",
@@ -378,21 +361,28 @@ def main() -> None:
         "--resummarise", type=Path, default=None, help="rewrite the tables from a results JSON"
     )
     parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="summarise the runs of these results JSONs (same data and fidelity) together "
+        "under --name, one target over all; nothing is run",
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         default=None,
         help="keep the studies in this folder; the same command again resumes them",
     )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out / args.name)
+        return
     if args.resummarise:
         saved = json.loads(args.resummarise.read_text())
         meta, runs = saved["meta"], saved["runs"]
         summary = summarise(runs, meta["seconds_per_step"])
         meta["verdicts"] = verdicts(summary)
-        saved["summary"] = summary
-        args.resummarise.write_text(json.dumps(saved, indent=1))
-        args.resummarise.with_suffix(".md").write_text(markdown(summary, meta))
-        print(markdown(summary, meta))
+        write(args.resummarise.with_suffix(""), meta, summary, runs)
         return
 
     started = time.perf_counter()
@@ -411,10 +401,15 @@ def main() -> None:
         for seed in range(args.seeds):
             for on in (False, True) if args.halving == "both" else (True,):
                 specs.append(Spec("cost", "tpe", "tpe", on, seed, budget, 10 * budget, **shape))
-            for rungs, eta, hopeless in args.ladders:
-                label = ladder_label(rung_steps(fidelity, list(rungs)), eta, hopeless)
-                ladder = shape | {"rungs": rungs, "eta": eta, "stop_hopeless": hopeless}
-                specs.append(Spec("cost", label, "tpe", True, seed, budget, 10 * budget, **ladder))
+            for ladder in args.ladders:
+                steps = shape | {
+                    "rungs": ladder.rungs,
+                    "eta": ladder.eta,
+                    "stop_hopeless": ladder.hopeless,
+                    "oracle": ladder.oracle,
+                }
+                label = ladder.label(fidelity)
+                specs.append(Spec("cost", label, "tpe", True, seed, budget, 10 * budget, **steps))
             if args.mo_asha:
                 specs.append(
                     Spec(
@@ -478,12 +473,47 @@ def main() -> None:
         "verdicts": verdicts(summary),
         "surrogate": surrogate.report(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(
+    write(args.out / args.name, meta, summary, runs)
+
+
+def write(stem: Path, meta: dict, summary: dict, runs: list[dict]) -> None:
+    """``stem``.json (everything) and ``stem``.md (the tables and verdicts)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1)
     )
-    (args.out / f"{args.name}.md").write_text(markdown(summary, meta))
+    stem.with_suffix(".md").write_text(markdown(summary, meta))
     print(markdown(summary, meta))
+
+
+def merge(paths: list[Path], stem: Path) -> None:
+    """Summarise the runs of several results files together (one target over all of them).
+
+    The files must come from the same real trials and fidelity; a run found in several
+    (the same part, label, halving and seed: deterministic, so identical) counts once.
+    """
+    saved = [json.loads(p.read_text()) for p in paths]
+    first = saved[0]["meta"]
+    for path, other in zip(paths, saved):
+        for key in ("data", "fidelity", "seconds_per_step", "features", "min_delta"):
+            if other["meta"].get(key) != first.get(key):
+                sys.exit(
+                    f"--merge: every file must share meta.{key}, but {paths[0].name} has "
+                    f"{first.get(key)!r} and {path.name} {other['meta'].get(key)!r}; "
+                    "merge only runs of the same benchmark"
+                )
+    unique = {(r["part"], r["label"], r["halving"], r["seed"]): r for s in saved for r in s["runs"]}
+    runs = list(unique.values())
+    summary = summarise(runs, first["seconds_per_step"])
+    meta = first | {
+        "seeds": max(r["seed"] for r in runs) + 1,
+        "verdicts": verdicts(summary),
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/search_cost.py "
+        + " ".join(sys.argv[1:]),
+        "runtime_min": sum(s["meta"]["runtime_min"] for s in saved),
+        "parts": [f"`{s['meta']['command']}` ({s['meta']['runtime_min']:.1f} min)" for s in saved],
+    }
+    write(stem, meta, summary, runs)
 
 
 if __name__ == "__main__":

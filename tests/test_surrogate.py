@@ -19,8 +19,11 @@ from autopeft.search.study import Study, model_profile
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
-surrogate = pytest.importorskip("surrogate")
-collect = pytest.importorskip("collect_real_trials")
+# Plain imports: a broken bench module must fail the tests, not skip them.
+import collect_real_trials as collect  # noqa: E402
+import search_cost  # noqa: E402
+import surrogate  # noqa: E402
+from ladders import Ladder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,9 @@ def test_runner_params_and_memory_are_exact(tmp_path, fitted):
         assert 0.0 <= result.metrics["accuracy"] <= 1.0
         # Seeded: the same candidate gets the same accuracy within a run.
         assert runner.run(cand, None, set()).metrics == result.metrics
+        # The oracle (halving's ceiling in bench/search_cost.py) shows it at every rung.
+        oracle = surrogate.for_study(study, fitted, seed=1, oracle=True).run(cand, None, {14})
+        assert [h["accuracy"] for h in oracle.history] == [result.metrics["accuracy"]] * 2
 
 
 def test_search_on_the_surrogate_with_halving(tmp_path, fitted):
@@ -161,31 +167,67 @@ def test_the_640_step_surrogate_ranks_candidates_by_size():
 def test_the_collectors_shards_and_search_costs_ladders_parse_or_say_why():
     import argparse
 
-    search_cost = pytest.importorskip("search_cost")
     assert collect._shard("1/2") == (1, 2)
     for bad, why in (("2/2", "0 <= K < N"), ("one/2", "expected K/N")):
         with pytest.raises(argparse.ArgumentTypeError, match=why):
             collect._shard(bad)
-    ladders = search_cost.parse_ladders("0.125,0.5,1.0@4; 0.25,1.0; 0.25,1.0@3+hopeless")
+    ladders = search_cost.parse_ladders("0.125,0.5,1.0@4; 0.25,1.0; 0.25,1.0@3+hopeless+oracle")
     assert ladders == (
-        ((0.125, 0.5, 1.0), 4.0, False),
-        ((0.25, 1.0), 3.0, False),
-        ((0.25, 1.0), 3.0, True),
+        Ladder((0.125, 0.5, 1.0), 4.0),
+        Ladder((0.25, 1.0), 3.0),
+        Ladder((0.25, 1.0), 3.0, hopeless=True, oracle=True),
     )
-    assert search_cost.ladder_label([160, 640], 3.0, True) == "tpe-r160-640-e3-hopeless"
-    with pytest.raises(argparse.ArgumentTypeError, match="rungs@eta"):
-        search_cost.parse_ladders("0.125,half@4")
-    label = search_cost.ladder_label([80, 320, 640], 4.0)
+    assert ladders[2].label(640) == "tpe-r160-640-e3-hopeless-oracle"
+    for bad in ("0.125,half@4", "0.25,1.0@3+psychic"):
+        with pytest.raises(argparse.ArgumentTypeError, match="rungs@eta"):
+            search_cost.parse_ladders(bad)
+    label = Ladder((0.125, 0.5, 1.0), 4.0).label(640)
     assert label == "tpe-r80-320-640-e4"
+    assert Ladder.title(ladders[2].label(640)) == (
+        "Halving at rungs 160/640 with eta 3, hopeless trials stopped too, "
+        "the rungs seeing the final accuracy (oracle)"
+    )
     # The verdict names the ladder it read back from the label.
     row = {"median_steps": 100, "reached": 1, "seeds": 1, "median_steps_loose": None}
     rows = [
         {**row, "part": "cost", "label": "tpe", "halving": False, "median_steps": 300},
         {**row, "part": "cost", "label": label, "halving": True},
     ]
-    hopeless = search_cost.ladder_label([160, 640], 3.0, True)
+    hopeless = Ladder((0.25, 1.0), 3.0, hopeless=True).label(640)
     rows.append({**row, "part": "cost", "label": hopeless, "halving": True, "median_steps": 200})
     also, verdict = search_cost.verdicts({"rows": rows})  # ladders in label order
     assert verdict.startswith("- Halving at rungs 80/320/640 with eta 4: ") and "3.00x" in verdict
     assert also.startswith("- Halving at rungs 160/640 with eta 3, hopeless trials stopped too: ")
     assert "1.50x" in also
+
+
+def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
+    """--merge: one target over the runs of several files; identical runs count once."""
+    results = BENCH / "results"
+    forty = json.loads((results / "search_cost_640_56_r80_40.json").read_text())
+    twenty = json.loads((results / "search_cost_640_56_ladders.json").read_text())
+    # Seeds 0-2 of each: both files ran the default ladder on those seeds.
+    parts = []
+    for name, saved in (("a", forty), ("b", twenty)):
+        saved["runs"] = [r for r in saved["runs"] if r["seed"] < 3]
+        parts.append(tmp_path / f"{name}.json")
+        parts[-1].write_text(json.dumps(saved))
+    search_cost.merge(parts, tmp_path / "merged")
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    keys = [(r["label"], r["halving"], r["seed"]) for r in merged["runs"]]
+    assert len(keys) == len(set(keys)) == 4 * 3  # off, on, two ladders
+    rows = {(r["label"], r["halving"]): r["seeds"] for r in merged["summary"]["rows"]}
+    assert rows == {
+        ("tpe", False): 3,
+        ("tpe", True): 3,
+        ("tpe-r80-160-320-640-e3", True): 3,
+        ("tpe-r80-320-640-e3", True): 3,
+    }
+    best = max(r["hv"][-1] for r in merged["runs"])
+    assert merged["summary"]["target"] == pytest.approx(search_cost.TARGET * best)
+    assert "It merges: `" in (tmp_path / "merged.md").read_text()
+    # Runs of another benchmark do not mix.
+    twenty["meta"]["data"] = "real_trials_minilm_160.jsonl"
+    parts[1].write_text(json.dumps(twenty))
+    with pytest.raises(SystemExit, match="meta.data"):
+        search_cost.merge(parts, tmp_path / "mixed")

@@ -402,14 +402,16 @@ def main() -> None:
             for on in (False, True) if args.halving == "both" else (True,):
                 specs.append(Spec("cost", "tpe", "tpe", on, seed, budget, 10 * budget, **shape))
             for ladder in args.ladders:
-                steps = shape | {
+                settings = shape | {
                     "rungs": ladder.rungs,
                     "eta": ladder.eta,
                     "stop_hopeless": ladder.hopeless,
                     "oracle": ladder.oracle,
                 }
                 label = ladder.label(fidelity)
-                specs.append(Spec("cost", label, "tpe", True, seed, budget, 10 * budget, **steps))
+                specs.append(
+                    Spec("cost", label, "tpe", True, seed, budget, 10 * budget, **settings)
+                )
             if args.mo_asha:
                 specs.append(
                     Spec(

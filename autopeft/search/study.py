@@ -323,10 +323,14 @@ class Study:
                 continue
             peers.append(rung)
             # INFEASIBLE trials are COMPLETE in Optuna too: the status attribute tells them.
-            if not outcomes or t.user_attrs.get(STATUS_ATTR) != TrialStatus.COMPLETE.value:
+            if (
+                not outcomes
+                or t.state != TrialState.COMPLETE
+                or t.user_attrs.get(STATUS_ATTR) != TrialStatus.COMPLETE.value
+            ):
                 continue
             final = t.user_attrs[RESULT_ATTR]["metrics"].get(metric)
-            if t.state == TrialState.COMPLETE and final is not None:
+            if final is not None:
                 finished.append((rung, [final, *rung[1:]]))
         return peers, finished
 

@@ -18,6 +18,7 @@ from autopeft.core.halving import rung_steps
 LADDER_FLAGS = {
     "hopeless": "hopeless trials stopped too",
     "oracle": "the rungs seeing the final accuracy (oracle)",
+    "fed": "the sampler told pruned trials' rung points",
 }
 
 
@@ -29,6 +30,8 @@ class Ladder:
     eta: float = 3.0
     hopeless: bool = False
     oracle: bool = False
+    #: The TPE sees pruned trials as complete at their rung point (bench/fed_tpe.py).
+    fed: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Ladder:
@@ -40,7 +43,7 @@ class Ladder:
             if unknown:
                 raise ValueError
             values = tuple(float(v) for v in rungs.split(","))
-            return cls(values, float(eta or 3.0), "hopeless" in flags, "oracle" in flags)
+            return cls(values, float(eta or 3.0), *(f in flags for f in LADDER_FLAGS))
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected rungs@eta[+{'|+'.join(LADDER_FLAGS)}] such as 0.125,0.5,1.0@4, "

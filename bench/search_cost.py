@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from collect_real_trials import RUNGS, STEPS, bench_study  # noqa: E402
+from fed_tpe import feed  # noqa: E402
 from ladders import Ladder, parse_ladders  # noqa: E402
 from search_quality import run_all, surrogate_summary, trained_curve  # noqa: E402
 from surrogate import DATA, Surrogate, for_study  # noqa: E402
@@ -78,6 +79,8 @@ class Spec:
     stop_hopeless: bool = False
     #: The surrogate reports the final accuracy at every rung (a ceiling, not a method).
     oracle: bool = False
+    #: The TPE is told pruned trials' rung points (bench/fed_tpe.py; an experiment).
+    fed: bool = False
     #: ``ties-to-trial``: autopeft's rule; ``mo-asha``: the same without giving ties in rung
     #: accuracy to the judged trial (plain MO-ASHA), the baseline.
     rule: str = "ties-to-trial"
@@ -102,6 +105,11 @@ def data_fidelity(records: list[dict]) -> tuple[int, tuple[float, ...]]:
 
 def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
     """Run one study on the surrogate in chunks until its budget is spent."""
+    return run_study(spec, surrogate, root)[1]
+
+
+def run_study(spec: Spec, surrogate: Surrogate, root: str) -> tuple[object, dict]:
+    """:func:`run_one`, also returning the study (for analyses of its trials)."""
     import torch
 
     from autopeft.search.local import run_local
@@ -125,6 +133,8 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
         },
     )
     study = Study(config, root=root)
+    if spec.fed:
+        feed(study)
     runner = for_study(study, surrogate, seed=spec.seed, oracle=spec.oracle)
     started, n = time.perf_counter(), 0
 
@@ -143,7 +153,7 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
     # Runs go in chunks of 5 trials: cut at the trial that spends the budget.
     steps = curve["steps"]
     cut = next((i + 1 for i, s in enumerate(steps) if s >= spec.step_budget), len(steps))
-    return {
+    return study, {
         **asdict(spec),
         "hv": curve["hv"][:cut],
         "steps": steps[:cut],
@@ -171,9 +181,13 @@ def median_cost(costs: list[int | None]) -> float | None:
     return None if mid == float("inf") else mid
 
 
-def summarise(runs: list[dict], sps: float) -> dict:
-    """Target, per-group costs and the halving and protocol comparisons."""
-    best = max(r["hv"][-1] for r in runs)
+def summarise(runs: list[dict], sps: float, best: float | None = None) -> dict:
+    """Target, per-group costs and the halving and protocol comparisons.
+
+    ``best``: the best known hypervolume the target is a fraction of (default: the best any
+    of ``runs`` reached).
+    """
+    best = max(r["hv"][-1] for r in runs) if best is None else best
     target = TARGET * best
     groups: dict[tuple[str, str, bool], list[dict]] = {}
     for r in runs:
@@ -217,8 +231,9 @@ def markdown(summary: dict, meta: dict) -> str:
     lines = [
         "# Search cost on the minilm surrogate",
         "",
-        f"Target: {TARGET:.0%} of the best hypervolume any run here reached "
-        f"({summary['best_hv']:.4f}) = {summary['target']:.4f} (fraction of the reference "
+        f"Target: {TARGET:.0%} of the best hypervolume "
+        f"{meta.get('best_from') or 'any run here reached'} ({summary['best_hv']:.4f}) = "
+        f"{summary['target']:.4f} (fraction of the reference "
         f"box of bench/search_quality.py). Cost: training steps spent until a run's front "
         f"first reaches it (a pruned trial costs the steps it ran, a re-proposed known "
         f"candidate none); CPU-hours = steps x {meta['seconds_per_step']:.3f} s, the "
@@ -349,7 +364,8 @@ def main() -> None:
         help="more halving ladders run beside --rungs/--eta on the same seeds and target, "
         "e.g. '0.125,0.25,0.5,1.0@3;0.25,0.5,1.0@3+hopeless' (rungs@eta, '+hopeless' for "
         "halving.stop_hopeless, '+oracle' for rungs that see the final accuracy: the ceiling "
-        "of better rung accuracy; separated by ';')",
+        "of better rung accuracy, '+fed' for a TPE told pruned trials' rung points "
+        "(bench/fed_tpe.py); separated by ';')",
     )
     parser.add_argument(
         "--halving",
@@ -368,6 +384,19 @@ def main() -> None:
         "under --name, one target over all; nothing is run",
     )
     parser.add_argument(
+        "--merge-seeds",
+        type=int,
+        default=None,
+        help="--merge only seeds 0..N-1 (files with more seeds compare on the same ones)",
+    )
+    parser.add_argument(
+        "--merge-best-from",
+        type=Path,
+        default=None,
+        help="--merge with the target taken from this results file's best hypervolume "
+        "(e.g. one without oracle rows) instead of the best of the merged runs",
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         default=None,
@@ -375,7 +404,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.merge:
-        merge(args.merge, args.out / args.name)
+        merge(args.merge, args.out / args.name, args.merge_seeds, args.merge_best_from)
         return
     if args.resummarise:
         saved = json.loads(args.resummarise.read_text())
@@ -407,6 +436,7 @@ def main() -> None:
                     "eta": ladder.eta,
                     "stop_hopeless": ladder.hopeless,
                     "oracle": ladder.oracle,
+                    "fed": ladder.fed,
                 }
                 label = ladder.label(fidelity)
                 specs.append(
@@ -488,11 +518,16 @@ def write(stem: Path, meta: dict, summary: dict, runs: list[dict]) -> None:
     print(markdown(summary, meta))
 
 
-def merge(paths: list[Path], stem: Path) -> None:
+def merge(
+    paths: list[Path], stem: Path, seeds: int | None = None, best_from: Path | None = None
+) -> None:
     """Summarise the runs of several results files together (one target over all of them).
 
     The files must come from the same real trials and fidelity; a run found in several
     (the same part, label, halving and seed: deterministic, so identical) counts once.
+    ``seeds``: keep only seeds below it, so rows of files with more seeds compare on the same.
+    ``best_from``: a results file whose best hypervolume sets the target (e.g. one without
+    oracle rows, whose fronts no real rule reaches).
     """
     saved = [json.loads(p.read_text()) for p in paths]
     first = saved[0]["meta"]
@@ -504,10 +539,28 @@ def merge(paths: list[Path], stem: Path) -> None:
                     f"{first.get(key)!r} and {path.name} {other['meta'].get(key)!r}; "
                     "merge only runs of the same benchmark"
                 )
-    unique = {(r["part"], r["label"], r["halving"], r["seed"]): r for s in saved for r in s["runs"]}
+    unique = {
+        (r["part"], r["label"], r["halving"], r["seed"]): r
+        for s in saved
+        for r in s["runs"]
+        if seeds is None or r["seed"] < seeds
+    }
     runs = list(unique.values())
-    summary = summarise(runs, first["seconds_per_step"])
+    best = None
+    if best_from is not None:
+        source = json.loads(best_from.read_text())
+        if (source["meta"]["data"], source["meta"]["fidelity"]) != (
+            first["data"],
+            first["fidelity"],
+        ):
+            sys.exit(
+                f"--merge-best-from: {best_from.name} is of {source['meta']['data']!r}, not "
+                f"{first['data']!r}; take the target from a results file of the same benchmark"
+            )
+        best = source["summary"]["best_hv"]
+    summary = summarise(runs, first["seconds_per_step"], best)
     meta = first | {
+        "best_from": None if best_from is None else f"of `{best_from.name}`",
         "seeds": max(r["seed"] for r in runs) + 1,
         "verdicts": verdicts(summary),
         "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/search_cost.py "

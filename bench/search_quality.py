@@ -147,6 +147,8 @@ def trained_curve(study) -> dict:
         "hv": [h / box for h in hypervolume_history(points, ref, study.directions)],
         "steps": steps,
         "statuses": [results[n].status.value for n in trained],
+        #: Each trained trial's objective values (None unless COMPLETE), in order.
+        "points": points,
         "reused": len(reused),
         "reference": ref,
     }

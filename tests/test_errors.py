@@ -247,3 +247,19 @@ def test_cli_unknown_model():
     out = _cli("validate", "search_spaces/lora.yaml", "--model", "bert-huge")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "model: a model must be a bundled short name" in out.stderr
+
+
+def test_errors_survive_a_pickle_round_trip():
+    """Process pools and Ray workers pickle a raised error: its text and fields must stay."""
+    import pickle
+
+    from autopeft.core.errors import _NO_VALUE, RuleError
+
+    with pytest.raises(ConfigError) as info:
+        api.study_from_dict({"name": "a,b", "model": "minilm", "task": "rotten_tomatoes"})
+    back = pickle.loads(pickle.dumps(info.value))
+    assert str(back) == str(info.value)
+    assert [p.path for p in back.problems] == [p.path for p in info.value.problems]
+    rule = pickle.loads(pickle.dumps(RuleError("low <= high must hold", "swap them", path="x")))
+    assert (rule.rule, rule.hint, rule.path) == ("low <= high must hold", "swap them", "x")
+    assert pickle.loads(pickle.dumps(RuleError("r"))).value is _NO_VALUE

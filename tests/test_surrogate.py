@@ -21,6 +21,7 @@ sys.path.insert(0, str(BENCH))
 
 # Plain imports: a broken bench module must fail the tests, not skip them.
 import collect_real_trials as collect  # noqa: E402
+import fed_tpe  # noqa: E402
 import search_cost  # noqa: E402
 import surrogate  # noqa: E402
 from ladders import Ladder  # noqa: E402
@@ -72,6 +73,35 @@ def test_search_on_the_surrogate_with_halving(tmp_path, fitted):
     run_local(study, 25, runner=surrogate.for_study(study, fitted), progress=False)
     statuses = {r.status for _, r in study.results()}
     assert TrialStatus.PRUNED in statuses and study.front()
+
+
+def test_the_fed_tpe_sees_pruned_trials_complete_at_their_rung_and_the_study_keeps_them(
+    tmp_path, fitted
+):
+    from optuna.trial import TrialState
+
+    study = Study(collect.bench_study("surrogate-fed"), tmp_path)
+    fed_tpe.feed(study)
+    assert isinstance(study.optuna.sampler, fed_tpe.FedTPE)
+    run_local(study, 25, runner=surrogate.for_study(study, fitted), progress=False)
+    stored = study.optuna.get_trials(deepcopy=False)
+    pruned = [t for t in stored if t.state == TrialState.PRUNED]
+    assert pruned, "halving stopped some trials"
+    shown = {
+        t.number: t for t in fed_tpe.PrunedAsComplete(study.optuna, study.pruned_values).trials
+    }
+    for t in pruned:
+        values, fraction = study.pruned_values(t)
+        assert shown[t.number].state == TrialState.COMPLETE and shown[t.number].values == values
+        assert 0 < fraction < 1 and t.values is None  # the study's own trial is untouched
+    complete = [t for t in stored if t.state == TrialState.COMPLETE]
+    assert all(shown[t.number].values == t.values for t in complete)
+    # Only the state filter sees the change.
+    view = fed_tpe.PrunedAsComplete(study.optuna, study.pruned_values)
+    assert not view.get_trials(states=(TrialState.PRUNED,))
+    with pytest.raises(ValueError, match="tpe sampler"):
+        fed_tpe.feed(Study(collect.bench_study("fed-random", sampler={"name": "random"}), tmp_path))
+    assert Ladder.parse("0.25,1.0@3+oracle+fed") == Ladder((0.25, 1.0), 3.0, oracle=True, fed=True)
 
 
 def test_longer_fidelity_surrogate_prunes_at_its_rungs(tmp_path):
@@ -226,6 +256,16 @@ def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
     best = max(r["hv"][-1] for r in merged["runs"])
     assert merged["summary"]["target"] == pytest.approx(search_cost.TARGET * best)
     assert "It merges: `" in (tmp_path / "merged.md").read_text()
+    # --merge-seeds: the first seeds of each file only.
+    search_cost.merge(parts, tmp_path / "two", seeds=2)
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert {r["seed"] for r in two["runs"]} == {0, 1} and len(two["runs"]) == 4 * 2
+    # --merge-best-from: the target of another file's best hypervolume.
+    search_cost.merge(parts, tmp_path / "theirs", best_from=results / "search_cost_640.json")
+    theirs = json.loads((tmp_path / "theirs.json").read_text())["summary"]
+    other = json.loads((results / "search_cost_640.json").read_text())["summary"]["best_hv"]
+    assert theirs["target"] == pytest.approx(search_cost.TARGET * other) and other != best
+    assert "search_cost_640.json" in (tmp_path / "theirs.md").read_text()
     # Runs of another benchmark do not mix.
     twenty["meta"]["data"] = "real_trials_minilm_160.jsonl"
     parts[1].write_text(json.dumps(twenty))

@@ -23,6 +23,11 @@ class ConfigError(AutopeftError):
         self.source = source
         super().__init__(self.render())
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[Problem], str | None]]:
+        # Exception pickles as cls(*args), i.e. from the rendered text; rebuild from the
+        # problems instead, so the error crosses process pools and Ray workers intact.
+        return type(self), (self.problems, self.source)
+
     def render(self) -> str:
         """Render all problems, one paragraph each."""
         head = f"{self.source}: " if self.source else ""
@@ -69,7 +74,14 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     return f"known: {', '.join(options)}"
 
 
-_NO_VALUE = object()
+class _NoValue:
+    """The type of ``_NO_VALUE``: one object, also after a pickle round trip."""
+
+    def __reduce__(self) -> str:
+        return "_NO_VALUE"
+
+
+_NO_VALUE = _NoValue()
 
 
 class RuleError(ValueError):
@@ -84,6 +96,10 @@ class RuleError(ValueError):
     ):
         self.rule, self.hint, self.value, self.path = rule, hint, value, path
         super().__init__(rule)
+
+    def __reduce__(self) -> tuple[type[RuleError], tuple[str, str | None, Any, str | None]]:
+        # As ConfigError: keep the hint, value and path across a pickle.
+        return type(self), (self.rule, self.hint, self.value, self.path)
 
     def under(self, prefix: str) -> RuleError:
         """The same error one level deeper: ``prefix.<path>``."""

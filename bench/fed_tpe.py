@@ -20,8 +20,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autopeft.search.samplers import STARTUP_DEFAULTS
-
 Partial = Callable[[FrozenTrial], "tuple[list[float], float] | None"]
 
 
@@ -68,35 +66,39 @@ class PrunedAsComplete:
         return shown
 
 
-class FedTPE(optuna.samplers.TPESampler):
-    """The default TPE (``autopeft.search.samplers``) sampling from a :class:`PrunedAsComplete`."""
+class FedTPE(optuna.samplers.BaseSampler):
+    """The study's own sampler (the default TPE of ``autopeft.search.samplers``), reading the
+    study through a :class:`PrunedAsComplete`."""
 
-    def __init__(self, partial: Partial, seed: int | None, n_startup_trials: int):
-        super().__init__(
-            seed=seed,
-            n_startup_trials=n_startup_trials,
-            multivariate=True,
-            group=True,
-            constant_liar=True,
-        )
-        self._partial = partial
+    def __init__(self, inner: optuna.samplers.BaseSampler, partial: Partial):
+        self._inner, self._partial = inner, partial
+
+    def _view(self, study: optuna.Study) -> Any:
+        return PrunedAsComplete(study, self._partial)
 
     def infer_relative_search_space(self, study, trial):  # noqa: ANN001, ANN201
-        return super().infer_relative_search_space(PrunedAsComplete(study, self._partial), trial)
+        return self._inner.infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
-        view = PrunedAsComplete(study, self._partial)
-        return super().sample_relative(view, trial, search_space)
+        return self._inner.sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
-        view = PrunedAsComplete(study, self._partial)
-        return super().sample_independent(view, trial, param_name, param_distribution)
+        view = self._view(study)
+        return self._inner.sample_independent(view, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):  # noqa: ANN001, ANN201
+        self._inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):  # noqa: ANN001, ANN201
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
 
 
 def feed(study: Any) -> None:
     """Give an ``autopeft`` TPE study (:class:`~autopeft.search.study.Study`) a FedTPE."""
-    cfg = study.config.sampler
-    if cfg.name != "tpe":
-        raise ValueError(f"+fed is for the tpe sampler, but the study uses {cfg.name!r}")
-    startup = cfg.n_startup_trials if cfg.n_startup_trials is not None else STARTUP_DEFAULTS["tpe"]
-    study.optuna.sampler = FedTPE(study.pruned_values, cfg.seed, startup)
+    if study.config.sampler.name != "tpe":
+        name = study.config.sampler.name
+        raise ValueError(f"+fed is for the tpe sampler, but the study uses {name!r}")
+    study.optuna.sampler = FedTPE(study.optuna.sampler, study.pruned_values)

@@ -89,21 +89,15 @@ def improving_count(hv: Sequence[float]) -> int:
 def analyse(spec: Spec, surrogate: Surrogate, root: str, target: float) -> dict:
     """One seed: the no-halving run until its front reaches ``target`` (a fraction of the
     reference box), and the needed and improving trials before that."""
-    from search_quality import reference_point
-
-    study, run = run_study(spec, surrogate, root)
+    curve, run = run_study(spec, surrogate, root)
     hv = run["hv"]
     reached = next((i + 1 for i, h in enumerate(hv) if h >= target - 1e-12), None)
     out = {"seed": spec.seed, "trials_to_target": reached, "trials": len(hv)}
     if reached is None:
         return out
-    from search_quality import trained_curve
-
-    ref = reference_point(study)
-    box = (1.0 - ref[0]) * ref[1] * ref[2]
-    points = trained_curve(study)["points"][:reached]
+    points = curve["points"][:reached]
     done = [i for i, p in enumerate(points) if p is not None]
-    needed = greedy_needed([points[i] for i in done], ref, target * box)
+    needed = greedy_needed([points[i] for i in done], curve["reference"], target * curve["box"])
     return out | {
         "needed": sorted(done[i] for i in needed),
         "improving": improving_count(hv[:reached]),

@@ -43,7 +43,7 @@ class Ladder:
             if unknown:
                 raise ValueError
             values = tuple(float(v) for v in rungs.split(","))
-            return cls(values, float(eta or 3.0), *(f in flags for f in LADDER_FLAGS))
+            return cls(values, float(eta or 3.0), **{f: f in flags for f in LADDER_FLAGS})
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected rungs@eta[+{'|+'.join(LADDER_FLAGS)}] such as 0.125,0.5,1.0@4, "

@@ -108,8 +108,8 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
     return run_study(spec, surrogate, root)[1]
 
 
-def run_study(spec: Spec, surrogate: Surrogate, root: str) -> tuple[object, dict]:
-    """:func:`run_one`, also returning the study (for analyses of its trials)."""
+def run_study(spec: Spec, surrogate: Surrogate, root: str) -> tuple[dict, dict]:
+    """:func:`run_one`, also returning the study's whole :func:`trained_curve` (uncut)."""
     import torch
 
     from autopeft.search.local import run_local
@@ -153,7 +153,7 @@ def run_study(spec: Spec, surrogate: Surrogate, root: str) -> tuple[object, dict
     # Runs go in chunks of 5 trials: cut at the trial that spends the budget.
     steps = curve["steps"]
     cut = next((i + 1 for i, s in enumerate(steps) if s >= spec.step_budget), len(steps))
-    return study, {
+    return curve, {
         **asdict(spec),
         "hv": curve["hv"][:cut],
         "steps": steps[:cut],

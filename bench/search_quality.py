@@ -151,6 +151,8 @@ def trained_curve(study) -> dict:
         "points": points,
         "reused": len(reused),
         "reference": ref,
+        #: The reference box's volume: ``hv`` is a fraction of it.
+        "box": box,
     }
 
 

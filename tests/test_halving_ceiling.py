@@ -69,3 +69,25 @@ def test_one_seed_on_the_640_step_surrogate(tmp_path):
     # A later first rung saves less; only the needed finishing saves at least as much.
     assert ceilings["0.25"]["needed"] <= ceilings["0.125"]["needed"]
     assert all(c["improving"] <= c["needed"] for c in ceilings.values())
+
+
+def test_a_target_from_another_benchmark_is_refused_with_the_rule():
+    import subprocess
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "halving_ceiling.py"),
+            "--data",
+            str(BENCH / "results" / "real_trials_minilm_640.jsonl"),
+            "--target-from",
+            str(BENCH / "results" / "search_cost_160.json"),
+            "--seeds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "--target-from: search_cost_160.json is of 'real_trials_minilm_160.jsonl'" in out.stderr

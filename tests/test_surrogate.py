@@ -266,6 +266,8 @@ def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
     other = json.loads((results / "search_cost_640.json").read_text())["summary"]["best_hv"]
     assert theirs["target"] == pytest.approx(search_cost.TARGET * other) and other != best
     assert "search_cost_640.json" in (tmp_path / "theirs.md").read_text()
+    with pytest.raises(SystemExit, match="--merge-best-from: search_cost_160.json is of"):
+        search_cost.merge(parts, tmp_path / "x", best_from=results / "search_cost_160.json")
     # Runs of another benchmark do not mix.
     twenty["meta"]["data"] = "real_trials_minilm_160.jsonl"
     parts[1].write_text(json.dumps(twenty))

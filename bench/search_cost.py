@@ -310,6 +310,9 @@ def verdicts(summary: dict) -> list[str]:
     )
     for label in ladders:
         names[label] = Ladder.title(label)
+    # bench/promotion.py's rows, when merged in.
+    for label in sorted(label for part, label, _ in by if label.startswith("promote-")):
+        names[label] = f"Deferred promotion `{label}` (bench/promotion.py)"
     for label, name in names.items():
         on = by.get(("cost", label, True))
         if off and on:

@@ -1,0 +1,249 @@
+"""Deferred promotion: every trial pauses at the first rung; the scheduler later promotes
+the paused trial that adds the most to the front, judged at that rung (a prototype).
+
+``halving_ceiling.py`` showed that a rule deciding at the rung cannot reach the 3x of issue
+7.3: the trials that raise the front when they finish are later replaced by better ones, and
+a rule deciding at the rung must let them finish. Here nothing is decided at the rung. Each
+new trial trains to the first rung and pauses (a checkpoint; in the study it is PRUNED with
+its rung point). After every ``every`` new trials the scheduler promotes the paused trial
+whose rung point adds the most hypervolume to the rung points of the trials promoted so far
+(greedy hypervolume improvement, like ``halving_ceiling.py``'s clairvoyant set, but online and
+on rung accuracy); it resumes from its checkpoint to the full fidelity, costing the rest of
+the steps. A paused trial that adds nothing at the rung is never promoted; when none adds
+anything, the scheduler explores instead.
+
+Runs are in ``search_cost.py``'s format, so ``search_cost.py --merge`` puts them beside the
+other rows (same target, same seeds).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/promotion.py \\
+        --data bench/results/real_trials_minilm_640.jsonl --features all,log_params \\
+        --seeds 20 --jobs 2 --policies 0.125@4 0.125@6+oracle
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from collect_real_trials import bench_study  # noqa: E402
+from fed_tpe import feed  # noqa: E402
+from search_cost import (  # noqa: E402
+    RESULTS,
+    data_fidelity,
+    real_trials,
+    seconds_per_step,
+    summarise,
+    verdicts,
+    write,
+)
+from search_quality import reference_point, run_all  # noqa: E402
+from surrogate import Surrogate, for_study  # noqa: E402
+
+from autopeft.core.halving import rung_steps  # noqa: E402
+from autopeft.core.pareto import hypervolume  # noqa: E402
+from autopeft.search.study import model_profile  # noqa: E402
+
+DIRECTIONS = ("maximize", "minimize", "minimize")
+#: Policy flags: the rungs see the final accuracy; TPE is told paused trials' rung points
+#: (bench/fed_tpe.py); a promoted trial trains from scratch instead of its saved state.
+FLAGS = ("oracle", "fed", "restart")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``first@every[+oracle][+fed][+restart]``: first rung (fraction), new trials per
+    promotion and flags."""
+
+    first: float
+    every: int
+    oracle: bool = False
+    fed: bool = False
+    #: A promoted trial trains again from scratch (no checkpoint): it costs the full fidelity.
+    restart: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        """``'0.125@4+oracle'`` -> a policy."""
+        shape, *flags = text.split("+")
+        first, _, every = shape.partition("@")
+        try:
+            if set(flags) - set(FLAGS):
+                raise ValueError
+            policy = cls(float(first), int(every or 4), **{f: True for f in flags})
+            if not 0 < policy.first < 1 or policy.every < 1:
+                raise ValueError
+            return policy
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected first@every[+{'|+'.join(FLAGS)}] with 0 < first < 1 and every >= 1, "
+                f"such as 0.125@4, but got {text!r}"
+            ) from None
+
+    def label(self, fidelity: int) -> str:
+        """The row label: ``promote-r80-every4[-oracle][-fed][-restart]``."""
+        flags = "".join(f"-{f}" for f in FLAGS if getattr(self, f))
+        return f"promote-r{round(self.first * fidelity)}-every{self.every}{flags}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One search under a policy."""
+
+    policy: Policy
+    seed: int
+    fidelity: int
+    step_budget: int
+
+
+def gain(point: list[float], front: list[list[float]], reference: list[float]) -> float:
+    """Hypervolume ``point`` adds to ``front`` (0 if dominated or outside the box)."""
+    return hypervolume([*front, point], reference, DIRECTIONS) - hypervolume(
+        front, reference, DIRECTIONS
+    )
+
+
+def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
+    """Search until the step budget is spent; HV of the finished front after each event."""
+    import torch
+
+    from autopeft.core.result import TrialStatus
+    from autopeft.search.study import Study
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    policy, fidelity = run.policy, run.fidelity
+    first = rung_steps(fidelity, [policy.first])[0]
+    name = f"{policy.label(fidelity)}-s{run.seed}"
+    config = bench_study(
+        name,
+        steps=fidelity,
+        rungs=[policy.first, 1.0],
+        sampler={"name": "tpe", "seed": run.seed},
+        halving={"enabled": False},
+    )
+    study = Study(config, root=root)
+    if policy.fed:
+        feed(study)
+    runner = for_study(study, surrogate, seed=run.seed, oracle=policy.oracle)
+    reference = reference_point(study)
+    box = (1.0 - reference[0]) * reference[1] * reference[2]
+    known = study.known_results()
+    paused: dict[int, tuple[dict, list[float]]] = {}  # trial number -> (params, rung point)
+    promoted_rung: list[list[float]] = []
+    finished: list[list[float]] = []
+    hv, steps, statuses = [], [], []
+    spent, since, started = 0, 0, time.perf_counter()
+    while spent < run.step_budget:
+        choice = None
+        if since >= policy.every and paused:
+            scored = {n: gain(p, promoted_rung, reference) for n, (_, p) in paused.items()}
+            best = max(scored, key=scored.get)
+            choice = best if scored[best] > 0 else None
+        if choice is not None:
+            params, point = paused.pop(choice)
+            study.optuna.enqueue_trial(params, user_attrs={"promoted_from": choice})
+            trial, candidate = study.ask()
+            result = runner.run(candidate, None, {first})
+            study.tell(trial, result)
+            spent += fidelity if policy.restart else fidelity - first
+            promoted_rung.append(point)
+            finished.append(study.values_of(result))
+            since = 0
+        else:
+            proposal = study.propose(known)
+            if proposal is None:
+                break
+            trial, candidate = proposal
+            n_params, predicted, _ = runner.budget(candidate)
+            rung: list[float] = []
+
+            def pause(step: int, metrics: dict, rung=rung, rest=(n_params, predicted)) -> bool:
+                rung[:] = [metrics["accuracy"], *rest]
+                return False
+
+            result = runner.run(candidate, pause, {first})
+            study.tell(trial, result)
+            known[candidate.key()] = result
+            spent += result.steps
+            if result.status is TrialStatus.PRUNED:
+                paused[trial.number] = (dict(trial.params), rung)
+                since += 1
+        hv.append(hypervolume(finished, reference, DIRECTIONS) / box)
+        steps.append(spent)
+        statuses.append(result.status.value)
+    return {
+        "part": "cost",
+        "label": policy.label(fidelity),
+        "halving": True,
+        "seed": run.seed,
+        "step_budget": run.step_budget,
+        **{f"policy_{k}": v for k, v in asdict(policy).items()},
+        "hv": hv,
+        "steps": steps,
+        "trials": len(hv),
+        "pruned": statuses.count("PRUNED"),
+        "promoted": len(finished),
+        "reused": sum(1 for t in study.optuna.trials if t.user_attrs.get("reused")),
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def main() -> None:
+    """Run the policies on the surrogate; write search_cost-format results."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--features", type=lambda s: tuple(s.split(",")), default=("all",))
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--budget-trials", type=int, default=60)
+    parser.add_argument("--policies", type=Policy.parse, nargs="+", required=True)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="promotion_640")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    records = real_trials(args.data)
+    surrogate = Surrogate(records, model_profile("minilm"), args.features)
+    fidelity, _ = data_fidelity(records)
+    budget = args.budget_trials * fidelity
+    runs_in = [Run(p, s, fidelity, budget) for s in range(args.seeds) for p in args.policies]
+    runs = run_all(
+        runs_in,
+        run_policy,
+        args.jobs,
+        lambda r, out: (
+            f"{out['label']} seed {r.seed}: HV {out['hv'][-1]:.4f} trials {out['trials']} "
+            f"promoted {out['promoted']} steps {out['steps'][-1]} {out['wall_s']:.1f} s"
+        ),
+        surrogate,
+    )
+    sps = seconds_per_step(records)
+    summary = summarise(runs, sps)
+    meta = {
+        "seeds": args.seeds,
+        "seconds_per_step": sps,
+        "real_trials": len(records),
+        "data": args.data.name,
+        "features": list(args.features),
+        "fidelity": fidelity,
+        "rung_steps": sorted({rung_steps(fidelity, [p.first])[0] for p in args.policies}),
+        "min_delta": 0.0,
+        "rule": "deferred promotion (bench/promotion.py)",
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/promotion.py "
+        + " ".join(sys.argv[1:]),
+        "runtime_min": (time.perf_counter() - started) / 60,
+        "machine": f"{platform.machine()} CPU",
+        "verdicts": verdicts(summary),
+        "surrogate": surrogate.report(),
+    }
+    write(args.out / args.name, meta, summary, runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,6 @@ other rows (same target, same seeds).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 import warnings
@@ -34,15 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from collect_real_trials import bench_study  # noqa: E402
 from fed_tpe import feed  # noqa: E402
-from search_cost import (  # noqa: E402
-    RESULTS,
-    data_fidelity,
-    real_trials,
-    seconds_per_step,
-    summarise,
-    verdicts,
-    write,
-)
+from search_cost import RESULTS, data_fidelity, real_trials, write_runs  # noqa: E402
 from search_quality import reference_point, run_all  # noqa: E402
 from surrogate import Surrogate, for_study  # noqa: E402
 
@@ -223,26 +214,12 @@ def main() -> None:
         ),
         surrogate,
     )
-    sps = seconds_per_step(records)
-    summary = summarise(runs, sps)
     meta = {
-        "seeds": args.seeds,
-        "seconds_per_step": sps,
-        "real_trials": len(records),
-        "data": args.data.name,
-        "features": list(args.features),
-        "fidelity": fidelity,
         "rung_steps": sorted({rung_steps(fidelity, [p.first])[0] for p in args.policies}),
         "min_delta": 0.0,
         "rule": "deferred promotion (bench/promotion.py)",
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/promotion.py "
-        + " ".join(sys.argv[1:]),
-        "runtime_min": (time.perf_counter() - started) / 60,
-        "machine": f"{platform.machine()} CPU",
-        "verdicts": verdicts(summary),
-        "surrogate": surrogate.report(),
     }
-    write(args.out / args.name, meta, summary, runs)
+    write_runs(args, records, surrogate, runs, meta, started)
 
 
 if __name__ == "__main__":

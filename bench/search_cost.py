@@ -488,6 +488,28 @@ def main() -> None:
         surrogate,
         keep=args.keep,
     )
+    meta = {
+        "rung_steps": rung_steps(fidelity, list(shape["rungs"])),
+        "min_delta": args.min_delta,
+        "eta": args.eta,
+        "rule": RULE,
+    }
+    write_runs(args, records, surrogate, runs, meta, started)
+
+
+def write_runs(
+    args: argparse.Namespace,
+    records: list[dict],
+    surrogate: Surrogate,
+    runs: list[dict],
+    meta: dict,
+    started: float,
+) -> None:
+    """Summarise ``runs`` and write them with the run's meta (``meta`` adds to it).
+
+    ``args`` carries ``seeds``, ``data``, ``features``, ``out`` and ``name``; the command
+    recorded is this process's own.
+    """
     sps = seconds_per_step(records)
     summary = summarise(runs, sps)
     meta = {
@@ -496,12 +518,9 @@ def main() -> None:
         "real_trials": len(records),
         "data": args.data.name,
         "features": list(args.features),
-        "fidelity": fidelity,
-        "rung_steps": rung_steps(fidelity, list(shape["rungs"])),
-        "min_delta": args.min_delta,
-        "eta": args.eta,
-        "rule": RULE,
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/search_cost.py "
+        "fidelity": data_fidelity(records)[0],
+        **meta,
+        "command": f"OMP_NUM_THREADS=1 .venv/bin/python bench/{Path(sys.argv[0]).name} "
         + " ".join(sys.argv[1:]),
         "runtime_min": (time.perf_counter() - started) / 60,
         "machine": f"{platform.machine()} CPU",

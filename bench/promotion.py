@@ -43,8 +43,10 @@ from autopeft.search.study import model_profile  # noqa: E402
 
 DIRECTIONS = ("maximize", "minimize", "minimize")
 #: Policy flags: the rungs see the final accuracy; TPE is told paused trials' rung points
-#: (bench/fed_tpe.py); a promoted trial trains from scratch instead of its saved state.
-FLAGS = ("oracle", "fed", "restart")
+#: (bench/fed_tpe.py); a promoted trial trains from scratch instead of its saved state;
+#: paused trials are judged by their final accuracy as predicted from their rung point
+#: (:func:`predictor`) against the promoted trials' final points.
+FLAGS = ("oracle", "fed", "restart", "predict")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Policy:
     fed: bool = False
     #: A promoted trial trains again from scratch (no checkpoint): it costs the full fidelity.
     restart: bool = False
+    #: Judge paused trials by predicted final accuracy (:func:`predictor`).
+    predict: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Policy:
@@ -100,6 +104,35 @@ def gain(point: list[float], front: list[list[float]], reference: list[float]) -
     )
 
 
+#: Promoted trials before the predictor is fitted (until then rung points are compared).
+MIN_FIT = 6
+
+
+def predictor(rung: list[list[float]], final: list[list[float]]):
+    """A point's final accuracy predicted from its rung point: ridge regression of the
+    promoted trials' final accuracy on (rung accuracy, log params, log memory)."""
+    import math
+
+    import torch
+
+    def row(p: list[float]) -> list[float]:
+        return [1.0, p[0], math.log(max(p[1], 1.0)), math.log(max(p[2], 1.0))]
+
+    x = torch.tensor([row(p) for p in rung], dtype=torch.float64)
+    y = torch.tensor([f[0] for f in final], dtype=torch.float64)
+    mean, std = x[:, 1:].mean(0), x[:, 1:].std(0).clamp(min=1e-9)
+    z = torch.cat([x[:, :1], (x[:, 1:] - mean) / std], 1)
+    penalty = torch.diag(torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+    w = torch.linalg.solve(z.T @ z + penalty, z.T @ y)
+
+    def guess(p: list[float]) -> list[float]:
+        r = torch.tensor(row(p), dtype=torch.float64)
+        zr = torch.cat([r[:1], (r[1:] - mean) / std])
+        return [float(zr @ w), *p[1:]]
+
+    return guess
+
+
 def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
     """Search until the step budget is spent; HV of the finished front after each event."""
     import torch
@@ -134,7 +167,11 @@ def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
     while spent < run.step_budget:
         choice = None
         if since >= policy.every and paused:
-            scored = {n: gain(p, promoted_rung, reference) for n, (_, p) in paused.items()}
+            if policy.predict and len(finished) >= MIN_FIT:
+                guess = predictor(promoted_rung, finished)
+                scored = {n: gain(guess(p), finished, reference) for n, (_, p) in paused.items()}
+            else:
+                scored = {n: gain(p, promoted_rung, reference) for n, (_, p) in paused.items()}
             best = max(scored, key=scored.get)
             choice = best if scored[best] > 0 else None
         if choice is not None:

@@ -61,3 +61,13 @@ def test_one_run_pays_the_first_rung_per_new_trial_and_the_rest_per_promotion(tm
     assert all(b >= a for a, b in zip(out["hv"], out["hv"][1:]))
     grew = [i for i in range(1, len(out["hv"])) if out["hv"][i] > out["hv"][i - 1]]
     assert all(spent[i] == 560 for i in grew) and out["hv"][-1] > 0
+
+
+def test_the_predictor_learns_the_promoted_trials_gain_from_the_rung():
+    # Final = rung + 0.1 for every promoted trial: the fit predicts close to that.
+    rung = [[0.6 + 0.02 * i, 1000.0 * (i + 1), 50.0 + i] for i in range(12)]
+    final = [[p[0] + 0.1, *p[1:]] for p in rung]
+    guess = promotion.predictor(rung, final)([0.7, 5000.0, 54.0])
+    assert guess[1:] == [5000.0, 54.0]  # exact costs are kept
+    assert guess[0] == pytest.approx(0.8, abs=0.02)
+    assert promotion.Policy.parse("0.125@4+predict").predict

@@ -43,12 +43,21 @@ from search_cost import RESULTS, Spec, data_fidelity, real_trials, run_study  # 
 from search_quality import run_all  # noqa: E402
 from surrogate import Surrogate  # noqa: E402
 
+from autopeft.core.halving import RUNG_DIRECTIONS  # noqa: E402
 from autopeft.core.pareto import hypervolume  # noqa: E402
 from autopeft.search.study import model_profile  # noqa: E402
 
-DIRECTIONS = ("maximize", "minimize", "minimize")
 #: First rungs (fractions of the full fidelity) the ceiling is given for.
 FIRST_RUNGS = (0.25, 0.125, 0.0625)
+
+
+def gain(
+    point: Sequence[float], front: Sequence[Sequence[float]], reference: Sequence[float]
+) -> float:
+    """Hypervolume ``point`` adds to ``front`` (0 if dominated or outside the box)."""
+    return hypervolume([*front, point], reference, RUNG_DIRECTIONS) - hypervolume(
+        front, reference, RUNG_DIRECTIONS
+    )
 
 
 def greedy_needed(
@@ -66,12 +75,11 @@ def greedy_needed(
         rest = [i for i in range(len(points)) if i not in chosen]
         if not rest:
             raise ValueError(f"the points reach hypervolume {current}, short of {target}")
-        gains = {
-            i: hypervolume([points[j] for j in chosen + [i]], reference, DIRECTIONS) for i in rest
-        }
+        front = [points[j] for j in chosen]
+        gains = {i: gain(points[i], front, reference) for i in rest}
         best = max(rest, key=lambda i: (gains[i], -i))
         chosen.append(best)
-        current = gains[best]
+        current = hypervolume([*front, points[best]], reference, RUNG_DIRECTIONS)
     return chosen
 
 

@@ -33,15 +33,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from collect_real_trials import bench_study  # noqa: E402
 from fed_tpe import feed  # noqa: E402
+from halving_ceiling import gain  # noqa: E402
 from search_cost import RESULTS, data_fidelity, real_trials, write_runs  # noqa: E402
 from search_quality import reference_point, run_all  # noqa: E402
-from surrogate import Surrogate, for_study  # noqa: E402
+from surrogate import F64, Surrogate, _with_bias, fit_ridge, for_study  # noqa: E402
 
-from autopeft.core.halving import rung_steps  # noqa: E402
+from autopeft.core.halving import RUNG_DIRECTIONS, rung_steps  # noqa: E402
 from autopeft.core.pareto import hypervolume  # noqa: E402
 from autopeft.search.study import model_profile  # noqa: E402
 
-DIRECTIONS = ("maximize", "minimize", "minimize")
 #: Policy flags: the rungs see the final accuracy; TPE is told paused trials' rung points
 #: (bench/fed_tpe.py); a promoted trial trains from scratch instead of its saved state;
 #: paused trials are judged by their final accuracy as predicted from their rung point
@@ -97,38 +97,31 @@ class Run:
     step_budget: int
 
 
-def gain(point: list[float], front: list[list[float]], reference: list[float]) -> float:
-    """Hypervolume ``point`` adds to ``front`` (0 if dominated or outside the box)."""
-    return hypervolume([*front, point], reference, DIRECTIONS) - hypervolume(
-        front, reference, DIRECTIONS
-    )
-
-
 #: Promoted trials before the predictor is fitted (until then rung points are compared).
 MIN_FIT = 6
 
 
 def predictor(rung: list[list[float]], final: list[list[float]]):
-    """A point's final accuracy predicted from its rung point: ridge regression of the
-    promoted trials' final accuracy on (rung accuracy, log params, log memory)."""
+    """A point's final accuracy predicted from its rung point: ridge regression (penalty 1,
+    standardised features) of the promoted trials' final accuracy on (rung accuracy, log
+    params, log memory)."""
     import math
 
     import torch
 
-    def row(p: list[float]) -> list[float]:
-        return [1.0, p[0], math.log(max(p[1], 1.0)), math.log(max(p[2], 1.0))]
+    def features(points: list[list[float]]) -> torch.Tensor:
+        return torch.tensor(
+            [[p[0], math.log(max(p[1], 1.0)), math.log(max(p[2], 1.0))] for p in points],
+            dtype=F64,
+        )
 
-    x = torch.tensor([row(p) for p in rung], dtype=torch.float64)
-    y = torch.tensor([f[0] for f in final], dtype=torch.float64)
-    mean, std = x[:, 1:].mean(0), x[:, 1:].std(0).clamp(min=1e-9)
-    z = torch.cat([x[:, :1], (x[:, 1:] - mean) / std], 1)
-    penalty = torch.diag(torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64))
-    w = torch.linalg.solve(z.T @ z + penalty, z.T @ y)
+    x = features(rung)
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-9)
+    y = torch.tensor([f[0] for f in final], dtype=F64)
+    w = fit_ridge(_with_bias((x - mean) / std), y, 1.0)
 
     def guess(p: list[float]) -> list[float]:
-        r = torch.tensor(row(p), dtype=torch.float64)
-        zr = torch.cat([r[:1], (r[1:] - mean) / std])
-        return [float(zr @ w), *p[1:]]
+        return [float(_with_bias((features([p]) - mean) / std)[0] @ w), *p[1:]]
 
     return guess
 
@@ -203,7 +196,7 @@ def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
             if result.status is TrialStatus.PRUNED:
                 paused[trial.number] = (dict(trial.params), rung)
                 since += 1
-        hv.append(hypervolume(finished, reference, DIRECTIONS) / box)
+        hv.append(hypervolume(finished, reference, RUNG_DIRECTIONS) / box)
         steps.append(spent)
         statuses.append(result.status.value)
     return {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from autopeft.core.halving import RUNG_DIRECTIONS
 from autopeft.core.pareto import hypervolume
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -28,10 +29,10 @@ def test_the_greedy_set_takes_the_largest_gain_first_and_stops_at_the_target():
         [0.95, 50.0, 50.0],  # a strip above it
         [0.60, 5.0, 5.0],  # a sliver beside it (less than the strip)
     ]
-    best = hypervolume([points[1]], REF, hc.DIRECTIONS)
+    best = hypervolume([points[1]], REF, RUNG_DIRECTIONS)
     assert hc.greedy_needed(points, REF, best) == [1]
-    everything = hypervolume(points, REF, hc.DIRECTIONS)
-    both = hypervolume([points[1], points[2]], REF, hc.DIRECTIONS)
+    everything = hypervolume(points, REF, RUNG_DIRECTIONS)
+    both = hypervolume([points[1], points[2]], REF, RUNG_DIRECTIONS)
     assert best < both < everything
     # Just above what 1 alone holds: the next-largest gain (the strip, 2) comes first.
     assert hc.greedy_needed(points, REF, best * 1.0001) == [1, 2]

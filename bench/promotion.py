@@ -12,6 +12,14 @@ on rung accuracy); it resumes from its checkpoint to the full fidelity, costing 
 the steps. A paused trial that adds nothing at the rung is never promoted; when none adds
 anything, the scheduler explores instead.
 
+Flags (:data:`FLAGS`) change what the rung shows (``+oracle``: the final accuracy), what the
+sampler is told (``+fed``), what a promotion costs (``+restart``) or how paused trials are
+judged: by a regression of the promoted trials' final accuracy on their rung point
+(``+predict``, a policy a real search could run), or by the surrogate's own posterior of the
+final accuracy given the rung accuracy (``+bayes``: its mean; ``+ehv``: the hypervolume gain
+expected over it). The posterior knows each configuration's true mean curve, so those two
+bound what any predictor from the rung accuracy could give.
+
 Runs are in ``search_cost.py``'s format, so ``search_cost.py --merge`` puts them beside the
 other rows (same target, same seeds).
 
@@ -23,6 +31,7 @@ other rows (same target, same seeds).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import warnings
@@ -36,7 +45,7 @@ from fed_tpe import feed  # noqa: E402
 from halving_ceiling import gain  # noqa: E402
 from search_cost import RESULTS, data_fidelity, real_trials, write_runs  # noqa: E402
 from search_quality import reference_point, run_all  # noqa: E402
-from surrogate import F64, Surrogate, _with_bias, fit_ridge, for_study  # noqa: E402
+from surrogate import F64, Surrogate, _with_bias, fit_ridge, for_study, ridge_loo  # noqa: E402
 
 from autopeft.core.halving import RUNG_DIRECTIONS, rung_steps  # noqa: E402
 from autopeft.core.pareto import hypervolume  # noqa: E402
@@ -45,13 +54,21 @@ from autopeft.search.study import model_profile  # noqa: E402
 #: Policy flags: the rungs see the final accuracy; TPE is told paused trials' rung points
 #: (bench/fed_tpe.py); a promoted trial trains from scratch instead of its saved state;
 #: paused trials are judged by their final accuracy as predicted from their rung point
-#: (:func:`predictor`) against the promoted trials' final points.
-FLAGS = ("oracle", "fed", "restart", "predict")
+#: (:func:`predictor`) against the promoted trials' final points; or by the surrogate's own
+#: posterior mean of the final accuracy given the rung accuracy (:func:`posterior_final`):
+#: the best any predictor from the rung point and the configuration can do; or by the
+#: hypervolume they add on average over that posterior (:func:`expected_gain`), which values
+#: a chance of a high final accuracy where the mean alone adds nothing.
+FLAGS = ("oracle", "fed", "restart", "predict", "bayes", "ehv")
+#: Kernel width of :func:`posterior_final`: the sampling error of an accuracy near 0.75 on
+#: the 1,000 validation examples of the 640-step data. A narrower kernel would pick out the
+#: very residual curve a trial was drawn with (the pool is finite): the oracle, not a bound.
+POSTERIOR_WIDTH = (0.75 * 0.25 / 1000) ** 0.5
 
 
 @dataclass(frozen=True)
 class Policy:
-    """``first@every[+oracle][+fed][+restart]``: first rung (fraction), new trials per
+    """``first@every[+flag]...`` (:data:`FLAGS`): first rung (fraction), new trials per
     promotion and flags."""
 
     first: float
@@ -62,6 +79,10 @@ class Policy:
     restart: bool = False
     #: Judge paused trials by predicted final accuracy (:func:`predictor`).
     predict: bool = False
+    #: Judge paused trials by the surrogate's posterior mean (:func:`posterior_final`).
+    bayes: bool = False
+    #: Judge paused trials by their expected gain over that posterior (:func:`expected_gain`).
+    ehv: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Policy:
@@ -97,33 +118,102 @@ class Run:
     step_budget: int
 
 
+#: Points of the Gaussian quadrature :meth:`predictor.outcomes` averages the gain over.
+OUTCOME_NODES = 9
 #: Promoted trials before the predictor is fitted (until then rung points are compared).
 MIN_FIT = 6
 
 
-def predictor(rung: list[list[float]], final: list[list[float]]):
+class predictor:  # noqa: N801 (used as a function: predictor(rung, final)(point))
     """A point's final accuracy predicted from its rung point: ridge regression (penalty 1,
     standardised features) of the promoted trials' final accuracy on (rung accuracy, log
-    params, log memory)."""
-    import math
+    params, log memory). ``spread`` is the root-mean-square leave-one-out error of the fit:
+    with it the prediction is a Gaussian (:meth:`outcomes`), for ``+predict+ehv``."""
 
-    import torch
+    def __init__(self, rung: list[list[float]], final: list[list[float]]):
+        import torch
 
-    def features(points: list[list[float]]) -> torch.Tensor:
+        x = self._features(rung)
+        self.mean, self.std = x.mean(0), x.std(0).clamp(min=1e-9)
+        z = _with_bias((x - self.mean) / self.std)
+        y = torch.tensor([f[0] for f in final], dtype=F64)
+        self.w = fit_ridge(z, y, 1.0)
+        self.spread = float(ridge_loo(z, y, 1.0).pow(2).mean().sqrt())
+
+    @staticmethod
+    def _features(points: list[list[float]]):
+        import torch
+
         return torch.tensor(
             [[p[0], math.log(max(p[1], 1.0)), math.log(max(p[2], 1.0))] for p in points],
             dtype=F64,
         )
 
-    x = features(rung)
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-9)
-    y = torch.tensor([f[0] for f in final], dtype=F64)
-    w = fit_ridge(_with_bias((x - mean) / std), y, 1.0)
+    def __call__(self, p: list[float]) -> list[float]:
+        z = _with_bias((self._features([p]) - self.mean) / self.std)[0]
+        return [float(z @ self.w), *p[1:]]
 
-    def guess(p: list[float]) -> list[float]:
-        return [float(_with_bias((features([p]) - mean) / std)[0] @ w), *p[1:]]
+    def outcomes(self, p: list[float]):
+        """Final accuracies and weights: Gauss-Hermite nodes of the Gaussian prediction."""
+        import numpy as np
+        import torch
 
-    return guess
+        nodes, weights = np.polynomial.hermite_e.hermegauss(OUTCOME_NODES)
+        finals = self(p)[0] + self.spread * torch.tensor(nodes, dtype=F64)
+        return finals.clamp(0.0, 1.0), torch.tensor(weights / weights.sum(), dtype=F64)
+
+
+def posterior(
+    surrogate: Surrogate, candidate, rung_acc: float, step: int, width: float = POSTERIOR_WIDTH
+):
+    """The final accuracies ``candidate`` may reach given its accuracy at ``step``, weighted.
+
+    A surrogate trial's curve is one of a finite set: the candidate's learner curve plus one
+    of the real learners' residual curves, or one of the real non-learners' flat curves, with
+    the candidate's P(learns). Each is weighted by that probability and by how close its value
+    at ``step`` is to ``rung_acc`` (a Gaussian of ``width``). It knows the configuration's
+    true mean curve, which no real search does: its saving bounds what a better predictor at
+    the rung could give. Returns (final accuracies, weights summing to 1), heaviest first,
+    cut where the rest weigh under 0.1%.
+    """
+    import torch
+
+    mean = torch.tensor(surrogate.learner_curve(candidate), dtype=F64)
+    p = surrogate.p_learn(candidate)
+    pools = [((mean + surrogate.residuals).clamp(0.0, 1.0), p)]
+    if len(surrogate.flat_curves):
+        pools.append((surrogate.flat_curves, 1.0 - p))
+    logw, final = [], []
+    for curves, prior in pools:
+        if prior <= 0.0:
+            continue
+        at = torch.tensor([surrogate.at(c.tolist(), step) for c in curves], dtype=F64)
+        logw.append(-0.5 * ((at - rung_acc) / width) ** 2 + math.log(prior / len(curves)))
+        final.append(curves[:, -1])
+    w, order = torch.softmax(torch.cat(logw), 0).sort(descending=True)
+    keep = int((w.cumsum(0) < 0.999).sum()) + 1
+    w = w[:keep] / w[:keep].sum()
+    return torch.cat(final)[order[:keep]], w
+
+
+def posterior_final(
+    surrogate: Surrogate, candidate, rung_acc: float, step: int, width: float = POSTERIOR_WIDTH
+) -> float:
+    """The posterior mean of the final accuracy (:func:`posterior`)."""
+    finals, w = posterior(surrogate, candidate, rung_acc, step, width)
+    return float(w @ finals)
+
+
+def expected_gain(posterior_of, point: list[float], front, reference) -> float:
+    """Hypervolume a paused trial adds to ``front`` on average over its posterior
+    (``(final accuracies, weights)``); ``point`` gives its exact costs."""
+    finals, w = posterior_of
+    # The gain grows with the accuracy: nothing to add at the best outcome, nothing at all.
+    if gain([float(finals.max()), *point[1:]], front, reference) <= 0.0:
+        return 0.0
+    return sum(
+        float(wi) * gain([float(f), *point[1:]], front, reference) for f, wi in zip(finals, w)
+    )
 
 
 def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
@@ -152,23 +242,51 @@ def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
     reference = reference_point(study)
     box = (1.0 - reference[0]) * reference[1] * reference[2]
     known = study.known_results()
-    paused: dict[int, tuple[dict, list[float]]] = {}  # trial number -> (params, rung point)
+    # trial number -> (params, rung point, candidate)
+    paused: dict[int, tuple[dict, list[float], object]] = {}
     promoted_rung: list[list[float]] = []
     finished: list[list[float]] = []
+    posteriors: dict = {}  # trial number -> its posterior (it does not change)
     hv, steps, statuses = [], [], []
     spent, since, started = 0, 0, time.perf_counter()
     while spent < run.step_budget:
         choice = None
         if since >= policy.every and paused:
-            if policy.predict and len(finished) >= MIN_FIT:
+            if policy.predict and policy.ehv and len(finished) >= MIN_FIT:
+                model = predictor(promoted_rung, finished)
+                scored = {
+                    n: expected_gain(model.outcomes(p), p, finished, reference)
+                    for n, (_, p, _) in paused.items()
+                }
+            elif policy.predict and len(finished) >= MIN_FIT:
                 guess = predictor(promoted_rung, finished)
-                scored = {n: gain(guess(p), finished, reference) for n, (_, p) in paused.items()}
+                scored = {n: gain(guess(p), finished, reference) for n, (_, p, _) in paused.items()}
+            elif policy.predict:
+                scored = {n: gain(p, promoted_rung, reference) for n, (_, p, _) in paused.items()}
+            elif policy.bayes or policy.ehv:
+                for n, (_, p, c) in paused.items():
+                    if n not in posteriors:
+                        posteriors[n] = posterior(surrogate, c, p[0], first)
+                if policy.ehv:
+                    scored = {
+                        n: expected_gain(posteriors[n], p, finished, reference)
+                        for n, (_, p, _) in paused.items()
+                    }
+                else:
+                    scored = {
+                        n: gain(
+                            [float(posteriors[n][1] @ posteriors[n][0]), *p[1:]],
+                            finished,
+                            reference,
+                        )
+                        for n, (_, p, _) in paused.items()
+                    }
             else:
-                scored = {n: gain(p, promoted_rung, reference) for n, (_, p) in paused.items()}
+                scored = {n: gain(p, promoted_rung, reference) for n, (_, p, _) in paused.items()}
             best = max(scored, key=scored.get)
             choice = best if scored[best] > 0 else None
         if choice is not None:
-            params, point = paused.pop(choice)
+            params, point, _ = paused.pop(choice)
             study.optuna.enqueue_trial(params, user_attrs={"promoted_from": choice})
             trial, candidate = study.ask()
             result = runner.run(candidate, None, {first})
@@ -194,7 +312,7 @@ def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
             known[candidate.key()] = result
             spent += result.steps
             if result.status is TrialStatus.PRUNED:
-                paused[trial.number] = (dict(trial.params), rung)
+                paused[trial.number] = (dict(trial.params), rung, candidate)
                 since += 1
         hv.append(hypervolume(finished, reference, RUNG_DIRECTIONS) / box)
         steps.append(spent)

@@ -1,4 +1,4 @@
-"""bench/promotion.py: policy parsing, the promotion gain, and one run's cost accounting."""
+"""bench/promotion.py: policy parsing, the promotion gain, the predictors, one run's cost."""
 
 from __future__ import annotations
 
@@ -71,3 +71,57 @@ def test_the_predictor_learns_the_promoted_trials_gain_from_the_rung():
     assert guess[1:] == [5000.0, 54.0]  # exact costs are kept
     assert guess[0] == pytest.approx(0.8, abs=0.02)
     assert promotion.Policy.parse("0.125@4+predict").predict
+
+
+def test_the_predictor_spreads_its_outcomes_by_its_leave_one_out_error():
+    rung = [[0.6 + 0.02 * i, 1000.0 * (i + 1), 50.0 + i] for i in range(12)]
+    # The final accuracy alternates 0.05 around a trend no feature carries: a real spread.
+    final = [[0.75 + (0.05 if i % 2 else -0.05), *p[1:]] for i, p in enumerate(rung)]
+    model = promotion.predictor(rung, final)
+    assert 0.03 < model.spread < 0.1
+    finals, weights = model.outcomes([0.7, 5000.0, 54.0])
+    assert len(finals) == promotion.OUTCOME_NODES and float(weights.sum()) == pytest.approx(1.0)
+    assert float(weights @ finals) == pytest.approx(model([0.7, 5000.0, 54.0])[0], abs=1e-5)
+    spread = float((weights @ (finals - weights @ finals) ** 2).sqrt())
+    assert spread == pytest.approx(model.spread, rel=1e-3)
+    exact = promotion.predictor(rung, [[p[0] + 0.1, *p[1:]] for p in rung])
+    assert exact.spread < model.spread / 3
+
+
+def test_the_posterior_spans_the_drawn_final_to_the_prior_mean_with_its_width():
+    data = BENCH / "results" / "real_trials_minilm_640.jsonl"
+    records = search_cost.real_trials(data)
+    fitted = surrogate.Surrogate(records, model_profile("minilm"), ("all", "log_params"))
+    candidate = surrogate.Candidate.model_validate(records[0]["candidate"])
+    errors: dict[str, list[float]] = {"default": [], "prior": []}
+    for seed in range(12):
+        curve = fitted.sample_curve(candidate, seed)
+        rung = fitted.at(curve, 80)
+        # A kernel narrower than any gap between pool curves finds the drawn curve: the oracle.
+        narrow = promotion.posterior_final(fitted, candidate, rung, 80, width=1e-9)
+        assert narrow == pytest.approx(curve[-1], abs=1e-6)
+        # A kernel wider than the whole range ignores the rung: the surrogate's mean.
+        wide = promotion.posterior_final(fitted, candidate, rung, 80, width=100.0)
+        assert wide == pytest.approx(fitted.expected(candidate), abs=1e-3)
+        default = promotion.posterior_final(fitted, candidate, rung, 80)
+        errors["default"].append(abs(default - curve[-1]))
+        errors["prior"].append(abs(wide - curve[-1]))
+    # The default width learns from the rung: closer to the drawn final than the prior mean.
+    assert sum(errors["default"]) < sum(errors["prior"])
+    assert promotion.Policy.parse("0.125@4+bayes").label(640) == "promote-r80-every4-bayes"
+
+
+def test_the_expected_gain_values_a_chance_the_mean_would_miss():
+    import torch
+
+    front = [[0.9, 10.0, 10.0]]
+    point = [0.7, 20.0, 20.0]  # costlier than the front: only above 0.9 does it add
+    outcomes = (torch.tensor([0.85, 0.95], dtype=torch.float64), torch.tensor([0.7, 0.3]))
+    mean = float(outcomes[1].double() @ outcomes[0])
+    assert promotion.gain([mean, *point[1:]], front, REF) == 0.0
+    expected = promotion.expected_gain(outcomes, point, front, REF)
+    assert expected == pytest.approx(0.3 * promotion.gain([0.95, 20.0, 20.0], front, REF))
+    assert expected > 0.0
+    # No outcome above the front: nothing expected.
+    low = (torch.tensor([0.8, 0.85], dtype=torch.float64), torch.tensor([0.5, 0.5]))
+    assert promotion.expected_gain(low, point, front, REF) == 0.0

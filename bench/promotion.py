@@ -90,7 +90,7 @@ class Policy:
         shape, *flags = text.split("+")
         first, _, every = shape.partition("@")
         try:
-            if set(flags) - set(FLAGS):
+            if set(flags) - set(FLAGS) or {"predict", "bayes"} <= set(flags):
                 raise ValueError
             policy = cls(float(first), int(every or 4), **{f: True for f in flags})
             if not 0 < policy.first < 1 or policy.every < 1:
@@ -98,8 +98,8 @@ class Policy:
             return policy
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected first@every[+{'|+'.join(FLAGS)}] with 0 < first < 1 and every >= 1, "
-                f"such as 0.125@4, but got {text!r}"
+                f"expected first@every[+{'|+'.join(FLAGS)}] with 0 < first < 1, every >= 1 "
+                f"and not both +predict and +bayes, such as 0.125@4, but got {text!r}"
             ) from None
 
     def label(self, fidelity: int) -> str:
@@ -200,7 +200,12 @@ def posterior_final(
     surrogate: Surrogate, candidate, rung_acc: float, step: int, width: float = POSTERIOR_WIDTH
 ) -> float:
     """The posterior mean of the final accuracy (:func:`posterior`)."""
-    finals, w = posterior(surrogate, candidate, rung_acc, step, width)
+    return posterior_final_of(posterior(surrogate, candidate, rung_acc, step, width))
+
+
+def posterior_final_of(outcomes) -> float:
+    """The mean of ``(final accuracies, weights)``."""
+    finals, w = outcomes
     return float(w @ finals)
 
 
@@ -214,6 +219,30 @@ def expected_gain(posterior_of, point: list[float], front, reference) -> float:
     return sum(
         float(wi) * gain([float(f), *point[1:]], front, reference) for f, wi in zip(finals, w)
     )
+
+
+def scores(policy: Policy, paused: dict, promoted_rung, finished, reference, posterior_of):
+    """What each paused trial would add to the front, as the policy judges it."""
+    if policy.predict and len(finished) >= MIN_FIT:
+        model = predictor(promoted_rung, finished)
+        if policy.ehv:
+            return {
+                n: expected_gain(model.outcomes(p), p, finished, reference)
+                for n, (_, p, _) in paused.items()
+            }
+        return {n: gain(model(p), finished, reference) for n, (_, p, _) in paused.items()}
+    if not policy.predict and policy.ehv:
+        return {
+            n: expected_gain(posterior_of(n), p, finished, reference)
+            for n, (_, p, _) in paused.items()
+        }
+    if not policy.predict and policy.bayes:
+        return {
+            n: gain([posterior_final_of(posterior_of(n)), *p[1:]], finished, reference)
+            for n, (_, p, _) in paused.items()
+        }
+    # Until the predictor has enough promoted trials, or without one: rung against rung.
+    return {n: gain(p, promoted_rung, reference) for n, (_, p, _) in paused.items()}
 
 
 def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
@@ -247,42 +276,19 @@ def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
     promoted_rung: list[list[float]] = []
     finished: list[list[float]] = []
     posteriors: dict = {}  # trial number -> its posterior (it does not change)
+
+    def posterior_of(number: int):
+        if number not in posteriors:
+            _, point, candidate = paused[number]
+            posteriors[number] = posterior(surrogate, candidate, point[0], first)
+        return posteriors[number]
+
     hv, steps, statuses = [], [], []
     spent, since, started = 0, 0, time.perf_counter()
     while spent < run.step_budget:
         choice = None
         if since >= policy.every and paused:
-            if policy.predict and policy.ehv and len(finished) >= MIN_FIT:
-                model = predictor(promoted_rung, finished)
-                scored = {
-                    n: expected_gain(model.outcomes(p), p, finished, reference)
-                    for n, (_, p, _) in paused.items()
-                }
-            elif policy.predict and len(finished) >= MIN_FIT:
-                guess = predictor(promoted_rung, finished)
-                scored = {n: gain(guess(p), finished, reference) for n, (_, p, _) in paused.items()}
-            elif policy.predict:
-                scored = {n: gain(p, promoted_rung, reference) for n, (_, p, _) in paused.items()}
-            elif policy.bayes or policy.ehv:
-                for n, (_, p, c) in paused.items():
-                    if n not in posteriors:
-                        posteriors[n] = posterior(surrogate, c, p[0], first)
-                if policy.ehv:
-                    scored = {
-                        n: expected_gain(posteriors[n], p, finished, reference)
-                        for n, (_, p, _) in paused.items()
-                    }
-                else:
-                    scored = {
-                        n: gain(
-                            [float(posteriors[n][1] @ posteriors[n][0]), *p[1:]],
-                            finished,
-                            reference,
-                        )
-                        for n, (_, p, _) in paused.items()
-                    }
-            else:
-                scored = {n: gain(p, promoted_rung, reference) for n, (_, p, _) in paused.items()}
+            scored = scores(policy, paused, promoted_rung, finished, reference, posterior_of)
             best = max(scored, key=scored.get)
             choice = best if scored[best] > 0 else None
         if choice is not None:

@@ -30,7 +30,7 @@ def test_policies_parse_and_bad_ones_say_the_form():
         True,
     )
     assert policy.label(640) == "promote-r80-every6-oracle-restart"
-    for bad in ("0.125@4+magic", "1.5@4", "x@4", "0.25@0"):
+    for bad in ("0.125@4+magic", "1.5@4", "x@4", "0.25@0", "0.125@4+predict+bayes"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected first@every"):
             promotion.Policy.parse(bad)
 

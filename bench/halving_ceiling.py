@@ -52,12 +52,19 @@ FIRST_RUNGS = (0.25, 0.125, 0.0625)
 
 
 def gain(
-    point: Sequence[float], front: Sequence[Sequence[float]], reference: Sequence[float]
+    point: Sequence[float],
+    front: Sequence[Sequence[float]],
+    reference: Sequence[float],
+    base: float | None = None,
 ) -> float:
-    """Hypervolume ``point`` adds to ``front`` (0 if dominated or outside the box)."""
-    return hypervolume([*front, point], reference, RUNG_DIRECTIONS) - hypervolume(
-        front, reference, RUNG_DIRECTIONS
-    )
+    """Hypervolume ``point`` adds to ``front`` (0 if dominated or outside the box).
+
+    ``base``, the front's own hypervolume, saves recomputing it when many points are
+    weighed against one front.
+    """
+    if base is None:
+        base = hypervolume(front, reference, RUNG_DIRECTIONS)
+    return hypervolume([*front, point], reference, RUNG_DIRECTIONS) - base
 
 
 def greedy_needed(
@@ -76,7 +83,7 @@ def greedy_needed(
         if not rest:
             raise ValueError(f"the points reach hypervolume {current}, short of {target}")
         front = [points[j] for j in chosen]
-        gains = {i: gain(points[i], front, reference) for i in rest}
+        gains = {i: gain(points[i], front, reference, current) for i in rest}
         best = max(rest, key=lambda i: (gains[i], -i))
         chosen.append(best)
         current = hypervolume([*front, points[best]], reference, RUNG_DIRECTIONS)

@@ -31,6 +31,7 @@ other rows (same target, same seeds).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -44,7 +45,7 @@ from collect_real_trials import bench_study  # noqa: E402
 from fed_tpe import feed  # noqa: E402
 from halving_ceiling import gain  # noqa: E402
 from search_cost import RESULTS, data_fidelity, real_trials, write_runs  # noqa: E402
-from search_quality import reference_point, run_all  # noqa: E402
+from search_quality import box_volume, reference_point, run_all  # noqa: E402
 from surrogate import F64, Surrogate, _with_bias, fit_ridge, for_study, ridge_loo  # noqa: E402
 
 from autopeft.core.halving import RUNG_DIRECTIONS, rung_steps  # noqa: E402
@@ -55,12 +56,12 @@ from autopeft.search.study import model_profile  # noqa: E402
 #: (bench/fed_tpe.py); a promoted trial trains from scratch instead of its saved state;
 #: paused trials are judged by their final accuracy as predicted from their rung point
 #: (:func:`predictor`) against the promoted trials' final points; or by the surrogate's own
-#: posterior mean of the final accuracy given the rung accuracy (:func:`posterior_final`):
+#: posterior mean of the final accuracy given the rung accuracy (:func:`posterior`):
 #: the best any predictor from the rung point and the configuration can do; or by the
 #: hypervolume they add on average over that posterior (:func:`expected_gain`), which values
 #: a chance of a high final accuracy where the mean alone adds nothing.
 FLAGS = ("oracle", "fed", "restart", "predict", "bayes", "ehv")
-#: Kernel width of :func:`posterior_final`: the sampling error of an accuracy near 0.75 on
+#: Kernel width of :func:`posterior`: the sampling error of an accuracy near 0.75 on
 #: the 1,000 validation examples of the 640-step data. A narrower kernel would pick out the
 #: very residual curve a trial was drawn with (the pool is finite): the oracle, not a bound.
 POSTERIOR_WIDTH = (0.75 * 0.25 / 1000) ** 0.5
@@ -79,7 +80,7 @@ class Policy:
     restart: bool = False
     #: Judge paused trials by predicted final accuracy (:func:`predictor`).
     predict: bool = False
-    #: Judge paused trials by the surrogate's posterior mean (:func:`posterior_final`).
+    #: Judge paused trials by the surrogate's posterior mean (:func:`posterior`).
     bayes: bool = False
     #: Judge paused trials by their expected gain over that posterior (:func:`expected_gain`).
     ehv: bool = False
@@ -103,7 +104,7 @@ class Policy:
             ) from None
 
     def label(self, fidelity: int) -> str:
-        """The row label: ``promote-r80-every4[-oracle][-fed][-restart]``."""
+        """The row label: ``promote-r80-every4[-flag]...``, flags in :data:`FLAGS`' order."""
         flags = "".join(f"-{f}" for f in FLAGS if getattr(self, f))
         return f"promote-r{round(self.first * fidelity)}-every{self.every}{flags}"
 
@@ -155,12 +156,18 @@ class predictor:  # noqa: N801 (used as a function: predictor(rung, final)(point
 
     def outcomes(self, p: list[float]):
         """Final accuracies and weights: Gauss-Hermite nodes of the Gaussian prediction."""
-        import numpy as np
-        import torch
+        nodes, weights = _quadrature()
+        return (self(p)[0] + self.spread * nodes).clamp(0.0, 1.0), weights
 
-        nodes, weights = np.polynomial.hermite_e.hermegauss(OUTCOME_NODES)
-        finals = self(p)[0] + self.spread * torch.tensor(nodes, dtype=F64)
-        return finals.clamp(0.0, 1.0), torch.tensor(weights / weights.sum(), dtype=F64)
+
+@functools.cache
+def _quadrature():
+    """Gauss-Hermite nodes and weights (summing to 1) of the standard normal."""
+    import numpy as np
+    import torch
+
+    nodes, weights = np.polynomial.hermite_e.hermegauss(OUTCOME_NODES)
+    return torch.tensor(nodes, dtype=F64), torch.tensor(weights / weights.sum(), dtype=F64)
 
 
 def posterior(
@@ -196,53 +203,53 @@ def posterior(
     return torch.cat(final)[order[:keep]], w
 
 
-def posterior_final(
-    surrogate: Surrogate, candidate, rung_acc: float, step: int, width: float = POSTERIOR_WIDTH
-) -> float:
-    """The posterior mean of the final accuracy (:func:`posterior`)."""
-    return posterior_final_of(posterior(surrogate, candidate, rung_acc, step, width))
-
-
-def posterior_final_of(outcomes) -> float:
-    """The mean of ``(final accuracies, weights)``."""
+def outcome_mean(outcomes) -> float:
+    """The mean of ``(final accuracies, weights)``: for :func:`posterior`, its posterior mean."""
     finals, w = outcomes
     return float(w @ finals)
 
 
-def expected_gain(posterior_of, point: list[float], front, reference) -> float:
-    """Hypervolume a paused trial adds to ``front`` on average over its posterior
-    (``(final accuracies, weights)``); ``point`` gives its exact costs."""
-    finals, w = posterior_of
+def expected_gain(outcomes, point: list[float], front, reference, base=None) -> float:
+    """Hypervolume a paused trial adds to ``front`` on average over its ``outcomes``
+    (``(final accuracies, weights)``); ``point`` gives its exact costs, ``base`` the
+    front's hypervolume (computed if not given)."""
+    finals, w = outcomes
+    if base is None:
+        base = hypervolume(front, reference, RUNG_DIRECTIONS)
     # The gain grows with the accuracy: nothing to add at the best outcome, nothing at all.
-    if gain([float(finals.max()), *point[1:]], front, reference) <= 0.0:
+    if gain([float(finals.max()), *point[1:]], front, reference, base) <= 0.0:
         return 0.0
     return sum(
-        float(wi) * gain([float(f), *point[1:]], front, reference) for f, wi in zip(finals, w)
+        float(wi) * gain([float(f), *point[1:]], front, reference, base) for f, wi in zip(finals, w)
     )
 
 
 def scores(policy: Policy, paused: dict, promoted_rung, finished, reference, posterior_of):
     """What each paused trial would add to the front, as the policy judges it."""
-    if policy.predict and len(finished) >= MIN_FIT:
-        model = predictor(promoted_rung, finished)
-        if policy.ehv:
-            return {
-                n: expected_gain(model.outcomes(p), p, finished, reference)
-                for n, (_, p, _) in paused.items()
-            }
-        return {n: gain(model(p), finished, reference) for n, (_, p, _) in paused.items()}
-    if not policy.predict and policy.ehv:
+    points = {n: p for n, (_, p, _) in paused.items()}
+    base = hypervolume(finished, reference, RUNG_DIRECTIONS)
+    if policy.predict:
+        if len(finished) >= MIN_FIT:
+            model = predictor(promoted_rung, finished)
+            if policy.ehv:
+                return {
+                    n: expected_gain(model.outcomes(p), p, finished, reference, base)
+                    for n, p in points.items()
+                }
+            return {n: gain(model(p), finished, reference, base) for n, p in points.items()}
+    elif policy.ehv:
         return {
-            n: expected_gain(posterior_of(n), p, finished, reference)
-            for n, (_, p, _) in paused.items()
+            n: expected_gain(posterior_of(n), p, finished, reference, base)
+            for n, p in points.items()
         }
-    if not policy.predict and policy.bayes:
+    elif policy.bayes:
         return {
-            n: gain([posterior_final_of(posterior_of(n)), *p[1:]], finished, reference)
-            for n, (_, p, _) in paused.items()
+            n: gain([outcome_mean(posterior_of(n)), *p[1:]], finished, reference, base)
+            for n, p in points.items()
         }
     # Until the predictor has enough promoted trials, or without one: rung against rung.
-    return {n: gain(p, promoted_rung, reference) for n, (_, p, _) in paused.items()}
+    rung_base = hypervolume(promoted_rung, reference, RUNG_DIRECTIONS)
+    return {n: gain(p, promoted_rung, reference, rung_base) for n, p in points.items()}
 
 
 def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
@@ -269,7 +276,7 @@ def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
         feed(study)
     runner = for_study(study, surrogate, seed=run.seed, oracle=policy.oracle)
     reference = reference_point(study)
-    box = (1.0 - reference[0]) * reference[1] * reference[2]
+    box = box_volume(reference)
     known = study.known_results()
     # trial number -> (params, rung point, candidate)
     paused: dict[int, tuple[dict, list[float], object]] = {}

@@ -71,6 +71,12 @@ class Spec:
     options: tuple[tuple[str, bool], ...] = ()
 
 
+def box_volume(reference: list[float]) -> float:
+    """Volume of the box between the ideal corner (accuracy 1, 0 params, 0 MiB) and
+    ``reference``: hypervolumes here are fractions of it."""
+    return (1.0 - reference[0]) * reference[1] * reference[2]
+
+
 def reference_point(study) -> list[float]:
     """Accuracy 0.5, 1.1 x the space's largest params, 1.1 x the largest predicted memory."""
     from autopeft.core.memory import predict_memory
@@ -142,7 +148,7 @@ def trained_curve(study) -> dict:
         total += r.steps
         steps.append(total)
     ref = reference_point(study)
-    box = (1.0 - ref[0]) * ref[1] * ref[2]
+    box = box_volume(ref)
     return {
         "hv": [h / box for h in hypervolume_history(points, ref, study.directions)],
         "steps": steps,

@@ -98,12 +98,14 @@ def test_the_posterior_spans_the_drawn_final_to_the_prior_mean_with_its_width():
         curve = fitted.sample_curve(candidate, seed)
         rung = fitted.at(curve, 80)
         # A kernel narrower than any gap between pool curves finds the drawn curve: the oracle.
-        narrow = promotion.posterior_final(fitted, candidate, rung, 80, width=1e-9)
+        narrow = promotion.outcome_mean(
+            promotion.posterior(fitted, candidate, rung, 80, width=1e-9)
+        )
         assert narrow == pytest.approx(curve[-1], abs=1e-6)
         # A kernel wider than the whole range ignores the rung: the surrogate's mean.
-        wide = promotion.posterior_final(fitted, candidate, rung, 80, width=100.0)
+        wide = promotion.outcome_mean(promotion.posterior(fitted, candidate, rung, 80, width=100.0))
         assert wide == pytest.approx(fitted.expected(candidate), abs=1e-3)
-        default = promotion.posterior_final(fitted, candidate, rung, 80)
+        default = promotion.outcome_mean(promotion.posterior(fitted, candidate, rung, 80))
         errors["default"].append(abs(default - curve[-1]))
         errors["prior"].append(abs(wide - curve[-1]))
     # The default width learns from the rung: closer to the drawn final than the prior mean.

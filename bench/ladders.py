@@ -14,11 +14,14 @@ from autopeft.core.halving import rung_steps
 
 #: Ladder flags: ``+hopeless`` sets halving.stop_hopeless; ``+oracle`` makes the surrogate
 #: report a trial's final accuracy at every rung, so the rule ranks perfectly: the ceiling of
-#: what better rung accuracy (more validation examples, later rungs) could save.
+#: what better rung accuracy (more validation examples, later rungs) could save; ``+plain``
+#: judges by plain MO-ASHA (ties in rung accuracy not given to the judged trial), the baseline
+#: of autopeft's rule on any ladder.
 LADDER_FLAGS = {
     "hopeless": "hopeless trials stopped too",
     "oracle": "the rungs seeing the final accuracy (oracle)",
     "fed": "the sampler told pruned trials' rung points",
+    "plain": "plain MO-ASHA",
 }
 
 
@@ -32,6 +35,8 @@ class Ladder:
     oracle: bool = False
     #: The TPE sees pruned trials as complete at their rung point (bench/fed_tpe.py).
     fed: bool = False
+    #: Plain MO-ASHA's rule instead of autopeft's ties-to-the-trial.
+    plain: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Ladder:

@@ -368,7 +368,7 @@ def main() -> None:
         "e.g. '0.125,0.25,0.5,1.0@3;0.25,0.5,1.0@3+hopeless' (rungs@eta, '+hopeless' for "
         "halving.stop_hopeless, '+oracle' for rungs that see the final accuracy: the ceiling "
         "of better rung accuracy, '+fed' for a TPE told pruned trials' rung points "
-        "(bench/fed_tpe.py); separated by ';')",
+        "(bench/fed_tpe.py), '+plain' for plain MO-ASHA's rule; separated by ';')",
     )
     parser.add_argument(
         "--halving",
@@ -440,6 +440,7 @@ def main() -> None:
                     "stop_hopeless": ladder.hopeless,
                     "oracle": ladder.oracle,
                     "fed": ladder.fed,
+                    "rule": "mo-asha" if ladder.plain else "ties-to-trial",
                 }
                 label = ladder.label(fidelity)
                 specs.append(

@@ -102,6 +102,9 @@ def test_the_fed_tpe_sees_pruned_trials_complete_at_their_rung_and_the_study_kee
     with pytest.raises(ValueError, match="tpe sampler"):
         fed_tpe.feed(Study(collect.bench_study("fed-random", sampler={"name": "random"}), tmp_path))
     assert Ladder.parse("0.25,1.0@3+oracle+fed") == Ladder((0.25, 1.0), 3.0, oracle=True, fed=True)
+    plain = Ladder.parse("0.125,0.5,1.0@3+plain")
+    assert plain == Ladder((0.125, 0.5, 1.0), 3.0, plain=True)
+    assert Ladder.title(plain.label(640)) == "Halving at rungs 80/320/640 with eta 3, plain MO-ASHA"
 
 
 def test_longer_fidelity_surrogate_prunes_at_its_rungs(tmp_path):

@@ -251,7 +251,7 @@ def main() -> None:
     }
     stem = args.out / (args.name or f"halving_ceiling_{fidelity}")
     stem.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1)
+        json.dumps({"meta": meta, "summary": summary, "rows": rows}, separators=(",", ":"))
     )
     stem.with_suffix(".md").write_text(markdown(rows, summary, meta))
     print(markdown(rows, summary, meta))

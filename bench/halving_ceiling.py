@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from search_cost import RESULTS, Spec, data_fidelity, real_trials, run_study  # noqa: E402
-from search_quality import run_all  # noqa: E402
+from search_quality import run_all, save_json  # noqa: E402
 from surrogate import Surrogate  # noqa: E402
 
 from autopeft.core.halving import RUNG_DIRECTIONS  # noqa: E402
@@ -250,9 +250,7 @@ def main() -> None:
         "machine": f"{platform.machine()} CPU",
     }
     stem = args.out / (args.name or f"halving_ceiling_{fidelity}")
-    stem.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "rows": rows}, separators=(",", ":"))
-    )
+    save_json(stem.with_suffix(".json"), {"meta": meta, "summary": summary, "rows": rows})
     stem.with_suffix(".md").write_text(markdown(rows, summary, meta))
     print(markdown(rows, summary, meta))
 

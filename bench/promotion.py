@@ -227,29 +227,30 @@ def expected_gain(outcomes, point: list[float], front, reference, base=None) -> 
 def scores(policy: Policy, paused: dict, promoted_rung, finished, reference, posterior_of):
     """What each paused trial would add to the front, as the policy judges it."""
     points = {n: p for n, (_, p, _) in paused.items()}
+    by_final = len(finished) >= MIN_FIT if policy.predict else policy.ehv or policy.bayes
+    if not by_final:
+        # Until the predictor has enough promoted trials, or without one: rung against rung.
+        rung_base = hypervolume(promoted_rung, reference, RUNG_DIRECTIONS)
+        return {n: gain(p, promoted_rung, reference, rung_base) for n, p in points.items()}
+    # Judged by a final accuracy, against the finished trials' front.
     base = hypervolume(finished, reference, RUNG_DIRECTIONS)
     if policy.predict:
-        if len(finished) >= MIN_FIT:
-            model = predictor(promoted_rung, finished)
-            if policy.ehv:
-                return {
-                    n: expected_gain(model.outcomes(p), p, finished, reference, base)
-                    for n, p in points.items()
-                }
-            return {n: gain(model(p), finished, reference, base) for n, p in points.items()}
-    elif policy.ehv:
+        model = predictor(promoted_rung, finished)
+        if policy.ehv:
+            return {
+                n: expected_gain(model.outcomes(p), p, finished, reference, base)
+                for n, p in points.items()
+            }
+        return {n: gain(model(p), finished, reference, base) for n, p in points.items()}
+    if policy.ehv:
         return {
             n: expected_gain(posterior_of(n), p, finished, reference, base)
             for n, p in points.items()
         }
-    elif policy.bayes:
-        return {
-            n: gain([outcome_mean(posterior_of(n)), *p[1:]], finished, reference, base)
-            for n, p in points.items()
-        }
-    # Until the predictor has enough promoted trials, or without one: rung against rung.
-    rung_base = hypervolume(promoted_rung, reference, RUNG_DIRECTIONS)
-    return {n: gain(p, promoted_rung, reference, rung_base) for n, p in points.items()}
+    return {
+        n: gain([outcome_mean(posterior_of(n)), *p[1:]], finished, reference, base)
+        for n, p in points.items()
+    }
 
 
 def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:

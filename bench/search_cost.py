@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from collect_real_trials import RUNGS, STEPS, bench_study  # noqa: E402
 from fed_tpe import feed  # noqa: E402
 from ladders import Ladder, parse_ladders  # noqa: E402
-from search_quality import run_all, surrogate_summary, trained_curve  # noqa: E402
+from search_quality import run_all, save_json, surrogate_summary, trained_curve  # noqa: E402
 from surrogate import DATA, Surrogate, for_study  # noqa: E402
 
 from autopeft.core import halving as halving_rule  # noqa: E402
@@ -531,13 +531,13 @@ def write_runs(
 def write(stem: Path, meta: dict, summary: dict, runs: list[dict] | None) -> None:
     """``stem``.json (everything) and ``stem``.md (the tables and verdicts).
 
-    The JSON is compact: results travel with the working tree to a lent GPU, tree and bundle
-    under 64 MiB (``tests/test_gpu_bundle.py``). ``runs=None`` (a merge) keeps no runs: they
-    are in the files ``meta.merged_from`` names, and ``meta.command`` merges them again.
+    The JSON is compact (:func:`search_quality.save_json`). ``runs=None`` (a merge) keeps no
+    runs: they are in the files ``meta.merged_from`` names, and ``meta.command`` merges them
+    again.
     """
     stem.parent.mkdir(parents=True, exist_ok=True)
     saved = {"meta": meta, "summary": summary} | ({} if runs is None else {"runs": runs})
-    stem.with_suffix(".json").write_text(json.dumps(saved, separators=(",", ":")))
+    save_json(stem.with_suffix(".json"), saved)
     stem.with_suffix(".md").write_text(markdown(summary, meta))
     print(markdown(summary, meta))
 

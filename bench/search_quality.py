@@ -72,6 +72,12 @@ class Spec:
     options: tuple[tuple[str, bool], ...] = ()
 
 
+def save_json(path: Path, data: dict) -> None:
+    """Write a results JSON compactly: results travel with the working tree to a lent GPU,
+    where tree and bundle must stay under 64 MiB (tests/test_gpu_bundle.py)."""
+    path.write_text(json.dumps(data, separators=(",", ":")))
+
+
 def box_volume(reference: list[float]) -> float:
     """Volume of the box between the ideal corner (accuracy 1, 0 params, 0 MiB) and
     ``reference``: hypervolumes here are fractions of it."""
@@ -504,9 +510,7 @@ def main() -> None:
     meta["verdict"] = verdict(rows)
     meta["notes"] = observations(rows, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(
-        json.dumps({"meta": meta, "summary": rows, "runs": runs}, separators=(",", ":"))
-    )
+    save_json(args.out / f"{args.name}.json", {"meta": meta, "summary": rows, "runs": runs})
     (args.out / f"{args.name}.md").write_text(markdown(rows, meta))
     figure(runs, args.out / f"{args.name}.html")
     print(markdown(rows, meta))

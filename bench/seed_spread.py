@@ -108,7 +108,7 @@ def main() -> None:
         "minutes": (time.perf_counter() - started) / 60,
     }
     (RESULTS / f"{args.name}.json").write_text(
-        json.dumps({"meta": meta, "baseline": base, "ours": ours}, separators=(",", ":"))
+        json.dumps({"meta": meta, "baseline": base, "ours": ours}, indent=1)
     )
     text = markdown(base, ours, meta)
     (RESULTS / f"{args.name}.md").write_text(text)

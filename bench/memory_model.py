@@ -3,15 +3,19 @@
 On CPU the "measured" figure is autopeft's deterministic estimate (parameters + AdamW state +
 tensors saved for backward, one forward of the longest batch); on a GPU it is the CUDA
 allocator's peak over real training steps. `--fit` refits the activation coefficients of
-`autopeft.core.memory` (per family) by least squares and prints them.
+`autopeft.core.memory` (per family) by least squares and prints them; `--repredict FILE`
+predicts the rows of a committed results file again with the current model (no device
+needed), so measurements taken on a lent GPU keep checking the model as it changes.
 
     .venv/bin/python bench/memory_model.py [--fit] [--device cuda] [--shapes 16x48,32x128]
-        [--models minilm,tiny-llama,bert-base]
+        [--models minilm,tiny-llama,bert-base,bert-large] [--name STEM]
+    .venv/bin/python bench/memory_model.py --repredict bench/results/memory_model_h200_fit.json
 
 ``--shapes`` lists batch x max-length pairs (the longest batch of rotten_tomatoes at that
-length is measured); ``bert-base`` is built from config (``bench_models.py``).
+length is measured); ``bert-base`` and ``bert-large`` are built from config
+(``bench_models.py``).
 
-Results: bench/results/memory_model_<cpu|gpu>.json and .md.
+Results: bench/results/memory_model_<cpu|gpu>.json and .md (or ``--name``'s stem).
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_models import model_path  # noqa: E402
+from bench_models import BERT_SIZES, model_path  # noqa: E402
 
 from autopeft import api
 from autopeft.core import memory as memmodel
 from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.train.build import build_adapted
-from autopeft.train.memory import MB, cpu_estimate_mb, cuda_peak
+from autopeft.train.memory import MB, cpu_estimate_mb, cuda_peak, cuda_workspace_bytes
 from autopeft.train.trial import EMBEDDING_METHODS, TrialContext
 
 RESULTS = Path(__file__).parent / "results"
@@ -110,6 +114,37 @@ def measure(ctx: TrialContext, cand: Candidate, batch_size: int) -> tuple[float,
     return box[0], batch
 
 
+def predicted_row(
+    profile, name: str, cand: Candidate, batch: int, seq: int, device: str, workspace: int
+) -> dict:
+    """The prediction of one measured row and the terms its coefficients multiply."""
+    embeddings_trained = bool(EMBEDDING_METHODS & set(cand.methods))
+    params = api.candidate_trainable_params(cand, profile)
+    pred = memmodel.predict_memory(
+        profile, cand, params, batch, seq, device, embeddings_trained, workspace
+    )
+    terms = memmodel.activation_terms(profile, cand, batch, seq, embeddings_trained)
+    return {
+        "candidate": name,
+        "params": params,
+        "seq": seq,
+        "batch": batch,
+        "device": device,
+        "family": profile.family,
+        "predicted_mb": round(pred.total_mb, 2),
+        "static_mb": round(pred.static / MB, 2),
+        "workspace_mb": round(pred.workspace / MB, 3),
+        "terms": terms._asdict(),
+    }
+
+
+def with_error(row: dict) -> dict:
+    row["error_pct"] = round(
+        100 * (row["predicted_mb"] - row["measured_mb"]) / row["measured_mb"], 1
+    )
+    return row
+
+
 def measure_model(model: str, batch_size: int, max_length: int, device: str | None) -> list:
     """Measured and predicted peak of every candidate on one model at one shape."""
     study = api.study_from_dict(
@@ -122,43 +157,44 @@ def measure_model(model: str, batch_size: int, max_length: int, device: str | No
         }
     )
     ctx = TrialContext.create(study, cache_dir=Path("/tmp/autopeft-bench-cache"), device=device)
+    workspace = cuda_workspace_bytes(ctx.device)
+    where = {"model": model, "max_length": max_length}
+    if ctx.device.type == "cuda":
+        where["gpu"] = torch.cuda.get_device_name(ctx.device)
     rows = []
     for name, cand in candidates(ctx.profile.num_layers).items():
         measured, batch = measure(ctx, cand, batch_size)
-        embeddings_trained = bool(EMBEDDING_METHODS & set(cand.methods))
-        params = api.candidate_trainable_params(cand, ctx.profile)
         seq = batch["input_ids"].shape[1]
-        pred = memmodel.predict_memory(
-            ctx.profile,
-            cand,
-            params,
-            batch_size,
-            seq,
-            ctx.device.type,
-            embeddings_trained=embeddings_trained,
-        )
-        rows.append(
-            {
-                "model": model,
-                "candidate": name,
-                "params": params,
-                "seq": seq,
-                "measured_mb": round(measured, 2),
-                "predicted_mb": round(pred.total_mb, 2),
-                "error_pct": round(100 * (pred.total_mb - measured) / measured, 1),
-                "static_mb": round(pred.static / MB, 2),
-                "device": ctx.device.type,
-                "max_length": max_length,
-                "family": ctx.profile.family,
-                "blocks": memmodel.blocks_with_gradient(ctx.profile, cand, embeddings_trained),
-                "hidden": ctx.profile.hidden_size,
-                "inter": ctx.profile.intermediate_size,
-                "heads": ctx.profile.num_heads,
-                "batch": batch_size,
-                "inputs": memmodel.module_input_elements(ctx.profile, cand),
-            }
-        )
+        row = predicted_row(ctx.profile, name, cand, batch_size, seq, ctx.device.type, workspace)
+        rows.append(with_error({**where, "measured_mb": round(measured, 2), **row}))
     return rows
+
+
+def profile_of(model: str):
+    """A model's profile from its config alone: bundled, or one of ``BERT_SIZES``."""
+    from transformers import BertConfig
+
+    from autopeft.core.profile import load_profile, profile_from_config
+
+    if model in BERT_SIZES:
+        config = BertConfig(vocab_size=30522, **BERT_SIZES[model]).to_dict()
+        return profile_from_config(config, 2)
+    return load_profile(model)
+
+
+def repredict(rows: list[dict]) -> list[dict]:
+    """Committed measurements predicted again with the current memory model."""
+    profiles = {model: profile_of(model) for model in {r["model"] for r in rows}}
+    out = []
+    for r in rows:
+        profile = profiles[r["model"]]
+        cand = candidates(profile.num_layers)[r["candidate"]]
+        workspace = int(r.get("workspace_mb", memmodel.CUDA_WORKSPACE_BYTES / MB) * MB)
+        row = predicted_row(
+            profile, r["candidate"], cand, r["batch"], r["seq"], r["device"], workspace
+        )
+        out.append(with_error({**r, **row}))
+    return out
 
 
 #: Peak MiB of LoRA r8 on q,v trained on an H100 (bf16 autocast, eager, sequence 128, random
@@ -169,39 +205,31 @@ H100_ANCHORS = (
     ("bert-base", 128, 5323),
     ("bert-large", 32, 4919),
 )
-BERT_SIZES = {
-    "bert-base": {},
-    "bert-large": dict(
-        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
-    ),
+#: The coefficients ``--fit`` solves for on each device; the others keep the model's values
+#: (on a GPU, fused attention saves no scores matrix and DoRA scales with tokens, not weights).
+FIT_TERMS = {
+    "cpu": ("hidden", "inter", "attention", "inputs", "dora_weights"),
+    "cuda": ("hidden", "inter", "inputs", "transient", "dora_outputs"),
 }
 
 
 def anchors(out: Path) -> None:
     """The CUDA prediction against the H100 measurements of FACTS.md, from configs alone."""
-    from transformers import BertConfig
-
-    from autopeft.core.profile import load_profile, profile_from_config
-
     lines = [
         "# CUDA prediction vs the H100 anchor figures (../shared/FACTS.md)",
         "",
         "LoRA r8 on q,v in every layer, bf16 autocast, sequence 128; measured on an H100 by an "
         "earlier session (random weights, eager); predicted here from the config alone "
-        "(`predict_memory(..., 'cuda')`, CPU activation coefficients at 2 bytes, autocast "
-        "weight copies). Four LoRA points, not a fit: a first check of the CUDA path until a "
-        "lent GPU runs `bench/gpu/checks.sh`.",
+        "(`predict_memory(..., 'cuda')`: the CUDA coefficients fitted on an H200 "
+        "(memory_model_h200_fit), Hopper's cuBLAS workspaces, autocast weight copies). None "
+        "of these points was in the fit: another GPU, a fixed sequence length, BERT-large.",
         "",
         "| model | batch | measured MiB | predicted MiB | error | weights | weight copies "
         "| activations |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for model, batch, measured in H100_ANCHORS:
-        if model == "minilm":
-            profile = load_profile("minilm")
-        else:
-            config = BertConfig(vocab_size=30522, **BERT_SIZES[model]).to_dict()
-            profile = profile_from_config(config, 2)
+        profile = profile_of(model)
         lora = m("lora", range(profile.num_layers), ("q", "v"), rank=8, alpha=16.0)
         cand = Candidate(modules=(lora,))
         params = api.candidate_trainable_params(cand, profile)
@@ -216,6 +244,39 @@ def anchors(out: Path) -> None:
     print("\n".join(lines))
 
 
+def write(rows: list[dict], out: Path, stem: str, note: str = "") -> None:
+    """The rows as ``STEM.json`` and a table with each error as ``STEM.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    if rows[0]["device"] == "cuda":
+        kind = f"CUDA allocator peak, {rows[0].get('gpu', 'GPU')}, bf16 autocast, 3 steps"
+    else:
+        kind = "CPU saved-tensor estimate (one forward)"
+    header = [
+        f"# Predicted vs measured peak training memory ({kind})",
+        "",
+        "The longest batch of rotten_tomatoes at each batch size x max length; predicted: "
+        "autopeft.core.memory.predict_memory." + (f" {note}" if note else ""),
+        "",
+        "| model | batch x max length | candidate | trainable | measured MiB | predicted MiB "
+        "| error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines = [
+        f"| {r['model']} | {r['batch']}x{r['max_length']} | {r['candidate']} | {r['params']:,} "
+        f"| {r['measured_mb']} | {r['predicted_mb']} | {r['error_pct']:+}% |"
+        for r in rows
+    ]
+    errors = [abs(r["error_pct"]) for r in rows]
+    within = sum(e <= 15 for e in errors)
+    lines.append(
+        f"\nworst |error|: {max(errors)}% over {len(rows)} candidates; within 15%: "
+        f"{within}/{len(rows)}; median |error|: {sorted(errors)[len(errors) // 2]}%"
+    )
+    (out / f"{stem}.md").write_text("\n".join(header + lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,tiny-llama")
@@ -225,70 +286,54 @@ def main() -> None:
     ap.add_argument(
         "--anchors", action="store_true", help="only: CUDA prediction vs FACTS.md's H100 figures"
     )
+    ap.add_argument(
+        "--repredict", type=Path, help="only: predict a results file's rows again (in place)"
+    )
+    ap.add_argument("--name", help="results file stem (default memory_model_<cpu|gpu>)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = ap.parse_args()
     if args.anchors:
         anchors(args.out)
+        return
+    if args.repredict:
+        rows = repredict(json.loads(args.repredict.read_text()))
+        if args.fit:
+            fit(rows)
+        note = "Measured on the device named above; predicted again with the current model."
+        write(rows, args.repredict.parent, args.repredict.stem, note)
         return
     shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
     rows = []
     for model in args.models.split(","):
         for batch_size, max_length in shapes:
             rows += measure_model(model, batch_size, max_length, args.device)
+            tag = "gpu" if rows[0]["device"] == "cuda" else "cpu"
+            # Written after every shape: a run cut short by its time limit keeps its rows.
+            write(rows, args.out, args.name or f"memory_model_{tag}")
     if args.fit:
-        fit(rows, 4 if (args.device or "cpu") == "cpu" else 2)
-    tag = "gpu" if rows and (args.device or "cpu") != "cpu" else "cpu"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"memory_model_{tag}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    if tag == "gpu":
-        kind = f"CUDA allocator peak, {torch.cuda.get_device_name()}, bf16 autocast, 3 steps"
-    else:
-        kind = "CPU saved-tensor estimate (one forward)"
-    header = [
-        f"# Predicted vs measured peak training memory ({kind})",
-        "",
-        "The longest batch of rotten_tomatoes at each batch size x max length; predicted: "
-        "autopeft.core.memory.predict_memory.",
-        "",
-    ]
-    lines = [
-        "| model | batch x max length | candidate | trainable | measured MiB | predicted MiB "
-        "| error |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['model']} | {r['batch']}x{r['max_length']} | {r['candidate']} | {r['params']:,} "
-        f"| {r['measured_mb']} | {r['predicted_mb']} | {r['error_pct']:+}% |"
-        for r in rows
-    ]
-    worst = max(abs(r["error_pct"]) for r in rows)
-    lines.append(f"\nworst |error|: {worst}% over {len(rows)} candidates")
-    (args.out / f"memory_model_{tag}.md").write_text("\n".join(header + lines) + "\n")
-    print("\n".join(lines))
+        fit(rows)
 
 
-def fit(rows: list[dict], act_bytes: int) -> None:
+def fit(rows: list[dict]) -> None:
     """Least-squares activation coefficients per family from (measured - static)."""
+    device = rows[0]["device"]
+    act_bytes = 2 if device == "cuda" else 4
+    free = FIT_TERMS[device]
     for family in sorted({r["family"] for r in rows}):
-        xs, ys = [], []
-        for r in rows:
-            if r["family"] != family or not r["blocks"]:
-                continue
-            tokens = r["batch"] * r["seq"] * act_bytes / MB
-            per_block = tokens * r["blocks"]
-            xs.append(
-                [
-                    per_block * r["hidden"],
-                    per_block * r["inter"],
-                    per_block * r["heads"] * r["seq"],
-                    tokens * r["inputs"],
-                ]
-            )
-            ys.append(r["measured_mb"] - r["static_mb"])
+        mine = [r for r in rows if r["family"] == family]
+        xs = [[r["terms"][t] * act_bytes / MB for t in free] for r in mine]
+        ys = [r["measured_mb"] - r["static_mb"] for r in mine]
+        # BERT's FFN is 4x its hidden size, so those two columns are collinear: the SVD
+        # driver returns the minimum-norm split (the predictions do not depend on it).
         sol = torch.linalg.lstsq(
-            torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)[:, None]
-        ).solution
-        print(f"{family}: " + ", ".join(f"{v:.3f}" for v in sol[:, 0].tolist()))
+            torch.tensor(xs, dtype=torch.float64),
+            torch.tensor(ys, dtype=torch.float64)[:, None],
+            driver="gelsd",
+        ).solution[:, 0]
+        coeffs = memmodel.activation_coeffs(family, device)._replace(
+            **{t: round(v, 3) for t, v in zip(free, sol.tolist())}
+        )
+        print(f"{family} on {device}: {coeffs}")
 
 
 if __name__ == "__main__":

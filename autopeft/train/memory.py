@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 
 import torch
 
+from autopeft.core.memory import CUBLAS_HANDLES, CUBLAS_WORKSPACE
 from autopeft.train.build import AdaptedModel
 
 MB = 1024 * 1024
+
+
+def cuda_workspace_bytes(device: torch.device, config: str | None = None) -> int:
+    """The cuBLAS workspaces a training step on ``device`` keeps in PyTorch's allocator.
+
+    PyTorch's rule: ``CUBLAS_WORKSPACE_CONFIG`` (``:SIZE_KIB:COUNT`` pairs) when set, else
+    32 MiB on Hopper and 8.125 MiB on older GPUs; one workspace per handle, and training uses
+    two (forward and autograd's device thread). 0 off CUDA.
+    """
+    if device.type != "cuda":
+        return 0
+    config = os.environ.get("CUBLAS_WORKSPACE_CONFIG") if config is None else config
+    pairs = re.findall(r":(\d+):(\d+)", config or "")
+    if pairs:
+        per_handle = sum(int(kib) * 1024 * int(count) for kib, count in pairs)
+    else:
+        major, _ = torch.cuda.get_device_capability(device)
+        per_handle = CUBLAS_WORKSPACE["hopper" if major >= 9 else "older"]
+    return CUBLAS_HANDLES * per_handle
 
 
 @contextlib.contextmanager

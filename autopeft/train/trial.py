@@ -23,7 +23,7 @@ from autopeft.core.study_config import StudyConfig
 from autopeft.train.build import AdaptedModel, build_adapted
 from autopeft.train.data import Encoded, Task, encode, load_task
 from autopeft.train.loop import NonFiniteLoss, Report, train_and_eval
-from autopeft.train.memory import cpu_estimate_mb, cuda_peak
+from autopeft.train.memory import cpu_estimate_mb, cuda_peak, cuda_workspace_bytes
 from autopeft.train.models import load_model, load_tokenizer
 from autopeft.train.profile import profile_model
 from autopeft.train.weights import save_trainable
@@ -96,6 +96,7 @@ def check_budget(ctx: TrialContext, candidate: Candidate) -> tuple[int, float, s
         _seq_len(ctx, candidate),
         ctx.device.type,
         embeddings_trained=bool(EMBEDDING_METHODS & set(candidate.methods)),
+        workspace_bytes=cuda_workspace_bytes(ctx.device),
     ).total_mb
     for m in candidate.modules:
         why = methods.get(m.method).check(prof, m)

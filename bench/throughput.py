@@ -170,6 +170,11 @@ def ray_mode(mode: str, args: argparse.Namespace, root: str, gpu: bool, cores: i
         "accuracy": {n: r.metrics.get("accuracy") for n, r in done.items()},
         "candidates": {n: r.candidate.describe() for n, r in done.items()},
         "trial_wall_s": statistics.median(r.wall_time_s for r in done.values()) if done else None,
+        # Against a trial's wall time: how much of it the training steps themselves take,
+        # and how fast they run beside the other packed trials.
+        "tokens_per_s_median": (
+            round(statistics.median(r.tokens_per_s or 0.0 for r in done.values())) if done else None
+        ),
         **util.summary(),
     }
 
@@ -258,8 +263,8 @@ def markdown(result: dict) -> str:
         f"{result['trials']} trials x {result['steps']} steps, batch {result['batch_size']})",
         "",
         "| mode | trials/h | vs one per device | warm trials/h | first trial ends s | complete "
-        "| wall s | median trial s | util % (mean) | peak memory MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| wall s | median trial s | median trial tokens/s | util % (mean) | peak memory MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         trial_s = r.get("trial_wall_s")
@@ -269,7 +274,8 @@ def markdown(result: dict) -> str:
             f"| {r['mode']} | {r['trials_per_hour']:,.0f} | {ratio} | "
             f"{'—' if warm is None else f'{warm:,.0f}'} | {r.get('first_trial_end_s') or '—'} | "
             f"{r['complete']}/{r['trials']} | {r['wall_s']:,.0f} | "
-            f"{'—' if trial_s is None else f'{trial_s:.1f}'} | {r['util_mean']} | "
+            f"{'—' if trial_s is None else f'{trial_s:.1f}'} | "
+            f"{r.get('tokens_per_s_median') or '—'} | {r['util_mean']} | "
             f"{r['mem_peak_mb']} |"
         )
     lines.append("")

@@ -3,7 +3,7 @@
 Three ways to run the same search, side by side in one run, on one device:
 
 - ``packed``: autopeft's Ray executor, several trials per device (on a GPU the share per trial
-  comes from the predicted memory, up to 8 trials per GPU; on a CPU one trial per core);
+  comes from the predicted memory, up to 16 trials per GPU; on a CPU one trial per core);
 - ``one-per-device``: the same executor with one trial holding the whole device;
 - ``trainer``: ``transformers.Trainer.hyperparameter_search`` (optuna backend) over the same
   LoRA space, one trial after another: what Hugging Face users run today (LoRA space only).

@@ -149,7 +149,8 @@ def test_kill_and_resume_ray_driver(tmp_path):
         (1_000, 143_000, 16, 1, 16),  # small trials on an H200 with 16 cores: 16
         (1_000, 143_000, 16, 2, 8),  # two CPUs a trial: the cores limit it
         (1_000, 143_000, 64, 1, 16),  # never more than MAX_TRIALS_PER_GPU
-        (10_000, 80_000, 16, 1, 6),  # 80 GB / (10 GB x 1.3 headroom)
+        (10_000, 80_000, 16, 1, 5),  # 80 GB / (10 GB x 1.3 headroom + 0.5 GB context)
+        (400, 8_192, 16, 1, 7),  # 15 by the allocator alone: the 16 contexts would not fit
         (4_000, 80_000, 7, 1, 7),  # 7 shares of 1/7 must still fit on one GPU
         (70_000, 80_000, 16, 1, 1),  # a trial that needs most of the GPU gets all of it
     ],

@@ -291,13 +291,19 @@ def run_ray(
 
 MAX_TRIALS_PER_GPU = 16
 MEMORY_HEADROOM = 1.3  # predicted memory is a model: room for its error and the allocator's
+#: What each trial process holds on its GPU outside PyTorch's allocator (the CUDA context and
+#: the kernels of cuBLAS & co.), which the memory model does not predict. On the H200, 16
+#: packed MiniLM trials showed 9,348 MiB in nvidia-smi, ~584 MiB a process of which the
+#: allocator's peak was ~200-300 (bench/results/throughput_gpu_minilm_lora.md).
+CUDA_CONTEXT_MB = 512
 
 
 def gpu_share(worst_mb: float, gpu_mb: float, cpus_per_gpu: float, cpus_per_trial: float) -> float:
     """GPU share per trial: as many trials per GPU as its memory and the CPUs beside it allow.
 
     Args:
-        worst_mb: the largest predicted peak memory of a trial in the space.
+        worst_mb: the largest predicted peak memory of a trial in the space (each trial's
+            process holds ``CUDA_CONTEXT_MB`` more).
         gpu_mb: one GPU's memory.
         cpus_per_gpu: the cluster's CPUs per GPU (each packed trial needs its CPUs).
         cpus_per_trial: CPUs each trial reserves.
@@ -306,7 +312,8 @@ def gpu_share(worst_mb: float, gpu_mb: float, cpus_per_gpu: float, cpus_per_tria
         ``1/n`` for ``n`` trials on a GPU (at most ``MAX_TRIALS_PER_GPU``), rounded down to
         Ray's resource precision so that ``n`` shares still fit on one GPU; 1.0 for one.
     """
-    by_memory = int(gpu_mb // (worst_mb * MEMORY_HEADROOM)) if worst_mb > 0 else MAX_TRIALS_PER_GPU
+    per_trial_mb = worst_mb * MEMORY_HEADROOM + CUDA_CONTEXT_MB
+    by_memory = int(gpu_mb // per_trial_mb)
     by_cpus = int(cpus_per_gpu // cpus_per_trial) if cpus_per_trial > 0 else MAX_TRIALS_PER_GPU
     n = max(1, min(by_memory, by_cpus, MAX_TRIALS_PER_GPU))
     return 1.0 if n == 1 else math.floor(10_000 / n) / 10_000

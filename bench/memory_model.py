@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -271,7 +272,7 @@ def write(rows: list[dict], out: Path, stem: str, note: str = "") -> None:
     within = sum(e <= 15 for e in errors)
     lines.append(
         f"\nworst |error|: {max(errors)}% over {len(rows)} candidates; within 15%: "
-        f"{within}/{len(rows)}; median |error|: {sorted(errors)[len(errors) // 2]}%"
+        f"{within}/{len(rows)}; median |error|: {statistics.median(errors):.1f}%"
     )
     (out / f"{stem}.md").write_text("\n".join(header + lines) + "\n")
     print("\n".join(lines))

@@ -278,6 +278,21 @@ def write(rows: list[dict], out: Path, stem: str, note: str = "") -> None:
     print("\n".join(lines))
 
 
+def measured_rows(ap: argparse.ArgumentParser, path: Path) -> list[dict]:
+    """The rows of a results file this script wrote, or a clear error naming the rule."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        ap.error(f"--repredict: cannot read {str(path)!r} as JSON ({err})")
+    needed = {"model", "candidate", "batch", "seq", "device", "measured_mb"}
+    if not (isinstance(rows, list) and rows and all(needed <= set(r) for r in rows)):
+        ap.error(
+            f"--repredict: {str(path)!r} must be a memory_model results file: a JSON list of "
+            f"rows with {', '.join(sorted(needed))}; hint: bench/results/memory_model_*.json"
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="minilm,tiny-llama")
@@ -297,7 +312,7 @@ def main() -> None:
         anchors(args.out)
         return
     if args.repredict:
-        rows = repredict(json.loads(args.repredict.read_text()))
+        rows = repredict(measured_rows(ap, args.repredict))
         if args.fit:
             fit(rows)
         note = "Measured on the device named above; predicted again with the current model."

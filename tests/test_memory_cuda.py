@@ -71,3 +71,18 @@ def test_workspace_is_static_cuda_memory_only():
     assert hopper.static - older.static == 62 * MB
     assert hopper.activations == older.activations
     assert hopper.total_mb - older.total_mb == pytest.approx(62)
+
+
+@pytest.mark.parametrize("content", [None, "not json", "[]", '[{"model": "minilm"}]'])
+def test_repredict_refuses_a_file_that_is_not_a_results_file(
+    content, tmp_path, monkeypatch, capsys
+):
+    path = tmp_path / "rows.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setattr(sys, "argv", ["memory_model.py", "--repredict", str(path)])
+    with pytest.raises(SystemExit) as exit_:
+        memory_model.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--repredict" in err and str(path) in err

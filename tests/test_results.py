@@ -32,7 +32,8 @@ def study(tmp_path_factory):
             "model": "tiny-bert",
             "task": {"name": "sms_spam", "max_length": 32},
             "search_space": {
-                "modules": {"lora": {"rank": [4, 8]}, "serial_adapter": {"size": [0, 8]}}
+                "modules": {"lora": {"rank": [4, 8]}, "serial_adapter": {"size": [0, 8]}},
+                "training": {"lr": [2e-3, 8e-3]},  # the rate searched too: one per trial
             },
             "training": {
                 "steps": 20,
@@ -46,8 +47,9 @@ def study(tmp_path_factory):
         }
     )
     st = Study(cfg, root=root)
-    st.optuna.enqueue_trial({"lora.rank": 4, "serial_adapter.size": 0})  # peft only
-    st.optuna.enqueue_trial({"lora.rank": 8, "serial_adapter.size": 8})  # peft + native
+    # peft only; peft + native
+    st.optuna.enqueue_trial({"lora.rank": 4, "serial_adapter.size": 0, "training.lr": 2e-3})
+    st.optuna.enqueue_trial({"lora.rank": 8, "serial_adapter.size": 8, "training.lr": 8e-3})
     run_local(st, 2, progress=False)
     assert [r.status for _, r in st.results()] == [TrialStatus.COMPLETE] * 2
     return st
@@ -70,6 +72,8 @@ def test_exported_trial_reloads_with_identical_predictions(study, tmp_path, numb
     result = dict(study.results())[number]
     assert manifest["candidate"] == result.candidate.to_json()
     assert manifest["training"]["steps"] == 20 and manifest["metrics"] == result.metrics
+    # The recipe recorded is the one the trial trained with: its own searched rate.
+    assert manifest["training"]["lr"] == result.candidate.training["lr"] == [2e-3, 8e-3][number]
     ctx, batch = _batch(study)
     trained = rebuild(
         ctx, result.candidate, weights_path(study.folder / "weights", result.candidate, 3)

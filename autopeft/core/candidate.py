@@ -40,11 +40,19 @@ class ModuleConfig(BaseModel):
 
 
 class Candidate(BaseModel):
-    """A full configuration: the set of modules switched on (order-free)."""
+    """A full configuration: the set of modules switched on (order-free).
+
+    Attributes:
+        modules: the module types switched on, sorted by name.
+        training: the training settings this candidate searched (``lr``, ``weight_decay``,
+            ``warmup``), overriding the study's recipe for its trials; empty when the search
+            space searches none.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     modules: tuple[ModuleConfig, ...] = ()
+    training: dict[str, float] = Field(default_factory=dict)
 
     def module(self, method: str) -> ModuleConfig | None:
         """The config of ``method`` if it is switched on."""
@@ -56,8 +64,16 @@ class Candidate(BaseModel):
         return tuple(m.method for m in self.modules)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (canonical order)."""
-        return json.loads(self.model_dump_json())
+        """A JSON-serialisable dict (canonical order).
+
+        ``training`` is left out when empty, so a candidate without searched training
+        settings has the same JSON and key as before the field existed (studies and weights
+        written then stay valid).
+        """
+        data = json.loads(self.model_dump_json())
+        if not self.training:
+            del data["training"]
+        return data
 
     def key(self) -> str:
         """A stable hash for de-duplication and caching."""
@@ -66,15 +82,16 @@ class Candidate(BaseModel):
 
     def describe(self) -> str:
         """A short human-readable description."""
+        tail = "".join(f" | {k}={v:.3g}" for k, v in sorted(self.training.items()))
         if not self.modules:
-            return "head only"
+            return "head only" + tail
         parts = []
         for m in self.modules:
             params = ",".join(f"{k}={v}" for k, v in sorted(m.params.items()))
             where = f"L{_ranges(m.layers)}" if m.layers else ""
             tgt = "+".join(m.targets)
             parts.append(" ".join(x for x in (m.method, params, tgt, where) if x))
-        return " | ".join(parts)
+        return " | ".join(parts) + tail
 
 
 def _ranges(idx: tuple[int, ...]) -> str:

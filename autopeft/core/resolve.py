@@ -3,7 +3,8 @@
 Sampling is define-by-run through the :class:`Suggest` protocol, which an ``optuna.Trial``
 satisfies as is; :class:`RandomSuggest` is the dependency-free implementation used by
 ``autopeft validate`` and tests. Parameter names are readable in optuna-dashboard:
-``placement.layer_3``, ``peft_method``, ``lora.rank``, ``lora.rank.layer_2``, ``prefix.on``.
+``placement.layer_3``, ``peft_method``, ``lora.rank``, ``lora.rank.layer_2``, ``prefix.on``,
+``training.lr``.
 """
 
 from __future__ import annotations
@@ -339,7 +340,10 @@ class ResolvedSpace:
             cfg = plan.sample(s, shared, self.profile)
             if cfg is not None and (plan.spec.backend != "peft" or plan.name == chosen):
                 modules.append(cfg)
-        return Candidate(modules=tuple(sorted(modules, key=lambda m: m.method)))
+        return Candidate(
+            modules=tuple(sorted(modules, key=lambda m: m.method)),
+            training=self.space.training.sample(s),
+        )
 
     def size(self) -> float:
         """Distinct candidates of the space (``inf`` with continuous parameters).
@@ -368,12 +372,13 @@ class ResolvedSpace:
                 total *= other + absent + (on_mask if placed else 0.0)
             return total
 
+        settings = self.space.training.count()  # searched training settings multiply all
         if self.shared_layers is not None:  # no module is placed by a searched mask
-            return product(0, False)
+            return product(0, False) * settings
         total = product(0, False) + sum(
             math.comb(num, k) * (product(k, True) - product(k, False)) for k in range(1, num + 1)
         )
-        return math.inf if math.isnan(total) else total
+        return math.inf if math.isnan(total) else total * settings
 
     def param_range(self) -> tuple[int, int]:
         """Smallest and largest trainable-parameter count (head excluded) over the space."""

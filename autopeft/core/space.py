@@ -34,6 +34,7 @@ from autopeft.core.params import (
     parse_layer_spec,
     parse_target_spec,
 )
+from autopeft.core.training_space import TrainingSpace
 
 RESERVED = ("targets", "layers", "per_layer", "optional")
 
@@ -167,12 +168,14 @@ class Budget(BaseModel):
 
 
 class SearchSpace(BaseModel):
-    """Module types to search, a shared layer placement, and a budget."""
+    """Module types to search, a shared layer placement, training settings, and a budget."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     modules: dict[str, ModuleSpace]
     layers: Any = "all"
+    #: Training settings searched per trial (learning rate, ...); none by default.
+    training: TrainingSpace = TrainingSpace()
     budget: Budget = Budget()
 
     @field_validator("layers", mode="before")

@@ -108,6 +108,17 @@ class TrainingConfig(_Section):
         return value
 
 
+def trial_training(training: TrainingConfig, candidate: Any) -> TrainingConfig:
+    """The recipe one trial trains with: the study's, with the candidate's searched settings.
+
+    ``candidate`` is a :class:`~autopeft.core.candidate.Candidate`; its ``training`` values
+    were validated by the search space (``autopeft.core.training_space``).
+    """
+    if not candidate.training:
+        return training
+    return training.model_copy(update=dict(candidate.training))
+
+
 class HalvingConfig(_Section):
     """Pareto-aware successive halving over the training rungs (``training.rungs``)."""
 

@@ -21,7 +21,7 @@ import torch
 
 from autopeft import __version__, methods
 from autopeft.core.candidate import Candidate
-from autopeft.core.study_config import StudyConfig
+from autopeft.core.study_config import StudyConfig, trial_training
 from autopeft.train.build import AdaptedModel, build_adapted
 from autopeft.train.models import load_model, resolve_model_dir
 from autopeft.train.profile import profile_model
@@ -60,7 +60,7 @@ def export_adapted(
         "head_params": adapted.head_params,
         "peft_adapter": peft_backed,
         "task": config.task.model_dump(mode="json"),
-        "training": config.training.model_dump(mode="json"),
+        "training": trial_training(config.training, adapted.candidate).model_dump(mode="json"),
         "study": config.name,
         "trial": trial,
         "metrics": metrics or {},

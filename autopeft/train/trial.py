@@ -19,7 +19,7 @@ from autopeft.core.profile import ModelProfile
 from autopeft.core.resolve import candidate_params
 from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.space import Budget
-from autopeft.core.study_config import StudyConfig
+from autopeft.core.study_config import StudyConfig, trial_training
 from autopeft.train.build import AdaptedModel, build_adapted
 from autopeft.train.data import Encoded, Task, encode, load_task
 from autopeft.train.loop import NonFiniteLoss, Report, train_and_eval
@@ -117,7 +117,7 @@ def run_trial(
     Never raises for a trial's own failure: over budget or out of memory -> INFEASIBLE;
     NaN/inf loss or any exception -> FAILED with the reason; stopped by ``report`` -> PRUNED.
     """
-    cfg = ctx.config.training
+    cfg = trial_training(ctx.config.training, candidate)
     target = steps or cfg.steps
     params, predicted, over = check_budget(ctx, candidate)
     base = dict(

@@ -137,6 +137,15 @@ def _check_bounds(low: float, high: float, log: bool) -> None:
         )
 
 
+def as_mapping(raw: Any, rule: str, hint: str) -> dict:
+    """A section's raw YAML as a dict: ``{}`` when left empty; a RuleError when not a mapping."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RuleError(rule, hint, raw)
+    return raw
+
+
 def normalise_param(raw: Any) -> Any:
     """Shorthands: a list is a choice; a dict without ``type`` is rejected by the union."""
     if isinstance(raw, list):

@@ -30,6 +30,7 @@ from autopeft.core.params import (
     FloatParam,
     IntParam,
     ParamSpec,
+    as_mapping,
     normalise_param,
     parse_layer_spec,
     parse_target_spec,
@@ -71,10 +72,9 @@ class ModuleSpace(BaseModel):
     @classmethod
     def _split(cls, raw: Any) -> Any:
         # Method parameters sit beside the reserved keys in YAML; sort them by kind.
-        if raw is None:
+        raw = as_mapping(raw, "a module's settings are a mapping", "e.g. lora: {rank: [4, 8]}")
+        if not raw:
             return {}
-        if not isinstance(raw, dict):
-            raise RuleError("a module's settings are a mapping", "e.g. lora: {rank: [4, 8]}", raw)
         if "domains" in raw or "fixed" in raw:
             return raw  # already split: a serialised ModuleSpace (JSON round trip)
         out: dict[str, Any] = {k: v for k, v in raw.items() if k in RESERVED}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autopeft.core.errors import RuleError, did_you_mean
-from autopeft.core.params import ChoiceParam, FloatParam, IntParam, ParamSpec, normalise_param
+from autopeft.core.params import ChoiceParam, FloatParam, ParamSpec, as_mapping, normalise_param
 
 if TYPE_CHECKING:
     from autopeft.core.resolve import Suggest
@@ -44,10 +44,7 @@ class TrainingSpace(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _split(cls, raw: Any) -> Any:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            raise RuleError("the training section maps settings to domains", _EXAMPLE, raw)
+        raw = as_mapping(raw, "the training section maps settings to domains", _EXAMPLE)
         if set(raw) == {"domains"}:
             return raw  # already split: a serialised TrainingSpace (JSON round trip)
         domains = {}
@@ -90,12 +87,12 @@ class TrainingSpace(BaseModel):
         out: dict[str, float] = {}
         for key, p in self.domains.items():
             name = f"training.{key}"
-            if isinstance(p, FloatParam):
-                value = suggest.suggest_float(name, float(p.low), float(p.high), log=p.log)
-            elif isinstance(p, IntParam):
-                value = suggest.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
-            else:
+            if isinstance(p, ChoiceParam):
                 value = suggest.suggest_categorical(name, p.values())
+            elif isinstance(p, FloatParam):
+                value = suggest.suggest_float(name, float(p.low), float(p.high), log=p.log)
+            else:  # an int range
+                value = suggest.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
             out[key] = float(value)
         return out
 

@@ -68,11 +68,13 @@ EOF
 
 if [ "$SMOKE" = 1 ]; then  # a CPU dry run: tiny settings, results outside the repo
     device=cpu results=/tmp/autopeft-gpu-smoke-results holdout_shapes=8x32 large_shape=2x16
-    steps=4 reps=1 trials=2
+    steps=4 reps=1 trials=2 mode_trials=one-per-device=2,trainer=2
     overhead_shape=(--batch-size 8 --max-length 32)
 else
     device=cuda results=bench/results holdout_shapes=8x32,64x128 large_shape=24x64
-    steps=200 reps=3 trials=16
+    # Packed MiniLM: 3 waves of 16, so its rate is not the workers' cold start alone; the
+    # others reach their rate in fewer trials (one per device took over 9 s a trial).
+    steps=200 reps=3 trials=48 mode_trials=one-per-device=12,trainer=12
     overhead_shape=(--batch-size 32 --max-length 128)
 fi
 mkdir -p "$results"
@@ -90,11 +92,11 @@ part memory-large 100 "$PY" bench/memory_model.py --device "$device" --models be
 part overhead 120 "$PY" bench/trial_overhead.py --steps "$steps" --reps "$reps" \
     "${overhead_shape[@]}" --eval-examples 256 --out "$results"
 # Issue 7.1: trials/hour, packed vs one per GPU vs Trainer.hyperparameter_search.
-part throughput-minilm 280 "$PY" bench/throughput.py --model minilm --space lora \
-    --trials "$trials" --steps "$steps" --out "$results"
+part throughput-minilm 480 "$PY" bench/throughput.py --model minilm --space lora \
+    --trials "$trials" --mode-trials "$mode_trials" --steps "$steps" --out "$results"
 stop_ray
-part throughput-bert-base 280 "$PY" bench/throughput.py --model bert-base --space lora \
-    --trials "$trials" --steps "$((steps / 2))" --out "$results"
+part throughput-bert-base 480 "$PY" bench/throughput.py --model bert-base --space lora \
+    --trials "$trials" --mode-trials "$mode_trials" --steps "$((steps / 2))" --out "$results"
 stop_ray
 
 # The results files this run wrote, as paths under bench/results/ (the repository's layout).

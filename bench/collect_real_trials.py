@@ -25,6 +25,16 @@ once; the file holds draws 0-55, this command adds 56-63):
     for k in 0 1; do OMP_NUM_THREADS=1 .venv/bin/python bench/collect_real_trials.py --n 64 \
         --steps 640 --lr 1e-3 --evals 40,80,160,320,640 --eval-examples 1000 --shard $k/2 \
         --out bench/results/real_trials_minilm_640.jsonl & done
+
+With the learning rate searched too (``search_spaces/bench_lr.yaml``: the same modules,
+``training.lr`` log-uniform in 1e-4..1e-2; ``--lr`` is then only the study's default, which
+every trial overrides), 160 steps scored on 1,000 examples at 20, 40, 80 and 160 (~3.5-4.5
+min a trial on one core; the file holds draws 0-35, 2.2 CPU-hours, the run stopped there):
+
+    for k in 0 1; do OMP_NUM_THREADS=1 .venv/bin/python bench/collect_real_trials.py --n 120 \
+        --steps 160 --lr 2e-3 --evals 20,40,80,160 --eval-examples 1000 \
+        --space search_spaces/bench_lr.yaml --shard $k/2 \
+        --out bench/results/real_trials_minilm_lr_160.jsonl & done
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ from autopeft.core.study_config import StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "bench.yaml"
+#: The same space with the learning rate searched too (``--space``; ``bench_space``).
+SPACE_LR = ROOT / "search_spaces" / "bench_lr.yaml"
 OUT = ROOT / "bench" / "results" / "real_trials_minilm.jsonl"
 #: The fidelity of the benchmark: a full trial is 40 steps, evaluated at the halving rungs.
 STEPS, RUNGS = 40, [0.34, 0.67, 1.0]
@@ -51,14 +63,15 @@ def bench_study(
     rungs: list[float] | None = None,
     lr: float = 5e-3,
     eval_examples: int = 300,
+    space: Path = SPACE,
     **extra,
 ) -> StudyConfig:
     """The benchmark's study: minilm, rotten_tomatoes at max length 48, bench.yaml.
 
     ``steps`` is the full fidelity (40 by default), ``lr`` the peak learning rate and
     ``rungs`` the evaluation / halving fractions, ``eval_examples`` the validation examples
-    each evaluation scores; ``extra`` entries replace top-level sections
-    (``sampler``, ``halving``, ...).
+    each evaluation scores, ``space`` the search space file; ``extra`` entries replace
+    top-level sections (``sampler``, ``halving``, ...).
     """
     raw = {
         "name": name,
@@ -72,9 +85,18 @@ def bench_study(
             "eval_examples": eval_examples,
             "rungs": rungs or RUNGS,
         },
-        "search_space": str(SPACE),
+        "search_space": str(space),
     }
     return api.study_from_dict(raw | extra)
+
+
+def bench_space(with_lr: bool) -> Path:
+    """The space real trials were drawn from: with the learning rate searched, or not.
+
+    A surrogate fitted to trials that searched the rate (``Surrogate.with_lr``) is run on
+    the space that searches it, so the studies propose what the data covers.
+    """
+    return SPACE_LR if with_lr else SPACE
 
 
 def eval_steps(config: StudyConfig) -> set[int]:
@@ -100,6 +122,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=80, help="trials wanted in the file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--space", type=Path, default=SPACE, help="search space to draw from (default bench.yaml)"
+    )
     parser.add_argument("--steps", type=int, default=STEPS, help="full fidelity in steps")
     parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate")
     parser.add_argument(
@@ -125,7 +150,11 @@ def main() -> None:
 
     rungs = [e / args.steps for e in args.evals] if args.evals else None
     config = bench_study(
-        steps=args.steps, rungs=rungs, lr=args.lr, eval_examples=args.eval_examples
+        steps=args.steps,
+        rungs=rungs,
+        lr=args.lr,
+        eval_examples=args.eval_examples,
+        space=args.space,
     )
     space = api.resolve(config.search_space, model_profile(config.model))
     args.out.parent.mkdir(parents=True, exist_ok=True)

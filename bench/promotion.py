@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from collect_real_trials import bench_study  # noqa: E402
+from collect_real_trials import bench_space, bench_study  # noqa: E402
 from fed_tpe import feed  # noqa: E402
 from halving_ceiling import gain  # noqa: E402
 from search_cost import RESULTS, data_fidelity, real_trials, write_runs  # noqa: E402
@@ -269,6 +269,7 @@ def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
         name,
         steps=fidelity,
         rungs=[policy.first, 1.0],
+        space=bench_space(surrogate.with_lr),
         sampler={"name": "tpe", "seed": run.seed},
         halving={"enabled": False},
     )

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from collect_real_trials import RUNGS, STEPS, bench_study  # noqa: E402
+from collect_real_trials import RUNGS, STEPS, bench_space, bench_study  # noqa: E402
 from fed_tpe import feed  # noqa: E402
 from ladders import Ladder, parse_ladders  # noqa: E402
 from search_quality import run_all, save_json, surrogate_summary, trained_curve  # noqa: E402
@@ -125,6 +125,7 @@ def run_study(spec: Spec, surrogate: Surrogate, root: str) -> tuple[dict, dict]:
         name,
         steps=spec.fidelity,
         rungs=list(spec.rungs),
+        space=bench_space(surrogate.with_lr),
         sampler={"name": spec.sampler, "seed": spec.seed},
         halving={
             "enabled": spec.halving,

@@ -261,7 +261,7 @@ def surrogate_summary(fit: dict) -> str:
     )
     return (
         f"Surrogate: fitted to {fit['n']} real {fit.get('steps', [40])[-1]}-step trials of "
-        "`search_spaces/bench.yaml` "
+        f"`search_spaces/{'bench_lr.yaml' if fit.get('with_lr') else 'bench.yaml'}` "
         f"(minilm, rotten_tomatoes; final accuracy {lo:.3f}..{hi:.3f}), {fit['learned']} of "
         f"which beat the constant predictor ({fit['majority_accuracy']:.4f}). Leave-one-out: "
         f"{p_learn}learners' final accuracy RMSE {cur['loo_rmse']:.4f} "

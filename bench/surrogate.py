@@ -53,6 +53,12 @@ FEATURES = [
     "lowest_layer",
     "log_params",
 ]
+#: Features added when the real trials searched the learning rate (search_spaces/bench_lr.yaml):
+#: its log, its square (a rate can be too low to learn in time or too high to stay stable) and
+#: its product with the log parameter count (large modules want lower rates), the log
+#: centred on the space's geometric middle, 1e-3.
+LR_FEATURES = ["log_lr", "log_lr_sq", "log_lr_x_log_params"]
+LR_CENTER = -3.0
 #: Penalties tried; the one with the lowest leave-one-out error is kept.
 PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: Feature sets a learner-curve step may use: every feature, or the trainable-parameter count
@@ -61,12 +67,13 @@ PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: alone still carries the trend (the first 32 640-step trials: Spearman 0.64 between
 #: parameters and final accuracy; all 56: 0.43). The default, every feature, is what the
 #: committed 40- and 160-step results were taken with.
-FEATURE_SETS = ("all", "log_params")
+#: ``size_lr``: the parameter count and the rate's features (data that searched the rate).
+FEATURE_SETS = ("all", "log_params", "size_lr")
 F64 = torch.float64
 
 
-def features(candidate: Candidate, profile: ModelProfile) -> list[float]:
-    """The surrogate's input for one candidate (see :data:`FEATURES`)."""
+def features(candidate: Candidate, profile: ModelProfile, with_lr: bool = False) -> list[float]:
+    """The surrogate's input for one candidate (see :data:`FEATURES`, :data:`LR_FEATURES`)."""
     out: list[float] = []
     for name, size_param in MODULES.items():
         m = candidate.module(name)
@@ -79,14 +86,21 @@ def features(candidate: Candidate, profile: ModelProfile) -> list[float]:
     out.append(len(layers) / n)
     out.append(min(layers) / n if layers else 1.0)
     out.append(math.log10(1 + candidate_params(candidate, profile, methods.registry())))
+    if with_lr:
+        z = math.log10(candidate.training["lr"]) - LR_CENTER
+        out += [z, z * z, z * out[-1]]
     return out
 
 
-def _columns(feature_set: str) -> list[int]:
-    """The columns of the biased feature matrix a feature set uses (the bias always)."""
+def _columns(feature_set: str, with_lr: bool = False) -> list[int]:
+    """The columns of the biased feature matrix a feature set uses (the bias, last, always)."""
+    names = FEATURES + (LR_FEATURES if with_lr else [])
     if feature_set == "all":
-        return list(range(len(FEATURES) + 1))
-    return [FEATURES.index(feature_set), len(FEATURES)]
+        return list(range(len(names) + 1))
+    if feature_set == "size_lr" and not with_lr:
+        raise ValueError("feature set 'size_lr' needs real trials that searched the rate")
+    wanted = ["log_params", *LR_FEATURES] if feature_set == "size_lr" else [feature_set]
+    return [names.index(n) for n in wanted] + [len(names)]
 
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -186,9 +200,10 @@ class Surrogate:
         final = self.curves[:, -1]
         self.majority = _majority(done, final)
         self.learned = final > self.majority + 1e-6
-        raw = torch.tensor(
-            [features(Candidate.model_validate(r["candidate"]), profile) for r in done], dtype=F64
-        )
+        candidates = [Candidate.model_validate(r["candidate"]) for r in done]
+        #: Whether the real trials searched the learning rate (then it is a feature).
+        self.with_lr = all("lr" in c.training for c in candidates)
+        raw = torch.tensor([features(c, profile, self.with_lr) for c in candidates], dtype=F64)
         self.center, self.scale = raw.mean(0), raw.std(0).clamp(min=1e-6)
         self.x = _with_bias((raw - self.center) / self.scale)
         y = self.learned.to(F64)
@@ -211,7 +226,7 @@ class Surrogate:
         for j in range(len(self.steps)):
             yl = self.curves[self.learned, j]
             errs = {
-                (name, p): float(ridge_loo(xl[:, _columns(name)], yl, p).pow(2).mean())
+                (name, p): float(ridge_loo(xl[:, self._cols(name)], yl, p).pow(2).mean())
                 for name in feature_sets
                 for p in PENALTIES
             }
@@ -220,7 +235,7 @@ class Surrogate:
             first = min((k for k in errs if k[0] == feature_sets[0]), key=errs.get)
             other = min(errs, key=errs.get)
             name, best = other if errs[other] < errs[first] - 1e-12 else first
-            cols = _columns(name)
+            cols = self._cols(name)
             self.curve_features.append(name)
             self.curve_penalty.append(best)
             self.curve_w.append(fit_ridge(xl[:, cols], yl, best))
@@ -242,8 +257,11 @@ class Surrogate:
         records = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
         return cls(records, profile or model_profile("minilm"), feature_sets)
 
+    def _cols(self, feature_set: str) -> list[int]:
+        return _columns(feature_set, self.with_lr)
+
     def _x(self, candidate: Candidate) -> torch.Tensor:
-        raw = torch.tensor([features(candidate, self.profile)], dtype=F64)
+        raw = torch.tensor([features(candidate, self.profile, self.with_lr)], dtype=F64)
         return _with_bias((raw - self.center) / self.scale)[0]
 
     def p_learn(self, candidate: Candidate) -> float:
@@ -255,7 +273,9 @@ class Surrogate:
     def learner_curve(self, candidate: Candidate) -> list[float]:
         """Predicted accuracy at each fitted step, should the candidate learn."""
         x = self._x(candidate)
-        return [float(x[_columns(name)] @ w) for name, w in zip(self.curve_features, self.curve_w)]
+        return [
+            float(x[self._cols(name)] @ w) for name, w in zip(self.curve_features, self.curve_w)
+        ]
 
     def expected(self, candidate: Candidate) -> float:
         """Expected final accuracy (noise-free): the mixture's mean."""
@@ -311,6 +331,7 @@ class Surrogate:
         err = final - expected
         return {
             "n": n,
+            "with_lr": self.with_lr,
             "steps": self.steps,
             "learned": n_l,
             "majority_accuracy": self.majority,
@@ -339,7 +360,7 @@ class Surrogate:
         for i in range(len(final)):
             keep = idx != i
             learned, flat = keep & self.learned, keep & ~self.learned
-            x = self.x[:, _columns(self.curve_features[-1])]
+            x = self.x[:, self._cols(self.curve_features[-1])]
             w = fit_ridge(x[learned], final[learned], self.curve_penalty[-1])
             mu = float(x[i] @ w)
             out[i] = (

@@ -197,6 +197,41 @@ def test_the_640_step_surrogate_ranks_candidates_by_size():
     assert learner["loo_rmse"] < default["loo_rmse"]
 
 
+def test_the_rate_surrogate_knows_the_rate_and_runs_on_the_space_that_searches_it(tmp_path):
+    """Real trials that searched the learning rate: the surrogate takes it as a feature.
+
+    Whether a trial leaves the floor within 160 steps depends on its rate (1e-4 never does in
+    the data), so a candidate's chance to learn rises with the rate over the low end; the
+    studies run on ``bench_lr.yaml``, so every proposal carries a rate.
+    """
+    data = BENCH / "results" / "real_trials_minilm_lr_160.jsonl"
+    fitted = surrogate.Surrogate.from_jsonl(data, feature_sets=("all", "size_lr"))
+    assert fitted.with_lr and fitted.steps == [20, 40, 80, 160] and fitted.bimodal
+    fit = fitted.report()
+    assert fit["with_lr"] and fit["p_learn"]["loo_log_loss"] < fit["p_learn"]["constant_log_loss"]
+    assert (
+        fit["expected_final_accuracy"]["loo_mae"]
+        < fit["expected_final_accuracy"]["constant_loo_mae"]
+    )
+    space_file = collect.bench_space(fitted.with_lr)
+    assert space_file.name == "bench_lr.yaml"
+    config = collect.bench_study(
+        "surrogate-lr", steps=160, rungs=[0.25, 0.5, 1.0], space=space_file
+    )
+    study = Study(config, tmp_path)
+    cands = [study.space.sample(RandomSuggest(seed)) for seed in range(20)]
+    at = [
+        [fitted.p_learn(c.model_copy(update={"training": {"lr": lr}})) for c in cands]
+        for lr in (1e-4, 2e-3)
+    ]
+    assert sum(at[1]) > sum(at[0]) + 5  # 20 candidates: several more learn at 2e-3
+    run_local(study, 20, runner=surrogate.for_study(study, fitted), progress=False)
+    results = [r for _, r in study.results()]
+    assert all(1e-4 <= r.candidate.training["lr"] <= 1e-2 for r in results)
+    with pytest.raises(ValueError, match="searched the rate"):
+        surrogate.Surrogate.from_jsonl(surrogate.DATA, feature_sets=("all", "size_lr"))
+
+
 def test_the_collectors_shards_and_search_costs_ladders_parse_or_say_why():
     import argparse
 

@@ -10,7 +10,7 @@ from autopeft import api
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError
 from autopeft.core.resolve import RandomSuggest, parameter_domains
-from autopeft.core.study_config import TrainingConfig, trial_training
+from autopeft.core.study_config import StudyConfig, TrainingConfig, trial_training
 from autopeft.core.training_space import _DEFAULTS
 from autopeft.train.trial import run_trial
 from tests.trial_helpers import LORA, make_context
@@ -35,6 +35,19 @@ def test_searched_settings_are_suggested_in_their_domains_and_multiply_the_size(
     assert choices.size() == plain * 6
     sample = choices.sample(RandomSuggest(1)).training
     assert set(sample) == {"lr", "warmup"} and sample["warmup"] in (0.0, 0.1, 0.2)
+
+
+def test_a_study_with_searched_settings_round_trips_through_its_json_snapshot():
+    training = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}, "warmup": [0, 0.1]}
+    config = api.study_from_dict(
+        {
+            "name": "rt",
+            "model": "minilm",
+            "search_space": {"modules": MODULES, "training": training},
+        }
+    )
+    again = StudyConfig.model_validate_json(config.model_dump_json())
+    assert again == config and set(again.search_space.training.domains) == {"lr", "warmup"}
 
 
 def test_a_candidate_without_searched_settings_keeps_its_json_and_key():

@@ -35,6 +35,12 @@ def test_searched_settings_are_suggested_in_their_domains_and_multiply_the_size(
     assert choices.size() == plain * 6
     sample = choices.sample(RandomSuggest(1)).training
     assert set(sample) == {"lr", "warmup"} and sample["warmup"] in (0.0, 0.1, 0.2)
+    # An int range is suggested as an int and carried as a float, like every setting.
+    ints = resolved({"warmup": {"type": "int", "low": 0, "high": 1}})
+    assert parameter_domains(ints)["training.warmup"] == "int 0..1"
+    drawn = {ints.sample(RandomSuggest(seed)).training["warmup"] for seed in range(20)}
+    assert drawn == {0.0, 1.0} and all(isinstance(v, float) for v in drawn)
+    assert ints.size() == plain * 2
 
 
 def test_a_study_with_searched_settings_round_trips_through_its_json_snapshot():

@@ -217,6 +217,19 @@ def _cli(*args, cwd=None):
     )
 
 
+def test_cli_output_into_a_closed_pipe_ends_quietly():
+    """``autopeft methods | head -1``: the reader leaves early; no traceback, exit 141."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autopeft.cli", "methods"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the CLI has imported anything: every write meets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_cli_validate_reports_errors_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("modules:\n  lora:\n    rank: {type: int, low: 64, high: 2}\n")

@@ -6,6 +6,7 @@ returns False to stop the trial early (an executor's successive-halving decision
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -108,9 +109,10 @@ def evaluate(
 
 
 def _autocast(device: torch.device):
-    # bf16 autocast on GPU (weights stay fp32); plain fp32 on CPU, where bf16 is slow.
-    enabled = device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    # bf16 autocast on GPU (weights stay fp32); plain fp32 elsewhere (bf16 is slow on CPU).
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
 def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
@@ -160,6 +162,8 @@ def train_and_eval(
     start = time.perf_counter()
     step = 0
     for step, batch in enumerate(train.batches(cfg.batch_size, cfg.seed, total), start=1):
+        # Counted on the host batch: the same sum on the device would synchronise every step.
+        result.tokens += int(batch["attention_mask"].sum())
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with _autocast(device):
             loss = model(**batch).loss
@@ -170,7 +174,6 @@ def train_and_eval(
         sched.step()
         adapted.on_step(step)  # before zero_grad: AdaLoRA's rank allocation reads gradients
         opt.zero_grad(set_to_none=True)
-        result.tokens += int(batch["attention_mask"].sum())
         if step % cfg.eval_every == 0 or step in eval_at or step == total:
             value = float(loss.detach())  # syncs the device only at evaluation points
             guard.check()

@@ -42,6 +42,7 @@ class MetaDevice(TorchDispatchMode):
                 return True
             return 0.5 if src.dtype.is_floating_point else 0  # 0: the loss guard saw no bad step
         if func is torch.ops.aten._to_copy.default and str(kwargs.get("device")) == "cpu":
+            self.reads[_reader()] += 1  # a copy to the host waits for the device as well
             return torch.zeros(src.shape, dtype=kwargs.get("dtype") or src.dtype)
         return func(*args, **kwargs)
 
@@ -59,7 +60,7 @@ def _reader() -> str:
 
 def test_the_loop_reads_device_values_only_at_evaluation_points():
     steps, eval_every = 6, 3
-    ctx = make_context(steps=steps, eval_every=eval_every, eval_examples=16)
+    ctx = make_context(steps=steps, eval_every=eval_every, eval_examples=40)  # 3 batches
     cfg = ctx.config.training
     adapted = build_adapted(copy.deepcopy(ctx.base_model), ctx.profile, LORA, total_steps=steps)
     with MetaDevice() as meta:
@@ -77,6 +78,8 @@ def test_the_loop_reads_device_values_only_at_evaluation_points():
     # One read of the training loss and one of the NaN guard per evaluation point, none per step.
     assert meta.reads["loop.train_and_eval"] == evaluations
     assert meta.reads["loop.check"] == evaluations
+    # Evaluation reads its loss total and copies its predictions once, not once per batch.
+    assert meta.reads["loop.evaluate"] == 2 * evaluations
     # Tokens are counted on the host batch, before it moves to the device.
     assert out.tokens == sum(
         int(b["attention_mask"].sum()) for b in ctx.data["train"].batches(8, cfg.seed, steps)

@@ -100,11 +100,13 @@ def evaluate(
         batch = {k: v.to(device) for k, v in batch.items()}
         with _autocast(device):
             out = model(**batch)
-        losses.append(float(out.loss) * len(batch["labels"]))
-        preds.append(out.logits.argmax(-1).cpu())
+        # Kept on the device and read once at the end: a read per batch would sync per batch.
+        losses.append(out.loss.detach().double() * len(batch["labels"]))
+        preds.append(out.logits.argmax(-1))
     model.train()
-    metrics = classification_metrics(torch.cat(preds), data.labels[:n], adapted.profile.num_labels)
-    metrics["loss"] = sum(losses) / n
+    predicted = torch.cat(preds).cpu()
+    metrics = classification_metrics(predicted, data.labels[:n], adapted.profile.num_labels)
+    metrics["loss"] = float(torch.stack(losses).sum()) / n
     return metrics
 
 

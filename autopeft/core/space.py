@@ -123,6 +123,12 @@ def parse_budget_params(value: Any) -> Any:
         )
     if isinstance(value, float) and 0 < value < 1:
         return value  # a fraction of the base model (how a percentage is stored)
+    if isinstance(value, float) and not value.is_integer():
+        raise RuleError(
+            f"a parameter count is a whole number, but got {value:g}",
+            f"write {int(value):d} or {round(value):d}, or a fraction of the base model "
+            "as a percentage such as '0.5%'",
+        )
     return int(value)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from autopeft.core.errors import RuleError, did_you_mean
+from autopeft.core.errors import Problem, RuleError, did_you_mean, show
 from autopeft.core.space import SearchSpace
 
 #: Metrics a study may optimise, with their natural direction.
@@ -20,6 +20,8 @@ METRICS = {
     "predicted_memory": "minimize",
     "wall_time": "minimize",
 }
+#: Metrics a trial measures on the task (one of them is ``task.metric``).
+TASK_METRICS = ("accuracy", "f1", "mcc")
 SAMPLERS = ("random", "tpe", "nsga2", "gp", "qnehvi", "autopeft")
 #: Objectives known before training: the method formulas give the parameters, the memory model
 #: the memory (calibrated on the study's measurements by the pool samplers).
@@ -50,7 +52,12 @@ def parse_objectives(value: Any) -> list[dict[str, str]]:
         )
     out = []
     for item in value:
-        if isinstance(item, dict):
+        if isinstance(item, dict):  # {metric, direction}: the same name check as the short form
+            name = item.get("metric")
+            if name not in METRICS:
+                raise RuleError(
+                    f"unknown objective metric {name!r}", did_you_mean(str(name), METRICS), name
+                )
             out.append(item)
             continue
         text = str(item)
@@ -175,6 +182,37 @@ class StudyConfig(_Section):
     executor: Literal["local", "ray"] = "local"
     storage: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_metric_is_the_objective(cls, data: Any) -> Any:
+        # Halving, re-evaluation and the printed front judge trials by task.metric; the
+        # objectives must rank them by the same one, so each follows the other when only one
+        # is given, and a contradiction is an error instead of a search on the wrong metric.
+        if not isinstance(data, dict) or not isinstance(data.get("task", {}), (dict, str)):
+            return data
+        task = data.get("task", {})
+        task = {"name": task} if isinstance(task, str) else dict(task)
+        chosen = task.get("metric")
+        if data.get("objectives") is None:
+            if chosen is not None:
+                data = {**data, "objectives": [chosen, "-trainable_params", "-peak_memory"]}
+            return data
+        try:
+            objectives = parse_objectives(data["objectives"])
+        except RuleError as err:
+            raise err.under("objectives") from None
+        measured = [o["metric"] for o in objectives if o["metric"] in TASK_METRICS]
+        if chosen is None and measured:
+            return {**data, "task": {**task, "metric": measured[0]}, "objectives": objectives}
+        if chosen is not None and measured and chosen not in measured:
+            raise RuleError(
+                f"must be the task metric among the objectives ({', '.join(measured)}), "
+                f"but got {chosen!r}",
+                f"set task.metric to {measured[0]!r}, or drop it (it then follows the objectives)",
+                path="task.metric",
+            )
+        return {**data, "objectives": objectives}
+
     @field_validator("name")
     @classmethod
     def _slug(cls, value: str) -> str:
@@ -212,3 +250,60 @@ class StudyConfig(_Section):
                 path="sampler.name",
             )
         return self
+
+
+#: Sections every trial of a study shares: a change makes old and new trials incomparable.
+#: The rest (n_trials, sampler, halving, executor, storage) may change when a study resumes.
+TRIAL_DEFINING = ("model", "task", "training", "search_space", "objectives")
+
+
+def resume_conflicts(stored: dict[str, Any], current: dict[str, Any], where: str) -> list[Problem]:
+    """Why a study stored as ``stored`` cannot continue under ``current`` (both JSON dumps).
+
+    Args:
+        stored: the configuration the study's trials were run with.
+        current: the configuration it is resumed with.
+        where: where the stored configuration can be read (for the hint).
+
+    Returns:
+        One problem per changed setting of :data:`TRIAL_DEFINING` (at most 8), else [].
+    """
+    changed: list[tuple[str, Any, Any]] = []
+    for section in TRIAL_DEFINING:
+        _differences(stored.get(section), current.get(section), section, changed)
+    return [
+        Problem(
+            path,
+            f"the study's trials were run with {_setting(old)}, and a study keeps the "
+            f"{path.split('.')[0].replace('_', ' ')} its trials were run with, but got "
+            f"{_setting(new)}",
+            hint=f"give the changed study a new name, or set this back ({where} holds the "
+            "study's configuration)",
+        )
+        for path, old, new in changed[:8]
+    ]
+
+
+def _differences(old: Any, new: Any, path: str, out: list[tuple[str, Any, Any]]) -> None:
+    """Append ``(path, old, new)`` for each changed setting, in the file's own paths."""
+    if _is_section(old) and _is_section(new):
+        for key in sorted(set(old) | set(new), key=str):
+            # A parameter's domain dumps under "domains" (searched) or "fixed" (a value); the
+            # file names it without either, and a move between them is one change, not two.
+            inner = path if key in _DUMP_ONLY else f"{path}.{key}"
+            _differences(old.get(key), new.get(key), inner, out)
+    elif old != new and all(p != path for p, _, _ in out):
+        out.append((path, old, new))
+
+
+def _setting(value: Any) -> str:
+    return "the default" if value is None else show(value)
+
+
+#: Keys of the dumped configuration that a study file does not write.
+_DUMP_ONLY = ("domains", "fixed")
+
+
+def _is_section(value: Any) -> bool:
+    # A domain ({type: int, low: ...}) is one setting: compared whole, not field by field.
+    return isinstance(value, dict) and "type" not in value

@@ -21,12 +21,13 @@ from optuna.trial import TrialState
 
 from autopeft import methods
 from autopeft.core.candidate import Candidate
+from autopeft.core.errors import ConfigError
 from autopeft.core.memory import predict_memory
 from autopeft.core.pareto import hypervolume, pareto_front
 from autopeft.core.profile import ModelProfile, load_profile, profile_from_config
 from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.result import TrialResult, TrialStatus
-from autopeft.core.study_config import METRICS, StudyConfig
+from autopeft.core.study_config import METRICS, StudyConfig, resume_conflicts
 from autopeft.search.pool import Oracle
 from autopeft.search.samplers import make_sampler, repeat_patience
 
@@ -111,10 +112,29 @@ class Study:
             sampler=make_sampler(config.sampler, self.oracle, self.metrics, self.pruned_values),
             load_if_exists=True,
         )
-        snapshot = config.model_dump_json()
-        if CONFIG_ATTR not in self.optuna.user_attrs:
-            self.optuna.set_user_attr(CONFIG_ATTR, json.loads(snapshot))
-            (self.folder / "study.json").write_text(snapshot)
+        self._keep_config(config)
+
+    def _keep_config(self, config: StudyConfig) -> None:
+        """Store the configuration; refuse one whose trials would not compare with the study's.
+
+        A study without trials takes the new configuration (its first run may have failed on
+        a typo before any trial); one with trials may change only what leaves trials
+        comparable (n_trials, sampler, halving, executor, storage), else a ConfigError.
+        """
+        snapshot = json.loads(config.model_dump_json())
+        stored = self.optuna.user_attrs.get(CONFIG_ATTR)
+        if stored is not None:
+            try:  # through today's model, so fields added since read as their defaults
+                stored = json.loads(StudyConfig.model_validate(stored).model_dump_json())
+            except ValueError:
+                pass  # unreadable today: compared as stored
+        if stored is not None and stored != snapshot and self.optuna.get_trials(deepcopy=False):
+            conflicts = resume_conflicts(stored, snapshot, str(self.folder / "study.json"))
+            if conflicts:
+                raise ConfigError(conflicts, source=f"study {config.name!r}")
+        if stored != snapshot or not (self.folder / "study.json").is_file():
+            self.optuna.set_user_attr(CONFIG_ATTR, snapshot)
+            (self.folder / "study.json").write_text(config.model_dump_json())
 
     def driver_budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
         """Exact parameters and predicted memory (at the task's max length) on the driver.

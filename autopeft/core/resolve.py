@@ -275,6 +275,7 @@ class ResolvedSpace:
     def _plan(self, name: str, module: ModuleSpace, spec: Any) -> ModulePlan:
         params = {k: _default(v) for k, v in spec.default_space.items()}
         params.update(module.params)
+        _check_values(name, spec, params, module.params)
         available = self.profile.available_targets
         if module.targets is None:
             options = [tuple(t for t in spec.default_targets if t in available)]
@@ -309,7 +310,7 @@ class ResolvedSpace:
                 out += [t for t in TARGET_GROUPS[name] if t in available]
             elif name not in available:
                 raise RuleError(
-                    f"target {name!r} does not exist in a {self.profile.family} model",
+                    f"target {name!r} does not exist",
                     f"available: {', '.join(available)}"
                     + (f" (or this model's names: {', '.join(local)})" if local else ""),
                     name,
@@ -345,8 +346,8 @@ class ResolvedSpace:
             training=self.space.training.sample(s),
         )
 
-    def size(self) -> float:
-        """Distinct candidates of the space (``inf`` with continuous parameters).
+    def size(self) -> int | float:
+        """Distinct candidates of the space: an int, or ``inf`` with continuous parameters.
 
         Many parameter assignments make one candidate (a module that is off ignores its
         other parameters), and studies count known candidates against this. Exact, or an
@@ -374,11 +375,15 @@ class ResolvedSpace:
 
         settings = self.space.training.count()  # searched training settings multiply all
         if self.shared_layers is not None:  # no module is placed by a searched mask
-            return product(0, False) * settings
-        total = product(0, False) + sum(
-            math.comb(num, k) * (product(k, True) - product(k, False)) for k in range(1, num + 1)
-        )
-        return math.inf if math.isnan(total) else total * settings
+            total = product(0, False)
+        else:
+            total = product(0, False) + sum(
+                math.comb(num, k) * (product(k, True) - product(k, False))
+                for k in range(1, num + 1)
+            )
+        total *= settings
+        # Counted in floats (continuous domains count inf, and inf - inf is nan).
+        return math.inf if math.isnan(total) or math.isinf(total) else int(round(total))
 
     def param_range(self) -> tuple[int, int]:
         """Smallest and largest trainable-parameter count (head excluded) over the space."""
@@ -403,6 +408,46 @@ class ResolvedSpace:
                 lo += best(p, False)
                 hi += best(p, True)
         return lo, hi
+
+
+def _reachable(param: Any) -> list[Any]:
+    """The values of a domain worth checking: every choice, a range's two ends, a value."""
+    if isinstance(param, ChoiceParam):
+        return list(param.values())
+    if isinstance(param, (IntParam, FloatParam)):
+        return [param.low, param.high]
+    return [param]
+
+
+def _check_values(name: str, spec: Any, params: dict[str, Any], given: dict[str, Any]) -> None:
+    """Refuse values a method cannot train with now, instead of failing every trial later."""
+    rule_of = getattr(spec, "value_rule", None)
+    problems = []
+    for key, param in params.items():
+        rule = rule_of(key) if rule_of else None
+        if rule is None:
+            continue
+        for value in _reachable(param):
+            why = rule.why(key, value)
+            if why:
+                default = _default(spec.default_space.get(key))
+                source = "" if key in given else " (the method's default space)"
+                problems.append(
+                    Problem(
+                        f"search_space.modules.{name}.{key}",
+                        f"{why} for every value{source}, but got {value!r}",
+                        hint=f"the default is {_domain_text(default)}",
+                    )
+                )
+                break
+    if problems:
+        raise ConfigError(problems)
+
+
+def _domain_text(param: Any) -> str:
+    if isinstance(param, ChoiceParam):
+        return f"a choice of {param.values()}"
+    return repr(param)
 
 
 def _config_error(err: RuleError, profile: ModelProfile) -> ConfigError:

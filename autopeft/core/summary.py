@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from autopeft.core.candidate import Candidate
+from autopeft.core.errors import ConfigError, Problem
+from autopeft.core.profile import ModelProfile
 from autopeft.core.resolve import (
     RandomSuggest,
     ResolvedSpace,
@@ -18,6 +21,9 @@ def _layers_text(resolved: ResolvedSpace) -> str:
     if resolved.shared_layers is None:
         n = resolved.profile.num_layers
         return f"searched per-layer on/off mask shared by the modules ({n} parameters)"
+    if hasattr(spec, "model_dump"):  # a pattern: shown as written, e.g. {bottom: 3}
+        given = spec.model_dump(exclude_none=True, exclude_defaults=True)
+        spec = "{" + ", ".join(f"{k}: {v}" for k, v in given.items()) + "}"
     return f"{spec} -> layers {list(resolved.shared_layers)}"
 
 
@@ -55,14 +61,33 @@ def summarize(
             f"{prof.hidden_size}: x{prof.hidden_size / ref:g}, rounded, at least 1)"
         )
     size = resolved.size()
-    size_text = "infinite (continuous parameters)" if math.isinf(size) else f"{size:,.0f}"
-    lines.append(f"configurations: {size_text} (distinct candidates)")
+    size_text = (
+        "infinitely many (a parameter is continuous)" if math.isinf(size) else f"{size:,.0f}"
+    )
+    lines.append(f"distinct configurations: {size_text}")
     lo, hi = resolved.param_range()
     lines.append(
         f"trainable parameters: {lo:,} .. {hi:,} ({_pct(lo, prof.base_params)} .. "
         f"{_pct(hi, prof.base_params)} of {prof.base_params:,}), plus the classifier head "
         f"({prof.head_params:,})"
     )
+    rng = RandomSuggest(seed=0)
+    drawn = [resolved.sample(rng) for _ in range(samples)]
+    broken = [why for c in drawn if (why := _unbuildable(c, prof, methods))]
+    if len(broken) == samples:
+        raise ConfigError(
+            Problem(
+                "search_space.modules",
+                f"no candidate can be built: all {samples} random candidates break a method's "
+                f"rule on this model, e.g. {broken[0]}",
+                hint="change the values that rule names",
+            )
+        )
+    if broken:
+        lines.append(
+            f"buildable: {_pct(samples - len(broken), samples)} of {samples} random candidates; "
+            f"the rest are recorded INFEASIBLE, e.g. {broken[0]}"
+        )
     budget = resolved.space.budget
     limit = budget.param_limit(prof.base_params)
     if limit is None and budget.max_memory_mb is None:
@@ -70,11 +95,7 @@ def summarize(
     else:
         parts = []
         if limit is not None:
-            rng = RandomSuggest(seed=0)
-            fits = sum(
-                candidate_params(resolved.sample(rng), prof, methods) <= limit
-                for _ in range(samples)
-            )
+            fits = sum(candidate_params(c, prof, methods) <= limit for c in drawn)
             parts.append(
                 f"max {limit:,} trainable parameters ({_pct(limit, prof.base_params)}); "
                 f"{100.0 * fits / samples:.1f}% of {samples} random candidates fit"
@@ -83,3 +104,12 @@ def summarize(
             parts.append(f"max {budget.max_memory_mb:g} MB peak memory (checked per trial)")
         lines.append("budget: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def _unbuildable(candidate: Candidate, profile: ModelProfile, methods: dict[str, Any]) -> str:
+    """The first method rule ``candidate`` breaks on ``profile`` (``method: rule``), or ''."""
+    for m in candidate.modules:
+        why = methods[m.method].check(profile, m)
+        if why:
+            return f"{m.method}: {why}"
+    return ""

@@ -7,7 +7,7 @@ from typing import Any
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.profile import ModelProfile
 from autopeft.methods import register
-from autopeft.methods.base import MethodSpec
+from autopeft.methods.base import MethodSpec, ValueRule
 
 
 @register
@@ -30,6 +30,11 @@ class AdaLoRA(MethodSpec):
         "tfinal_frac": 0.3,
     }
     size_param = "rank"
+    value_rules = {
+        "target_r": ValueRule(kind=int, low=1),
+        "tinit_frac": ValueRule(low=0, high=1, high_open=True),
+        "tfinal_frac": ValueRule(low=0, high=1, high_open=True),
+    }
     default_targets = ("q", "v")
     supports_per_layer = False
 

@@ -3,10 +3,56 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.profile import ModelProfile
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """The values a method parameter accepts; checked for every value a space can give it.
+
+    ``kind`` is ``int``, ``float``, ``bool`` or ``str`` (then ``choices`` lists the words);
+    ``low``/``high`` bound numbers, inclusively unless ``low_open``/``high_open``.
+    """
+
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+
+    def why(self, name: str, value: Any) -> str | None:
+        """The rule ``value`` breaks (a text naming ``name``), or None when it is accepted."""
+        if self.kind is bool:
+            return None if isinstance(value, bool) else f"{name} must be true or false"
+        if self.kind is str:
+            words = ", ".join(self.choices)
+            return None if value in self.choices else f"{name} must be one of {words}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} must be a number"
+        if self.kind is int and not float(value).is_integer():
+            return f"{name} must be a whole number"
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if low_ok and high_ok:
+            return None
+        low = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '<='} "
+        high = "" if self.high is None else f" {'<' if self.high_open else '<='} {self.high:g}"
+        return f"{low}{name}{high} must hold"
+
+
+#: Rules shared by the methods' like-named parameters (a method's ``value_rules`` override).
+COMMON_RULES: dict[str, ValueRule] = {
+    "dropout": ValueRule(low=0, high=1, high_open=True),
+    "alpha": ValueRule(low=0, low_open=True),
+    "scale": ValueRule(low=0, low_open=True),
+    "scaling": ValueRule(low=0, low_open=True),
+    "activation": ValueRule(kind=str, choices=("relu", "gelu", "silu")),
+}
 
 
 class MethodSpec:
@@ -35,6 +81,23 @@ class MethodSpec:
     uses_layers: ClassVar[bool] = True
     #: Whether ``per_layer`` sizes are supported.
     supports_per_layer: ClassVar[bool] = False
+    #: Value rules beyond the defaults of :meth:`value_rule` (e.g. a mode's words).
+    value_rules: ClassVar[dict[str, ValueRule]] = {}
+
+    @classmethod
+    def value_rule(cls, key: str) -> ValueRule | None:
+        """What values parameter ``key`` accepts (None: any).
+
+        The method's own rule, else: the size is a whole number >= 0, a like-named common rule
+        applies, and a parameter whose default is a boolean stays one.
+        """
+        if key in cls.value_rules:
+            return cls.value_rules[key]
+        if key == cls.size_param:
+            return ValueRule(kind=int, low=0)
+        if key in COMMON_RULES:
+            return COMMON_RULES[key]
+        return ValueRule(kind=bool) if isinstance(cls.default_space.get(key), bool) else None
 
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
         """Exact number of trainable parameters this module adds (classifier head excluded)."""

@@ -7,7 +7,7 @@ from typing import Any
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.profile import ModelProfile
 from autopeft.methods import register
-from autopeft.methods.base import MethodSpec
+from autopeft.methods.base import MethodSpec, ValueRule
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -50,6 +50,7 @@ class LoKr(MethodSpec):
         "decompose_both": False,
     }
     size_param = "rank"
+    value_rules = {"decompose_factor": ValueRule(kind=int, low=-1)}  # -1: peft's own choice
     default_targets = ("q", "v")
     supports_per_layer = True
 

@@ -7,7 +7,7 @@ from typing import Any
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.profile import ModelProfile
 from autopeft.methods import register
-from autopeft.methods.base import MethodSpec
+from autopeft.methods.base import MethodSpec, ValueRule
 
 #: ``mode`` value -> peft ``init_weights``: the default efficient form, or block-affine ("bat").
 MODES = {"miss": True, "bat": "bat"}
@@ -26,6 +26,7 @@ class MiSS(MethodSpec):
         "dropout": 0.0,
     }
     size_param = "rank"
+    value_rules = {"mode": ValueRule(kind=str, choices=tuple(MODES))}
     default_targets = ("q", "v")
     supports_per_layer = False
 

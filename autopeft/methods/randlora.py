@@ -7,7 +7,7 @@ from typing import Any
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.profile import ModelProfile
 from autopeft.methods import register
-from autopeft.methods.base import MethodSpec
+from autopeft.methods.base import MethodSpec, ValueRule
 
 
 @register
@@ -26,6 +26,7 @@ class RandLoRA(MethodSpec):
         "dropout": 0.0,
     }
     size_param = "rank"
+    value_rules = {"alpha_ratio": ValueRule(low=0, low_open=True)}
     default_targets = ("q", "v")
     supports_per_layer = False
 

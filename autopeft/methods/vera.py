@@ -7,7 +7,7 @@ from typing import Any
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.profile import ModelProfile
 from autopeft.methods import register
-from autopeft.methods.base import MethodSpec
+from autopeft.methods.base import MethodSpec, ValueRule
 
 
 @register
@@ -23,6 +23,7 @@ class VeRA(MethodSpec):
         "dropout": 0.0,
     }
     size_param = "rank"
+    value_rules = {"d_initial": ValueRule(low=0, low_open=True)}
     default_targets = ("q", "v")
     supports_per_layer = False
 

@@ -8,6 +8,7 @@ check both routes agree for every supported family.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -279,15 +280,42 @@ def resolve_model_dir(name: str) -> Path:
     path = Path(name).expanduser()
     if (path / "config.json").is_file():
         return path
+    why = "" if path.exists() else _hub_snapshot(name)
+    if isinstance(why, Path):
+        return why
     raise ConfigError(
         Problem(
             "model",
-            "a model must be a bundled short name or a folder with config.json",
+            "a model must be a bundled short name, a folder with config.json or a Hugging Face "
+            f"hub id{why}",
             name,
-            hint=f"bundled: {', '.join(BUNDLED_MODELS)}; hub ids are resolved when training "
-            "(autopeft.train.models), not by the torch-free validator",
+            hint=f"bundled: {', '.join(BUNDLED_MODELS)}; on an offline machine fetch a hub "
+            "model once (`hf download ID`) or give its local folder",
         )
     )
+
+
+#: A hub id: ``name`` or ``owner/name`` of letters, digits, ``-``, ``_`` and ``.``.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _hub_snapshot(name: str) -> Path | str:
+    """The cached (or, online, downloaded) hub snapshot folder holding ``config.json``.
+
+    Only ``config.json`` is fetched here: the profile needs nothing else, and the weights
+    are left to training. Returns why it failed (a text starting ``; ``) when it did.
+    """
+    if not _HUB_ID.fullmatch(name):
+        return ""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - transformers always brings it
+        return "; huggingface_hub is not installed"
+    try:
+        return Path(hf_hub_download(name, "config.json")).parent
+    except Exception as err:  # noqa: BLE001 -- offline, unknown id, gated: all mean "not found"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"; as a hub id it was not found ({type(err).__name__}: {first[:160]})"
 
 
 def load_profile(name: str, num_labels: int = 2) -> ModelProfile:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +79,11 @@ def build_adapted(
         from peft import get_peft_model
 
         spec, cfg = peft_mods[0]
-        model = get_peft_model(model, spec.peft_config(profile, cfg, total_steps))
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing`: a warning about
+            # peft's code, printed by every trial, that the user can do nothing about.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            model = get_peft_model(model, spec.peft_config(profile, cfg, total_steps))
         base = model.get_base_model()
     else:
         for p in model.get_submodule(profile.head_path).parameters():

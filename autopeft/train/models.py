@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -12,6 +13,7 @@ from transformers import (
     BertConfig,
     LlamaConfig,
 )
+from transformers.utils import logging as hf_logging
 
 from autopeft.core.profile import BUNDLED_MODELS, resolve_model_dir
 
@@ -63,7 +65,27 @@ def load_model(name: str, num_labels: int = 2, seed: int = 0, dtype: torch.dtype
     config = AutoConfig.from_pretrained(path, num_labels=num_labels)
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0
-    return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype)
+    with _quiet_loading():
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Without transformers' progress bar and load report while the base model loads.
+
+    The report lists the classifier head as newly initialised, which every trial expects (it
+    trains the head); printed by every run, export and re-evaluation it is only noise. Real
+    errors still raise, and the settings are restored afterwards.
+    """
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name: str, corpus: list[str] | None = None):

@@ -6,6 +6,7 @@ raises a traceback at a user for bad input.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,35 @@ from autopeft.core.study_config import StudyConfig
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file; syntax errors name the line and column."""
+    """Parse a YAML file; syntax errors name the line and column.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not UTF-8 text, or not valid YAML.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(Problem("file", "no such file", str(path), "check the path"))
     try:
-        return yaml.safe_load(path.read_text())
+        # Decode explicitly: YAML files are UTF-8, whatever the locale says, and a binary file
+        # given by mistake (a model, an archive) must not surface as a UnicodeDecodeError.
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            Problem(
+                "file",
+                f"the file is not UTF-8 text (byte {err.object[err.start]:#04x} "
+                f"at offset {err.start} is not UTF-8)",
+                hint="give a YAML text file saved as UTF-8; is this the right file?",
+            ),
+            source=str(path),
+        ) from None
+    except OSError as err:
+        raise ConfigError(
+            Problem("file", f"cannot read the file: {err.strerror or err}", str(path)),
+            source=str(path),
+        ) from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
@@ -54,10 +78,24 @@ def parse_space(raw: Any, methods: dict[str, Any], source: str | None = None) ->
 def parse_study(
     raw: Any, methods: dict[str, Any], source: str | None = None, base_dir: Path | None = None
 ) -> StudyConfig:
-    """Validate a study; ``search_space`` may be inline or a path relative to the file."""
+    """Validate a study; ``search_space`` may be inline or a path relative to the file.
+
+    Args:
+        raw: the parsed study (a mapping).
+        methods: the module registry, to check module parameters.
+        source: the file name errors are reported under.
+        base_dir: the study file's folder, or None for a study built in Python: relative
+            paths (``search_space``, ``task.path``, a local ``task.hf_dataset``) are then
+            read from the current working directory.
+
+    Raises:
+        ConfigError: one paragraph per problem.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(Problem("(top level)", "a study file is a mapping", raw), source=source)
     raw = dict(raw)
+    if base_dir is not None and "task" in raw:
+        raw["task"] = _task_paths_from(raw["task"], base_dir)
     space = raw.get("search_space")
     if isinstance(space, str):
         space_path = (base_dir or Path.cwd()) / space
@@ -68,6 +106,42 @@ def parse_study(
         return StudyConfig.model_validate(raw, context={"methods": methods})
     except ValidationError as err:
         raise ConfigError(from_pydantic(err), source=source) from None
+
+
+def _task_paths_from(task: Any, base_dir: Path) -> Any:
+    """The ``task`` section with its relative file paths made absolute from ``base_dir``.
+
+    A study file names its data the way it names its search space: relative to itself, so
+    the study runs from any working directory (and on Ray workers, whose working directory
+    is not the user's). As for ``search_space``, a ``task.path`` that exists only relative to
+    the working directory is still read from there, so study files written for that older
+    rule keep working. ``hf_dataset`` is a hub id unless a folder of that name exists, so it
+    changes only when the folder is next to the study file. Anything else (absolute paths, a
+    missing or mistyped section) is returned unchanged, for the schema to judge.
+    """
+    if not isinstance(task, dict):
+        return task
+    task = dict(task)
+    path = task.get("path")
+    if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
+        here = _absolute(base_dir / path)
+        # The study's folder wins, also when the file is missing, so that "no such file"
+        # names the place it was looked for; absolute, as a trial may run in another folder.
+        # A file only the working directory has keeps the path as written (the old rule),
+        # so the configuration of a study begun that way is unchanged when it is resumed.
+        if here.is_file() or not Path(path).is_file():
+            task["path"] = str(here)
+    ref = task.get("hf_dataset")
+    if isinstance(ref, str) and ref and not Path(ref).expanduser().is_absolute():
+        here = _absolute(base_dir / ref)
+        if here.is_dir():
+            task["hf_dataset"] = str(here)
+    return task
+
+
+def _absolute(path: Path) -> Path:
+    # Absolute, with `..` folded, but symlinks kept as the user wrote them.
+    return Path(os.path.abspath(path))
 
 
 def load_config(path: str | Path, methods: dict[str, Any]) -> SearchSpace | StudyConfig:

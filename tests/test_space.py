@@ -178,7 +178,7 @@ def test_architecture_names_are_accepted_as_targets(tiny_llama_profile):
         "q",
         "v",
     )
-    with pytest.raises(ConfigError, match="'q_proj' does not exist in a bert model"):
+    with pytest.raises(ConfigError, match="'q_proj' does not exist on this bert model"):
         api.resolve(space, "minilm")
 
 

@@ -88,3 +88,11 @@ def test_a_study_with_trials_takes_new_search_settings(tmp_path):
     assert resumed.optuna.user_attrs["config"]["n_trials"] == 12
     stored = json.loads((tmp_path / "more" / "study.json").read_text())
     assert (stored["n_trials"], stored["sampler"]["name"]) == (12, "random")
+
+
+def test_a_data_file_read_from_another_folder_is_the_same_task(tmp_path):
+    first = Study(study("moved", task={"path": "data/reviews.csv"}), root=tmp_path)
+    first.optuna.ask()
+    Study(study("moved", task={"path": str(tmp_path / "reviews.csv")}), root=tmp_path)
+    with pytest.raises(ConfigError, match="- task.path: the study's trials were run with"):
+        Study(study("moved", task={"path": "data/other.csv"}), root=tmp_path)

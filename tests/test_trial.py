@@ -7,6 +7,7 @@ import torch
 
 from autopeft import methods
 from autopeft.core.candidate import Candidate, ModuleConfig
+from autopeft.core.errors import ConfigError
 from autopeft.core.result import MemoryKind, TrialStatus
 from autopeft.train.loop import LossGuard, NonFiniteLoss
 from autopeft.train.trial import run_trial
@@ -118,3 +119,10 @@ def test_deferred_loss_guard_reports_the_first_bad_step_when_checked():
     with pytest.raises(NonFiniteLoss) as err:
         guard.check()
     assert err.value.step == 3
+
+
+def test_a_batch_larger_than_the_train_split_stops_the_study_before_any_trial():
+    with pytest.raises(ConfigError) as info:
+        make_context(batch_size=4096)  # sms_spam's train split holds about 3,600
+    assert info.value.problems[0].path == "training.batch_size"
+    assert "a batch must fit in the train split" in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -184,13 +185,17 @@ class StudyConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _task_metric_is_the_objective(cls, data: Any) -> Any:
+    def _task_metric_and_objectives_follow_each_other(cls, data: Any) -> Any:
         # Halving, re-evaluation and the printed front judge trials by task.metric; the
         # objectives must rank them by the same one, so each follows the other when only one
-        # is given, and a contradiction is an error instead of a search on the wrong metric.
-        if not isinstance(data, dict) or not isinstance(data.get("task", {}), (dict, str)):
+        # is given (a contradiction is refused after validation, beside other errors).
+        if not isinstance(data, dict):
             return data
         task = data.get("task", {})
+        if isinstance(task, BaseModel):
+            task = task.model_dump(exclude_unset=True)
+        if not isinstance(task, (dict, str)):
+            return data
         task = {"name": task} if isinstance(task, str) else dict(task)
         chosen = task.get("metric")
         if data.get("objectives") is None:
@@ -199,19 +204,24 @@ class StudyConfig(_Section):
             return data
         try:
             objectives = parse_objectives(data["objectives"])
-        except RuleError as err:
-            raise err.under("objectives") from None
+        except RuleError:
+            return data  # the field's own validator reports it, with the other fields' errors
         measured = [o["metric"] for o in objectives if o["metric"] in TASK_METRICS]
         if chosen is None and measured:
-            return {**data, "task": {**task, "metric": measured[0]}, "objectives": objectives}
-        if chosen is not None and measured and chosen not in measured:
+            return {**data, "task": {**task, "metric": measured[0]}}
+        return data
+
+    @model_validator(mode="after")
+    def _task_metric_is_the_objective(self) -> StudyConfig:
+        measured = [o.metric for o in self.objectives if o.metric in TASK_METRICS]
+        if measured and self.task.metric not in measured:
             raise RuleError(
                 f"must be the task metric among the objectives ({', '.join(measured)}), "
-                f"but got {chosen!r}",
+                f"but got {self.task.metric!r}",
                 f"set task.metric to {measured[0]!r}, or drop it (it then follows the objectives)",
                 path="task.metric",
             )
-        return {**data, "objectives": objectives}
+        return self
 
     @field_validator("name")
     @classmethod
@@ -270,7 +280,10 @@ def resume_conflicts(stored: dict[str, Any], current: dict[str, Any], where: str
     """
     changed: list[tuple[str, Any, Any]] = []
     for section in TRIAL_DEFINING:
-        _differences(stored.get(section), current.get(section), section, changed)
+        old, new = stored.get(section), current.get(section)
+        if section == "task":  # data files by name: a relative path read from another folder,
+            old, new = _by_file_name(old), _by_file_name(new)  # or a moved study, is the same
+        _differences(old, new, section, changed)
     return [
         Problem(
             path,
@@ -294,6 +307,13 @@ def _differences(old: Any, new: Any, path: str, out: list[tuple[str, Any, Any]])
             _differences(old.get(key), new.get(key), inner, out)
     elif old != new and all(p != path for p, _, _ in out):
         out.append((path, old, new))
+
+
+def _by_file_name(task: Any) -> Any:
+    if not isinstance(task, dict):
+        return task
+    named = {k: PurePath(v).name for k, v in task.items() if k in ("path", "hf_dataset") and v}
+    return {**task, **named}
 
 
 def _setting(value: Any) -> str:

@@ -62,6 +62,9 @@ class TrialContext:
         model = load_model(config.model, num_labels=task.num_labels, seed=config.training.seed)
         profile = profile_model(model)
         data = encode(task, tokenizer, config.task.max_length, cache_dir, profile.is_causal)
+        # One batch drawn now: a batch larger than the train split stops the study here, once,
+        # with the data's ConfigError, instead of failing every trial with it.
+        next(data["train"].batches(config.training.batch_size, config.training.seed, 1))
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return cls(config, task, data, model, profile, dev)
 

@@ -9,22 +9,19 @@ the tokenizer and the sequence length.
 
 from __future__ import annotations
 
-import bz2
-import csv
 import hashlib
-import io
 import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from autopeft.core.errors import ConfigError, Problem, did_you_mean
 from autopeft.core.study_config import TaskConfig
+from autopeft.train.task_files import Rows, column_problems, read_rows
 
 SPLITS = ("train", "validation", "test")
 BUILTIN_TASKS = {
@@ -69,169 +66,6 @@ class Task:
 #: The fewest distinct examples for which the 80/10/10 split (train up to 80%, validation up
 #: to 90%, test the rest; cuts rounded down) leaves no split empty: 6 gives 4/1/1, 5 gives 4/0/1.
 MIN_EXAMPLES = 6
-_CSV_HINT = "a CSV file has a header line (e.g. text,label) and one line per example"
-_JSONL_HINT = (
-    'a JSONL file (.jsonl or .json) has one JSON object per line, e.g. {"text": "good", "label": 1}'
-)
-
-
-@dataclass
-class _Rows:
-    """The raw rows of a task source, and where each came from, for error messages."""
-
-    rows: list[dict[str, Any]]
-    #: The file or dataset, as the user named it.
-    source: str
-    #: The task field that names the source (``task.path``, ``task.hf_dataset``, ...).
-    field: str
-    #: The line of the file each row ends on; None when the rows are only counted.
-    lines: list[int] | None = None
-    #: What the source should look like, for hints (None: not a file).
-    hint: str | None = None
-
-    def where(self, index: int) -> str:
-        """``line 7 of data.csv`` (a file) or ``row 7 of <dataset>``."""
-        if self.lines is not None:
-            return f"line {self.lines[index]} of {self.source}"
-        return f"row {index + 1} of {self.source}"
-
-
-def _read_text(path: Path, field: str, hint: str) -> str:
-    """The file's text, decoded as UTF-8 (a leading byte-order mark dropped).
-
-    Raises:
-        ConfigError: at ``field`` when the file cannot be read or is not UTF-8 text.
-    """
-    try:
-        if path.suffix == ".bz2":
-            with bz2.open(path, "rb") as handle:
-                data = handle.read()
-        else:
-            data = path.read_bytes()
-        # utf-8-sig: spreadsheet programs start a CSV with a BOM, which would otherwise
-        # become part of the first column's name.
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ConfigError(
-            Problem(
-                field,
-                f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
-                f"{err.start} is not UTF-8)",
-                hint=f"save it as UTF-8; {hint}",
-            )
-        ) from None
-    except (OSError, EOFError) as err:  # unreadable, or a damaged .bz2 archive
-        raise ConfigError(Problem(field, f"cannot read {path}: {err}", hint=hint)) from None
-
-
-def _jsonl_rows(text: str, source: str, field: str) -> _Rows:
-    """One JSON object per non-blank line; a bad line is named by its line number."""
-    rows, lines = [], []
-    # Split on newlines only: str.splitlines() also splits at U+2028 or U+0085, which JSON
-    # allows unescaped inside strings, and would then miscount the lines.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(
-                Problem(
-                    field,
-                    f"line {number} of {source} is not valid JSON: {err.msg} (column {err.colno})",
-                    hint=f"JSON keys and strings take double quotes; {_JSONL_HINT}",
-                )
-            ) from None
-        if not isinstance(row, dict):
-            raise ConfigError(
-                Problem(
-                    field,
-                    f"line {number} of {source} is not a JSON object",
-                    row,
-                    hint=_JSONL_HINT,
-                )
-            )
-        rows.append(row)
-        lines.append(number)
-    return _Rows(rows, source, field, lines, _JSONL_HINT)
-
-
-def _csv_rows(text: str, source: str, field: str) -> _Rows:
-    """Rows keyed by the header line; a row with more fields than the header is an error."""
-    reader = csv.DictReader(io.StringIO(text))
-    rows, lines = [], []
-    try:
-        for row in reader:
-            if None in row:
-                # DictReader files the surplus under the key None, and the named columns
-                # then hold shifted values: usually an unquoted comma inside a text.
-                width = len(reader.fieldnames or [])
-                raise ConfigError(
-                    Problem(
-                        field,
-                        f"line {reader.line_num} of {source} has {width + len(row[None])} "
-                        f"fields, but the header has {width}",
-                        hint='quote a field that contains a comma, e.g. "good, not great",1',
-                    )
-                )
-            rows.append(row)
-            lines.append(reader.line_num)
-    except csv.Error as err:
-        raise ConfigError(
-            Problem(
-                field,
-                f"line {reader.line_num} of {source} is not valid CSV: {err}",
-                hint=_CSV_HINT,
-            )
-        ) from None
-    return _Rows(rows, source, field, lines, _CSV_HINT)
-
-
-def _rows(path: Path, fmt: str, field: str = "task.path") -> _Rows:
-    text = _read_text(path, field, _JSONL_HINT if fmt == "jsonl" else _CSV_HINT)
-    if fmt == "jsonl":
-        return _jsonl_rows(text, str(path), field)
-    return _csv_rows(text, str(path), field)
-
-
-def _is_missing(value: Any, is_label: bool) -> bool:
-    # A short CSV row leaves None in its last fields, JSON may say null; an empty label is
-    # missing too (an empty text is only skipped: that row has nothing to classify).
-    return value is None or (is_label and not str(value).strip())
-
-
-def _column_problems(data: _Rows, columns: dict[str, str | None]) -> list[Problem]:
-    """One problem per task column that is absent from the data or lacks a value in a row."""
-    problems = []
-    known = sorted({str(k) for row in data.rows[:100] for k in row if k is not None})
-    for field, column in columns.items():
-        if column is None:
-            continue
-        if not any(column in row for row in data.rows):
-            problems.append(
-                Problem(
-                    f"task.{field}",
-                    f"column {column!r} is not in {data.source}",
-                    hint=did_you_mean(column, known)
-                    + f"; set task.{field} to the name of the column to use",
-                )
-            )
-            continue
-        missing = [
-            i
-            for i, row in enumerate(data.rows)
-            if _is_missing(row.get(column), is_label=field == "label")
-        ]
-        if missing:
-            more = f" ({len(missing)} rows lack one)" if len(missing) > 1 else ""
-            problems.append(
-                Problem(
-                    f"task.{field}",
-                    f"{data.where(missing[0])} has no {column!r} value{more}",
-                    hint=f"give every row a {column!r}, or remove the rows without one",
-                )
-            )
-    return problems
 
 
 def _cuts(n: int) -> tuple[int, int]:
@@ -241,7 +75,7 @@ def _cuts(n: int) -> tuple[int, int]:
 
 def _build(
     name: str,
-    data: _Rows,
+    data: Rows,
     columns: dict[str, str | None],
     label_map: dict[str, str] | None,
     seed: int,
@@ -263,7 +97,7 @@ def _build(
     """
     if not data.rows:
         raise ConfigError(Problem(data.field, f"{data.source} has no rows", hint=data.hint))
-    problems = _column_problems(data, columns)
+    problems = column_problems(data, columns)
     if problems:
         raise ConfigError(problems)
     text, pair, label = columns["text"], columns["text_pair"], columns["label"]
@@ -350,7 +184,7 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> Task:
                 )
             )
         fmt = "jsonl" if path.suffix in (".jsonl", ".json") else "csv"
-        return _build(cfg.name, _rows(path, fmt), _user_columns(cfg), None, seed)
+        return _build(cfg.name, read_rows(path, fmt), _user_columns(cfg), None, seed)
     if cfg.name not in BUILTIN_TASKS:
         raise ConfigError(
             Problem(
@@ -371,7 +205,7 @@ def load_task(cfg: TaskConfig, seed: int = 0) -> Task:
             )
         ) from None
     columns = {"text": text, "text_pair": None, "label": label}
-    return _build(cfg.name, _rows(path, "csv", "task.name"), columns, label_map, seed)
+    return _build(cfg.name, read_rows(path, "csv", "task.name"), columns, label_map, seed)
 
 
 def _hf_task(cfg: TaskConfig, seed: int) -> Task:
@@ -421,9 +255,7 @@ def _hf_task(cfg: TaskConfig, seed: int) -> Task:
                 row = {**row, cfg.label: names[row[cfg.label]]}
             rows.append(row)
     label_map = {n: n for n in names} if names else None
-    return _build(
-        cfg.name, _Rows(rows, ref, "task.hf_dataset"), _user_columns(cfg), label_map, seed
-    )
+    return _build(cfg.name, Rows(rows, ref, "task.hf_dataset"), _user_columns(cfg), label_map, seed)
 
 
 @dataclass

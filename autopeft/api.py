@@ -7,6 +7,7 @@ from pathlib import Path
 from autopeft import methods
 from autopeft.core.candidate import Candidate
 from autopeft.core.config import load_config, parse_space, parse_study
+from autopeft.core.errors import ConfigError, Problem
 from autopeft.core.profile import ModelProfile, load_profile
 from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.space import SearchSpace
@@ -40,15 +41,78 @@ def resolve(space: SearchSpace, model: str | ModelProfile = "minilm") -> Resolve
 
 
 def validate(path: str | Path, model: str | None = None) -> str:
-    """Validate a file and return the summary ``autopeft validate`` prints."""
+    """Validate a file and return the summary ``autopeft validate`` prints.
+
+    Raises:
+        ConfigError: for an invalid file, or a budget no candidate of the space fits
+            (see :func:`check`).
+    """
+    text, problems = check(path, model)
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    return text
+
+
+def check(path: str | Path, model: str | None = None) -> tuple[str, list[Problem]]:
+    """Validate a file; return its summary and the problems only the model reveals.
+
+    The summary ends with a ``warning:`` line when the budget is tight enough that no
+    randomly drawn candidate fitted it (the search may find the few that do). The problems
+    are about a space whose every candidate is over the parameter budget: the summary is
+    still worth reading (it shows the range), so the caller prints it before the error.
+
+    Raises:
+        ConfigError: for a file that does not validate.
+    """
     config = load(path)
     if isinstance(config, StudyConfig):
         space, model = config.search_space, model or config.model
         kind = f"study {config.name!r}"
     else:
         space, model, kind = config, model or "minilm", "search space"
+    field = "search_space.budget.max_trainable_params"  # the path other space errors use
     resolved = resolve(space, model)
-    return f"{path}: valid {kind}\n" + summarize(resolved, methods.registry(), model)
+    text = f"{path}: valid {kind}\n" + summarize(resolved, methods.registry(), model)
+    problems: list[Problem] = []
+    limit = space.budget.param_limit(resolved.profile.base_params)
+    if limit is not None:
+        lo, _ = resolved.param_range()
+        if lo > limit:
+            # Exact: the smallest candidate is over the limit, so every trial of a run would
+            # be INFEASIBLE and nothing would train. That is an error in the file, like
+            # low > high, not a matter of luck.
+            problems.append(
+                Problem(
+                    field,
+                    f"no candidate of the space fits this budget on {model}: the smallest has "
+                    f"{lo:,} trainable parameters",
+                    limit,
+                    hint=f"raise the budget to at least {lo:,}, or let the space be smaller "
+                    "(lower ranks/sizes, fewer layers, a size of 0 to switch a module off)",
+                )
+            )
+        elif _sampled_fit(resolved, limit) == 0:
+            text += (
+                f"\nwarning: none of {_FIT_SAMPLES} random candidates fits the budget of "
+                f"{limit:,} trainable parameters (the smallest candidate has {lo:,}): most "
+                f"trials will be INFEASIBLE; consider raising {field}"
+            )
+    return text, problems
+
+
+#: Random candidates drawn to estimate the share that fits a budget (as the summary does).
+_FIT_SAMPLES = 1000
+
+
+def _sampled_fit(resolved: ResolvedSpace, limit: int) -> int:
+    """How many of the summary's random candidates fit ``limit`` (the same seeded draw)."""
+    from autopeft.core.resolve import RandomSuggest
+
+    rng = RandomSuggest(seed=0)
+    return sum(
+        candidate_params(resolved.sample(rng), resolved.profile, methods.registry()) <= limit
+        for _ in range(_FIT_SAMPLES)
+    )
 
 
 def candidate_trainable_params(candidate: Candidate, model: str | ModelProfile = "minilm") -> int:
@@ -85,11 +149,10 @@ def run(
         max_concurrent: Ray executor: at most this many trials at once.
 
     Raises:
-        ConfigError: for an invalid study file.
+        ConfigError: for an invalid study file, ``n_trials < 1``, or a storage URL that is
+            malformed or cannot be opened.
     """
-    from autopeft.core.errors import ConfigError, Problem
     from autopeft.search.local import run_local
-    from autopeft.search.study import Study
 
     if not isinstance(config, StudyConfig):
         loaded = load(config)
@@ -103,9 +166,20 @@ def run(
                 source=str(config),
             )
         config = loaded
+    # Only None means "the file's": 0 used to fall back to it through `or`, and a negative
+    # count ran nothing without a word. The file itself rejects n_trials < 1 the same way.
+    if n_trials is not None and n_trials < 1:
+        raise ConfigError(
+            Problem(
+                "n_trials",
+                "n_trials >= 1 must hold (total finished trials wanted)",
+                n_trials,
+                hint=f"leave it out to run the study file's n_trials ({config.n_trials})",
+            )
+        )
     executor = executor or config.executor
-    study = Study(config, root=root, storage=storage)
-    n = n_trials or config.n_trials
+    study = open_study_storage(config, root=root, storage=storage, create=True)
+    n = config.n_trials if n_trials is None else n_trials
     if executor == "ray":
         from autopeft.search.ray import run_ray
 
@@ -119,3 +193,135 @@ def run(
             progress=progress,
         )
     return run_local(study, n, progress=progress)
+
+
+#: The storage URL forms a hint shows (any SQLAlchemy URL whose driver is installed works).
+STORAGE_FORMS = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql+psycopg2://USER@HOST/DB"
+)
+
+
+def open_study_storage(
+    config: StudyConfig,
+    *,
+    root: str | Path = "studies",
+    storage: str | None = None,
+    create: bool = True,
+):
+    """Open the :class:`~autopeft.search.study.Study` of ``config`` in its storage.
+
+    Storage problems become a :class:`ConfigError` at ``--storage`` (the argument), at
+    ``storage`` (the study file's field) or at ``--root`` (the default SQLite file in the
+    study folder), instead of a SQLAlchemy traceback.
+
+    Args:
+        config: the validated study.
+        root: the folder holding study folders (for the default SQLite storage).
+        storage: a storage URL; default: the study file's ``storage``, else SQLite in
+            ``<root>/<name>/study.db``.
+        create: create the study when it does not exist (``run``). False for commands that
+            only read a study: a missing study is then an error and nothing is written (an
+            empty ``study.db`` left behind would pass for a study with no trials).
+
+    Raises:
+        ConfigError: for a malformed or unreachable storage, or (``create=False``) a study
+            that does not exist there.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autopeft.search.study import Study, default_storage
+
+    folder = Path(root) / config.name
+    if storage:
+        url, field = storage, "--storage"
+    elif config.storage:
+        url, field = config.storage, "storage"
+    else:
+        url, field = default_storage(folder), "--root"
+    database = check_storage(url, field)
+    if not create:
+        _check_exists(config.name, url, field, folder, database)
+    try:
+        return Study(config, root=root, storage=storage, read_only=not create)
+    except SQLAlchemyError as err:
+        raise storage_error(field, url, _first_line(err), _reach_hint(url)) from None
+
+
+def check_storage(url: str, field: str) -> Path | None:
+    """Check a storage URL without connecting; return the SQLite database file, if any.
+
+    ``field`` is where the URL came from (``--storage``, ``storage`` or ``--root``), for the
+    error.
+
+    Catches what would otherwise surface as a traceback only after the study's retries: a
+    string that is no URL, an unknown database, a driver that is not installed, a SQLite file
+    in a folder that does not exist.
+    """
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        sqlalchemy.create_engine(parsed).dispose()  # loads the dialect and driver, no connect
+    except ArgumentError as err:
+        raise storage_error(field, url, f"not a usable storage URL ({_first_line(err)})") from None
+    except ImportError as err:
+        raise storage_error(
+            field,
+            url,
+            f"the database driver is not installed ({_first_line(err)})",
+            "install it (e.g. pip install psycopg2-binary for PostgreSQL), or use " + STORAGE_FORMS,
+        ) from None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    database = Path(parsed.database)
+    if field != "--root" and not database.parent.is_dir():
+        # The default file's folder is created with the study; a given one is not.
+        raise storage_error(
+            field,
+            url,
+            f"the SQLite file's folder {database.parent} does not exist",
+            "create the folder first, or give a path in an existing one",
+        )
+    return database
+
+
+def _check_exists(name: str, url: str, field: str, folder: Path, database: Path | None) -> None:
+    """Raise unless the study ``name`` exists in the storage ``url`` (writes nothing)."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    where = f"under {folder.parent}" if field == "--root" else f"in the storage {url}"
+    hint = (
+        "give --root FOLDER, the folder holding the study folders (as for `autopeft run`), "
+        "or --storage URL for a study kept in a database"
+    )
+    # Opening a missing SQLite file would create it: look at the file first.
+    if database is not None and not database.is_file():
+        missing = f"no study {name!r} {where}: {database} does not exist"
+        raise ConfigError(Problem("STUDY", missing, hint=hint))
+    try:
+        names = optuna.study.get_all_study_names(storage=url)
+    except SQLAlchemyError as err:
+        raise storage_error(field, url, _first_line(err), _reach_hint(url)) from None
+    if name not in names:
+        known = f"; it holds: {', '.join(sorted(names))}" if names else " (it holds none)"
+        raise ConfigError(Problem("STUDY", f"no study {name!r} {where}{known}", hint=hint))
+
+
+def storage_error(field: str, url: str, rule: str, hint: str | None = None) -> ConfigError:
+    """The error for a storage URL at ``field`` (the URL forms are the default hint)."""
+    return ConfigError(
+        Problem(field, rule, url, hint or f"a storage is a database URL: {STORAGE_FORMS}")
+    )
+
+
+def _reach_hint(url: str) -> str:
+    if url.startswith("sqlite"):
+        return "check that the file is an Optuna study database and can be written"
+    return "check that the database server is running and reachable, and the URL's user/database"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -21,15 +21,22 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from autopeft.api import validate
+    from autopeft.api import check
+    from autopeft.core.errors import ConfigError
 
-    print(validate(args.file, args.model))
+    text, problems = check(args.file, args.model)
+    print(text)
+    if problems:  # after the summary: its parameter range shows how far off the budget is
+        raise ConfigError(problems, source=args.file)
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     from autopeft.api import run
+    from autopeft.results import at_least_one
 
+    if args.n_trials is not None:
+        at_least_one("--n-trials", args.n_trials, "leave it out to run the study file's n_trials")
     study = run(
         args.file,
         n_trials=args.n_trials,
@@ -60,6 +67,32 @@ def _print_front(study) -> None:
             f"{number:>5}  {r.metrics.get(metric, float('nan')):>8.4f}  "
             f"{r.trainable_params:>10,}  {mem:>10.1f}  {r.candidate.describe()}"
         )
+    if not front:
+        note = _empty_front_note(study)
+        if note:
+            print(note)
+
+
+def _empty_front_note(study) -> str | None:
+    """Why the front is empty, in one line with what to do, or None without any result."""
+    from autopeft.core.result import TrialStatus
+    from autopeft.results import status_counts
+
+    results = study.results()
+    if not results:
+        return None
+    infeasible = [r for _, r in results if r.status is TrialStatus.INFEASIBLE]
+    if len(infeasible) == len(results):
+        example = f"; e.g. {infeasible[0].error}" if infeasible[0].error else ""
+        return (
+            f"note: all {len(results)} trials were over budget (INFEASIBLE{example}): relax "
+            "search_space.budget (max_trainable_params, max_memory_mb) or search smaller "
+            "candidates; `autopeft validate FILE` shows how much of the space fits"
+        )
+    return (
+        f"note: no trial completed ({status_counts(study)}); see each trial's error with "
+        "`autopeft export STUDY --trials trials.csv`"
+    )
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -69,6 +102,14 @@ def _submit(args: argparse.Namespace) -> int:
     from autopeft.cluster import ClusterJob, shell_script, slurm_script, submit
     from autopeft.core.study_config import StudyConfig
 
+    if args.hosts and not args.shell:
+        # SLURM chooses the nodes; hosts given with a SLURM script would be ignored silently.
+        raise _usage(
+            "--hosts names the workers of a --shell script; SLURM picks its nodes",
+            "--hosts",
+            "add --shell for a script that starts workers on these hosts over ssh, or leave "
+            "out --hosts and give --nodes",
+        )
     config = load(args.file)  # validate before anything is written or submitted
     name = config.name if isinstance(config, StudyConfig) else "autopeft"
     job = ClusterJob(
@@ -86,14 +127,14 @@ def _submit(args: argparse.Namespace) -> int:
     )
     script = shell_script(job) if args.shell else slurm_script(job)
     out = Path(args.output or f"{name}-{'shell' if args.shell else 'slurm'}.sh")
-    print(submit(script, out, args.now and not args.shell))
+    print(submit(script, out, args.now, shell=args.shell))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from autopeft import results
 
-    study = results.open_study(args.study, storage=args.storage)
+    study = results.open_study(args.study, storage=args.storage, root=args.root)
     if args.trials:
         print(f"wrote {results.export_trials(study, args.trials)}")
     if args.trial is not None:
@@ -109,11 +150,21 @@ def _export(args: argparse.Namespace) -> int:
 def _reeval(args: argparse.Namespace) -> int:
     from autopeft import results
 
-    study = results.open_study(args.study, storage=args.storage)
+    # Before the study is opened or anything trained: a bad count used to train nothing (or
+    # drop front points) and store a summary without a mean.
+    results.at_least_one("--top", args.top, "the number of front points to re-evaluate")
+    results.at_least_one("--seeds", args.seeds, "training seeds per front point, e.g. 5")
+    study = results.open_study(args.study, storage=args.storage, root=args.root)
     for row in results.reeval(study, top=args.top, seeds=args.seeds):
+        runs = row["seeds"]
+        if row["mean"] is None:  # every seed failed: no metric to average
+            errors = dict.fromkeys(r.get("error") or r["status"] for r in runs)  # in order
+            print(f"trial {row['trial']}: all {len(runs)} seeds failed: {'; '.join(errors)}")
+            continue
+        failed = sum(row["metric"] not in r for r in runs)
         print(
             f"trial {row['trial']}: {row['metric']} {row['mean']:.4f} +- {row['std']:.4f} "
-            f"over {len(row['seeds'])} seeds"
+            f"over {len(runs) - failed} seeds" + (f" ({failed} failed)" if failed else "")
         )
     return 0
 
@@ -122,7 +173,7 @@ def _report(args: argparse.Namespace) -> int:
     from autopeft import results
     from autopeft.report import write_report
 
-    study = results.open_study(args.study, storage=args.storage)
+    study = results.open_study(args.study, storage=args.storage, root=args.root)
     out = write_report(study, args.output or f"reports/{study.config.name}.html")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained: opens offline)")
     return 0
@@ -131,20 +182,33 @@ def _report(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from autopeft import results
 
-    results.dashboard(results.open_study(args.study, storage=args.storage), port=args.port)
+    study = results.open_study(args.study, storage=args.storage, root=args.root)
+    results.dashboard(study, port=args.port)
     return 0
 
 
-def _usage(text: str):
+def _usage(text: str, path: str = "arguments", hint: str | None = None):
     from autopeft.core.errors import ConfigError, Problem
 
-    return ConfigError(Problem("arguments", text))
+    return ConfigError(Problem(path, text, hint=hint))
 
 
 def _study_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of every command that works on an existing study."""
-    p.add_argument("study", help="the study YAML or its folder studies/<name>")
-    p.add_argument("--storage", default=None, help="storage URL (default: the study's)")
+    """The arguments of every command that works on an existing study (read, never created)."""
+    p.add_argument(
+        "study", help="the study YAML, its folder (ROOT/NAME), or its name (looked up in --root)"
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="storage URL (default: the study file's, else ROOT/NAME/study.db)",
+    )
+    p.add_argument(
+        "--root",
+        default=None,
+        help="folder of study folders, as given to run (default: studies; a study folder "
+        "given as STUDY is its own location)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
         "study it resumes: finished trials are kept, interrupted ones re-run.",
     )
     p.add_argument("file", help="a study YAML")
-    p.add_argument("--n-trials", type=int, default=None, help="total trials (default: the file's)")
+    p.add_argument(
+        "--n-trials", type=int, default=None, help="total trials, >= 1 (default: the file's)"
+    )
     p.add_argument(
         "--executor", choices=["local", "ray"], default=None, help="default: the file's (local)"
     )
@@ -222,26 +288,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time", default="04:00:00", help="SLURM time limit (default 04:00:00)")
     p.add_argument("--partition", default=None, help="SLURM partition")
     p.add_argument("--account", default=None, help="SLURM account")
-    p.add_argument("--hosts", default=None, help="--shell: worker hosts, comma-separated")
+    p.add_argument(
+        "--hosts", default=None, help="--shell: worker hosts, comma-separated (required)"
+    )
     p.add_argument("--storage", default=None, help="study storage URL every node can reach")
     p.add_argument("--python", default="python", help="Python on the nodes (default: python)")
-    p.add_argument("-o", "--output", default=None, help="script path (default: NAME-slurm.sh)")
-    p.add_argument("--now", action="store_true", help="submit with sbatch right away")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="script path (default: NAME-slurm.sh, or NAME-shell.sh with --shell)",
+    )
+    p.add_argument("--now", action="store_true", help="SLURM: submit with sbatch right away")
     p.set_defaults(func=_submit)
 
     p = sub.add_parser(
         "export",
         help="export a trial as a loadable adapter, or all trials as a table",
-        description="--trial N -o DIR writes the trial's trained adapter: autopeft.json (the "
-        "configuration and training recipe), trainable.safetensors, and for peft-backed "
-        "methods a standard peft adapter folder (PeftModel.from_pretrained). --retrain "
-        "trains it at full fidelity first. --trials FILE writes every trial (.csv/.json/"
-        ".parquet).",
+        description="--trial N -o DIR writes a COMPLETE trial's trained adapter: autopeft.json "
+        "(the configuration and training recipe), trainable.safetensors, and for peft-backed "
+        "methods a standard peft adapter folder (PeftModel.from_pretrained); DIR is new, empty "
+        "or an earlier export (replaced). --retrain trains it at full fidelity first (also a "
+        "FAILED or PRUNED trial). --trials FILE writes every trial (.csv/.json/.parquet).",
     )
     _study_arguments(p)
     p.add_argument("--trial", type=int, default=None, help="trial number")
     p.add_argument("-o", "--output", default=None, help="output folder for --trial")
-    p.add_argument("--retrain", action="store_true", help="train at full fidelity first")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train at full fidelity first (needed to export a trial that did not complete)",
+    )
     p.add_argument("--trials", default=None, help="write all trials to FILE.csv|json|parquet")
     p.set_defaults(func=_export)
 
@@ -252,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
         "training seeds and store per-seed metrics, mean and std in the study.",
     )
     _study_arguments(p)
-    p.add_argument("--top", type=int, default=5, help="front points to re-evaluate (default 5)")
-    p.add_argument("--seeds", type=int, default=5, help="training seeds (default 5)")
+    p.add_argument(
+        "--top", type=int, default=5, help="front points to re-evaluate, >= 1 (default 5)"
+    )
+    p.add_argument("--seeds", type=int, default=5, help="training seeds, >= 1 (default 5)")
     p.set_defaults(func=_reeval)
 
     p = sub.add_parser(
@@ -279,6 +358,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What Ctrl-C leaves behind, per command (one line instead of a traceback).
+INTERRUPTED = {
+    "run": "interrupted: finished trials are kept; run the same command to resume",
+    "reeval": "interrupted: front points re-evaluated so far are kept in the study",
+    "export": "interrupted: the export may be incomplete; run the command again",
+    "report": "interrupted: no report was written",
+    "submit": "interrupted: run the command again",
+    "dashboard": "optuna-dashboard stopped",
+}
+
+
+def interrupted(command: str) -> int:
+    """Say in one line what a Ctrl-C left behind; return the exit code.
+
+    130 (128 + SIGINT, what a shell reports for a tool stopped by Ctrl-C); 0 for
+    ``dashboard``, which runs until Ctrl-C stops it.
+    """
+    print(INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
+    return 0 if command == "dashboard" else 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``autopeft`` console script."""
     from autopeft.core.errors import AutopeftError
@@ -289,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     except AutopeftError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted(args.command)
     except BrokenPipeError:
         # The reader went away (`autopeft methods | head`): stop quietly, as Unix tools do.
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.

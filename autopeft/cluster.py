@@ -104,7 +104,22 @@ def slurm_script(job: ClusterJob) -> str:
 
 
 def shell_script(job: ClusterJob) -> str:
-    """A plain-shell script (no SLURM): Ray head here, workers on ``hosts`` over ssh."""
+    """A plain-shell script (no SLURM): Ray head here, workers on ``hosts`` over ssh.
+
+    Raises:
+        ConfigError: without ``hosts``. A script with no workers would only start a
+            one-machine Ray, which ``autopeft run --executor ray`` does by itself; an
+            omitted ``--hosts`` is far more likely a mistake than that intent.
+    """
+    if not job.hosts:
+        raise ConfigError(
+            Problem(
+                "--hosts",
+                "--shell needs the worker hosts (the script starts a Ray worker on each over ssh)",
+                hint="e.g. --hosts gpu1,gpu2; to use only this machine, run the study here: "
+                "autopeft run FILE --executor ray",
+            )
+        )
     ray = f"{shlex.quote(job.python)} -m ray.scripts.scripts"
     args = f"--num-cpus={job.cpus_per_node} --num-gpus={job.gpus_per_node}"
     lines = [
@@ -127,10 +142,27 @@ def shell_script(job: ClusterJob) -> str:
     return "\n".join(lines)
 
 
-def submit(script: str, path: Path, now: bool) -> str:
-    """Write ``script`` to ``path``; with ``now`` submit it with sbatch. Returns a message."""
+def submit(script: str, path: Path, now: bool, shell: bool = False) -> str:
+    """Write ``script`` to ``path``; with ``now`` submit it with sbatch. Returns a message.
+
+    ``shell``: the script is a plain-shell one (:func:`shell_script`), run with bash, not
+    submitted to SLURM.
+
+    Raises:
+        ConfigError: for ``now`` with ``shell``, or when sbatch is missing or fails.
+    """
+    if now and shell:
+        raise ConfigError(
+            Problem(
+                "--now",
+                "--now submits a SLURM script with sbatch; a --shell script is run with bash",
+                hint="leave out --now and run the script: bash SCRIPT",
+            )
+        )
     path.write_text(script)
     path.chmod(0o755)
+    if shell:
+        return f"wrote {path}; run it with: bash {path}"
     if not now:
         return f"wrote {path}; submit it with: sbatch {path}"
     sbatch = shutil.which("sbatch")

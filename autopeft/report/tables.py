@@ -19,7 +19,7 @@ from autopeft.core.candidate import ModuleConfig
 from autopeft.core.pareto import hypervolume_history, knee_point, pareto_front
 from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.study_config import METRICS
-from autopeft.results import REEVAL_ATTR
+from autopeft.results import REEVAL_ATTR, retries, untold_note
 
 Row = dict[str, Any]
 #: Study user attributes ``reeval.<trial>`` (written by :func:`autopeft.results.reeval`).
@@ -73,11 +73,12 @@ class StudyData:
     def from_study(cls, study: Any) -> StudyData:
         """Snapshot a :class:`~autopeft.search.study.Study`."""
         trials = study.optuna.get_trials(deepcopy=False)
-        untold = {}
-        for t in trials:
-            if "result" not in t.user_attrs:
-                note = "interrupted (re-run)" if t.user_attrs.get("interrupted") else ""
-                untold[t.number] = (t.state.name, note)
+        retried = retries(trials)
+        untold = {
+            t.number: (t.state.name, untold_note(t, retried))  # interrupted (re-run as trial N)
+            for t in trials
+            if "result" not in t.user_attrs
+        }
         return cls(
             name=study.config.name,
             metrics=list(study.metrics),

@@ -29,6 +29,10 @@ from autopeft.train.weights import load_trainable, save_trainable
 
 MANIFEST = "autopeft.json"
 WEIGHTS = "trainable.safetensors"
+#: What a peft-backed export adds: the standard adapter (``PeftModel.save_pretrained``).
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+#: peft's model card, written beside the adapter (removed only when it is peft's card).
+MODEL_CARD = "README.md"
 
 
 def export_adapted(
@@ -39,7 +43,14 @@ def export_adapted(
     metrics: dict[str, float] | None = None,
     trial: int | None = None,
 ) -> Path:
-    """Write ``adapted`` (already trained) to ``out_dir``; returns the folder."""
+    """Write ``adapted`` (already trained) to ``out_dir``; returns the folder.
+
+    ``out_dir`` must be new, empty, or an earlier export (whose files are replaced).
+
+    Raises:
+        ConfigError: when ``out_dir`` is a file, or a non-empty folder that is no export.
+    """
+    _clear_previous_export(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_trainable(adapted, out_dir / WEIGHTS)
     peft_backed = any(methods.get(m).backend == "peft" for m in adapted.candidate.methods)
@@ -67,6 +78,52 @@ def export_adapted(
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out_dir
+
+
+def check_export_folder(out_dir: Path) -> None:
+    """Raise unless ``out_dir`` is new, empty, or an earlier export (changes nothing).
+
+    Called before any training too, so a wrong folder is reported at once.
+
+    Raises:
+        ConfigError: when ``out_dir`` is a file, or a non-empty folder that is no export.
+    """
+    from autopeft.core.errors import ConfigError, Problem
+
+    hint = "give a new or empty folder, or the folder of an earlier export to replace it"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(
+            Problem("--output", "the export goes to a folder, not a file", str(out_dir), hint)
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise ConfigError(
+            Problem(
+                "--output",
+                f"the folder is not empty and holds no autopeft export ({MANIFEST})",
+                str(out_dir),
+                hint,
+            )
+        )
+
+
+def _clear_previous_export(out_dir: Path) -> None:
+    """Make ``out_dir`` ready for a new export: remove what an earlier export wrote there.
+
+    Exporting into the same folder again is the usual workflow, so a previous export is
+    replaced rather than refused; but files it wrote that the new export does not write
+    would otherwise stay (a LoRA export's ``adapter_config.json`` beside a later head-only
+    export), and ``PeftModel.from_pretrained`` would silently load the old adapter. Only an
+    export's own file names are removed, so files a user put beside it survive; a non-empty
+    folder that is not an export (no ``autopeft.json``) is refused rather than mixed into.
+    """
+    check_export_folder(out_dir)
+    if not out_dir.is_dir():
+        return
+    for name in (MANIFEST, WEIGHTS, *PEFT_FILES):
+        (out_dir / name).unlink(missing_ok=True)
+    card = out_dir / MODEL_CARD
+    if card.is_file() and "library_name: peft" in card.read_text(errors="replace"):
+        card.unlink()
 
 
 def load_exported(path: str | Path, device: str | None = None) -> AdaptedModel:

@@ -78,6 +78,7 @@ class Study:
         storage: str | None = None,
         num_labels: int = 2,
         heartbeat: tuple[int, int] = (5, 30),
+        read_only: bool = False,
     ):
         """Open (or create) the study.
 
@@ -88,13 +89,16 @@ class Study:
             num_labels: classes of the task (for the model profile).
             heartbeat: (interval, grace) seconds for shared server storages: a trial whose
                 driver stopped sending heartbeats for ``grace`` seconds is re-run.
+            read_only: open an existing study to read it (export, report, reeval): no
+                folder is made and the stored configuration is neither checked nor replaced.
         """
         self.config = config
         self.heartbeat = heartbeat
         self._owned: set[int] = set()
         self._beat: threading.Thread | None = None
         self.folder = Path(root) / config.name
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            self.folder.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage or config.storage or default_storage(self.folder)
         self.profile = model_profile(config.model, num_labels)
         self.space = ResolvedSpace(config.search_space, self.profile, methods.registry())
@@ -112,7 +116,8 @@ class Study:
             sampler=make_sampler(config.sampler, self.oracle, self.metrics, self.pruned_values),
             load_if_exists=True,
         )
-        self._keep_config(config)
+        if not read_only:
+            self._keep_config(config)
 
     def _keep_config(self, config: StudyConfig) -> None:
         """Store the configuration; refuse one whose trials would not compare with the study's.
@@ -167,9 +172,13 @@ class Study:
             }
         else:
             return self.storage_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
         for attempt in range(5):
             try:
                 return optuna.storages.RDBStorage(self.storage_url, **kwargs)
+            except (ArgumentError, NoSuchModuleError, ImportError):
+                raise  # a malformed URL or a missing driver: retrying cannot help
             except Exception:  # noqa: BLE001 -- another process creating the schema right now
                 if attempt == 4:
                     raise

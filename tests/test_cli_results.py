@@ -399,7 +399,9 @@ def test_ctrl_c_during_run_prints_one_line(tmp_path):
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+    # 130 is what a shell reports for both an exit(130) and a death by SIGINT (-2 here); the
+    # latter was seen once under a loaded full suite, after the line below was printed.
+    assert proc.returncode in (130, -signal.SIGINT), err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.strip().splitlines()[-1] == (
         "interrupted: finished trials are kept; run the same command to resume"

@@ -72,32 +72,43 @@ def check(path: str | Path, model: str | None = None) -> tuple[str, list[Problem
         space, model, kind = config, model or "minilm", "search space"
     field = "search_space.budget.max_trainable_params"  # the path other space errors use
     resolved = resolve(space, model)
-    text = f"{path}: valid {kind}\n" + summarize(resolved, methods.registry(), model)
+    summary = summarize(resolved, methods.registry(), model)
     problems: list[Problem] = []
+    text = ""
     limit = space.budget.param_limit(resolved.profile.base_params)
     if limit is not None:
         lo, _ = resolved.param_range()
-        if lo > limit:
-            # Exact: the smallest candidate is over the limit, so every trial of a run would
-            # be INFEASIBLE and nothing would train. That is an error in the file, like
-            # low > high, not a matter of luck.
-            problems.append(
-                Problem(
-                    field,
-                    f"no candidate of the space fits this budget on {model}: the smallest has "
-                    f"{lo:,} trainable parameters",
-                    limit,
-                    hint=f"raise the budget to at least {lo:,}, or let the space be smaller "
-                    "(lower ranks/sizes, fewer layers, a size of 0 to switch a module off)",
-                )
-            )
+        if over := budget_problem(resolved, model):
+            problems.append(over)
         elif _sampled_fit(resolved, limit) == 0:
-            text += (
+            text = (
                 f"\nwarning: none of {_FIT_SAMPLES} random candidates fits the budget of "
                 f"{limit:,} trainable parameters (the smallest candidate has {lo:,}): most "
                 f"trials will be INFEASIBLE; consider raising {field}"
             )
-    return text, problems
+    # "valid" only when it is: a budget nothing fits is an error printed after the summary.
+    head = f"{path}: {kind}, not runnable as it is" if problems else f"{path}: valid {kind}"
+    return f"{head}\n{summary}{text}", problems
+
+
+def budget_problem(resolved: ResolvedSpace, model: str) -> Problem | None:
+    """The problem of a parameter budget below the space's smallest candidate, or None.
+
+    Exact: every trial of a run would be INFEASIBLE and nothing would train. That is an error
+    in the file, like low > high, not a matter of luck (``validate`` and ``run`` both refuse).
+    """
+    limit = resolved.space.budget.param_limit(resolved.profile.base_params)
+    lo = resolved.param_range()[0] if limit is not None else 0
+    if limit is None or lo <= limit:
+        return None
+    return Problem(
+        "search_space.budget.max_trainable_params",
+        f"no candidate of the space fits this budget on {model}: the smallest has "
+        f"{lo:,} trainable parameters",
+        limit,
+        hint=f"raise the budget to at least {lo:,}, or let the space be smaller "
+        "(lower ranks/sizes, fewer layers, a size of 0 to switch a module off)",
+    )
 
 
 #: Random candidates drawn to estimate the share that fits a budget (as the summary does).
@@ -179,6 +190,8 @@ def run(
         )
     executor = executor or config.executor
     study = open_study_storage(config, root=root, storage=storage, create=True)
+    if over := budget_problem(study.space, config.model):
+        raise ConfigError(over, source=str(config.name))
     n = config.n_trials if n_trials is None else n_trials
     if executor == "ray":
         from autopeft.search.ray import run_ray

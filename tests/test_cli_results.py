@@ -413,15 +413,25 @@ def test_ctrl_c_during_run_prints_one_line(tmp_path):
 
 @SLOW
 def test_run_where_every_trial_is_infeasible_says_so(tmp_path):
-    space = {"modules": {"lora": {"rank": [4]}}, "budget": {"max_trainable_params": 100}}
+    # Over the memory budget (known per trial, on the real data): each trial is INFEASIBLE.
+    space = {"modules": {"lora": {"rank": [4]}}, "budget": {"max_memory_mb": 0.01}}
     file = _write(tmp_path / "study.yaml", {**STUDY, "search_space": space})
     out = _cli("run", file, "--root", tmp_path / "r", "--quiet")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Pareto front of 'clires': 0 of 2 trials" in out.stdout
-    assert (
-        "note: all 2 trials were over budget (INFEASIBLE; e.g. 2,048 trainable parameters "
-        "exceed the budget of 100): relax search_space.budget" in out.stdout
+    assert "note: all 2 trials were over budget (INFEASIBLE; e.g. predicted memory" in out.stdout
+    assert "relax search_space.budget" in out.stdout
+
+
+def test_run_refuses_a_parameter_budget_below_the_smallest_candidate(tmp_path):
+    space = {"modules": {"lora": {"rank": [4]}}, "budget": {"max_trainable_params": 100}}
+    file = _write(tmp_path / "study.yaml", {**STUDY, "search_space": space})
+    out = _cli("run", file, "--root", tmp_path / "r", "--quiet")
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "- search_space.budget.max_trainable_params: no candidate of the space fits" in (
+        out.stderr
     )
+    assert "the smallest has 2,048 trainable parameters" in out.stderr
 
 
 def test_validate_where_nothing_fits_is_an_error_after_the_summary(tmp_path):
@@ -437,7 +447,7 @@ def test_validate_where_nothing_fits_is_an_error_after_the_summary(tmp_path):
         "on minilm: the smallest has 36,864 trainable parameters, but got 100.",
         "Hint: raise the budget to at least 36,864",
     )
-    assert "valid study 'clires'" in out.stdout  # the summary still shows the range
+    assert "study 'clires', not runnable as it is" in out.stdout  # the summary, not 'valid'
 
 
 def test_validate_warns_when_no_sampled_candidate_fits(tmp_path):

@@ -58,7 +58,7 @@ CASES = [
         "unknown target",
         {"modules": {"lora": {"targets": ["q", "quey"]}}},
         "search_space.modules.lora.targets",
-        "unknown target 'quey'",
+        "unknown target, but got 'quey'",
         "'quey'",
     ),
     (

@@ -36,10 +36,18 @@ def hub_cache(root: Path, repo: str, files: Path) -> Path:
     return root
 
 
-def run_probe(cache: Path) -> subprocess.CompletedProcess:
+def run_probe(cache: Path, offline: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    if not offline:  # as a user who did not set it (the network is unreachable here)
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            env.pop(key, None)
     return subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT, env=env
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
     )
 
 
@@ -58,3 +66,11 @@ def test_an_unknown_hub_id_says_it_was_not_found_in_the_cache(tmp_path):
         out.stderr
     )
     assert "as a hub id it was not found" in out.stderr
+
+
+def test_a_cached_hub_model_asks_the_network_nothing_even_when_not_told_offline(tmp_path):
+    cache = hub_cache(tmp_path / "hub", "owner/mini-lm", resolve_model_dir("minilm"))
+    out = run_probe(cache, offline=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOADED BertForSequenceClassification" in out.stdout
+    assert "huggingface.co" not in out.stderr and "Retrying" not in out.stderr

@@ -25,7 +25,7 @@ def problems(**extra) -> str:
 
 def test_objectives_written_as_mappings_are_checked_like_the_short_form():
     text = problems(objectives=[{"metric": "acuracy", "direction": "maximize"}])
-    assert "- objectives: unknown objective metric 'acuracy'" in text
+    assert "- objectives: unknown objective metric, but got 'acuracy'" in text
     assert "did you mean 'accuracy'" in text
 
 
@@ -90,9 +90,13 @@ def test_a_study_with_trials_takes_new_search_settings(tmp_path):
     assert (stored["n_trials"], stored["sampler"]["name"]) == (12, "random")
 
 
-def test_a_data_file_read_from_another_folder_is_the_same_task(tmp_path):
+def test_a_data_path_stored_relative_is_the_same_file_absolute_and_no_other(tmp_path):
+    # Studies made before paths were read from the study file's folder stored them relative.
     first = Study(study("moved", task={"path": "data/reviews.csv"}), root=tmp_path)
     first.optuna.ask()
-    Study(study("moved", task={"path": str(tmp_path / "reviews.csv")}), root=tmp_path)
+    Study(study("moved", task={"path": str(tmp_path / "data" / "reviews.csv")}), root=tmp_path)
+    stored = json.loads((tmp_path / "moved" / "study.json").read_text())
+    assert stored["task"]["path"] == str(tmp_path / "data" / "reviews.csv")
+    other = str(tmp_path / "elsewhere" / "reviews.csv")  # same name, another file
     with pytest.raises(ConfigError, match="- task.path: the study's trials were run with"):
-        Study(study("moved", task={"path": "data/other.csv"}), root=tmp_path)
+        Study(study("moved", task={"path": other}), root=tmp_path)

@@ -52,7 +52,8 @@ class Problem:
             text += f", but got {show(self.value)}"
         text = text.rstrip(".") + "."
         if self.hint:
-            text += f" Hint: {self.hint.rstrip('.')}."
+            hint = self.hint.rstrip(".")
+            text += f" Hint: {hint}" + ("" if hint.endswith(("?", "!")) else ".")
         return text
 
     def __repr__(self) -> str:
@@ -62,6 +63,14 @@ class Problem:
 def show(value: Any, limit: int = 80) -> str:
     """Echo a user value compactly (repr, truncated)."""
     text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def show_json(value: Any, limit: int = 80) -> str:
+    """Echo a configuration value as JSON (``null``, double quotes), truncated with ``...``."""
+    import json
+
+    text = json.dumps(value, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -268,7 +268,7 @@ def parse_target_spec(value: Any) -> Any:
             raise RuleError("targets must not be empty", "e.g. [q, v] or [attn]", group)
         for name in group:
             if name not in known:
-                raise RuleError(f"unknown target {name!r}", did_you_mean(str(name), known), name)
+                raise RuleError("unknown target", did_you_mean(str(name), known), name)
     return value
 
 

@@ -308,14 +308,17 @@ def _hub_snapshot(name: str) -> Path | str:
     if not _HUB_ID.fullmatch(name):
         return ""
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
     except ImportError:  # pragma: no cover - transformers always brings it
         return "; huggingface_hub is not installed"
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):  # the cache first: no network round trip (or retries) at all
+        return Path(cached).parent
     try:
         return Path(hf_hub_download(name, "config.json")).parent
     except Exception as err:  # noqa: BLE001 -- offline, unknown id, gated: all mean "not found"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"; as a hub id it was not found ({type(err).__name__}: {first[:160]})"
+        return f"; as a hub id it was not found ({type(err).__name__}: {first[:400]})"
 
 
 def load_profile(name: str, num_labels: int = 2) -> ModelProfile:

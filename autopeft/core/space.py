@@ -9,6 +9,7 @@ the core never imports it.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Protocol
 
@@ -126,7 +127,7 @@ def parse_budget_params(value: Any) -> Any:
     if isinstance(value, float) and not value.is_integer():
         raise RuleError(
             f"a parameter count is a whole number, but got {value:g}",
-            f"write {int(value):d} or {round(value):d}, or a fraction of the base model "
+            f"write {math.floor(value):d} or {math.ceil(value):d}, or a fraction of the base model "
             "as a percentage such as '0.5%'",
         )
     return int(value)

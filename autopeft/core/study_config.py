@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from autopeft.core.errors import Problem, RuleError, did_you_mean, show
+from autopeft.core.errors import Problem, RuleError, did_you_mean, show_json
 from autopeft.core.space import SearchSpace
 
 #: Metrics a study may optimise, with their natural direction.
@@ -56,16 +56,14 @@ def parse_objectives(value: Any) -> list[dict[str, str]]:
         if isinstance(item, dict):  # {metric, direction}: the same name check as the short form
             name = item.get("metric")
             if name not in METRICS:
-                raise RuleError(
-                    f"unknown objective metric {name!r}", did_you_mean(str(name), METRICS), name
-                )
+                raise RuleError("unknown objective metric", did_you_mean(str(name), METRICS), name)
             out.append(item)
             continue
         text = str(item)
         sign = text[:1] in "+-"
         name = text[1:] if sign else text
         if name not in METRICS:
-            raise RuleError(f"unknown objective metric {name!r}", did_you_mean(name, METRICS), name)
+            raise RuleError("unknown objective metric", did_you_mean(name, METRICS), name)
         direction = "minimize" if text.startswith("-") else "maximize" if sign else METRICS[name]
         out.append({"metric": name, "direction": direction})
     names = [o.get("metric") for o in out]
@@ -281,8 +279,8 @@ def resume_conflicts(stored: dict[str, Any], current: dict[str, Any], where: str
     changed: list[tuple[str, Any, Any]] = []
     for section in TRIAL_DEFINING:
         old, new = stored.get(section), current.get(section)
-        if section == "task":  # data files by name: a relative path read from another folder,
-            old, new = _by_file_name(old), _by_file_name(new)  # or a moved study, is the same
+        if section == "task":
+            new = _as_stored(old, new)
         _differences(old, new, section, changed)
     return [
         Problem(
@@ -309,15 +307,28 @@ def _differences(old: Any, new: Any, path: str, out: list[tuple[str, Any, Any]])
         out.append((path, old, new))
 
 
-def _by_file_name(task: Any) -> Any:
-    if not isinstance(task, dict):
-        return task
-    named = {k: PurePath(v).name for k, v in task.items() if k in ("path", "hf_dataset") and v}
-    return {**task, **named}
+def _as_stored(old: Any, new: Any) -> Any:
+    """``new`` task with a data path written as ``old`` wrote it, when both name one file.
+
+    Studies from before data paths were read from the study file's folder stored them
+    relative (to the working directory of that run); the same file now arrives absolute and
+    ending in that relative path. Any other difference is a different file.
+    """
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    same = {}
+    for key in ("path", "hf_dataset"):
+        was, now = old.get(key), new.get(key)
+        if was and now and not PurePath(was).is_absolute() and PurePath(now).is_absolute():
+            tail = PurePath(was).parts
+            if PurePath(now).parts[-len(tail) :] == tail:
+                same[key] = was
+    return {**new, **same}
 
 
 def _setting(value: Any) -> str:
-    return "the default" if value is None else show(value)
+    # JSON, as the study's study.json shows it, and long enough to tell two values apart.
+    return "the default" if value is None else show_json(value, limit=240)
 
 
 #: Keys of the dumped configuration that a study file does not write.

@@ -15,6 +15,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from autopeft.core.errors import ConfigError
 from autopeft.core.profile import BUNDLED_MODELS, resolve_model_dir
 
 #: Tiny architectures built from config, for tests and benchmarks of the machinery itself.
@@ -58,15 +59,32 @@ def load_model(name: str, num_labels: int = 2, seed: int = 0, dtype: torch.dtype
     torch.manual_seed(seed)
     if name in TINY:
         return AutoModelForSequenceClassification.from_config(tiny_config(name, num_labels))
-    if name in BUNDLED_MODELS or os.path.isdir(name):
-        path = str(resolve_model_dir(name))
-    else:
-        path = name  # a hub id: works when it is cached or the machine is online
+    path = _local_or_hub(name)
     config = AutoConfig.from_pretrained(path, num_labels=num_labels)
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0
     with _quiet_loading():
         return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype)
+
+
+#: Files whose presence in a cached hub snapshot means the weights are there too.
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _local_or_hub(name: str) -> str:
+    """A folder to load from: bundled, local, or a hub snapshot already cached with weights.
+
+    Loading a cached hub model from its snapshot folder asks the network nothing (by the
+    hub id, transformers would look for newer files and, offline without HF_HUB_OFFLINE,
+    retry for minutes); a hub id not cached with weights is returned as is, to download.
+    """
+    if name in BUNDLED_MODELS or os.path.isdir(name):
+        return str(resolve_model_dir(name))
+    try:
+        folder = resolve_model_dir(name)  # a hub id: its config.json, from the cache first
+    except ConfigError:
+        return name
+    return str(folder) if any((folder / f).is_file() for f in _WEIGHTS) else name
 
 
 @contextlib.contextmanager
@@ -105,8 +123,7 @@ def load_tokenizer(name: str, corpus: list[str] | None = None):
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
         fast.name_or_path = f"{name}-wordlevel"
         return fast
-    path = str(resolve_model_dir(name)) if name in BUNDLED_MODELS or os.path.isdir(name) else name
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(_local_or_hub(name))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok

@@ -70,25 +70,12 @@ def check(path: str | Path, model: str | None = None) -> tuple[str, list[Problem
         kind = f"study {config.name!r}"
     else:
         space, model, kind = config, model or "minilm", "search space"
-    field = "search_space.budget.max_trainable_params"  # the path other space errors use
     resolved = resolve(space, model)
     summary = summarize(resolved, methods.registry(), model)
-    problems: list[Problem] = []
-    text = ""
-    limit = space.budget.param_limit(resolved.profile.base_params)
-    if limit is not None:
-        lo, _ = resolved.param_range()
-        if over := budget_problem(resolved, model):
-            problems.append(over)
-        elif _sampled_fit(resolved, limit) == 0:
-            text = (
-                f"\nwarning: none of {_FIT_SAMPLES} random candidates fits the budget of "
-                f"{limit:,} trainable parameters (the smallest candidate has {lo:,}): most "
-                f"trials will be INFEASIBLE; consider raising {field}"
-            )
+    problems = [over] if (over := budget_problem(resolved, model)) else []
     # "valid" only when it is: a budget nothing fits is an error printed after the summary.
     head = f"{path}: {kind}, not runnable as it is" if problems else f"{path}: valid {kind}"
-    return f"{head}\n{summary}{text}", problems
+    return f"{head}\n{summary}", problems
 
 
 def budget_problem(resolved: ResolvedSpace, model: str) -> Problem | None:
@@ -108,21 +95,6 @@ def budget_problem(resolved: ResolvedSpace, model: str) -> Problem | None:
         limit,
         hint=f"raise the budget to at least {lo:,}, or let the space be smaller "
         "(lower ranks/sizes, fewer layers, a size of 0 to switch a module off)",
-    )
-
-
-#: Random candidates drawn to estimate the share that fits a budget (as the summary does).
-_FIT_SAMPLES = 1000
-
-
-def _sampled_fit(resolved: ResolvedSpace, limit: int) -> int:
-    """How many of the summary's random candidates fit ``limit`` (the same seeded draw)."""
-    from autopeft.core.resolve import RandomSuggest
-
-    rng = RandomSuggest(seed=0)
-    return sum(
-        candidate_params(resolved.sample(rng), resolved.profile, methods.registry()) <= limit
-        for _ in range(_FIT_SAMPLES)
     )
 
 

@@ -90,6 +90,7 @@ def summarize(
         )
     budget = resolved.space.budget
     limit = budget.param_limit(prof.base_params)
+    warning = ""
     if limit is None and budget.max_memory_mb is None:
         lines.append("budget: none")
     else:
@@ -100,10 +101,17 @@ def summarize(
                 f"max {limit:,} trainable parameters ({_pct(limit, prof.base_params)}); "
                 f"{100.0 * fits / samples:.1f}% of {samples} random candidates fit"
             )
+            if fits == 0 and lo <= limit:  # (lo > limit: the caller's error says it exactly)
+                warning = (
+                    f"warning: none of {samples} random candidates fits the budget of "
+                    f"{limit:,} trainable parameters (the smallest candidate has {lo:,}): most "
+                    "trials will be INFEASIBLE; consider raising "
+                    "search_space.budget.max_trainable_params"
+                )
         if budget.max_memory_mb is not None:
             parts.append(f"max {budget.max_memory_mb:g} MB peak memory (checked per trial)")
         lines.append("budget: " + "; ".join(parts))
-    return "\n".join(lines)
+    return "\n".join(lines + ([warning] if warning else []))
 
 
 def _unbuildable(candidate: Candidate, profile: ModelProfile, methods: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.core.errors import _NO_VALUE, ConfigError, Problem, RuleError
+from autopeft.core.method_rules import check_values
 from autopeft.core.params import (
     ChoiceParam,
     FloatParam,
@@ -273,9 +274,9 @@ class ResolvedSpace:
                 raise _config_error(err.under(f"modules.{name}"), profile) from None
 
     def _plan(self, name: str, module: ModuleSpace, spec: Any) -> ModulePlan:
-        params = {k: _default(v) for k, v in spec.default_space.items()}
-        params.update(module.params)
-        _check_values(name, spec, params, module.params)
+        defaults = {k: _default(v) for k, v in spec.default_space.items()}
+        check_values(name, spec, module.params, defaults)
+        params = {**defaults, **module.params}
         available = self.profile.available_targets
         if module.targets is None:
             options = [tuple(t for t in spec.default_targets if t in available)]
@@ -408,46 +409,6 @@ class ResolvedSpace:
                 lo += best(p, False)
                 hi += best(p, True)
         return lo, hi
-
-
-def _reachable(param: Any) -> list[Any]:
-    """The values of a domain worth checking: every choice, a range's two ends, a value."""
-    if isinstance(param, ChoiceParam):
-        return list(param.values())
-    if isinstance(param, (IntParam, FloatParam)):
-        return [param.low, param.high]
-    return [param]
-
-
-def _check_values(name: str, spec: Any, params: dict[str, Any], given: dict[str, Any]) -> None:
-    """Refuse values a method cannot train with now, instead of failing every trial later."""
-    rule_of = getattr(spec, "value_rule", None)
-    problems = []
-    for key, param in params.items():
-        rule = rule_of(key) if rule_of else None
-        if rule is None:
-            continue
-        for value in _reachable(param):
-            why = rule.why(key, value)
-            if why:
-                default = _default(spec.default_space.get(key))
-                source = "" if key in given else " (the method's default space)"
-                problems.append(
-                    Problem(
-                        f"search_space.modules.{name}.{key}",
-                        f"{why} for every value{source}, but got {value!r}",
-                        hint=f"the default is {_domain_text(default)}",
-                    )
-                )
-                break
-    if problems:
-        raise ConfigError(problems)
-
-
-def _domain_text(param: Any) -> str:
-    if isinstance(param, ChoiceParam):
-        return f"a choice of {param.values()}"
-    return repr(param)
 
 
 def _config_error(err: RuleError, profile: ModelProfile) -> ConfigError:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError, Problem
-from autopeft.core.profile import ModelProfile
+from autopeft.core.method_rules import method_violation
 from autopeft.core.resolve import (
     RandomSuggest,
     ResolvedSpace,
@@ -73,7 +72,7 @@ def summarize(
     )
     rng = RandomSuggest(seed=0)
     drawn = [resolved.sample(rng) for _ in range(samples)]
-    broken = [why for c in drawn if (why := _unbuildable(c, prof, methods))]
+    broken = [why for c in drawn if (why := method_violation(c, prof, methods))]
     if len(broken) == samples:
         raise ConfigError(
             Problem(
@@ -112,12 +111,3 @@ def summarize(
             parts.append(f"max {budget.max_memory_mb:g} MB peak memory (checked per trial)")
         lines.append("budget: " + "; ".join(parts))
     return "\n".join(lines + ([warning] if warning else []))
-
-
-def _unbuildable(candidate: Candidate, profile: ModelProfile, methods: dict[str, Any]) -> str:
-    """The first method rule ``candidate`` breaks on ``profile`` (``method: rule``), or ''."""
-    for m in candidate.modules:
-        why = methods[m.method].check(profile, m)
-        if why:
-            return f"{m.method}: {why}"
-    return ""

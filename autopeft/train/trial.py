@@ -15,6 +15,7 @@ import torch
 from autopeft import methods
 from autopeft.core.candidate import Candidate
 from autopeft.core.memory import predict_memory
+from autopeft.core.method_rules import method_violation
 from autopeft.core.profile import ModelProfile
 from autopeft.core.resolve import candidate_params
 from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
@@ -101,11 +102,8 @@ def check_budget(ctx: TrialContext, candidate: Candidate) -> tuple[int, float, s
         embeddings_trained=bool(EMBEDDING_METHODS & set(candidate.methods)),
         workspace_bytes=cuda_workspace_bytes(ctx.device),
     ).total_mb
-    for m in candidate.modules:
-        why = methods.get(m.method).check(prof, m)
-        if why:
-            return params, pred, f"{m.method}: {why}"
-    return params, pred, ctx.budget.violation(params, pred, prof.base_params)
+    why = method_violation(candidate, prof, methods.registry())
+    return params, pred, why or ctx.budget.violation(params, pred, prof.base_params)
 
 
 def run_trial(

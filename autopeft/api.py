@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autopeft import methods
+from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.config import load_config, parse_space, parse_study
 from autopeft.core.errors import ConfigError, Problem
@@ -21,7 +21,7 @@ def load(path: str | Path) -> SearchSpace | StudyConfig:
     Raises:
         ConfigError: with one paragraph per problem (field path, rule, value, hint).
     """
-    return load_config(path, methods.registry())
+    return load_config(path, methods.registry(), tasks.registry())
 
 
 def space_from_dict(raw: dict) -> SearchSpace:
@@ -31,12 +31,17 @@ def space_from_dict(raw: dict) -> SearchSpace:
 
 def study_from_dict(raw: dict) -> StudyConfig:
     """Validate a study given as a Python dict (the same schema as the YAML)."""
-    return parse_study(raw, methods.registry())
+    return parse_study(raw, methods.registry(), kinds=tasks.registry())
 
 
-def resolve(space: SearchSpace, model: str | ModelProfile = "minilm") -> ResolvedSpace:
-    """Resolve a space on a model (a bundled name, a local folder, or a profile)."""
-    profile = model if isinstance(model, ModelProfile) else load_profile(model)
+def resolve(
+    space: SearchSpace, model: str | ModelProfile = "minilm", head: str = "classifier"
+) -> ResolvedSpace:
+    """Resolve a space on a model (a bundled name, a local folder, or a profile).
+
+    ``head`` is the task kind's model head (``classifier``, or ``lm`` for causal LMs).
+    """
+    profile = model if isinstance(model, ModelProfile) else load_profile(model, head=head)
     return ResolvedSpace(space, profile, methods.registry())
 
 
@@ -65,12 +70,14 @@ def check(path: str | Path, model: str | None = None) -> tuple[str, list[Problem
         ConfigError: for a file that does not validate.
     """
     config = load(path)
+    head = "classifier"
     if isinstance(config, StudyConfig):
         space, model = config.search_space, model or config.model
         kind = f"study {config.name!r}"
+        head = tasks.get(config.task.kind).head
     else:
         space, model, kind = config, model or "minilm", "search space"
-    resolved = resolve(space, model)
+    resolved = resolve(space, model, head)
     summary = summarize(resolved, methods.registry(), model)
     problems = [over] if (over := budget_problem(resolved, model)) else []
     # "valid" only when it is: a budget nothing fits is an error printed after the summary.

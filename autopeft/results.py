@@ -271,9 +271,8 @@ def export_trial(study, number: int, out_dir: str | Path, retrain: bool = False)
             )
         metrics = fresh.metrics
     adapted = rebuild(ctx, result.candidate, path)
-    return export_adapted(
-        adapted, Path(out_dir), study.config, ctx.task.num_labels, metrics, number
-    )
+    info = ctx.kind.describe(ctx.task)
+    return export_adapted(adapted, Path(out_dir), study.config, info, metrics, number)
 
 
 def trials_table(study) -> Any:

@@ -21,6 +21,10 @@ CASES = [
 ]
 
 
+#: Architectures every method is checked on: (tiny model, head): classifiers and a causal LM.
+ARCHS = [("tiny-bert", "classifier"), ("tiny-llama", "classifier"), ("tiny-llama", "lm")]
+
+
 def one_step(adapted, seed: int = 0):
     """One forward/backward/AdamW step on a fixed random batch; returns the loss."""
     torch.manual_seed(seed)
@@ -28,6 +32,8 @@ def one_step(adapted, seed: int = 0):
     mask = torch.ones_like(ids)
     mask[0, 8:] = 0  # one padded row: masks must keep working with every module
     labels = torch.tensor([0, 1, 0, 1])
+    if not adapted.profile.has_head:  # a causal LM: next-token loss on the unpadded tokens
+        labels = ids.masked_fill(mask == 0, -100)
     opt = torch.optim.AdamW(adapted.trainable_parameters(), lr=1e-2)
     adapted.model.train()
     loss = adapted.model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -37,12 +43,13 @@ def one_step(adapted, seed: int = 0):
     return loss
 
 
-@pytest.mark.parametrize("arch", ["tiny-bert", "tiny-llama"])
+@pytest.mark.parametrize(("arch", "head"), ARCHS, ids=[f"{a}-{h}" for a, h in ARCHS])
 @pytest.mark.parametrize(("name", "placement"), CASES)
-def test_contract(arch, name, placement):
+def test_contract(arch, head, name, placement):
     spec = methods.get(name)
-    model = load_model(arch)
+    model = load_model(arch, head=head)
     profile = profile_model(model)
+    assert profile.task_type == ("CAUSAL_LM" if head == "lm" else "SEQ_CLS")
     cfg = example_config(spec, profile, placement)
     assert spec.check(profile, cfg) is None
     adapted = build_adapted(model, profile, Candidate(modules=(cfg,)), total_steps=10)
@@ -64,5 +71,8 @@ def test_contract(arch, name, placement):
             changed_head += moved
         else:
             changed_adapter += moved
-    assert changed_head > 0, "the classifier head must train"
+    if profile.has_head:
+        assert changed_head > 0, "the classifier head must train"
+    else:
+        assert changed_head == 0 and adapted.head_params == 0, "a causal LM has no trained head"
     assert changed_adapter > 0, f"no {name} parameter changed after one step"

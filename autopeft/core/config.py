@@ -76,13 +76,19 @@ def parse_space(raw: Any, methods: dict[str, Any], source: str | None = None) ->
 
 
 def parse_study(
-    raw: Any, methods: dict[str, Any], source: str | None = None, base_dir: Path | None = None
+    raw: Any,
+    methods: dict[str, Any],
+    source: str | None = None,
+    base_dir: Path | None = None,
+    kinds: dict[str, Any] | None = None,
 ) -> StudyConfig:
     """Validate a study; ``search_space`` may be inline or a path relative to the file.
 
     Args:
         raw: the parsed study (a mapping).
         methods: the module registry, to check module parameters.
+        kinds: the task-kind registry (``autopeft.tasks``), for the task's fields, metrics
+            and defaults; None leaves them unchecked.
         source: the file name errors are reported under.
         base_dir: the study file's folder, or None for a study built in Python: relative
             paths (``search_space``, ``task.path``, a local ``task.hf_dataset``) are then
@@ -103,7 +109,7 @@ def parse_study(
             space_path = Path(space)
         raw["search_space"] = read_yaml(space_path)
     try:
-        return StudyConfig.model_validate(raw, context={"methods": methods})
+        return StudyConfig.model_validate(raw, context={"methods": methods, "tasks": kinds})
     except ValidationError as err:
         raise ConfigError(from_pydantic(err), source=source) from None
 
@@ -144,9 +150,11 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def load_config(path: str | Path, methods: dict[str, Any]) -> SearchSpace | StudyConfig:
-    """Load a study file or a bare search-space file."""
+def load_config(
+    path: str | Path, methods: dict[str, Any], kinds: dict[str, Any] | None = None
+) -> SearchSpace | StudyConfig:
+    """Load a study file or a bare search-space file (registries as for :func:`parse_study`)."""
     raw = read_yaml(path)
     if is_study(raw):
-        return parse_study(raw, methods, str(path), Path(path).parent)
+        return parse_study(raw, methods, str(path), Path(path).parent, kinds)
     return parse_space(raw, methods, str(path))

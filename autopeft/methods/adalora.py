@@ -78,11 +78,11 @@ class AdaLoRA(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """An ``AdaLoraConfig`` over the exact module paths, scheduled over ``total_steps``."""
-        from peft import AdaLoraConfig, TaskType
+        from peft import AdaLoraConfig
 
         total, tinit, tfinal = self.schedule(cfg, total_steps)
         return AdaLoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             init_r=int(cfg.params["rank"]),
             target_r=int(cfg.params["target_r"]),
             lora_alpha=float(cfg.params["alpha"]),

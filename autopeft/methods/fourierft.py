@@ -43,7 +43,7 @@ class FourierFT(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """A ``FourierFTConfig`` over the exact module paths; per-layer sizes via a pattern."""
-        from peft import FourierFTConfig, TaskType
+        from peft import FourierFTConfig
 
         targets, sizes = [], {}
         for layer, lin in self.linears(profile, cfg):
@@ -56,7 +56,7 @@ class FourierFT(MethodSpec):
         # the first path component is dropped (the rest still names exactly one layer).
         pattern = {re.escape(p.split(".", 1)[1]): n for p, n in sizes.items()}
         return FourierFTConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             n_frequency=base,
             scaling=float(cfg.params["scaling"]),
             target_modules=targets,

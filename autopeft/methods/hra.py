@@ -41,10 +41,10 @@ class HRA(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """An ``HRAConfig`` over the exact module paths."""
-        from peft import HRAConfig, TaskType
+        from peft import HRAConfig
 
         return HRAConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             r=int(cfg.params["rank"]),
             apply_GS=bool(cfg.params["apply_gs"]),
             target_modules=self.target_paths(profile, cfg),

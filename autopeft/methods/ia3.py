@@ -36,7 +36,7 @@ class IA3(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """An ``IA3Config`` over the exact module paths; FFN targets are ``feedforward_modules``."""
-        from peft import IA3Config, TaskType
+        from peft import IA3Config
 
         feedforward = [
             profile.linear(layer, t).path
@@ -45,7 +45,7 @@ class IA3(MethodSpec):
             if t in FEEDFORWARD
         ]
         return IA3Config(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             target_modules=self.target_paths(profile, cfg),
             feedforward_modules=feedforward,
         )

@@ -36,10 +36,10 @@ class LoHa(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """A ``LoHaConfig`` over the exact module paths; per-layer ranks via ``rank_pattern``."""
-        from peft import LoHaConfig, TaskType
+        from peft import LoHaConfig
 
         return LoHaConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             alpha=float(cfg.params["alpha"]),
             **self.ranked_targets(profile, cfg),
         )

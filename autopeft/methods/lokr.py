@@ -89,10 +89,10 @@ class LoKr(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """A ``LoKrConfig`` over the exact module paths; per-layer ranks via ``rank_pattern``."""
-        from peft import LoKrConfig, TaskType
+        from peft import LoKrConfig
 
         return LoKrConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             alpha=float(cfg.params["alpha"]),
             decompose_factor=int(cfg.params["decompose_factor"]),
             decompose_both=bool(cfg.params["decompose_both"]),

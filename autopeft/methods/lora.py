@@ -39,10 +39,10 @@ class LoRA(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """A ``LoraConfig`` over the exact module paths; per-layer ranks via ``rank_pattern``."""
-        from peft import LoraConfig, TaskType
+        from peft import LoraConfig
 
         return LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             lora_alpha=float(cfg.params["alpha"]),
             lora_dropout=float(cfg.params["dropout"]),
             use_dora=bool(cfg.params.get("use_dora", False)),

@@ -56,10 +56,10 @@ class MiSS(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """A ``MissConfig`` over the exact module paths."""
-        from peft import MissConfig, TaskType
+        from peft import MissConfig
 
         return MissConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             r=int(cfg.params["rank"]),
             miss_dropout=float(cfg.params["dropout"]),
             init_weights=MODES[str(cfg.params["mode"])],

@@ -34,10 +34,10 @@ class PromptTuning(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """A ``PromptTuningConfig`` with randomly initialised virtual tokens."""
-        from peft import PromptTuningConfig, PromptTuningInit, TaskType
+        from peft import PromptTuningConfig, PromptTuningInit
 
         return PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             num_virtual_tokens=int(cfg.params["length"]),
             prompt_tuning_init=PromptTuningInit.RANDOM,
         )

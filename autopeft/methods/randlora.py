@@ -49,11 +49,11 @@ class RandLoRA(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """A ``RandLoraConfig`` over the exact module paths, ``randlora_alpha = ratio * rank``."""
-        from peft import RandLoraConfig, TaskType
+        from peft import RandLoraConfig
 
         r = int(cfg.params["rank"])
         return RandLoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             r=r,
             randlora_alpha=int(cfg.params["alpha_ratio"]) * r,
             randlora_dropout=float(cfg.params["dropout"]),

@@ -41,10 +41,10 @@ class VeRA(MethodSpec):
 
     def peft_config(self, profile: ModelProfile, cfg: ModuleConfig, total_steps: int) -> Any:
         """A ``VeraConfig`` over the exact module paths."""
-        from peft import TaskType, VeraConfig
+        from peft import VeraConfig
 
         return VeraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=profile.task_type,
             r=int(cfg.params["rank"]),
             d_initial=float(cfg.params["d_initial"]),
             vera_dropout=float(cfg.params["dropout"]),

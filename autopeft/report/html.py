@@ -49,7 +49,7 @@ def fmt(value: Any, metric: str | None = None) -> str:
         return str(value)
     if metric == "trainable_params":
         return f"{value:,.0f}"
-    if metric in ("accuracy", "f1", "mcc"):
+    if metric in ("accuracy", "f1", "mcc", "exact_match"):
         return f"{value:.4f}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"

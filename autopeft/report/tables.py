@@ -9,7 +9,6 @@ reused/interrupted trials, reference point, model depth, configuration). It is t
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -18,26 +17,12 @@ from autopeft import methods
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.pareto import hypervolume_history, knee_point, pareto_front
 from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
-from autopeft.core.study_config import METRICS
 from autopeft.results import REEVAL_ATTR, retries, untold_note
 
 Row = dict[str, Any]
 #: Study user attributes ``reeval.<trial>`` (written by :func:`autopeft.results.reeval`).
 REEVAL_PREFIX = f"{REEVAL_ATTR}."
 STATUSES = [s.value for s in TrialStatus]
-
-
-def values_of(result: TrialResult, metrics: Sequence[str]) -> list[float | None]:
-    """Objective values of a result, as the study computes them (``Study.values_of``)."""
-    out = []
-    for metric in metrics:
-        value = result.objective(metric)
-        if metric == "peak_memory" and value is None:
-            value = result.predicted_memory_mb
-        if value is None and result.status is TrialStatus.INFEASIBLE:
-            value = -1.0 if METRICS.get(metric) == "maximize" else float("inf")
-        out.append(value)
-    return out
 
 
 @dataclass
@@ -98,7 +83,7 @@ class StudyData:
 
     def values(self, result: TrialResult) -> list[float | None]:
         """Objective values of ``result``."""
-        return values_of(result, self.metrics)
+        return result.objective_values(self.metrics, self.directions)
 
     def counted(self) -> list[tuple[int, TrialResult]]:
         """COMPLETE trials that count for the front (reused results left out)."""
@@ -132,10 +117,20 @@ class StudyData:
         return ref
 
     def task_metric(self) -> str:
-        """The first maximised objective (the task metric), else ``accuracy``."""
+        """The study's task metric (older snapshots: the first maximised objective)."""
+        metric = (self.config.get("task") or {}).get("metric")
+        if metric:
+            return str(metric)
         return next(
             (m for m, d in zip(self.metrics, self.directions) if d == "maximize"), "accuracy"
         )
+
+    def task_better(self, values: list[float]) -> float | None:
+        """The best of ``values`` of the task metric, in its direction (None when empty)."""
+        if not values:
+            return None
+        lower = dict(zip(self.metrics, self.directions)).get(self.task_metric()) == "minimize"
+        return min(values) if lower else max(values)
 
 
 def label(metric: str, direction: str) -> str:
@@ -281,7 +276,7 @@ def module_summary(data: StudyData) -> list[Row]:
                 "trials": len(using),
                 "complete": len(done),
                 "front": sum(n in front for n, _ in using),
-                "best_metric": max(best) if best else None,
+                "best_metric": data.task_better(best),
                 "metric": metric,
                 "params_min": min(params) if params else None,
                 "params_max": max(params) if params else None,

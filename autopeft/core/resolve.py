@@ -155,7 +155,10 @@ class ModulePlan:
         placed = layers or not self.spec.uses_layers
         if not on or not placed or (size in values and values[size] == 0):
             return None
-        return ModuleConfig(method=n, params=values, layers=layers, targets=targets, sizes=sizes)
+        # Parameters added to a method since studies were written stay out of the candidate at
+        # their default, so older candidates keep their key (MethodSpec.stable_defaults).
+        params = self.spec.stable_params(values)
+        return ModuleConfig(method=n, params=params, layers=layers, targets=targets, sizes=sizes)
 
     def can_be_off(self) -> bool:
         """Whether some sample switches the module off (a searched mask may come out empty)."""
@@ -249,7 +252,7 @@ class ModulePlan:
         if not self.spec.uses_layers:
             layer_sets = [()]
         for combo in itertools.islice(combos, _ENUM_LIMIT):
-            params = dict(zip((k for k, _ in options), combo))
+            params = self.spec.stable_params(dict(zip((k for k, _ in options), combo)))
             for targets in self.target_options:
                 for layers in layer_sets:
                     yield ModuleConfig(

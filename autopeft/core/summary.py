@@ -65,10 +65,10 @@ def summarize(
     )
     lines.append(f"distinct configurations: {size_text}")
     lo, hi = resolved.param_range()
+    head = f", plus the classifier head ({prof.head_params:,})" if prof.has_head else ""
     lines.append(
         f"trainable parameters: {lo:,} .. {hi:,} ({_pct(lo, prof.base_params)} .. "
-        f"{_pct(hi, prof.base_params)} of {prof.base_params:,}), plus the classifier head "
-        f"({prof.head_params:,})"
+        f"{_pct(hi, prof.base_params)} of {prof.base_params:,}){head}"
     )
     rng = RandomSuggest(seed=0)
     drawn = [resolved.sample(rng) for _ in range(samples)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -83,6 +84,26 @@ class MethodSpec:
     supports_per_layer: ClassVar[bool] = False
     #: Value rules beyond the defaults of :meth:`value_rule` (e.g. a mode's words).
     value_rules: ClassVar[dict[str, ValueRule]] = {}
+    #: Parameters added after studies were written: a candidate leaves them out while they
+    #: have their default value (see :meth:`stable_params`), so the candidates written before
+    #: keep their key, and with it their stored results and weights. Read them with
+    #: ``cfg.params.get(key, default)``.
+    stable_defaults: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def stable_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` without the :attr:`stable_defaults` that have their default value.
+
+        What a :class:`ModuleConfig` made from sampled values should hold (``ModulePlan``).
+        A value equal to the default but of another kind (``0`` for ``False``) is kept.
+        """
+
+        def at_default(key: str, value: Any) -> bool:
+            default = cls.default_space.get(key)
+            return value == default and isinstance(value, bool) == isinstance(default, bool)
+
+        quiet = cls.stable_defaults
+        return {k: v for k, v in params.items() if not (k in quiet and at_default(k, v))}
 
     @classmethod
     def value_rule(cls, key: str) -> ValueRule | None:
@@ -117,6 +138,44 @@ class MethodSpec:
 
     def on_step(self, model: Any, step: int) -> None:
         """Hook called after each optimiser step (e.g. AdaLoRA's rank allocation)."""
+
+    def lr_multiplier(self, cfg: ModuleConfig, param_name: str) -> float:
+        """The factor on the base learning rate for the trainable parameter ``param_name``.
+
+        The training loop asks every module of the candidate about every trainable parameter
+        (names as ``model.named_parameters()`` gives them, peft prefixes included) and puts
+        parameters with the same factor in one optimiser group; a module answers 1.0 for
+        parameters that are not its own. Default: 1.0 (LoRA+ speeds up LoRA's B matrices).
+        """
+        return 1.0
+
+    def after_build(self, model: Any, cfg: ModuleConfig) -> None:
+        """Hook called once the module is attached, before anything changes its tensors.
+
+        ``build_adapted`` calls it with the model as built so far (a peft method: the
+        ``PeftModel``, right after ``get_peft_model``), before :meth:`data_init`, training, or
+        loading trained tensors into a rebuilt model. Default: nothing (LoRA keeps the initial
+        adapter of PiSSA/OLoRA, which :meth:`save_peft` needs).
+        """
+
+    def data_init(self, model: Any, batches: Iterable[dict], cfg: ModuleConfig) -> None:
+        """Data-driven initialisation, before training (default: nothing; LoRA's EVA).
+
+        Called after :meth:`after_build` with the built ``model`` (a peft method: the
+        ``PeftModel``) and a few training batches, dicts of tensors as the training loop feeds
+        them (``input_ids``, ``attention_mask``, ``labels``). A model rebuilt to load trained
+        tensors (export, re-evaluation) need not call it: the loaded tensors replace what it
+        set, and it changes no shapes.
+        """
+
+    def save_peft(self, peft_model: Any, out_dir: str, cfg: ModuleConfig) -> None:
+        """Write a trained peft model as a standard peft adapter folder (peft methods only).
+
+        The folder must load with ``PeftModel.from_pretrained(base, out_dir)`` on the
+        original, unchanged base model. Default: ``peft_model.save_pretrained(out_dir)``;
+        LoRA converts PiSSA/OLoRA adapters (trained on a changed base) to plain LoRA.
+        """
+        peft_model.save_pretrained(out_dir)
 
     # Helpers shared by the formulas -------------------------------------------------------
 

@@ -34,6 +34,26 @@ class AdaptedModel:
         """Parameters the optimiser updates (adapters and the head)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser groups: parameters whose modules ask for the same rate, together.
+
+        Each module of the candidate scales the rate of its own parameters
+        (``MethodSpec.lr_multiplier``; LoRA+ speeds up LoRA's B matrices); the product
+        over the modules is the parameter's factor.
+        """
+        specs = [(methods.get(m.method), m) for m in self.candidate.modules]
+        groups: dict[float, list[nn.Parameter]] = {}
+        seen: set[int] = set()
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            factor = 1.0
+            for spec, cfg in specs:
+                factor *= spec.lr_multiplier(cfg, name)
+            groups.setdefault(factor, []).append(p)
+        return [{"params": ps, "lr": lr * f} for f, ps in groups.items()]
+
 
 def is_head_param(name: str, profile: ModelProfile) -> bool:
     """Whether a (possibly peft-prefixed) parameter name belongs to the classifier head."""
@@ -80,10 +100,14 @@ def build_adapted(
 
         spec, cfg = peft_mods[0]
         with warnings.catch_warnings():
-            # peft reads transformers' deprecated `is_gradient_checkpointing`: a warning about
-            # peft's code, printed by every trial, that the user can do nothing about.
+            # peft reads transformers' deprecated `is_gradient_checkpointing`, and warns that
+            # EVA's init comes later (it does: data_init): warnings about peft's code, printed
+            # by every trial, that the user can do nothing about.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            warnings.filterwarnings("ignore", message=".*eva initialization.*")
             model = get_peft_model(model, spec.peft_config(profile, cfg, total_steps))
+        # Before anything changes the adapter: PiSSA/OLoRA keep their initial state for export.
+        spec.after_build(model, cfg)
         base = model.get_base_model()
     elif profile.has_head:  # peft trains the head itself (modules_to_save of SEQ_CLS)
         for p in model.get_submodule(profile.head_path).parameters():

@@ -57,7 +57,14 @@ def export_adapted(
     save_trainable(adapted, out_dir / WEIGHTS)
     peft_backed = any(methods.get(m).backend == "peft" for m in adapted.candidate.methods)
     if peft_backed:
-        adapted.model.save_pretrained(str(out_dir))
+        # The method writes it: PiSSA/OLoRA adapters, trained on a changed base, are
+        # converted so that they load on the original one.
+        spec, cfg = next(
+            (methods.get(m.method), m)
+            for m in adapted.candidate.modules
+            if methods.get(m.method).backend == "peft"
+        )
+        spec.save_peft(adapted.model, str(out_dir), cfg)
         cfg_path = out_dir / "adapter_config.json"
         adapter_cfg = json.loads(cfg_path.read_text())
         adapter_cfg["base_model_name_or_path"] = base_model_id(config.model)

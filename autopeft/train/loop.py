@@ -161,7 +161,7 @@ def train_and_eval(
     model = adapted.model.to(device)
     model.train()
     params = adapted.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(adapted.param_groups(cfg.lr), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.schedule)
     )

@@ -32,6 +32,8 @@ from autopeft.train.models import load_model
 from autopeft.train.profile import profile_model
 from autopeft.train.weights import save_trainable
 
+#: Training batches a data-driven initialisation (EVA) may draw from, at most.
+DATA_INIT_BATCHES = 16
 #: Methods whose gradient reaches the input embeddings (prompt tokens are inputs).
 EMBEDDING_METHODS = {"prompt"}
 
@@ -169,6 +171,10 @@ def run_trial(
                 f"built model has {adapted.trainable_params} trainable parameters, the formula "
                 f"says {params}: a bug in the method's formula"
             )
+        # Data-driven initialisation (LoRA's EVA) sees a few training batches first.
+        for m in candidate.modules:
+            batches = ctx.data["train"].batches(cfg.batch_size, cfg.seed + 1, DATA_INIT_BATCHES)
+            methods.get(m.method).data_init(adapted.model, batches, m)
         if ctx.before_training:
             ctx.before_training(adapted)
         memory_kind = MemoryKind.CUDA if ctx.device.type == "cuda" else MemoryKind.CPU_ESTIMATE

@@ -264,3 +264,48 @@ def test_a_causal_study_runs_with_halving_and_exports_a_loadable_adapter(tmp_pat
     prompts = ctx.data["validation"].prompts(torch.arange(4))
     generated = peft_model.generate(**prompts, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert generated.shape[1] > prompts["input_ids"].shape[1]
+
+
+SEEN_BY_SCORER: list[tuple[list[str], list[str]]] = []
+
+
+def share_of_digits(predictions: list[str], references: list[str]) -> float:
+    """A user scoring function (task.scorer): the share of answers that are numbers."""
+    SEEN_BY_SCORER.append((predictions, references))
+    return sum(p.strip().isdigit() for p in predictions) / len(predictions)
+
+
+def test_a_user_scoring_function_scores_the_greedy_answers():
+    config = study(
+        {"scorer": "tests.test_causal_lm:share_of_digits", "generate_examples": 6},
+        objectives="score, -trainable_params",
+    )
+    assert config.task.metric == "score" and config.task_direction == "maximize"
+    SEEN_BY_SCORER.clear()
+    result = run_trial(TrialContext.create(config), LORA)
+    assert result.status is TrialStatus.COMPLETE, result.error
+    predictions, references = SEEN_BY_SCORER[-1]
+    assert len(predictions) == len(references) == 6
+    assert all(r.isdigit() for r in references)  # the arithmetic answers
+    assert result.metrics["score"] == share_of_digits(predictions, references)
+    assert "exact_match" not in result.metrics  # not asked for
+
+
+@pytest.mark.parametrize(
+    ("task", "objectives", "words"),
+    [
+        ({}, "score, -trainable_params", "the metric 'score' needs task.scorer"),
+        ({"scorer": "not a function"}, None, "task.scorer"),
+    ],
+)
+def test_a_score_needs_a_scorer_named_as_module_and_function(task, objectives, words):
+    with pytest.raises(ConfigError) as err:
+        study(task, **({"objectives": objectives} if objectives else {}))
+    assert words in str(err.value)
+
+
+def test_a_scorer_that_cannot_be_imported_is_one_paragraph():
+    config = study({"scorer": "tests.test_causal_lm:no_such_function"}, objectives="score")
+    with pytest.raises(ConfigError) as err:
+        TrialContext.create(config)
+    assert "task.scorer" in str(err.value) and "AttributeError" in str(err.value)

@@ -75,6 +75,32 @@ def test_real_tiny_study_on_ray_with_reused_actors(local_ray, tmp_path):
     assert not _RUNNERS  # the driver itself trained nothing
 
 
+def test_causal_lm_study_on_ray_halves_on_the_loss(local_ray, tmp_path):
+    from autopeft.search.ray import run_ray
+
+    spec = {
+        "name": "ray-sft",
+        "model": "tiny-llama",
+        "task": {"kind": "causal_lm", "max_length": 32},
+        "search_space": {"modules": {"lora": {"rank": [2, 4, 8], "targets": ["q", "v", "o"]}}},
+        "training": {"steps": 12, "batch_size": 8, "eval_every": 12, "eval_examples": 16},
+        "halving": {"eta": 2, "min_peers": 2},
+    }
+    spec["training"]["rungs"] = [0.5, 1.0]
+    study = Study(api.study_from_dict(spec), root=tmp_path)
+    run_ray(study, 3, progress=False)
+    assert study.n_done() == 3
+    results = [r for _, r in study.results()]
+    assert all(r.status in (TrialStatus.COMPLETE, TrialStatus.PRUNED) for r in results)
+    done = [r for r in results if r.status is TrialStatus.COMPLETE]
+    assert done and all(r.head_params == 0 and "eval_loss" in r.metrics for r in done)
+    # The scheduler saw the loss signed so that higher is better.
+    points = study.rung_points(6)
+    assert points and all(p[0] < 0 for p in points)
+    check_states(study)
+    check_front(study)
+
+
 def test_pareto_halving_scheduler_prunes_on_ray(local_ray, tmp_path):
     from autopeft.search.ray import run_ray
 

@@ -66,10 +66,12 @@ def test_a_study_of_the_kind_trains_measures_and_describes(name):
     result = run_trial(ctx, candidate)
     assert result.status is TrialStatus.COMPLETE, result.error
     assert kind.default_metric in result.metrics
-    # Asked for every metric it declares, the kind measures each of them.
+    # Asked for every metric it declares, the kind measures each of them (those that need a
+    # task field, such as a scoring function, when it is set).
     adapted = build_adapted(copy.deepcopy(ctx.base_model), ctx.profile, candidate, 4)
     everything = frozenset(kind.metrics)
     metrics = kind.evaluate(adapted, ctx.data["validation"], 4, 8, torch.device("cpu"), everything)
-    assert set(kind.metrics) <= set(metrics)
+    assert set(kind.metrics) - set(kind.needs) <= set(metrics)
+    assert set(kind.needs) <= set(kind.metrics) and set(kind.needs.values()) <= set(kind.fields)
     assert all(isinstance(v, float) for v in metrics.values())
     json.dumps(kind.describe(ctx.task))  # what an export's manifest records

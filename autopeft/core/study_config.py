@@ -122,6 +122,9 @@ class TaskConfig(_Section):
     max_new_tokens: int = Field(32, ge=1, le=4096)
     #: Held-out rows generated from for ``exact_match`` at each evaluation.
     generate_examples: int = Field(100, ge=1)
+    #: A scoring function ``package.module:function``, called as ``function(predictions,
+    #: references) -> float`` on the greedy answers: the metric ``score`` (higher is better).
+    scorer: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     #: The task metric (default: the kind's, or the one among the objectives).
     metric: str = "accuracy"
     max_length: int = Field(64, ge=8, le=32768)
@@ -319,6 +322,14 @@ class StudyConfig(_Section):
                     f"{objective.metric!r}",
                     did_you_mean(objective.metric, {**METRICS, **kind.metrics}),
                     path="objectives",
+                )
+        for metric in {self.task.metric, *(o.metric for o in self.objectives)}:
+            needed = kind.needs.get(metric)
+            if needed and getattr(self.task, needed) is None:
+                raise RuleError(
+                    f"the metric {metric!r} needs task.{needed}, which is not set",
+                    f"set task.{needed}, or use another metric ({', '.join(kind.metrics)})",
+                    path=f"task.{needed}",
                 )
         measured = [o.metric for o in self.objectives if o.metric in kind.metrics]
         if measured and self.task.metric not in measured:

@@ -35,6 +35,8 @@ class TaskKind:
     head: ClassVar[Literal["classifier", "lm"]]
     #: The ``task`` fields this kind reads beside the common ones (kind, name, path, ...).
     fields: ClassVar[tuple[str, ...]] = ()
+    #: Metrics that need a ``task`` field set (metric -> field), e.g. a scoring function.
+    needs: ClassVar[dict[str, str]] = {}
 
     def load(self, cfg: TaskConfig, seed: int) -> Any:
         """The task's examples and their fixed train/validation/test split.

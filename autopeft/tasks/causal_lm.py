@@ -20,12 +20,19 @@ class CausalLM(TaskKind):
     rendered with the tokenizer's chat template, the last turn the assistant's answer); a
     ``datasets`` dataset with such columns; or the built-in ``arithmetic`` task. Metrics:
     ``eval_loss`` and ``perplexity`` always, ``exact_match`` of greedy answers when a study
-    uses it. The model is the base's own causal LM (its LM head stays frozen).
+    uses it, and ``score``: the study's own function of the greedy answers (``task.scorer``).
+    The model is the base's own causal LM (its LM head stays frozen).
     """
 
     name = "causal_lm"
     summary = "instruction tuning of a decoder: prompt/completion or chat rows (SFT)"
-    metrics = {"eval_loss": "minimize", "perplexity": "minimize", "exact_match": "maximize"}
+    metrics = {
+        "eval_loss": "minimize",
+        "perplexity": "minimize",
+        "exact_match": "maximize",
+        "score": "maximize",
+    }
+    needs = {"score": "scorer"}
     default_metric = "eval_loss"
     default_task = "arithmetic"
     head = "lm"
@@ -36,6 +43,7 @@ class CausalLM(TaskKind):
         "chat_template",
         "max_new_tokens",
         "generate_examples",
+        "scorer",
     )
 
     def load(self, cfg: TaskConfig, seed: int) -> Any:

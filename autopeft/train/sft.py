@@ -11,10 +11,12 @@ split 80/10/10 by the same seeded rule as classification tasks.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,6 +204,8 @@ class SFTEncoded(Encoded):
     #: ``task.max_new_tokens`` and ``task.generate_examples``.
     max_new_tokens: int = 32
     generate_examples: int = 100
+    #: ``task.scorer``, loaded: ``scorer(predictions, references) -> float``.
+    scorer: Callable[[list[str], list[str]], float] | None = None
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """A training/evaluation batch: loss on completion tokens only."""
@@ -353,6 +357,7 @@ def encode_sft(
             tokenizer=tokenizer,
             max_new_tokens=cfg.max_new_tokens,
             generate_examples=cfg.generate_examples,
+            scorer=load_scorer(cfg.scorer) if cfg.scorer else None,
         )
     if len(out["train"]) == 0:
         raise ConfigError(
@@ -378,6 +383,29 @@ def fit_notes(data: dict[str, SFTEncoded]) -> list[str]:
                 "to fit; raise task.max_length to keep them"
             )
     return lines
+
+
+def load_scorer(ref: str) -> Callable[[list[str], list[str]], float]:
+    """The function ``package.module:function`` named by ``task.scorer``.
+
+    Raises:
+        ConfigError: at ``task.scorer`` when it cannot be imported or is not callable.
+    """
+    module, _, name = ref.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            Problem(
+                "task.scorer",
+                f"cannot import the scoring function: {type(err).__name__}: {err}",
+                ref,
+                hint="name a function importable on every worker, e.g. mypkg.metrics:score",
+            )
+        ) from None
+    if not callable(fn):
+        raise ConfigError(Problem("task.scorer", "the scorer is not a function", ref))
+    return fn
 
 
 def normalise(text: str) -> str:
@@ -418,10 +446,26 @@ def evaluate_sft(
         total.append(out.loss.detach().double() * count)
     loss = float(torch.stack(total).sum()) / max(1, tokens)
     metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-    if "exact_match" in wanted:
-        metrics["exact_match"] = exact_match(
-            adapted, data, batch_size, min(n, data.generate_examples), device
-        )
+    generated = {"exact_match", "score"} & wanted
+    if generated:
+        rows = min(n, data.generate_examples)
+        answers = [
+            answer
+            for start in range(0, rows, batch_size)
+            for answer in generate_answers(
+                adapted,
+                data,
+                torch.arange(start, min(rows, start + batch_size)),
+                device,
+                data.max_new_tokens,
+            )
+        ]
+        refs = data.references[:rows]
+        if "exact_match" in generated:
+            hits = sum(normalise(a) == normalise(r) for a, r in zip(answers, refs))
+            metrics["exact_match"] = hits / max(1, rows)
+        if "score" in generated and data.scorer is not None:
+            metrics["score"] = float(data.scorer(answers, refs))
     model.train()
     return metrics
 
@@ -447,16 +491,3 @@ def generate_answers(
         out = adapted.model.generate(**inputs, generation_config=config)
     new = out[:, inputs["input_ids"].shape[1] :].cpu()
     return tok.batch_decode(new, skip_special_tokens=True)
-
-
-def exact_match(
-    adapted: Any, data: SFTEncoded, batch_size: int, n: int, device: torch.device
-) -> float:
-    """The share of the first ``n`` rows whose greedy answer equals the reference."""
-    hits = 0
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(n, start + batch_size))
-        answers = generate_answers(adapted, data, idx, device, data.max_new_tokens)
-        refs = [data.references[int(i)] for i in idx]
-        hits += sum(normalise(a) == normalise(r) for a, r in zip(answers, refs))
-    return hits / max(1, n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from autopeft.core.candidate import ModuleConfig
-from autopeft.core.profile import ModelProfile
+from autopeft.core.profile import FUSED_TARGETS, ModelProfile
 from autopeft.methods.base import MethodSpec
 
 PLACEMENTS = ("default", "sparse", "per_layer")
@@ -29,10 +29,12 @@ def example_config(spec: MethodSpec, profile: ModelProfile, placement: str) -> M
     targets: tuple[str, ...] = ()
     if spec.default_targets:
         available = profile.available_targets
+        # q, k and v name a fused q/k/v projection on models that have one (GPT-2).
+        wanted = {
+            FUSED_TARGETS.get(t, t) if t not in available else t for t in spec.default_targets
+        }
         targets = (
-            tuple(t for t in spec.default_targets if t in available)
-            if placement == "default"
-            else tuple(available)
+            tuple(t for t in available if t in wanted) if placement == "default" else available
         )
     layers: tuple[int, ...] = ()
     sizes = None

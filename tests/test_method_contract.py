@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autopeft import methods
+from autopeft import api, methods
 from autopeft.core.candidate import Candidate
+from autopeft.core.errors import ConfigError
 from autopeft.train.build import build_adapted, is_head_param
 from autopeft.train.models import load_model
 from autopeft.train.profile import profile_model
@@ -22,7 +23,13 @@ CASES = [
 
 
 #: Architectures every method is checked on: (tiny model, head): classifiers and a causal LM.
-ARCHS = [("tiny-bert", "classifier"), ("tiny-llama", "classifier"), ("tiny-llama", "lm")]
+ARCHS = [
+    ("tiny-bert", "classifier"),
+    ("tiny-llama", "classifier"),
+    ("tiny-llama", "lm"),
+    ("tiny-gpt2", "classifier"),
+    ("tiny-gpt2", "lm"),
+]
 
 
 def one_step(adapted, seed: int = 0):
@@ -50,6 +57,11 @@ def test_contract(arch, head, name, placement):
     model = load_model(arch, head=head)
     profile = profile_model(model)
     assert profile.task_type == ("CAUSAL_LM" if head == "lm" else "SEQ_CLS")
+    if not spec.supports_conv1d and spec.default_targets and profile.family == "gpt2":
+        # A method peft cannot put on Conv1D projections is refused when the space is read.
+        with pytest.raises(ConfigError, match="Conv1D projections"):
+            api.resolve(api.space_from_dict({"modules": {name: {}}}), profile)
+        return
     cfg = example_config(spec, profile, placement)
     assert spec.check(profile, cfg) is None
     adapted = build_adapted(model, profile, Candidate(modules=(cfg,)), total_steps=10)

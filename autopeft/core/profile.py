@@ -18,6 +18,7 @@ from autopeft.core.errors import ConfigError, Problem, did_you_mean
 
 #: Canonical sub-layer names a placement may target, with what they mean.
 TARGETS: dict[str, str] = {
+    "qkv": "fused attention q/k/v projection (GPT-2 c_attn); q, k or v name it there",
     "q": "attention query projection",
     "k": "attention key projection",
     "v": "attention value projection",
@@ -28,10 +29,12 @@ TARGETS: dict[str, str] = {
 }
 #: Group names that expand to several targets.
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
-    "attn": ("q", "k", "v", "o"),
+    "attn": ("qkv", "q", "k", "v", "o"),
     "ffn": ("ffn_up", "ffn_gate", "ffn_down"),
-    "all": ("q", "k", "v", "o", "ffn_up", "ffn_gate", "ffn_down"),
+    "all": ("qkv", "q", "k", "v", "o", "ffn_up", "ffn_gate", "ffn_down"),
 }
+#: Targets a model may have fused into one projection: asking for a part names the whole.
+FUSED_TARGETS: dict[str, str] = {"q": "qkv", "k": "qkv", "v": "qkv"}
 
 #: Each family's own sub-layer names, accepted as targets beside the canonical ones.
 LOCAL_TARGETS: dict[str, dict[str, str]] = {
@@ -51,6 +54,12 @@ LOCAL_TARGETS: dict[str, dict[str, str]] = {
         "up_proj": "ffn_up",
         "gate_proj": "ffn_gate",
         "down_proj": "ffn_down",
+    },
+    "gpt2": {
+        "c_attn": "qkv",
+        "attn.c_proj": "o",
+        "c_fc": "ffn_up",
+        "mlp.c_proj": "ffn_down",
     },
 }
 KNOWN_TARGET_NAMES = (
@@ -90,6 +99,17 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         pad_token_id=0,
         tie_word_embeddings=False,
     ),
+    "tiny-gpt2": dict(
+        model_type="gpt2",
+        vocab_size=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=0,
+    ),
 }
 
 
@@ -101,6 +121,8 @@ class Linear:
     in_features: int
     out_features: int
     bias: bool
+    #: A GPT-2-style ``Conv1D`` (weight stored in x out), which some peft methods cannot adapt.
+    conv1d: bool = False
 
     @property
     def params(self) -> int:
@@ -295,8 +317,47 @@ def _llama(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
     )
 
 
+def _gpt2(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
+    """GPT-2-style blocks: fused q/k/v (``c_attn``), ``Conv1D`` projections with biases."""
+    hidden, heads = cfg["n_embd"], cfg["n_head"]
+    inter = cfg.get("n_inner") or 4 * hidden
+    layers = []
+    for i in range(cfg["n_layer"]):
+        base = f"transformer.h.{i}"
+        sub = {
+            "qkv": Linear(f"{base}.attn.c_attn", hidden, 3 * hidden, True, conv1d=True),
+            "o": Linear(f"{base}.attn.c_proj", hidden, hidden, True, conv1d=True),
+            "ffn_up": Linear(f"{base}.mlp.c_fc", hidden, inter, True, conv1d=True),
+            "ffn_down": Linear(f"{base}.mlp.c_proj", inter, hidden, True, conv1d=True),
+        }
+        norms = (Norm(f"{base}.ln_1", hidden, True), Norm(f"{base}.ln_2", hidden, True))
+        layers.append(LayerProfile(i, base, f"{base}.attn", sub, norms))
+    per_layer = sum(s.params for s in layers[0].sublayers.values()) + 4 * hidden
+    embeddings = (cfg["vocab_size"] + cfg.get("n_positions", 1024)) * hidden
+    base_params = embeddings + per_layer * len(layers) + 2 * hidden
+    lm = head == "lm"
+    if lm and not cfg.get("tie_word_embeddings", True):
+        base_params += cfg["vocab_size"] * hidden
+    return ModelProfile(
+        family="gpt2",
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        vocab_size=cfg["vocab_size"],
+        layers=tuple(layers),
+        base_params=base_params,
+        head_path="" if lm else "score",
+        head_params=0 if lm else hidden * num_labels,
+        num_labels=0 if lm else num_labels,
+        is_causal=True,
+        task_type="CAUSAL_LM" if lm else "SEQ_CLS",
+    )
+
+
 #: config.json ``model_type`` -> profile builder. Other models are profiled from the built model.
-FAMILIES = {"bert": _bert, "llama": _llama, "mistral": _llama, "qwen2": _llama}
+FAMILIES = {"bert": _bert, "llama": _llama, "mistral": _llama, "qwen2": _llama, "gpt2": _gpt2}
 
 
 def profile_from_config(

@@ -26,7 +26,7 @@ from autopeft.core.params import (
     normalise_param,
     resolve_layers,
 )
-from autopeft.core.profile import LOCAL_TARGETS, TARGET_GROUPS, ModelProfile
+from autopeft.core.profile import FUSED_TARGETS, LOCAL_TARGETS, TARGET_GROUPS, ModelProfile
 from autopeft.core.space import ModuleSpace, SearchSpace
 
 _ENUM_LIMIT = 4096
@@ -282,7 +282,11 @@ class ResolvedSpace:
         params = {**defaults, **module.params}
         available = self.profile.available_targets
         if module.targets is None:
-            options = [tuple(t for t in spec.default_targets if t in available)]
+            # The method's defaults that this model has (q on GPT-2: its fused q/k/v).
+            fused = [
+                FUSED_TARGETS.get(t, t) if t not in available else t for t in spec.default_targets
+            ]
+            options = [tuple(t for t in available if t in fused)]
         else:
             choice = isinstance(module.targets, TargetChoice)
             groups = module.targets.choice if choice else [module.targets]
@@ -290,6 +294,16 @@ class ResolvedSpace:
                 options = [self._targets(g) for g in groups]
             except RuleError as err:
                 raise err.under("targets") from None
+        if not spec.supports_conv1d:
+            conv = sorted({t for ts in options for t in ts if self._conv1d(t)})
+            if conv:
+                raise RuleError(
+                    f"{name} cannot adapt this {self.profile.family} model's {', '.join(conv)}: "
+                    "they are Conv1D projections, and peft's implementation takes only "
+                    "nn.Linear layers",
+                    "use lora, ia3, vera or an adapter module on this model",
+                    path="targets",
+                )
         # `shared` stays true only when the shared placement is searched; a fixed shared
         # placement is just this module's fixed layers.
         shared = module.layers == "shared" and self.shared_layers is None
@@ -304,12 +318,17 @@ class ResolvedSpace:
             name, spec, params, options, layers, shared, module.per_layer, module.optional
         )
 
+    def _conv1d(self, target: str) -> bool:
+        return any(layer.sublayers[target].conv1d for layer in self.profile.layers)
+
     def _targets(self, names: list[str]) -> tuple[str, ...]:
         available = self.profile.available_targets
         out: list[str] = []
         local = LOCAL_TARGETS.get(self.profile.family, {})
         for name in names:
             name = local.get(name, name)  # the architecture's own name, e.g. q_proj -> q
+            if name not in available and FUSED_TARGETS.get(name) in available:
+                name = FUSED_TARGETS[name]  # q on GPT-2 is its fused q/k/v projection
             if name in TARGET_GROUPS:
                 out += [t for t in TARGET_GROUPS[name] if t in available]
             elif name not in available:

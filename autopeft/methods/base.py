@@ -82,6 +82,9 @@ class MethodSpec:
     uses_layers: ClassVar[bool] = True
     #: Whether ``per_layer`` sizes are supported.
     supports_per_layer: ClassVar[bool] = False
+    #: Whether it can adapt GPT-2-style ``Conv1D`` projections (peft's LoHa, LoKr, HRA and
+    #: MiSS take only ``nn.Linear``); a space placing it on them is refused when resolved.
+    supports_conv1d: ClassVar[bool] = True
     #: Value rules beyond the defaults of :meth:`value_rule` (e.g. a mode's words).
     value_rules: ClassVar[dict[str, ValueRule]] = {}
     #: Parameters added after studies were written: a candidate leaves them out while they

@@ -17,6 +17,7 @@ class HRA(MethodSpec):
     name = "hra"
     summary = "HRA: r Householder reflections multiplying each linear sub-layer (rank, even)"
     backend = "peft"
+    supports_conv1d = False  # peft adapts only nn.Linear with it
     default_space = {
         "rank": {"type": "choice", "values": [0, 2, 4, 8, 16]},
         "apply_gs": False,

@@ -17,6 +17,7 @@ class LoHa(MethodSpec):
     name = "loha"
     summary = "LoHa Hadamard product of two low-rank updates on linear sub-layers (rank, alpha)"
     backend = "peft"
+    supports_conv1d = False  # peft adapts only nn.Linear with it
     default_space = {
         "rank": {"type": "choice", "values": [0, 2, 4, 8, 16, 32]},
         "alpha": 8.0,

@@ -43,6 +43,7 @@ class LoKr(MethodSpec):
     name = "lokr"
     summary = "LoKr Kronecker-product updates on linear sub-layers (rank, alpha, factor)"
     backend = "peft"
+    supports_conv1d = False  # peft adapts only nn.Linear with it
     default_space = {
         "rank": {"type": "choice", "values": [0, 2, 4, 8, 16, 32]},
         "alpha": 8.0,

@@ -20,6 +20,7 @@ class MiSS(MethodSpec):
     name = "miss"
     summary = "MiSS: one shared r x out shard matrix updates each linear sub-layer (rank, mode)"
     backend = "peft"
+    supports_conv1d = False  # peft adapts only nn.Linear with it
     default_space = {
         "rank": {"type": "choice", "values": [0, 8, 16, 32]},
         "mode": "miss",

@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     BertConfig,
+    GPT2Config,
     LlamaConfig,
 )
 from transformers.utils import logging as hf_logging
@@ -25,7 +26,7 @@ from autopeft.core.profile import (
 )
 
 #: The tiny test architectures' Hugging Face config classes (their values live in core).
-_TINY_CLASSES = {"bert": BertConfig, "llama": LlamaConfig}
+_TINY_CLASSES = {"bert": BertConfig, "llama": LlamaConfig, "gpt2": GPT2Config}
 TINY = TINY_CONFIGS
 
 #: What a task's ``head`` loads: a sequence classifier or a causal language model.

@@ -24,7 +24,7 @@ def profile_model(model: nn.Module) -> ModelProfile:
     for layer in profile.layers:
         for lin in layer.sublayers.values():
             mod = model.get_submodule(lin.path)
-            shape = (mod.in_features, mod.out_features, mod.bias is not None)
+            shape = (*linear_shape(mod), mod.bias is not None)
             if shape != (lin.in_features, lin.out_features, lin.bias):
                 raise ValueError(f"profile mismatch at {lin.path}: {shape} vs {lin}")
         for norm in layer.norms:
@@ -40,3 +40,11 @@ def profile_model(model: nn.Module) -> ModelProfile:
             f"the model's {base}+{head}"
         )
     return profile
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    rows, cols = module.weight.shape
+    return int(rows), int(cols)  # transformers' Conv1D stores its weight transposed

@@ -101,6 +101,7 @@ def check_dashboard(study: Study) -> None:
     studies = get("/api/studies")["study_summaries"]
     assert [s["study_name"] for s in studies] == [study.config.name]
     detail = get(f"/api/studies/{studies[0]['study_id']}")
+    assert detail["objective_names"] == study.metrics  # named objectives, not values_0, ...
     shown = {t["number"]: t["state"].lower() for t in detail["trials"]}
     stored = {t.number: t.state.name.lower() for t in study.optuna.trials}
     assert shown == stored

@@ -8,22 +8,11 @@ import pytest
 import torch
 
 from autopeft import api
-from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.core.errors import ConfigError
 from autopeft.core.result import TrialStatus
 from autopeft.train.sft import load_sft, normalise
 from autopeft.train.trial import TrialContext, run_trial
-
-LORA = Candidate(
-    modules=(
-        ModuleConfig(
-            method="lora",
-            params={"rank": 4, "alpha": 8.0, "dropout": 0.0, "use_dora": False},
-            layers=(0, 1, 2, 3),
-            targets=("q", "v"),
-        ),
-    )
-)
+from tests.trial_helpers import LORA  # rank 4 on q, v of 4 layers
 
 
 def study(task=None, **extra):

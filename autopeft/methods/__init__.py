@@ -7,50 +7,21 @@ pointing at a ``MethodSpec`` subclass. Importing this package imports no torch o
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from importlib import metadata
-
 from autopeft.methods.base import MethodSpec
+from autopeft.registry import Registry
 
-_REGISTRY: dict[str, MethodSpec] = {}
-
-#: Files of this package that are infrastructure, not module types.
-_NOT_METHODS = {"base", "nn"}
-_loaded = False
-
-
-def register(cls: type[MethodSpec]) -> type[MethodSpec]:
-    """Class decorator: register a module type under ``cls.name``."""
-    if cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
-        raise ValueError(f"module type {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    # Every other file in this package is one built-in type: adding a type is adding a file.
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-    for entry in metadata.entry_points(group="autopeft.methods"):
-        register(entry.load())
+_REGISTRY: Registry[MethodSpec] = Registry("module type", __name__, __path__, {"base", "nn"})
+register = _REGISTRY.register
 
 
 def registry() -> dict[str, MethodSpec]:
     """All registered module types by name."""
-    _load()
-    return dict(_REGISTRY)
+    return _REGISTRY.all()
 
 
 def get(name: str) -> MethodSpec:
     """The module type ``name`` (KeyError if unknown)."""
-    _load()
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 __all__ = ["MethodSpec", "register", "registry", "get"]

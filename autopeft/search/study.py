@@ -13,6 +13,7 @@ import functools
 import json
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,11 @@ class Study:
         )
         if not read_only:
             self._keep_config(config)
+            if self.optuna.metric_names != self.metrics:
+                # optuna-dashboard then labels the objectives (exact_match, ...), not values_0.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.optuna.set_metric_names(self.metrics)
 
     def _keep_config(self, config: StudyConfig) -> None:
         """Store the configuration; refuse one whose trials would not compare with the study's.

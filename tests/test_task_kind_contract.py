@@ -75,3 +75,23 @@ def test_a_study_of_the_kind_trains_measures_and_describes(name):
     assert set(kind.needs) <= set(kind.metrics) and set(kind.needs.values()) <= set(kind.fields)
     assert all(isinstance(v, float) for v in metrics.values())
     json.dumps(kind.describe(ctx.task))  # what an export's manifest records
+
+
+def test_a_kind_may_read_task_fields_of_its_own_and_typos_are_refused():
+    from autopeft.core.errors import ConfigError
+
+    spec = {"name": "x", "search_space": {"modules": {"lora": {}}}}
+    config = api.study_from_dict({**spec, "task": {"kind": "causal_lm"}})
+    assert config.task.model_extra == {}
+    with pytest.raises(ConfigError) as err:
+        api.study_from_dict({**spec, "task": {"kind": "causal_lm", "max_lenght": 64}})
+    assert "unknown field 'max_lenght' in task" in str(err.value)
+    assert "did you mean 'max_length'" in str(err.value)
+    # A kind that declares a field of its own gets it, without TaskConfig knowing it.
+    kind = tasks.get("classification")
+    type(kind).fields = (*kind.fields, "label_smoothing")
+    try:
+        got = api.study_from_dict({**spec, "task": {"label_smoothing": 0.1}})
+        assert got.task.model_extra == {"label_smoothing": 0.1}
+    finally:
+        type(kind).fields = tuple(f for f in kind.fields if f != "label_smoothing")

@@ -96,8 +96,12 @@ class TaskConfig(_Section):
     """A task: its kind, a built-in offline task by name, a user CSV/JSONL file or a dataset.
 
     Which fields a task reads depends on its kind (``autopeft tasks`` lists them); setting a
-    field another kind reads is an error.
+    field another kind reads is an error. A kind may read fields of its own beyond those
+    declared here (``TaskKind.fields``, read from ``model_extra``), so adding a kind needs no
+    edit here: validation accepts exactly the common fields and the kind's.
     """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     #: The task kind (``autopeft.tasks``): ``classification`` or ``causal_lm``.
     kind: str = DEFAULT_KIND
@@ -304,16 +308,20 @@ class StudyConfig(_Section):
                 did_you_mean(self.task.metric, kind.metrics),
                 path="task.metric",
             )
-        foreign = sorted(
-            f for f in self.task.model_fields_set if f not in COMMON_TASK_FIELDS + kind.fields
-        )
-        if foreign:
-            verb = "is not a field" if len(foreign) == 1 else "are not fields"
+        own = COMMON_TASK_FIELDS + kind.fields
+        foreign = sorted(f for f in self.task.model_fields_set if f not in own)
+        for name in foreign:
+            if name in TaskConfig.model_fields:  # another kind's field
+                raise RuleError(
+                    f"{name} is not a field of {kind.name} tasks",
+                    f"a {kind.name} task reads {', '.join(kind.fields)}; `autopeft tasks` "
+                    "lists each kind's fields",
+                    path=f"task.{name}",
+                )
             raise RuleError(
-                f"{', '.join(foreign)} {verb} of {kind.name} tasks",
-                f"a {kind.name} task reads {', '.join(kind.fields)}; `autopeft tasks` lists "
-                "each kind's fields",
-                path=f"task.{foreign[0]}",
+                f"unknown field {name!r} in task",
+                did_you_mean(name, own) + "; `autopeft tasks` lists each kind's fields",
+                path=f"task.{name}",
             )
         for objective in self.objectives:
             if objective.metric not in METRICS and objective.metric not in kind.metrics:

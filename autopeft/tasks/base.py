@@ -33,7 +33,9 @@ class TaskKind:
     default_task: ClassVar[str]
     #: What :func:`autopeft.train.models.load_model` loads: ``classifier`` or ``lm``.
     head: ClassVar[Literal["classifier", "lm"]]
-    #: The ``task`` fields this kind reads beside the common ones (kind, name, path, ...).
+    #: The ``task`` fields this kind reads beside the common ones (kind, name, path, ...):
+    #: ``TaskConfig`` attributes, or names of the kind's own, read with
+    #: ``cfg.model_extra.get(name, default)`` (validation accepts exactly these).
     fields: ClassVar[tuple[str, ...]] = ()
     #: Metrics that need a ``task`` field set (metric -> field), e.g. a scoring function.
     needs: ClassVar[dict[str, str]] = {}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from autopeft import __version__
 
@@ -54,20 +57,41 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.n_trials is not None:
         at_least_one("--n-trials", args.n_trials, "leave it out to run the study file's n_trials")
-    study = run(
-        args.file,
-        n_trials=args.n_trials,
-        executor=args.executor,
-        storage=args.storage,
-        root=args.root,
-        progress=not args.quiet,
-        address=args.address,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent,
-    )
+    with _ctrl_c_stops_training():
+        study = run(
+            args.file,
+            n_trials=args.n_trials,
+            executor=args.executor,
+            storage=args.storage,
+            root=args.root,
+            progress=not args.quiet,
+            address=args.address,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            max_concurrent=args.max_concurrent,
+        )
     _print_front(study)
     return 0
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_training():
+    """Ctrl-C stops a run even when its KeyboardInterrupt lands somewhere that drops it.
+
+    See :mod:`autopeft.stop`; only the main thread can take signals, and the handler it had
+    is put back afterwards.
+    """
+    from autopeft import stop
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stop.REQUESTED.clear()
+    previous = signal.signal(signal.SIGINT, stop.on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_front(study) -> None:

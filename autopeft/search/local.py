@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from autopeft import stop
 from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
 from autopeft.core.result import TrialResult, TrialStatus
@@ -107,6 +108,7 @@ def run_local(
     known = study.known_results()
     try:
         while study.n_done() < n_trials:
+            stop.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed ends the run here
             proposal = study.propose(known)
             if proposal is None:
                 _say_exhausted(study, n_trials)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from autopeft import stop
 from autopeft.core.study_config import TrainingConfig
 from autopeft.train.build import AdaptedModel
 from autopeft.train.data import Encoded
@@ -170,6 +171,7 @@ def train_and_eval(
     start = time.perf_counter()
     step = 0
     for step, batch in enumerate(train.batches(cfg.batch_size, cfg.seed, total), start=1):
+        stop.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops here
         # Counted on the host batch: the same sum on the device would synchronise every step.
         result.tokens += int(batch["attention_mask"].sum())
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -99,10 +99,12 @@ def activation_coeffs(family: str, device: str) -> Terms:
 
 #: Which saved tensor a module on a target reads: targets sharing a source share a tensor.
 _SOURCE = {
+    "qkv": "attn_in",
     "q": "attn_in",
     "k": "attn_in",
     "v": "attn_in",
     "o": "attn_ctx",
+    "ffn_gate_up": "ffn_in",
     "ffn_up": "ffn_in",
     "ffn_gate": "ffn_in",
     "ffn_down": "ffn_mid",

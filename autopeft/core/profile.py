@@ -23,6 +23,7 @@ TARGETS: dict[str, str] = {
     "k": "attention key projection",
     "v": "attention value projection",
     "o": "attention output projection",
+    "ffn_gate_up": "fused FFN gate and input projection (Phi-3 gate_up_proj)",
     "ffn_up": "FFN input projection (BERT intermediate.dense, Llama up_proj)",
     "ffn_gate": "FFN gate projection (Llama-family only)",
     "ffn_down": "FFN output projection (BERT output.dense, Llama down_proj)",
@@ -30,11 +31,17 @@ TARGETS: dict[str, str] = {
 #: Group names that expand to several targets.
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
     "attn": ("qkv", "q", "k", "v", "o"),
-    "ffn": ("ffn_up", "ffn_gate", "ffn_down"),
-    "all": ("qkv", "q", "k", "v", "o", "ffn_up", "ffn_gate", "ffn_down"),
+    "ffn": ("ffn_gate_up", "ffn_up", "ffn_gate", "ffn_down"),
+    "all": ("qkv", "q", "k", "v", "o", "ffn_gate_up", "ffn_up", "ffn_gate", "ffn_down"),
 }
 #: Targets a model may have fused into one projection: asking for a part names the whole.
-FUSED_TARGETS: dict[str, str] = {"q": "qkv", "k": "qkv", "v": "qkv"}
+FUSED_TARGETS: dict[str, str] = {
+    "q": "qkv",
+    "k": "qkv",
+    "v": "qkv",
+    "ffn_gate": "ffn_gate_up",
+    "ffn_up": "ffn_gate_up",
+}
 
 #: Each family's own sub-layer names, accepted as targets beside the canonical ones.
 LOCAL_TARGETS: dict[str, dict[str, str]] = {
@@ -53,6 +60,12 @@ LOCAL_TARGETS: dict[str, dict[str, str]] = {
         "o_proj": "o",
         "up_proj": "ffn_up",
         "gate_proj": "ffn_gate",
+        "down_proj": "ffn_down",
+    },
+    "phi3": {
+        "qkv_proj": "qkv",
+        "o_proj": "o",
+        "gate_up_proj": "ffn_gate_up",
         "down_proj": "ffn_down",
     },
     "gpt2": {
@@ -273,6 +286,7 @@ def _llama(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
     heads = cfg["num_attention_heads"]
     kv = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or hidden // heads
+    model_type = cfg.get("model_type")
     attn_bias, mlp_bias = bool(cfg.get("attention_bias")), bool(cfg.get("mlp_bias"))
     # Qwen2 has biases on q, k and v (not o) without saying so in its config.
     qkv_bias = attn_bias or cfg.get("model_type") == "qwen2"
@@ -288,19 +302,39 @@ def _llama(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
             "ffn_gate": Linear(f"{base}.mlp.gate_proj", hidden, inter, mlp_bias),
             "ffn_down": Linear(f"{base}.mlp.down_proj", inter, hidden, mlp_bias),
         }
+        if model_type == "phi3":  # fused q/k/v and gate/up projections
+            sub = {
+                "qkv": Linear(
+                    f"{base}.self_attn.qkv_proj", hidden, (heads + 2 * kv) * head_dim, False
+                ),
+                "o": sub["o"],
+                "ffn_gate_up": Linear(f"{base}.mlp.gate_up_proj", hidden, 2 * inter, False),
+                "ffn_down": sub["ffn_down"],
+            }
         norms = (
             Norm(f"{base}.input_layernorm", hidden, False),
             Norm(f"{base}.post_attention_layernorm", hidden, False),
         )
+        if model_type in QK_NORMS:
+            norms += (
+                Norm(f"{base}.self_attn.q_norm", head_dim, False),
+                Norm(f"{base}.self_attn.k_norm", head_dim, False),
+            )
+        if model_type in FFN_NORMS:
+            norms += (
+                Norm(f"{base}.pre_feedforward_layernorm", hidden, False),
+                Norm(f"{base}.post_feedforward_layernorm", hidden, False),
+            )
         layers.append(LayerProfile(i, base, f"{base}.self_attn", sub, norms))
     embed = cfg["vocab_size"] * hidden
-    per_layer = sum(s.params for s in layers[0].sublayers.values()) + 2 * hidden
+    per_layer = sum(s.params for s in layers[0].sublayers.values())
+    per_layer += sum(n.params for n in layers[0].norms)
     base_params = embed + per_layer * len(layers) + hidden
     lm = head == "lm"
     if lm and not cfg.get("tie_word_embeddings", True):
         base_params += cfg["vocab_size"] * hidden  # an LM head of its own, frozen
     return ModelProfile(
-        family="llama",
+        family="phi3" if model_type == "phi3" else "llama",
         hidden_size=hidden,
         intermediate_size=inter,
         num_heads=heads,
@@ -356,8 +390,18 @@ def _gpt2(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
     )
 
 
-#: config.json ``model_type`` -> profile builder. Other models are profiled from the built model.
-FAMILIES = {"bert": _bert, "llama": _llama, "mistral": _llama, "qwen2": _llama, "gpt2": _gpt2}
+#: Llama-style families with RMS norms on the queries and keys, or around the FFN too.
+QK_NORMS = ("qwen3", "gemma3_text")
+FFN_NORMS = ("gemma2", "gemma3_text")
+#: config.json ``model_type`` -> profile builder.
+FAMILIES = {
+    "bert": _bert,
+    "gpt2": _gpt2,
+    **{
+        t: _llama
+        for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+    },
+}
 
 
 def profile_from_config(

@@ -425,7 +425,11 @@ def reeval(
                 "budget if every trial is INFEASIBLE",
             )
         )
-    front = sorted(everything, key=lambda nr: -(nr[1].metrics.get(metric) or 0.0))[:top]
+    # Best task metric first, in its direction (the lowest eval_loss, the highest accuracy).
+    scores = {n: study.config.task_score(r.metrics) for n, r in everything}
+    front = sorted(
+        everything, key=lambda nr: float("inf") if scores[nr[0]] is None else -scores[nr[0]]
+    )[:top]
     run = run or _training_seed_runner(study)
     out = []
     for number, result in front:

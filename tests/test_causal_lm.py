@@ -229,6 +229,9 @@ def test_a_causal_study_runs_with_halving_and_exports_a_loadable_adapter(tmp_pat
     assert rung_points and all(p[0] < 0 for p in rung_points)
     number, best = trained.best("eval_loss")
     assert best.metrics["eval_loss"] == min(r.metrics["eval_loss"] for _, r in trained.front())
+    # reeval retrains the best front point first: the lowest loss, not the highest.
+    (row,) = results.reeval(trained, top=1, seeds=1)
+    assert row["trial"] == number and row["metric"] == "eval_loss"
 
     out = results.export_trial(trained, number, tmp_path / "adapter")
     adapter = json.loads((out / "adapter_config.json").read_text())

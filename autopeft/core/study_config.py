@@ -233,11 +233,6 @@ def task_kind(name: Any, info: ValidationInfo) -> Any:
     return kinds.get(name) if kinds is not None and isinstance(name, str) else None
 
 
-def all_metrics(kind: Any) -> dict[str, str]:
-    """A task kind's metrics with their directions, plus the cost metrics."""
-    return {**METRICS, **kind.metrics}
-
-
 class StudyConfig(_Section):
     """A whole study file."""
 
@@ -323,14 +318,6 @@ class StudyConfig(_Section):
                 did_you_mean(name, own) + "; `autopeft tasks` lists each kind's fields",
                 path=f"task.{name}",
             )
-        for objective in self.objectives:
-            if objective.metric not in METRICS and objective.metric not in kind.metrics:
-                raise RuleError(
-                    f"a {kind.name} task measures {', '.join(kind.metrics)}, but got "
-                    f"{objective.metric!r}",
-                    did_you_mean(objective.metric, {**METRICS, **kind.metrics}),
-                    path="objectives",
-                )
         for metric in {self.task.metric, *(o.metric for o in self.objectives)}:
             needed = kind.needs.get(metric)
             if needed and getattr(self.task, needed) is None:
@@ -356,6 +343,27 @@ class StudyConfig(_Section):
             if objective.metric == self.task.metric:
                 return objective.direction
         return "minimize" if self.task.metric in LOWER_IS_BETTER else "maximize"
+
+    def task_score(self, metrics: dict[str, float]) -> float | None:
+        """The task metric of ``metrics`` signed so that higher is better (None: not there).
+
+        What halving ranks trials by at a rung, and ``reeval`` picks the best ones by.
+        """
+        value = metrics.get(self.task.metric)
+        if value is None:
+            return None
+        return value if self.task_direction == "maximize" else -value
+
+    def rung_score(self, metrics: dict[str, float]) -> float:
+        """:meth:`task_score` of an evaluation at a rung, which must have measured it.
+
+        Raises:
+            KeyError: when the evaluation did not measure the task metric.
+        """
+        score = self.task_score(metrics)
+        if score is None:
+            raise KeyError(f"the evaluation did not measure {self.task.metric!r}")
+        return score
 
     @field_validator("name")
     @classmethod

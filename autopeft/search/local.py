@@ -72,10 +72,7 @@ def halving_report(
     def report(step: int, metrics: dict[str, float]) -> bool:
         if step not in rung_set:
             return True
-        score = study.task_score(metrics)
-        if score is None:
-            raise KeyError(f"the evaluation did not measure {study.config.task.metric!r}")
-        point = [score, *point_rest]
+        point = [study.config.rung_score(metrics), *point_rest]
         peers, finished = study.rung_evidence(step, trial_number, outcomes=rule.stop_hopeless)
         study.record_rung(trial_number, step, point)
         return rule.should_continue(point, peers, finished)

@@ -66,7 +66,6 @@ def trial_function(trial_config: dict, config_json: str, cache_dir: str, kind: s
     runner = _runner(config_json, cache_dir, kind)
     candidate = Candidate.model_validate(trial_config["candidate"])
     config = StudyConfig.model_validate_json(config_json)
-    metric, sign = config.task.metric, 1.0 if config.task_direction == "maximize" else -1.0
     base = {"number": trial_config["number"], "params": trial_config["params"]}
     base["predicted_memory"] = trial_config["predicted_memory"]
 
@@ -75,7 +74,7 @@ def trial_function(trial_config: dict, config_json: str, cache_dir: str, kind: s
             {
                 **base,
                 "step": step,
-                "metric": sign * metrics[metric],  # higher is better, as the scheduler expects
+                "metric": config.rung_score(metrics),  # higher is better, as the scheduler wants
                 "final": False,
                 "metrics": json.dumps(metrics),
             }
@@ -89,7 +88,7 @@ def trial_function(trial_config: dict, config_json: str, cache_dir: str, kind: s
         {
             **base,
             "step": result.steps,
-            "metric": sign * result.metrics[metric] if metric in result.metrics else 0.0,
+            "metric": config.task_score(result.metrics) or 0.0,
             "final": True,
             "result": result.model_dump_json(),
         }

@@ -315,7 +315,7 @@ class Study:
         """Store a trial's (task score, params, predicted memory) at a rung for its peers.
 
         The task score is the task metric signed so that higher is better
-        (:meth:`task_score`), as the halving rule expects.
+        (``StudyConfig.task_score``), as the halving rule expects.
         """
         self.optuna._storage.set_trial_user_attr(
             self._trial_id(trial_number), rung_attr(step), point
@@ -356,7 +356,7 @@ class Study:
                 or t.user_attrs.get(STATUS_ATTR) != TrialStatus.COMPLETE.value
             ):
                 continue
-            final = self.task_score(t.user_attrs[RESULT_ATTR]["metrics"])
+            final = self.config.task_score(t.user_attrs[RESULT_ATTR]["metrics"])
             if final is not None:
                 finished.append((rung, [final, *rung[1:]]))
         return peers, finished
@@ -487,13 +487,6 @@ class Study:
         if metric == self.config.task.metric:
             return self.config.task_direction
         return METRICS.get(metric, "maximize")
-
-    def task_score(self, metrics: dict[str, float]) -> float | None:
-        """The task metric of ``metrics`` signed so that higher is better (for halving)."""
-        value = metrics.get(self.config.task.metric)
-        if value is None:
-            return None
-        return value if self.config.task_direction == "maximize" else -value
 
     def to_pandas(self) -> Any:
         """One row per trial: state, status, objectives, parameters, candidate, error."""

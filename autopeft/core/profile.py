@@ -289,7 +289,7 @@ def _llama(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
     model_type = cfg.get("model_type")
     attn_bias, mlp_bias = bool(cfg.get("attention_bias")), bool(cfg.get("mlp_bias"))
     # Qwen2 has biases on q, k and v (not o) without saying so in its config.
-    qkv_bias = attn_bias or cfg.get("model_type") == "qwen2"
+    qkv_bias = attn_bias or model_type == "qwen2"
     layers = []
     for i in range(cfg["num_hidden_layers"]):
         base = f"model.layers.{i}"
@@ -330,9 +330,6 @@ def _llama(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
     per_layer = sum(s.params for s in layers[0].sublayers.values())
     per_layer += sum(n.params for n in layers[0].norms)
     base_params = embed + per_layer * len(layers) + hidden
-    lm = head == "lm"
-    if lm and not cfg.get("tie_word_embeddings", True):
-        base_params += cfg["vocab_size"] * hidden  # an LM head of its own, frozen
     return ModelProfile(
         family="phi3" if model_type == "phi3" else "llama",
         hidden_size=hidden,
@@ -342,12 +339,34 @@ def _llama(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
         head_dim=head_dim,
         vocab_size=cfg["vocab_size"],
         layers=tuple(layers),
-        base_params=base_params,
-        head_path="" if lm else "score",
-        head_params=0 if lm else hidden * num_labels,
-        num_labels=0 if lm else num_labels,
         is_causal=True,
-        task_type="CAUSAL_LM" if lm else "SEQ_CLS",
+        **_decoder_head(cfg, hidden, num_labels, head, base_params),
+    )
+
+
+def _decoder_head(
+    cfg: dict[str, Any], hidden: int, num_labels: int, head: str, body_params: int
+) -> dict[str, Any]:
+    """A decoder profile's head fields: a trained classifier (``score``) or the frozen LM head.
+
+    ``body_params`` are the base's parameters without any head; an LM head of its own (not
+    tied to the embeddings) is frozen, so it counts among the base parameters.
+    """
+    if head != "lm":
+        return dict(
+            base_params=body_params,
+            head_path="score",
+            head_params=hidden * num_labels,
+            num_labels=num_labels,
+            task_type="SEQ_CLS",
+        )
+    untied = 0 if cfg.get("tie_word_embeddings", True) else cfg["vocab_size"] * hidden
+    return dict(
+        base_params=body_params + untied,
+        head_path="",
+        head_params=0,
+        num_labels=0,
+        task_type="CAUSAL_LM",
     )
 
 
@@ -369,9 +388,6 @@ def _gpt2(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
     per_layer = sum(s.params for s in layers[0].sublayers.values()) + 4 * hidden
     embeddings = (cfg["vocab_size"] + cfg.get("n_positions", 1024)) * hidden
     base_params = embeddings + per_layer * len(layers) + 2 * hidden
-    lm = head == "lm"
-    if lm and not cfg.get("tie_word_embeddings", True):
-        base_params += cfg["vocab_size"] * hidden
     return ModelProfile(
         family="gpt2",
         hidden_size=hidden,
@@ -381,12 +397,8 @@ def _gpt2(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
         head_dim=hidden // heads,
         vocab_size=cfg["vocab_size"],
         layers=tuple(layers),
-        base_params=base_params,
-        head_path="" if lm else "score",
-        head_params=0 if lm else hidden * num_labels,
-        num_labels=0 if lm else num_labels,
         is_causal=True,
-        task_type="CAUSAL_LM" if lm else "SEQ_CLS",
+        **_decoder_head(cfg, hidden, num_labels, head, base_params),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,16 +44,21 @@ class AdaptedModel:
         """
         specs = [(methods.get(m.method), m) for m in self.candidate.modules]
         groups: dict[float, list[nn.Parameter]] = {}
-        seen: set[int] = set()
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
+        for name, p in trainable_named(self.model):
             factor = 1.0
             for spec, cfg in specs:
                 factor *= spec.lr_multiplier(cfg, name)
             groups.setdefault(factor, []).append(p)
         return [{"params": ps, "lr": lr * f} for f, ps in groups.items()]
+
+
+def trainable_named(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` of every trainable parameter, a tensor shared by two names once."""
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            yield name, p
 
 
 def is_head_param(name: str, profile: ModelProfile) -> bool:
@@ -62,12 +68,8 @@ def is_head_param(name: str, profile: ModelProfile) -> bool:
 
 def count_trainable(model: nn.Module, profile: ModelProfile) -> tuple[int, int]:
     """Count ``(adapter, head)`` trainable parameters of a built model (shared tensors once)."""
-    seen: set[int] = set()
     adapter = head = 0
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
+    for name, p in trainable_named(model):
         if is_head_param(name, profile):
             head += p.numel()
         else:

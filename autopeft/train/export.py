@@ -55,15 +55,13 @@ def export_adapted(
     _clear_previous_export(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_trainable(adapted, out_dir / WEIGHTS)
-    peft_backed = any(methods.get(m).backend == "peft" for m in adapted.candidate.methods)
-    if peft_backed:
+    specs = [(methods.get(m.method), m) for m in adapted.candidate.modules]
+    peft_module = next(((spec, m) for spec, m in specs if spec.backend == "peft"), None)
+    peft_backed = peft_module is not None
+    if peft_module is not None:
         # The method writes it: PiSSA/OLoRA adapters, trained on a changed base, are
         # converted so that they load on the original one.
-        spec, cfg = next(
-            (methods.get(m.method), m)
-            for m in adapted.candidate.modules
-            if methods.get(m.method).backend == "peft"
-        )
+        spec, cfg = peft_module
         spec.save_peft(adapted.model, str(out_dir), cfg)
         cfg_path = out_dir / "adapter_config.json"
         adapter_cfg = json.loads(cfg_path.read_text())
@@ -83,9 +81,7 @@ def export_adapted(
         "head_params": adapted.head_params,
         "peft_adapter": peft_backed,
         # Modules peft cannot load: PeftModel.from_pretrained alone would silently drop them.
-        "native_modules": [
-            m for m in adapted.candidate.methods if methods.get(m).backend == "native"
-        ],
+        "native_modules": [m.method for spec, m in specs if spec.backend == "native"],
         "task": config.task.model_dump(mode="json"),
         "training": trial_training(config.training, adapted.candidate).model_dump(mode="json"),
         "study": config.name,

@@ -27,7 +27,6 @@ from autopeft.core.profile import (
 
 #: The tiny test architectures' Hugging Face config classes (their values live in core).
 _TINY_CLASSES = {"bert": BertConfig, "llama": LlamaConfig, "gpt2": GPT2Config}
-TINY = TINY_CONFIGS
 
 #: What a task's ``head`` loads: a sequence classifier or a causal language model.
 _AUTO_CLASSES = {"classifier": AutoModelForSequenceClassification, "lm": AutoModelForCausalLM}

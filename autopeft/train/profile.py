@@ -31,8 +31,9 @@ def profile_model(model: nn.Module) -> ModelProfile:
             mod = model.get_submodule(norm.path)
             if mod.weight.numel() != norm.size:
                 raise ValueError(f"profile mismatch at {norm.path}")
-    head_params = profile.head_path and model.get_submodule(profile.head_path).parameters()
-    head = sum(p.numel() for p in head_params or ())
+    head = 0
+    if profile.has_head:
+        head = sum(p.numel() for p in model.get_submodule(profile.head_path).parameters())
     base = sum(p.numel() for p in model.parameters()) - head
     if (base, head) != (profile.base_params, profile.head_params):
         raise ValueError(

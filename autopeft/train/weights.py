@@ -6,17 +6,12 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from autopeft.train.build import AdaptedModel
+from autopeft.train.build import AdaptedModel, trainable_named
 
 
 def trainable_state(adapted: AdaptedModel) -> dict:
     """The trainable tensors by parameter name (shared tensors once)."""
-    seen, out = set(), {}
-    for name, p in adapted.model.named_parameters():
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            out[name] = p.detach().cpu().contiguous()
-    return out
+    return {name: p.detach().cpu().contiguous() for name, p in trainable_named(adapted.model)}
 
 
 def save_trainable(adapted: AdaptedModel, path: Path) -> Path:

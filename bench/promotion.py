@@ -50,6 +50,7 @@ from surrogate import F64, Surrogate, _with_bias, fit_ridge, for_study, ridge_lo
 
 from autopeft.core.halving import RUNG_DIRECTIONS, rung_steps  # noqa: E402
 from autopeft.core.pareto import hypervolume  # noqa: E402
+from autopeft.search.proposals import Proposer  # noqa: E402
 from autopeft.search.study import model_profile  # noqa: E402
 
 #: Policy flags: the rungs see the final accuracy; TPE is told paused trials' rung points
@@ -311,8 +312,8 @@ def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
             finished.append(study.values_of(result))
             since = 0
         else:
-            proposal = study.propose(known)
-            if proposal is None:
+            proposal = Proposer(study, n_trials=10**9, known=known).next()
+            if isinstance(proposal, str):  # only known candidates: the space is exhausted
                 break
             trial, candidate = proposal
             n_params, predicted, _ = runner.budget(candidate)

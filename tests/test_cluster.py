@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autopeft import api
+from autopeft.core.candidate import Candidate
 from autopeft.core.result import TrialStatus
 from autopeft.search.study import Study
 from tests.helpers import counted_trials
@@ -98,20 +100,31 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_two_concurrent_drivers_share_one_postgres_study(postgres_url, tmp_path):
-    name, n = f"two-drivers-{uuid.uuid4().hex[:8]}", 30
+@pytest.mark.parametrize("drivers", [2, 3])
+def test_concurrent_drivers_share_one_postgres_study_exactly(postgres_url, tmp_path, drivers):
+    name, n = f"drivers-{drivers}-{uuid.uuid4().hex[:8]}", 24
     cmd = [sys.executable, "-c", DRIVER, name, postgres_url, str(tmp_path), str(n)]
-    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(drivers)]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()[-3000:]
     study = optuna.load_study(study_name=name, storage=postgres_url)
     trials = study.trials
     assert all(t.state != TrialState.RUNNING for t in trials)  # nothing left hanging
-    assert all("result" in t.user_attrs for t in trials)  # every asked trial was told
-    # Each driver stops once n trials are done; at most one extra trial may be in flight.
-    assert n <= len(counted_trials(trials)) <= n + 1
-    assert len({t.number for t in trials}) == len(trials)
+    assert all(t.state.is_finished() for t in trials)  # every asked trial was told
+    assert len(counted_trials(trials)) == n  # exactly n_trials, not one more per driver
     assert not any(t.user_attrs.get("interrupted") for t in trials)
+    trained = [
+        Candidate.model_validate(t.user_attrs["candidate"]).key()
+        for t in trials
+        if t.user_attrs.get("status") == "COMPLETE" and not t.user_attrs.get("reused")
+    ]
+    assert len(trained) == len(set(trained)), "two drivers trained one candidate"
+    # Each driver drew from its own random stream: their first proposals differ.
+    firsts = {}
+    for t in trials:
+        firsts.setdefault(t.user_attrs["driver"], t.user_attrs["candidate"])
+    assert sorted(firsts) == list(range(drivers))
+    assert len({json.dumps(c, sort_keys=True) for c in firsts.values()}) == drivers
 
 
 def test_ray_cluster_with_postgres_survives_a_lost_worker_node(postgres_url, tmp_path):

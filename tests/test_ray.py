@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import textwrap
+import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from autopeft import api
+from autopeft.core.candidate import Candidate
 from autopeft.core.result import TrialStatus
 from autopeft.search.study import Study, rung_attr
 from tests.helpers import check_dashboard, check_front, check_states, counted_trials, wait_mid_trial
@@ -50,7 +55,7 @@ def test_real_tiny_study_on_ray_with_reused_actors(local_ray, tmp_path):
     from autopeft.search.ray import _RUNNERS, run_ray
 
     study = Study(api.study_from_dict({"name": "ray-e2e", **STUDY}), root=tmp_path)
-    run_ray(study, 8, progress=False)
+    run_ray(study, 8)  # the default progress display on (it once broke Tune's pickling)
     assert study.n_done() == 8
     results = dict(study.results())
     statuses = [r.status for r in results.values()]
@@ -167,6 +172,155 @@ def test_kill_and_resume_ray_driver(tmp_path):
             assert not retries
             continue
         assert len(retries) == 1 and retries[0].params == t.params
+    assert_trained_once(after.trials)
+
+
+def assert_trained_once(trials) -> None:
+    """No candidate was trained (to a result) by two trials."""
+    keys = [
+        Candidate.model_validate(t.user_attrs["candidate"]).key()
+        for t in trials
+        if t.user_attrs.get("status") in ("COMPLETE", "PRUNED") and not t.user_attrs.get("reused")
+    ]
+    assert len(keys) == len(set(keys)), "a candidate was trained twice"
+
+
+def ray_processes(tmpdir: str) -> list[int]:
+    """Live processes of the Ray whose temp dir is under ``tmpdir``."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(tmpdir in arg for arg in p.info["cmdline"] or ()):
+                found.append(p.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def cli_run(file, root, *extra) -> list[str]:
+    return [sys.executable, "-m", "autopeft.cli", "run", str(file), "--root", str(root), *extra]
+
+
+def ray_env(tmpdir: str) -> dict[str, str]:
+    return dict(
+        os.environ, OMP_NUM_THREADS="1", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", RAY_TMPDIR=tmpdir
+    )
+
+
+NOISE = ("Token authentication", "save not implemented", "Traceback", "Tuner.restore")
+
+
+def test_ctrl_c_under_ray_stops_like_the_local_executor(tmp_path):
+    import yaml
+
+    file = tmp_path / "study.yaml"
+    long = {**STUDY["training"], "steps": 3000, "eval_every": 3000}
+    spec = {"name": "ray-ctrl-c", **STUDY, "training": long, "halving": {"enabled": False}}
+    file.write_text(yaml.safe_dump({**spec, "n_trials": 3}))
+    tmpdir = tempfile.mkdtemp(prefix="apr-", dir="/tmp")  # short: Ray's socket paths
+    # The default progress display on, as a user runs it; a terminal's Ctrl-C goes to the
+    # whole foreground process group.
+    proc = subprocess.Popen(
+        cli_run(file, tmp_path, "--executor", "ray"),
+        env=ray_env(tmpdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    db = tmp_path / "ray-ctrl-c" / "study.db"
+    wait_mid_trial(db, "ray-ctrl-c", proc, min_done=0, timeout=300)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert ray_processes(tmpdir)  # the local Ray this run started
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == [
+        "interrupted: finished trials are kept; run the same command to resume"
+    ]
+    deadline = time.time() + 20
+    while ray_processes(tmpdir) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes(tmpdir), "Ray processes outlived the driver"
+    trials = optuna.load_study(study_name="ray-ctrl-c", storage=f"sqlite:///{db}").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
+    retries = sorted(t.user_attrs["retry_of"] for t in trials if t.state == TrialState.WAITING)
+    assert retries == sorted(t.number for t in stopped if "candidate" in t.user_attrs)
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def test_cli_on_a_running_cluster_shows_progress_without_noise(local_ray, tmp_path):
+    import yaml
+
+    file = tmp_path / "study.yaml"
+    spec = {"name": "ray-address", **STUDY, "halving": {"enabled": False}, "n_trials": 2}
+    file.write_text(yaml.safe_dump(spec))
+    address = local_ray.get_runtime_context().gcs_address
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0")
+    out = subprocess.run(
+        cli_run(file, tmp_path, "--executor", "ray", "--address", address),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2/2" in out.stdout and "front" in out.stdout and "HV" in out.stdout  # progress
+    assert "Pareto front of 'ray-address'" in out.stdout
+    assert not [n for n in NOISE if n in out.stdout + out.stderr], out.stderr[-3000:]
+    assert local_ray.is_initialized()  # the cluster itself was left running
+
+
+def test_concurrent_ray_trials_never_train_one_candidate_twice(local_ray, tmp_path):
+    from autopeft.search.ray import run_ray
+
+    spec = {"name": "ray-dupes", **STUDY, "halving": {"enabled": False}}
+    study = Study(api.study_from_dict(spec), root=tmp_path)
+    scratch = optuna.create_study().ask()  # a candidate's parameters, outside the study
+    study.space.sample(scratch)
+    for _ in range(3):  # the sampler proposes one candidate three times in a row
+        study.optuna.enqueue_trial(scratch.params)
+    run_ray(study, 3, runner="blackbox", max_concurrent=3, progress=False)
+    trials = study.optuna.get_trials()
+    assert_trained_once(trials)
+    copies = [t for t in trials if "waits_for" in t.user_attrs]
+    assert len(copies) == 2 and all(t.user_attrs["reused"] for t in copies)
+    assert all(t.state.is_finished() for t in trials)
+    assert study.n_done() == 3
+
+
+def test_a_local_ray_listens_on_the_loopback_only():
+    script = textwrap.dedent(
+        """
+        import psutil, ray
+        from autopeft.search.ray import _start_ray
+        _start_ray(None)
+        me = psutil.Process()
+        listening = {
+            c.laddr.ip
+            for p in [me, *me.children(recursive=True)]
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+        ray.shutdown()
+        print(sorted(listening))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(os.environ, RAY_ENABLE_UV_RUN_RUNTIME_ENV="0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    addresses = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 -- our own output
+    assert addresses and set(addresses) <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
+    assert "Token authentication" not in out.stderr
 
 
 @pytest.mark.parametrize(

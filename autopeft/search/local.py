@@ -15,7 +15,8 @@ from autopeft import stop
 from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
 from autopeft.core.result import TrialResult, TrialStatus
-from autopeft.search.study import REPEAT_LIMIT, REUSABLE, Study
+from autopeft.search.proposals import DONE, EXHAUSTED, Proposer
+from autopeft.search.study import REPEAT_LIMIT, Study
 
 Listener = Callable[[int, TrialResult], None]
 Report = Callable[[int, dict[str, float]], bool]
@@ -101,15 +102,20 @@ def run_local(
     rungs = rung_steps(cfg.steps, cfg.rungs) if rule else [cfg.steps]
     study.recover_interrupted()
     display = Progress(study, n_trials) if progress else None
-    # A candidate already trained is not trained again: its result is reused (Study.propose).
-    known = study.known_results()
+    # A candidate trained (or training) anywhere in the study is not trained again.
+    proposer = Proposer(study, n_trials)
     try:
-        while study.n_done() < n_trials:
+        while True:
             stop.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed ends the run here
-            proposal = study.propose(known)
-            if proposal is None:
-                _say_exhausted(study, n_trials)
+            proposal = proposer.next()
+            if proposal == EXHAUSTED:
+                say_exhausted(study, n_trials)
                 break
+            if proposal == DONE:
+                break
+            if isinstance(proposal, str):  # WAIT: other drivers hold the remaining slots
+                time.sleep(WAIT_POLL_S)
+                continue
             trial, candidate = proposal
             params, predicted, _ = runner.budget(candidate)
             report = (
@@ -118,20 +124,26 @@ def run_local(
                 else None
             )
             result = runner.run(candidate, report, set(rungs))
-            study.tell(trial, result)
-            if result.status in REUSABLE:
-                known[candidate.key()] = result
+            proposer.record(trial.number, result)
             if on_result:
                 on_result(trial.number, result)
             if display:
                 display.update(trial.number, result)
+        proposer.drain()  # trials waiting on another driver's identical candidate
+    except KeyboardInterrupt:
+        proposer.interrupt()  # failed as interrupted and re-queued: the next run re-runs them
+        raise
     finally:
         if display:
             display.close()
     return study
 
 
-def _say_exhausted(study: Study, n_trials: int) -> None:
+#: Seconds between looks at the study while other drivers hold the remaining trials.
+WAIT_POLL_S = 1.0
+
+
+def say_exhausted(study: Study, n_trials: int) -> None:
     """Why a search stopped before ``n_trials``: the sampler only proposes known candidates."""
     print(
         f"{study.config.name}: stopped at {study.n_done()} of {n_trials} trials: the sampler "

@@ -16,9 +16,12 @@ Only the driver touches the study's storage, so the embedded SQLite works with R
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +30,14 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from autopeft import tasks
+from autopeft import stop, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
 from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.study_config import StudyConfig
-from autopeft.search.study import REUSABLE, Study
+from autopeft.search.local import WAIT_POLL_S, say_exhausted
+from autopeft.search.proposals import DONE, EXHAUSTED, Proposer
+from autopeft.search.study import Study
 
 _RUNNERS: dict[str, Any] = {}  # per worker process: loaded once, reused across trials
 
@@ -107,6 +112,10 @@ class ParetoHalvingScheduler(FIFOScheduler):
         }
         self.stopped: set[str] = set()
 
+    def __getstate__(self) -> dict:
+        # Pickled by Tune for `Tuner.restore` (unused, see StudySearcher.__getstate__).
+        return {k: v for k, v in self.__dict__.items() if k != "study"}
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         """CONTINUE, or STOP at a rung where the trial is not among the best 1/eta."""
         step = result.get("step")
@@ -129,29 +138,49 @@ class ParetoHalvingScheduler(FIFOScheduler):
 
 
 class StudySearcher(Searcher):
-    """Suggests candidates from the study's sampler and tells results back to the study."""
+    """Suggests candidates from the study's sampler and tells results back to the study.
 
-    def __init__(self, study: Study, n_trials: int, rungs: list[int], runner_budget, listener=None):
+    The :class:`~autopeft.search.proposals.Proposer` decides what is trained: never a
+    candidate finished or running anywhere in the study, and no more than ``n_trials``
+    across every driver of the study.
+    """
+
+    def __init__(self, study: Study, proposer: Proposer, rungs: list[int], budget, listener=None):
         super().__init__(metric="metric", mode="max")
-        self.study, self.n_trials, self.rungs = study, n_trials, rungs
-        self.budget = runner_budget
+        self.study, self.proposer, self.rungs = study, proposer, rungs
+        self.budget = budget
         self.listener = listener
         self.numbers: dict[str, int] = {}
         self.scheduler: ParetoHalvingScheduler | None = None
-        self.known = study.known_results()  # re-proposed candidates reuse these results
         self.exhausted = False
+        self._next_look = 0.0
 
-    def _remaining(self) -> int:
-        return self.n_trials - self.study.n_done() - len(self.numbers)
+    def __getstate__(self) -> dict:
+        # Tune pickles the searcher into its experiment state for `Tuner.restore`, which
+        # autopeft does not use (a rerun resumes from the study). The study, its storage
+        # and the progress display do not pickle and stay out.
+        return {"_metric": self._metric, "_mode": self._mode}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the study's storage holds every trial."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: a rerun resumes from the study (see :meth:`save`)."""
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        """The next candidate, or FINISHED once enough trials are done or running."""
-        if self._remaining() <= 0 or self.exhausted:
-            return Searcher.FINISHED if not self.numbers else None
-        proposal = self.study.propose(self.known)
-        if proposal is None:  # only known candidates proposed: finish with what runs
+        """The next candidate; None to be asked again later; FINISHED when done."""
+        stop.check()  # a Ctrl-C Tune swallowed stops the driver here
+        if self.exhausted or time.monotonic() < self._next_look:
+            return self._finished_or_none()
+        proposal = self.proposer.next()
+        if proposal == EXHAUSTED:
             self.exhausted = True
-            return Searcher.FINISHED if not self.numbers else None
+            say_exhausted(self.study, self.proposer.n_trials)
+        if proposal in (EXHAUSTED, DONE):
+            return self._finished_or_none()
+        if isinstance(proposal, str):  # WAIT: look again in a while, not at every Tune step
+            self._next_look = time.monotonic() + WAIT_POLL_S
+            return None
         trial, candidate = proposal
         params, predicted, _ = self.budget(candidate)
         self.numbers[trial_id] = trial.number
@@ -163,6 +192,9 @@ class StudySearcher(Searcher):
             "eval_at": self.rungs,
         }
 
+    def _finished_or_none(self) -> str | None:
+        return Searcher.FINISHED if not self.numbers else None
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         """Tell the study: the worker's result, PRUNED if the scheduler stopped it, or FAILED."""
         number = self.numbers.pop(trial_id, None)
@@ -173,9 +205,7 @@ class StudySearcher(Searcher):
             storage, tid = self.study.optuna._storage, self.study._trial_id(number)
             storage.set_trial_user_attr(tid, "worker_pid", int(result["worker_pid"]))
             storage.set_trial_user_attr(tid, "worker_node", str(result.get("worker_node")))
-        self.study.tell(number, res)
-        if res.status in REUSABLE:
-            self.known[res.candidate.key()] = res
+        self.proposer.record(number, res)
         if self.listener:
             self.listener(number, res)
 
@@ -239,57 +269,97 @@ def run_ray(
     rule = HalvingRule.from_config(hcfg)
     rungs = rung_steps(cfg.training.steps, cfg.training.rungs) if enabled else [cfg.training.steps]
     study.recover_interrupted()  # trials of a dead driver: failed and re-queued
-    if not ray.is_initialized():
-        # address=None must mean "a new local Ray": plain ray.init() would join any Ray
-        # instance already running on this machine (another study's, a test's).
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            log_to_driver=False,
-            ignore_reinit_error=True,
-        )
-    budget = study.driver_budget
-    gpus = (
-        _gpu_fraction(study, budget, cpus_per_trial) if gpus_per_trial is None else gpus_per_trial
-    )
-    if max_concurrent is None:
-        batch = cfg.sampler.batch_size
-        max_concurrent = batch if batch else (4 if cfg.sampler.name == "autopeft" else None)
-    display = Progress(study, n_trials) if progress else None
-    searcher = StudySearcher(
-        study, n_trials, rungs, budget, listener=display.update if display else None
-    )
-    scheduler = ParetoHalvingScheduler(study, rule, rungs) if enabled else FIFOScheduler()
-    searcher.scheduler = scheduler if enabled else None
-    trainable = tune.with_parameters(
-        trial_function,
-        config_json=cfg.model_dump_json(),
-        cache_dir=str((study.folder / "cache").resolve()),
-        kind=runner,
-    )
-    trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus})
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=-1,
-            reuse_actors=True,
-            max_concurrent_trials=max_concurrent,
-        ),
-        run_config=tune.RunConfig(
-            name=cfg.name,
-            storage_path=str((study.folder / "ray").resolve()),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-        ),
-    )
+    started = not ray.is_initialized()
+    if started:
+        _start_ray(address)
+    display = None
+    proposer = Proposer(study, n_trials)
     try:
+        budget = study.driver_budget
+        gpus = (
+            _gpu_fraction(study, budget, cpus_per_trial)
+            if gpus_per_trial is None
+            else gpus_per_trial
+        )
+        if max_concurrent is None:
+            batch = cfg.sampler.batch_size
+            max_concurrent = batch if batch else (4 if cfg.sampler.name == "autopeft" else None)
+        display = Progress(study, n_trials) if progress else None
+        searcher = StudySearcher(
+            study, proposer, rungs, budget, listener=display.update if display else None
+        )
+        scheduler = ParetoHalvingScheduler(study, rule, rungs) if enabled else FIFOScheduler()
+        searcher.scheduler = scheduler if enabled else None
+        trainable = tune.with_parameters(
+            trial_function,
+            config_json=cfg.model_dump_json(),
+            cache_dir=str((study.folder / "cache").resolve()),
+            kind=runner,
+        )
+        trainable = tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=-1,
+                reuse_actors=True,
+                max_concurrent_trials=max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=str((study.folder / "ray").resolve()),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+            ),
+        )
         tuner.fit()
+        stop.check()  # Tune may have swallowed a Ctrl-C and stopped early
+        proposer.drain()  # trials waiting on another driver's identical candidate
+    except KeyboardInterrupt:
+        proposer.interrupt()  # failed as interrupted and re-queued: a rerun re-runs them
+        raise
     finally:
         if display:
             display.close()
+        if started:
+            ray.shutdown()  # a local Ray goes with its driver; a cluster is only left
     return study
+
+
+#: Ray's warnings that are noise for an autopeft user: the token-auth notice (the local
+#: Ray listens on 127.0.0.1 only) and Tune's notes on checkpoints autopeft does not use.
+_QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+
+
+def _start_ray(address: str | None) -> None:
+    """Start a local Ray (bound to 127.0.0.1) or connect to the cluster at ``address``."""
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    kwargs: dict[str, Any] = dict(
+        include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+    )
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    # address="local", not None: plain ray.init() would join any Ray already running on this
+    # machine (another study's, a test's). Ray resolves a 127.0.0.1 node address to the
+    # host's routable one unless clusters are off, and its servers then listen on every
+    # interface: with clusters off for the start, they listen on 127.0.0.1 only.
+    with _loopback_only():
+        ray.init(address="local", **kwargs)
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 MAX_TRIALS_PER_GPU = 16
@@ -343,3 +413,6 @@ def _gpu_fraction(study: Study, budget, cpus_per_trial: float) -> float:
 
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Ctrl-C reaches autopeft (one line, exit 130, trials marked interrupted) instead of Tune's
+# handler, which stops the experiment, prints a `Tuner.restore` hint and returns normally.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 import time
 import warnings
@@ -29,8 +30,9 @@ from autopeft.core.profile import ModelProfile, load_profile
 from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.study_config import METRICS, StudyConfig, resume_conflicts
+from autopeft.search import proposals
 from autopeft.search.pool import Oracle
-from autopeft.search.samplers import make_sampler, repeat_patience
+from autopeft.search.samplers import make_sampler
 
 RESULT_ATTR = "result"
 STATUS_ATTR = "status"
@@ -93,10 +95,13 @@ class Study:
         self.heartbeat = heartbeat
         self._owned: set[int] = set()
         self._beat: threading.Thread | None = None
+        self._rlock = threading.RLock()  # see proposals.study_lock
+        self._lock_depth = 0
         self.folder = Path(root) / config.name
         if not read_only:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage or config.storage or default_storage(self.folder)
+        self.sqlite_path = proposals.sqlite_path(self.storage_url)
         self.profile = model_profile(config.model, num_labels, tasks.get(config.task.kind).head)
         self.space = ResolvedSpace(config.search_space, self.profile, methods.registry())
         self.metrics = [o.metric for o in config.objectives]
@@ -110,8 +115,18 @@ class Study:
             study_name=config.name,
             storage=self._storage(),
             directions=self.directions,
-            sampler=make_sampler(config.sampler, self.oracle, self.metrics, self.pruned_values),
+            sampler=optuna.samplers.RandomSampler(),  # replaced below, once seeded
             load_if_exists=True,
+        )
+        #: This driver's number among the drivers that opened the study (None: read-only).
+        self.driver = None if read_only else proposals.new_driver(self)
+        #: The seed of this driver's random stream (see proposals.driver_seed).
+        self.sampler_seed = proposals.driver_seed(config.sampler.seed, self.driver or 0)
+        self.optuna.sampler = make_sampler(
+            config.sampler.model_copy(update={"seed": self.sampler_seed}),
+            self.oracle,
+            self.metrics,
+            self.pruned_values,
         )
         if not read_only:
             self._keep_config(config)
@@ -141,7 +156,10 @@ class Study:
                 raise ConfigError(conflicts, source=f"study {config.name!r}")
         if stored != snapshot or not (self.folder / "study.json").is_file():
             self.optuna.set_user_attr(CONFIG_ATTR, snapshot)
-            (self.folder / "study.json").write_text(config.model_dump_json())
+            # Written aside and renamed: a kill never leaves a half-written file.
+            partial = self.folder / f".study.json.{os.getpid()}"
+            partial.write_text(config.model_dump_json())
+            partial.replace(self.folder / "study.json")
 
     def driver_budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
         """Exact parameters and predicted memory (at the task's max length) on the driver.
@@ -198,43 +216,11 @@ class Study:
         trial.set_user_attr(CANDIDATE_ATTR, candidate.to_json())
         return trial, candidate
 
-    def known_results(self) -> dict[str, TrialResult]:
-        """Reusable results by candidate key (see :data:`REUSABLE`)."""
-        return {r.candidate.key(): r for _, r in self.results() if r.status in REUSABLE}
-
-    def propose(
-        self, known: dict[str, TrialResult], limit: int = REPEAT_LIMIT
-    ) -> tuple[optuna.Trial, Candidate] | None:
-        """Ask until the sampler proposes a candidate not in ``known``; None if it will not.
-
-        A re-proposed candidate is told the known result at once (marked ``reused``): the
-        sampler learns from it, nothing is trained, and it does not count towards
-        ``n_trials`` (see :meth:`n_done`). After a few re-proposals in a row (see
-        :func:`~autopeft.search.samplers.repeat_patience`) a random sampler proposes
-        instead. None once every distinct configuration of the space is known, or after
-        ``limit`` re-proposals in a row.
-        """
-        if len(known) >= self.space_size:
-            return None
-        sampler, patience = self.optuna.sampler, repeat_patience(self.config.sampler)
-        try:
-            for repeat in range(limit):
-                if repeat == patience:
-                    self.optuna.sampler = optuna.samplers.RandomSampler(
-                        seed=None
-                        if self.config.sampler.seed is None
-                        else self.config.sampler.seed + len(self.optuna.trials)
-                    )
-                if self.shared:
-                    self.recover_interrupted()  # trials of a driver that died meanwhile
-                trial, candidate = self.ask()
-                hit = known.get(candidate.key())
-                if hit is None:
-                    return trial, candidate
-                self.tell(trial, hit, reused=True)
-        finally:
-            self.optuna.sampler = sampler
-        return None
+    def known_results(
+        self, trials: list[optuna.trial.FrozenTrial] | None = None
+    ) -> dict[str, TrialResult]:
+        """Reusable results by candidate key (see :data:`REUSABLE`), of ``trials`` or all."""
+        return {r.candidate.key(): r for _, r in self.results(trials) if r.status in REUSABLE}
 
     @functools.cached_property
     def space_size(self) -> float:
@@ -364,33 +350,27 @@ class Study:
     # -- resume ------------------------------------------------------------------------------
 
     def recover_interrupted(self) -> list[int]:
-        """Fail trials whose driver died and queue their parameters again (once each).
-
-        A trial killed before its candidate was fully sampled is failed but not re-queued.
+        """Finish the trials of dead drivers; returns those whose parameters were re-queued.
 
         With SQLite (one driver at a time) every RUNNING trial at start-up is interrupted.
         With a shared server storage only trials whose driver stopped sending heartbeats for
         the grace period are; drivers call this before asking, so a live driver picks up the
-        trials of a dead one.
+        trials of a dead one. See :func:`proposals.recover`: a trial that recorded its
+        result is told from it; any other is failed as interrupted and re-queued once.
         """
-        storage = self.optuna._storage
         running = self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if self.shared:
-            stale = set(storage._get_stale_trial_ids(self.optuna._study_id))
+            stale = set(self.optuna._storage._get_stale_trial_ids(self.optuna._study_id))
             running = [t for t in running if t._trial_id in stale]
-        requeued = []
-        for t in running:
-            try:  # another driver may be failing the same trial right now: only one wins
-                storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
-                if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            if CANDIDATE_ATTR not in t.user_attrs:
-                continue  # killed while its parameters were sampled: nothing to re-run
-            self.optuna.enqueue_trial(t.params, user_attrs={RETRY_OF_ATTR: t.number})
-            requeued.append(t.number)
-        return requeued
+        return proposals.recover(self, running) if running else []
+
+    def fail_copy(self, number: int, reason: str) -> None:
+        """Fail a waiting trial whose original ended without a result (not counted)."""
+        storage, tid = self.optuna._storage, self._trial_id(number)
+        self._owned.discard(tid)
+        storage.set_trial_user_attr(tid, REUSED_ATTR, True)
+        storage.set_trial_user_attr(tid, "error", reason)
+        self.optuna.tell(number, state=TrialState.FAIL)
 
     def n_done(self) -> int:
         """Finished trials that count towards ``n_trials``.
@@ -407,12 +387,16 @@ class Study:
 
     # -- results -----------------------------------------------------------------------------
 
-    def results(self) -> list[tuple[int, TrialResult]]:
-        """Every told trial's result, by trial number."""
+    def results(
+        self, trials: list[optuna.trial.FrozenTrial] | None = None
+    ) -> list[tuple[int, TrialResult]]:
+        """Every told trial's result (of ``trials``, default all), by trial number."""
+        if trials is None:
+            trials = self.optuna.get_trials(deepcopy=False)
         return [
             (t.number, TrialResult.model_validate(t.user_attrs[RESULT_ATTR]))
-            for t in self.optuna.get_trials(deepcopy=False)
-            if RESULT_ATTR in t.user_attrs
+            for t in trials
+            if RESULT_ATTR in t.user_attrs and t.state.is_finished()
         ]
 
     def front(self) -> list[tuple[int, TrialResult]]:

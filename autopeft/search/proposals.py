@@ -1,0 +1,349 @@
+"""Who trains what, when processes share a study, get killed or are interrupted.
+
+- :func:`study_lock` serialises the few storage steps that must not interleave between
+  drivers: taking a slot of ``n_trials``, claiming a candidate, recovering dead trials,
+  numbering drivers. It is held for a few statements, never while sampling or training:
+  a PostgreSQL advisory lock on a shared storage, a file lock beside a SQLite file.
+- :class:`Proposer` hands a driver (local or Ray) the next candidate to train. A candidate
+  already finished anywhere in the study takes over that result (``reused``); one that is
+  RUNNING anywhere (this driver, a Ray worker, another driver) is not trained again either:
+  the new trial *waits* for it and copies its result when it ends. ``n_trials`` counts the
+  finished trials plus those running, so several drivers stop exactly at ``n_trials``.
+- :func:`recover` finishes a trial whose process died: one that recorded its result is told
+  from it (a kill inside ``tell`` loses nothing), any other is failed as interrupted and its
+  parameters are queued again exactly once (the retry is found by ``retry_of``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft import stop
+from autopeft.core.candidate import Candidate
+from autopeft.core.result import TrialResult
+from autopeft.search.samplers import repeat_patience
+
+if TYPE_CHECKING:
+    from autopeft.search.study import Study
+
+#: What :meth:`Proposer.next` returns instead of a candidate.
+WAIT = "wait"  # other trials hold the remaining slots (or every new candidate is running)
+DONE = "done"  # n_trials finished
+EXHAUSTED = "exhausted"  # the sampler proposes only known candidates
+
+WAITS_FOR_ATTR = "waits_for"
+DRIVER_ATTR = "driver"
+
+
+def _attrs():
+    # Imported here: study.py imports this module.
+    from autopeft.search import study
+
+    return study
+
+
+@contextlib.contextmanager
+def study_lock(study: Study) -> Iterator[None]:
+    """Hold the study's cross-process lock (re-entrant within a thread)."""
+    with study._rlock:
+        study._lock_depth += 1
+        try:
+            if study._lock_depth > 1:
+                yield
+                return
+            with _process_lock(study):
+                yield
+        finally:
+            study._lock_depth -= 1
+
+
+@contextlib.contextmanager
+def _process_lock(study: Study) -> Iterator[None]:
+    url = study.storage_url
+    if url.startswith("postgresql"):
+        from sqlalchemy import text
+
+        key = int.from_bytes(
+            hashlib.sha1(f"autopeft:{study.config.name}".encode()).digest()[:8],
+            "big",
+            signed=True,
+        )
+        storage = study.optuna._storage
+        engine = getattr(storage, "_backend", storage).engine
+        # A transaction-level lock: released at commit, or by the server when this
+        # process dies, so a killed driver cannot leave the study locked.
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            yield
+    elif url.startswith("sqlite") and study.sqlite_path is not None:
+        # The kernel drops a flock with its process: a SIGKILL leaves no stale lock.
+        with open(f"{study.sqlite_path}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    else:  # an in-memory or other storage: one process, the thread lock is enough
+        yield
+
+
+def new_driver(study: Study) -> int:
+    """Number this driver (0, 1, ...) in the order drivers opened the study."""
+    with study_lock(study):
+        number = int(study.optuna.user_attrs.get("drivers", 0))
+        study.optuna.set_user_attr("drivers", number + 1)
+    return number
+
+
+def driver_seed(seed: int | None, driver: int) -> int | None:
+    """The sampler seed of driver ``driver``: the study seed for the first driver.
+
+    Two drivers started from one file would otherwise replay the same random sequence and
+    propose the same candidates.
+    """
+    if seed is None or driver == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, driver]).generate_state(1)[0])
+
+
+def _key(trial: FrozenTrial) -> str | None:
+    raw = trial.user_attrs.get(_attrs().CANDIDATE_ATTR)
+    return None if raw is None else Candidate.model_validate(raw).key()
+
+
+def counts(study: Study, trials: list[FrozenTrial]) -> tuple[int, list[FrozenTrial]]:
+    """(finished trials that count towards n_trials, running trials that hold a slot)."""
+    s = _attrs()
+    done = sum(
+        1
+        for t in trials
+        if t.state.is_finished()
+        and t.state != TrialState.WAITING
+        and not t.user_attrs.get(s.INTERRUPTED_ATTR)
+        and not t.user_attrs.get(s.REUSED_ATTR)
+    )
+    running = [
+        t for t in trials if t.state == TrialState.RUNNING and WAITS_FOR_ATTR not in t.user_attrs
+    ]
+    return done, running
+
+
+class Proposer:
+    """Hands out the candidates one driver trains (see the module doc)."""
+
+    def __init__(self, study: Study, n_trials: int, known: dict[str, TrialResult] | None = None):
+        """Start handing out trials of ``study``.
+
+        Args:
+            study: the study.
+            n_trials: finished trials wanted in the whole study (all drivers together).
+            known: reusable results by candidate key (default: read from the study).
+        """
+        self.study, self.n_trials = study, n_trials
+        self.known = study.known_results() if known is None else known
+        #: This driver's waiting trials: trial number -> the running trial it waits for.
+        self.waiting: dict[int, int] = {}
+        #: This driver's trials handed out for training and not yet recorded.
+        self.training: set[int] = set()
+
+    def next(self) -> tuple[optuna.Trial, Candidate] | str:
+        """A new trial and the candidate to train, or :data:`WAIT`, :data:`DONE`, :data:`EXHAUSTED`.
+
+        A re-proposed known candidate is told its known result at once (marked ``reused``);
+        a running one becomes a waiting trial; either way the sampler is asked again. After a
+        few re-proposals in a row a random sampler proposes instead; after
+        ``REPEAT_LIMIT`` the search is exhausted.
+        """
+        study = self.study
+        s = _attrs()
+        self.resolve()
+        sampler, patience = study.optuna.sampler, repeat_patience(study.config.sampler)
+        try:
+            for repeat in range(s.REPEAT_LIMIT):
+                if repeat == patience:
+                    seed = study.sampler_seed
+                    study.optuna.sampler = optuna.samplers.RandomSampler(
+                        seed=None if seed is None else seed + len(study.optuna.trials)
+                    )
+                if study.shared:
+                    study.recover_interrupted()  # trials of a driver that died meanwhile
+                claimed = self._claim()
+                if isinstance(claimed, str):
+                    return claimed
+                trial = optuna.Trial(study.optuna, claimed)
+                candidate = study.space.sample(trial)
+                if self._place(trial, candidate):
+                    self.training.add(trial.number)
+                    return trial, candidate
+        finally:
+            study.optuna.sampler = sampler
+        return EXHAUSTED
+
+    def _claim(self) -> int | str:
+        """Take a slot of ``n_trials`` and a trial id for it (a queued retry first)."""
+        study = self.study
+        storage, study_id = study.optuna._storage, study.optuna._study_id
+        with study_lock(study):
+            trials = storage.get_all_trials(study_id, deepcopy=False)
+            done, running = counts(study, trials)
+            if done >= self.n_trials:
+                return DONE
+            if study.shared:  # other drivers' finished trials are known too
+                self.known.update(study.known_results(trials))
+            running_keys = {k for t in running if (k := _key(t)) is not None}
+            if len(self.known.keys() | running_keys) >= study.space_size:
+                return WAIT if running_keys else EXHAUSTED
+            if done + len(running) >= self.n_trials:
+                return WAIT
+            trial_id = study.optuna._pop_waiting_trial_id()
+            if trial_id is None:
+                trial_id = storage.create_new_trial(study_id)
+            if study.shared:
+                study._own(trial_id)
+            storage.set_trial_user_attr(trial_id, DRIVER_ATTR, study.driver)
+        study.optuna._thread_local.cached_all_trials = None
+        return trial_id
+
+    def _place(self, trial: optuna.Trial, candidate: Candidate) -> bool:
+        """Record the candidate; True when it is new and this driver should train it."""
+        study, s = self.study, _attrs()
+        key = candidate.key()
+        storage, study_id = study.optuna._storage, study.optuna._study_id
+        with study_lock(study):
+            trial.set_user_attr(s.CANDIDATE_ATTR, candidate.to_json())
+            # Read under the lock: a trial another driver finished since the claim is known
+            # now, one it runs is RUNNING, and one it starts next sees this one.
+            if study.shared:
+                trials = storage.get_all_trials(study_id, deepcopy=False)
+                self.known.update(study.known_results(trials))
+            else:  # one driver: its own record is complete, only running trials to read
+                trials = storage.get_all_trials(
+                    study_id, deepcopy=False, states=(TrialState.RUNNING,)
+                )
+            hit = self.known.get(key)
+            original = None
+            if hit is None:
+                original = next(
+                    (
+                        t.number
+                        for t in trials
+                        if t.state == TrialState.RUNNING
+                        and t.number != trial.number
+                        and WAITS_FOR_ATTR not in t.user_attrs
+                        and _key(t) == key
+                    ),
+                    None,
+                )
+                if original is not None:
+                    trial.set_user_attr(WAITS_FOR_ATTR, original)
+        if hit is not None:
+            study.tell(trial, hit, reused=True)
+            return False
+        if original is not None:
+            self.waiting[trial.number] = original
+            return False
+        return True
+
+    def record(self, number: int, result: TrialResult) -> None:
+        """Tell the result of a trial this driver trained; resolve the trials waiting on it."""
+        self.study.tell(number, result)
+        self.training.discard(number)
+        if result.status in _attrs().REUSABLE:
+            self.known[result.candidate.key()] = result
+        self.resolve()
+
+    def resolve(self) -> list[int]:
+        """Finish the waiting trials whose original ended; returns their numbers."""
+        study, s = self.study, _attrs()
+        resolved = []
+        for number, original in list(self.waiting.items()):
+            frozen = study.optuna._storage.get_trial(study._trial_id(original))
+            if frozen.state in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            raw = frozen.user_attrs.get(s.RESULT_ATTR)
+            if raw is not None:
+                study.tell(number, TrialResult.model_validate(raw), reused=True)
+            else:  # interrupted: its retry trains it; this copy has nothing to take over
+                study.fail_copy(number, f"trial {original}, which it waited for, was interrupted")
+            del self.waiting[number]
+            resolved.append(number)
+        return resolved
+
+    def drain(self, poll: float = 0.5) -> None:
+        """Wait until every waiting trial of this driver is resolved."""
+        while self.waiting:
+            stop.check()
+            if self.study.shared:
+                self.study.recover_interrupted()
+            if not self.resolve():
+                time.sleep(poll)
+
+    def interrupt(self) -> list[int]:
+        """Mark this driver's running and waiting trials interrupted (Ctrl-C); re-queue once."""
+        numbers = sorted(self.training | set(self.waiting))
+        self.training.clear()
+        self.waiting.clear()
+        if not numbers:
+            return []
+        study = self.study
+        frozen = [study.optuna._storage.get_trial(study._trial_id(n)) for n in numbers]
+        return recover(study, frozen)
+
+
+def recover(study: Study, trials: list[FrozenTrial]) -> list[int]:
+    """Finish ``trials`` (RUNNING, their process dead or interrupted); returns the re-queued.
+
+    Every step may be killed and repeated: a trial holding its result is told from it, the
+    retry is queued only if none exists yet, and only then is the trial failed.
+    """
+    s = _attrs()
+    storage = study.optuna._storage
+    requeued: list[int] = []
+    with study_lock(study):
+        everything = storage.get_all_trials(study.optuna._study_id, deepcopy=False)
+        retried = {t.user_attrs.get(s.RETRY_OF_ATTR) for t in everything}
+        for stale in trials:
+            t = storage.get_trial(stale._trial_id)
+            if t.state != TrialState.RUNNING:
+                continue  # finished meanwhile (by its driver, or another recovering driver)
+            raw = t.user_attrs.get(s.RESULT_ATTR)
+            if raw is not None:  # killed inside tell: the result was recorded, finish it
+                reused = bool(t.user_attrs.get(s.REUSED_ATTR))
+                study.tell(t.number, TrialResult.model_validate(raw), reused=reused)
+                continue
+            params = (
+                t.params
+                if s.CANDIDATE_ATTR in t.user_attrs
+                else t.system_attrs.get("fixed_params")  # a queued retry, killed while sampled
+            )
+            if params and WAITS_FOR_ATTR not in t.user_attrs and t.number not in retried:
+                study.optuna.enqueue_trial(params, user_attrs={s.RETRY_OF_ATTR: t.number})
+                requeued.append(t.number)
+            storage.set_trial_user_attr(t._trial_id, s.INTERRUPTED_ATTR, True)
+            try:
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+            study._owned.discard(t._trial_id)
+    return requeued
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for another storage or ``:memory:``)."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None

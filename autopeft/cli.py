@@ -10,6 +10,7 @@ import sys
 import threading
 
 from autopeft import __version__
+from autopeft.cluster import STORAGE_ENV
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -140,7 +141,8 @@ def _submit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autopeft.api import load
-    from autopeft.cluster import ClusterJob, shell_script, slurm_script, submit
+    from autopeft.cluster import ClusterJob, shell_script, slurm_script, staged_study, submit
+    from autopeft.core.errors import ConfigError, Problem
     from autopeft.core.study_config import StudyConfig
 
     if args.hosts and not args.shell:
@@ -152,9 +154,19 @@ def _submit(args: argparse.Namespace) -> int:
             "out --hosts and give --nodes",
         )
     config = load(args.file)  # validate before anything is written or submitted
-    name = config.name if isinstance(config, StudyConfig) else "autopeft"
+    if not isinstance(config, StudyConfig):
+        raise ConfigError(
+            Problem(
+                "search_space",
+                "`submit` needs a study file, not a bare search space",
+                hint="wrap it: name: ..., search_space: FILE",
+            ),
+            source=args.file,
+        )
     job = ClusterJob(
-        study_file=str(Path(args.file).resolve()),
+        study_name=config.name,
+        # The study travels inside the script: the head node may not see this machine's files.
+        study_yaml=staged_study(Path(args.file)),
         storage=args.storage,
         nodes=args.nodes,
         gpus_per_node=args.gpus_per_node,
@@ -164,11 +176,13 @@ def _submit(args: argparse.Namespace) -> int:
         account=args.account,
         python=args.python,
         hosts=tuple(h for h in (args.hosts or "").split(",") if h),
-        name=name,
+        port=args.port,
+        head_address=args.head_address,
+        root=args.root,
     )
     script = shell_script(job) if args.shell else slurm_script(job)
-    out = Path(args.output or f"{name}-{'shell' if args.shell else 'slurm'}.sh")
-    print(submit(script, out, args.now, shell=args.shell))
+    out = Path(args.output or f"{config.name}-{'shell' if args.shell else 'slurm'}.sh")
+    print(submit(script, out, args.now, shell=args.shell, storage=args.storage))
     return 0
 
 
@@ -242,7 +256,8 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
         default=None,
-        help="storage URL (default: the study file's, else ROOT/NAME/study.db)",
+        help=f"storage URL (default: ${STORAGE_ENV}, else the study file's, else "
+        "ROOT/NAME/study.db)",
     )
     p.add_argument(
         "--root",
@@ -307,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-concurrent", type=int, default=None, help="Ray: trials at once")
     p.add_argument(
-        "--storage", default=None, help="Optuna storage URL (default: SQLite in the study folder)"
+        "--storage",
+        default=None,
+        help=f"Optuna storage URL (default: ${STORAGE_ENV}, else SQLite in the study folder)",
     )
     p.add_argument("--root", default="studies", help="folder of study folders (default: studies)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -326,7 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--slurm", action="store_true", help="a SLURM sbatch script (default)")
     mode.add_argument("--shell", action="store_true", help="a plain-shell script (ssh)")
     p.add_argument("--nodes", type=int, default=1, help="SLURM nodes (default 1)")
-    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 0)")
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=None,
+        help="GPUs per node (default: each node's GPUs as SLURM allocated them, else as Ray "
+        "detects them; 0 for CPU-only)",
+    )
     p.add_argument("--cpus-per-node", type=int, default=8, help="CPUs per node (default 8)")
     p.add_argument("--time", default="04:00:00", help="SLURM time limit (default 04:00:00)")
     p.add_argument("--partition", default=None, help="SLURM partition")
@@ -334,7 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hosts", default=None, help="--shell: worker hosts, comma-separated (required)"
     )
-    p.add_argument("--storage", default=None, help="study storage URL every node can reach")
+    p.add_argument(
+        "--head-address",
+        default=None,
+        help="the head's IPv4 address as the other nodes reach it (default: the address of "
+        "the head's default route, detected where the script runs)",
+    )
+    p.add_argument("--port", type=int, default=6379, help="the Ray head's port (default 6379)")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="study storage URL the driver on the head can reach (default: SQLite in the "
+        "study folder on the head); one with a password is read from $AUTOPEFT_STORAGE",
+    )
+    p.add_argument(
+        "--root", default=None, help="autopeft run --root on the head (default: studies)"
+    )
     p.add_argument("--python", default="python", help="Python on the nodes (default: python)")
     p.add_argument(
         "-o",
@@ -427,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     from autopeft.core.errors import AutopeftError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "storage", "") is None and args.command != "submit":
+        # A URL with a password stays off command lines (and out of `ps`) this way.
+        args.storage = os.environ.get(STORAGE_ENV) or None
     try:
         return args.func(args)
     except AutopeftError as err:

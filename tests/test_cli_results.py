@@ -5,14 +5,17 @@ paragraph (field, rule, value, hint), never a traceback; reading a study never c
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from autopeft import api, cli, results
 from autopeft.core.errors import ConfigError
@@ -37,13 +40,14 @@ STUDY = {
 }
 
 
-def _cli(*args, cwd=None, timeout=300):
+def _cli(*args, cwd=None, timeout=300, env=None):
     return subprocess.run(
         [sys.executable, "-m", "autopeft.cli", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd or ROOT,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -194,6 +198,9 @@ def test_bad_storage_urls_name_the_option(tmp_path, url, rule):
     out = _cli("run", file, "--storage", url, "--root", tmp_path / "r", "--quiet")
     _fails(out, f"- --storage: {rule}", f"but got {url!r}")
     out = _cli("report", file, "--storage", url)
+    _fails(out, f"- --storage: {rule}")
+    # $AUTOPEFT_STORAGE stands for --storage (a password then stays out of `ps`).
+    out = _cli("run", file, "--quiet", env=dict(os.environ, AUTOPEFT_STORAGE=url))
     _fails(out, f"- --storage: {rule}")
 
 
@@ -406,6 +413,15 @@ def test_ctrl_c_during_run_prints_one_line(tmp_path):
     assert err.strip().splitlines()[-1] == (
         "interrupted: finished trials are kept; run the same command to resume"
     )
+    # The trial it stopped is marked interrupted and queued again, not left RUNNING.
+    trials = optuna.load_study(
+        study_name="clires", storage=f"sqlite:///{tmp_path / 'r' / 'clires' / 'study.db'}"
+    ).trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert [t.user_attrs["retry_of"] for t in queued] == [t.number for t in stopped]
 
 
 # 10. nothing fits the budget -----------------------------------------------------------------

@@ -101,7 +101,7 @@ def parse_study(
         raise ConfigError(Problem("(top level)", "a study file is a mapping", raw), source=source)
     raw = dict(raw)
     if base_dir is not None and "task" in raw:
-        raw["task"] = _task_paths_from(raw["task"], base_dir)
+        raw["task"] = task_paths_from(raw["task"], base_dir)
     space = raw.get("search_space")
     if isinstance(space, str):
         space_path = (base_dir or Path.cwd()) / space
@@ -114,7 +114,7 @@ def parse_study(
         raise ConfigError(from_pydantic(err), source=source) from None
 
 
-def _task_paths_from(task: Any, base_dir: Path) -> Any:
+def task_paths_from(task: Any, base_dir: Path) -> Any:
     """The ``task`` section with its relative file paths made absolute from ``base_dir``.
 
     A study file names its data the way it names its search space: relative to itself, so

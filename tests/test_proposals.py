@@ -11,14 +11,7 @@ from autopeft.search import blackbox
 from autopeft.search.local import run_local
 from autopeft.search.proposals import DONE, WAIT, Proposer
 from autopeft.search.study import Study
-from tests.helpers import counted_trials
-
-STATES = {
-    "COMPLETE": TrialState.COMPLETE,
-    "INFEASIBLE": TrialState.COMPLETE,
-    "PRUNED": TrialState.PRUNED,
-    "FAILED": TrialState.FAIL,
-}
+from tests.helpers import check_states, counted_trials
 
 #: Six configurations: small enough that samplers re-propose (reuse and waiting happen).
 SPEC = {
@@ -169,12 +162,7 @@ def test_a_kill_at_any_write_leaves_a_consistent_resumable_study(tmp_path, at):
     after = snapshot(study)
     assert {n: after.get(n) for n in before} == before  # nothing finished was lost
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
-    for t in trials:  # Optuna and autopeft agree on every trial
-        if "status" in t.user_attrs:
-            assert t.state == STATES[t.user_attrs["status"]], (t.number, t.state)
-        else:  # no result: only an interrupted trial, or a copy of one
-            assert t.state == TrialState.FAIL, (t.number, t.state)
-            assert t.user_attrs.get("interrupted") or t.user_attrs.get("reused"), t.number
+    check_states(study)  # Optuna and autopeft agree on every trial
     assert sum(t.state.is_finished() for t in counted_trials(trials)) == N
     trained = [
         Candidate.model_validate(t.user_attrs["candidate"]).key()
@@ -202,3 +190,31 @@ def test_a_kill_inside_the_recovery_still_queues_each_trial_once(tmp_path, at):
     assert trials[left.number].user_attrs["interrupted"] is True
     retries = [t for t in trials if t.user_attrs.get("retry_of") == left.number]
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING
+
+
+@pytest.mark.parametrize("where", ["sample", "reused tell"])
+def test_ctrl_c_while_a_trial_is_proposed_leaves_nothing_running(tmp_path, where):
+    study = Study(config(), root=tmp_path)
+    sample, tell, calls = study.space.sample, study.tell, [0]
+
+    def interrupted_sample(trial):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return sample(trial)
+
+    def interrupted_tell(trial, result, reused=False):
+        if reused:
+            raise KeyboardInterrupt
+        return tell(trial, result, reused)
+
+    if where == "sample":
+        study.space.sample = interrupted_sample  # type: ignore[method-assign]
+    else:  # six configurations, random proposals: a repeat comes within ten trials
+        study.tell = interrupted_tell  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        run_local(study, 10, runner=blackbox.for_study(study), progress=False)
+    trials = study.optuna.get_trials()
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert len(stopped) == 1 and stopped[0].state == TrialState.FAIL

@@ -156,6 +156,8 @@ class Proposer:
         self.waiting: dict[int, int] = {}
         #: This driver's trials handed out for training and not yet recorded.
         self.training: set[int] = set()
+        #: The trial id taken by the proposal in progress (sampled, placed or told next).
+        self.claimed: int | None = None
 
     def next(self) -> tuple[optuna.Trial, Candidate] | str:
         """A new trial and the candidate to train, or :data:`WAIT`, :data:`DONE`, :data:`EXHAUSTED`.
@@ -183,7 +185,9 @@ class Proposer:
                     return claimed
                 trial = optuna.Trial(study.optuna, claimed)
                 candidate = study.space.sample(trial)
-                if self._place(trial, candidate):
+                placed = self._place(trial, candidate)
+                self.claimed = None
+                if placed:
                     self.training.add(trial.number)
                     return trial, candidate
         finally:
@@ -209,6 +213,7 @@ class Proposer:
             trial_id = study.optuna._pop_waiting_trial_id()
             if trial_id is None:
                 trial_id = storage.create_new_trial(study_id)
+            self.claimed = trial_id  # a Ctrl-C from here on finds it (see interrupt)
             if study.shared:
                 study._own(trial_id)
             storage.set_trial_user_attr(trial_id, DRIVER_ATTR, study.driver)
@@ -247,11 +252,11 @@ class Proposer:
                 )
                 if original is not None:
                     trial.set_user_attr(WAITS_FOR_ATTR, original)
-        if hit is not None:
-            study.tell(trial, hit, reused=True)
-            return False
         if original is not None:
             self.waiting[trial.number] = original
+            return False
+        if hit is not None:
+            study.tell(trial, hit, reused=True)
             return False
         return True
 
@@ -291,14 +296,14 @@ class Proposer:
 
     def interrupt(self) -> list[int]:
         """Mark this driver's running and waiting trials interrupted (Ctrl-C); re-queue once."""
-        numbers = sorted(self.training | set(self.waiting))
+        study, storage = self.study, self.study.optuna._storage
+        frozen = [storage.get_trial(study._trial_id(n)) for n in self.training | set(self.waiting)]
+        if self.claimed is not None:  # interrupted while it was sampled, placed or told
+            frozen.append(storage.get_trial(self.claimed))
         self.training.clear()
         self.waiting.clear()
-        if not numbers:
-            return []
-        study = self.study
-        frozen = [study.optuna._storage.get_trial(study._trial_id(n)) for n in numbers]
-        return recover(study, frozen)
+        self.claimed = None
+        return recover(study, frozen) if frozen else []
 
 
 def recover(study: Study, trials: list[FrozenTrial]) -> list[int]:

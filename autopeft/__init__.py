@@ -4,7 +4,13 @@ Accuracy vs trainable parameters vs peak memory, with multi-objective Bayesian o
 Importing the package is cheap; submodules pull in torch/optuna only when used.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes' CPU backend logs a warning at import (peft imports it whenever it is
+# installed) when the optional `kernels` package is missing; its own fallback kernel runs.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def run(config, **kwargs):

@@ -1,11 +1,12 @@
 """Predicted vs measured peak training memory across module types and placements.
 
-On CPU the "measured" figure is autopeft's deterministic estimate (parameters + AdamW state +
-tensors saved for backward, one forward of the longest batch); on a GPU it is the CUDA
-allocator's peak over real training steps. `--fit` refits the activation coefficients of
-`autopeft.core.memory` (per family) by least squares and prints them; `--repredict FILE`
-predicts the rows of a committed results file again with the current model (no device
-needed), so measurements taken on a lent GPU keep checking the model as it changes.
+On CPU the "measured" figure is autopeft's deterministic step estimate (model + AdamW
+state + the profiler's allocation peak over one forward/backward of the longest batch); on a
+GPU it is the CUDA allocator's peak over real training steps. `--fit` refits the activation
+coefficients of `autopeft.core.memory` (per family) by least squares and prints them;
+`--repredict FILE` predicts the rows of a committed results file again with the current
+model (no device needed), so measurements taken on a lent GPU keep checking the model as it
+changes.
 
     .venv/bin/python bench/memory_model.py [--fit] [--device cuda] [--shapes 16x48,32x128]
         [--models minilm,tiny-llama,bert-base,bert-large] [--name STEM]
@@ -37,7 +38,7 @@ from autopeft import api
 from autopeft.core import memory as memmodel
 from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.train.build import build_adapted
-from autopeft.train.memory import MB, cpu_estimate_mb, cuda_peak, cuda_workspace_bytes
+from autopeft.train.memory import MB, cpu_step_peak_mb, cuda_peak, cuda_workspace_bytes
 from autopeft.train.trial import EMBEDDING_METHODS, TrialContext
 
 RESULTS = Path(__file__).parent / "results"
@@ -101,7 +102,7 @@ def measure(ctx: TrialContext, cand: Candidate, batch_size: int) -> tuple[float,
     batch = train.batch(longest)
     adapted = build_adapted(copy.deepcopy(ctx.base_model), ctx.profile, cand)
     if ctx.device.type == "cpu":
-        return cpu_estimate_mb(adapted, batch), batch
+        return cpu_step_peak_mb(adapted, batch), batch
     model = adapted.model.to(ctx.device)
     opt = torch.optim.AdamW(adapted.trainable_parameters(), lr=1e-4)
     batch_d = {k: v.to(ctx.device) for k, v in batch.items()}
@@ -252,7 +253,7 @@ def write(rows: list[dict], out: Path, stem: str, note: str = "") -> None:
     if rows[0]["device"] == "cuda":
         kind = f"CUDA allocator peak, {rows[0].get('gpu', 'GPU')}, bf16 autocast, 3 steps"
     else:
-        kind = "CPU saved-tensor estimate (one forward)"
+        kind = "CPU step estimate: profiler allocation peak of one forward/backward"
     header = [
         f"# Predicted vs measured peak training memory ({kind})",
         "",

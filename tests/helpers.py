@@ -166,3 +166,10 @@ def enumerate_all(resolved) -> list[Candidate]:
         out.append(resolved.sample(walker))
         if not walker.advance():
             return out
+
+
+def jsonl_task(folder, rows: list[dict], name: str = "rows.jsonl") -> dict:
+    """A causal-LM ``task`` section over ``rows`` written as JSONL under ``folder``."""
+    path = folder / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"kind": "causal_lm", "path": str(path), "max_length": 32}

@@ -45,14 +45,14 @@ class Candidate(BaseModel):
     Attributes:
         modules: the module types switched on, sorted by name.
         training: the training settings this candidate searched (``lr``, ``weight_decay``,
-            ``warmup``), overriding the study's recipe for its trials; empty when the search
-            space searches none.
+            ``warmup`` and the memory levers of :mod:`autopeft.core.levers`), overriding the
+            study's recipe for its trials; empty when the search space searches none.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     modules: tuple[ModuleConfig, ...] = ()
-    training: dict[str, float] = Field(default_factory=dict)
+    training: dict[str, Scalar] = Field(default_factory=dict)
 
     def module(self, method: str) -> ModuleConfig | None:
         """The config of ``method`` if it is switched on."""
@@ -82,7 +82,7 @@ class Candidate(BaseModel):
 
     def describe(self) -> str:
         """A short human-readable description."""
-        tail = "".join(f" | {k}={v:.3g}" for k, v in sorted(self.training.items()))
+        tail = "".join(f" | {k}={_short(v)}" for k, v in sorted(self.training.items()))
         if not self.modules:
             return "head only" + tail
         parts = []
@@ -92,6 +92,11 @@ class Candidate(BaseModel):
             tgt = "+".join(m.targets)
             parts.append(" ".join(x for x in (m.method, params, tgt, where) if x))
         return " | ".join(parts) + tail
+
+
+def _short(value: Scalar) -> str:
+    # Rates in three digits; levers (bool, int, str) as written.
+    return f"{value:.3g}" if isinstance(value, float) else str(value).lower()
 
 
 def _ranges(idx: tuple[int, ...]) -> str:

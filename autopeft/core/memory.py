@@ -2,6 +2,18 @@
 
 peak = weights + trainable state (gradient + AdamW moments) + weight copies + saved activations.
 
+Every memory lever (:mod:`autopeft.core.levers`) enters the prediction:
+- weights at their stored precision: fp32, bf16/fp16, or a bitsandbytes-quantised base
+  (4-bit with its absmax constants, or 8-bit with its row scales; embeddings, norms and
+  heads stay fp32, as peft's k-bit preparation leaves them), plus the one weight a
+  quantised layer dequantises at a time;
+- trainable parameters, their gradients and AdamW moments in fp32 whatever the base;
+- activations at the compute width (2 bytes under autocast, 4 in fp32), for one micro
+  batch (``micro_batch_size`` rows) of the training length (``max_length``); with gradient
+  checkpointing only each block's input is kept, and one block is recomputed at a time;
+- a causal LM's logits over the vocabulary (the language-model head's output, its fp32
+  log-softmax and their gradients), which dominate a small decoder's peak at long lengths.
+
 On a GPU, training runs under bf16 autocast: every linear layer a gradient flows through
 keeps the bf16 copy of its fp32 weight that autocast made for the forward (its backward needs
 it for the input gradient), so those weights count once more at 2 bytes each. On CPU training
@@ -36,6 +48,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from autopeft.core.candidate import Candidate
+from autopeft.core.levers import DTYPE_BYTES, Levers, quantized_linear_bytes
 from autopeft.core.profile import ModelProfile
 
 MB = 1024 * 1024
@@ -62,22 +75,34 @@ class Terms(NamedTuple):
     dora_outputs: float = 0.0
     #: x the weight elements of every DoRA-adapted linear (independent of the batch).
     dora_weights: float = 0.0
+    #: Per token, x the vocabulary of a causal LM (logits, log-softmax and their gradients).
+    logits: float = 0.0
+    #: Per token and block on the gradient path, x hidden size: the block inputs gradient
+    #: checkpointing keeps (the other terms then count one recomputed block).
+    checkpoints: float = 0.0
 
 
 #: Per device and family, fitted by ``bench/memory_model.py --fit`` to measured peaks. A device
 #: without a fit for a family uses the CPU coefficients at its own activation width.
-#: CPU: saved-tensor estimates (bench/results/memory_model_cpu.md); DoRA keeps about three
-#: fp32 weight-sized tensors per target there. CUDA: allocator peaks on an H200, bf16 autocast,
+#: CPU: step estimates (``cpu_step_peak_mb``) of bench/results/memory_model_cpu.md and
+#: memory_levers_cpu.md, fitted together, non-negative; DoRA keeps about three fp32
+#: weight-sized tensors per target there. CUDA: allocator peaks on an H200, bf16 autocast,
 #: fused attention (bench/results/memory_model_h200_fit.md; held out: memory_model_cuda_holdout*).
 ACTIVATION_COEFFS: dict[str, dict[str, Terms]] = {
     "cpu": {
-        "bert": Terms(0.881, 3.524, 1.322, 1.933, dora_weights=3.0),
-        "llama": Terms(0.356, 0.712, 2.137, 0.597, dora_weights=3.0),
+        "bert": Terms(0.0, 2.681, 3.742, 1.216, dora_weights=3.0, checkpoints=2.112),
+        "llama": Terms(0.0, 4.047, 0.707, 2.196, dora_weights=3.0, logits=3.141, checkpoints=0.371),
     },
     "cuda": {
         "bert": Terms(0.722, 2.888, 0.0, 2.471, transient=2.593, dora_outputs=2.502),
     },
 }
+
+#: Bytes per saved activation element under autocast. A GPU keeps them in bf16/fp16. CPU
+#: autocast casts only matmuls down: norms, softmax, activation functions and the loss stay
+#: fp32, so about half of what a step keeps is 4 bytes wide (bench/results/memory_levers_cpu.md:
+#: 2 bytes under-predicts its 16-bit rows by 20-30%, 4 over-predicts them by 17-31%).
+ACTIVATION_BYTES = {"cuda": 2, "cpu-autocast": 3}
 
 #: PyTorch's cuBLAS workspace per (handle, stream) on Hopper (compute capability 9; newer
 #: GPUs are assumed alike, unmeasured) and on older GPUs, when ``CUBLAS_WORKSPACE_CONFIG`` is
@@ -156,8 +181,14 @@ def gradient_path_weights(profile: ModelProfile, blocks: int) -> int:
     )
 
 
-def module_input_elements(profile: ModelProfile, candidate: Candidate) -> int:
-    """Elements per token of the distinct tensors trainable modules read (all blocks)."""
+def module_input_elements(
+    profile: ModelProfile, candidate: Candidate, per_block: bool = False
+) -> int:
+    """Elements per token of the distinct tensors trainable modules read.
+
+    Over all blocks, or (``per_block``) in the block that reads the most: what one
+    recomputed block keeps under gradient checkpointing.
+    """
     width = {
         "attn_in": profile.hidden_size,
         "attn_ctx": profile.num_heads * profile.head_dim,
@@ -174,7 +205,12 @@ def module_input_elements(profile: ModelProfile, candidate: Candidate) -> int:
                 sources.add((layer, _NATIVE_SOURCE[m.method]))
             for target in m.targets:
                 sources.add((layer, _SOURCE[target]))
-    return sum(width[src] for _, src in sources)
+    if not per_block:
+        return sum(width[src] for _, src in sources)
+    blocks: dict[int, int] = {}
+    for layer, src in sources:
+        blocks[layer] = blocks.get(layer, 0) + width[src]
+    return max(blocks.values(), default=0)
 
 
 def activation_terms(
@@ -183,10 +219,17 @@ def activation_terms(
     batch_size: int,
     seq_len: int,
     embeddings_trained: bool = False,
+    checkpointing: bool = False,
 ) -> Terms:
-    """The elements each activation coefficient multiplies, for one trial's longest batch."""
+    """The elements each activation coefficient multiplies, for one trial's longest batch.
+
+    ``batch_size`` is the rows of one forward pass (a micro batch). Under gradient
+    checkpointing the per-block terms count the one block being recomputed, and the block
+    inputs kept for recomputation are a term of their own.
+    """
     tokens = batch_size * seq_len
     blocks = blocks_with_gradient(profile, candidate, embeddings_trained)
+    live = min(blocks, 1) if checkpointing else blocks
     dora = [
         profile.linear(layer, target)
         for m in candidate.modules
@@ -194,15 +237,43 @@ def activation_terms(
         for layer in m.layers
         for target in m.targets
     ]
+    lm = profile.task_type == "CAUSAL_LM"
     return Terms(
-        hidden=tokens * blocks * profile.hidden_size,
-        inter=tokens * blocks * profile.intermediate_size,
-        attention=tokens * blocks * profile.num_heads * seq_len,
-        inputs=tokens * module_input_elements(profile, candidate),
+        hidden=tokens * live * profile.hidden_size,
+        inter=tokens * live * profile.intermediate_size,
+        attention=tokens * live * profile.num_heads * seq_len,
+        inputs=tokens * module_input_elements(profile, candidate, per_block=checkpointing),
         transient=tokens * profile.intermediate_size,
         dora_outputs=tokens * sum(lin.out_features for lin in dora),
         dora_weights=sum(lin.in_features * lin.out_features for lin in dora),
+        logits=tokens * profile.vocab_size if lm else 0,
+        checkpoints=tokens * blocks * profile.hidden_size if checkpointing else 0,
     )
+
+
+def block_linear_elements(profile: ModelProfile) -> int:
+    """Weight elements of every block's linear layers (what a quantised base quantises)."""
+    return sum(
+        lin.in_features * lin.out_features
+        for layer in profile.layers
+        for lin in layer.sublayers.values()
+    )
+
+
+def base_weight_bytes(profile: ModelProfile, levers: Levers) -> int:
+    """Bytes of the frozen base at its stored precision (quantisation constants included).
+
+    A quantised base quantises its blocks' linear weights; everything else (embeddings,
+    norms, biases, the language-model head) is kept in fp32 by peft's k-bit preparation.
+    """
+    if levers.bits is None:
+        return DTYPE_BYTES[levers.dtype] * profile.base_params
+    linears = [lin for layer in profile.layers for lin in layer.sublayers.values()]
+    quantized = sum(
+        quantized_linear_bytes(lin.in_features, lin.out_features, levers.quantization)
+        for lin in linears
+    )
+    return quantized + 4 * (profile.base_params - block_linear_elements(profile))
 
 
 def predict_memory(
@@ -214,6 +285,7 @@ def predict_memory(
     device: str = "cuda",
     embeddings_trained: bool = False,
     workspace_bytes: int | None = None,
+    levers: Levers | None = None,
 ) -> MemoryPrediction:
     """Predict the peak memory of training ``candidate``.
 
@@ -221,24 +293,48 @@ def predict_memory(
         profile: the base model.
         candidate: the configuration (its placement decides how deep gradients flow).
         trainable_params: the exact adapter parameter count (from the method formulas).
-        batch_size: training batch size.
+        batch_size: rows per forward pass (the micro batch when ``levers`` has one).
         seq_len: the longest sequence (tokens, prefix/prompt tokens included).
-        device: ``cuda`` (bf16 autocast: activations stored in 2 bytes) or ``cpu`` (fp32).
+        device: ``cuda`` (autocast: activations stored in 2 bytes) or ``cpu`` (fp32, or the
+            base's precision under CPU autocast).
         embeddings_trained: True for methods whose gradient reaches the input embeddings.
         workspace_bytes: the cuBLAS workspaces on the GPU that will train (a CUDA device's
             figure from ``autopeft.train.memory.cuda_workspace_bytes``); None assumes Hopper's.
+        levers: the trial's memory levers (None: an fp32 base, no checkpointing).
     """
-    act_bytes = 2 if device == "cuda" else 4
-    weights = 4 * (profile.base_params + profile.head_params + trainable_params)
-    train_state = 12 * (trainable_params + profile.head_params)
+    levers = levers or Levers(batch_size, batch_size, seq_len)
+    autocast = device == "cuda" or levers.dtype != "fp32"
+    act_bytes = ACTIVATION_BYTES["cuda" if device == "cuda" else "cpu-autocast"] if autocast else 4
+    trained = trainable_params + profile.head_params  # fp32 whatever the base (trainable_in_fp32)
+    weights = base_weight_bytes(profile, levers) + 4 * trained
+    train_state = 12 * trained
     blocks = blocks_with_gradient(profile, candidate, embeddings_trained)
     coeffs = activation_coeffs(profile.family, device)
-    terms = activation_terms(profile, candidate, batch_size, seq_len, embeddings_trained)
+    terms = activation_terms(
+        profile, candidate, batch_size, seq_len, embeddings_trained, levers.gradient_checkpointing
+    )
     activations = int(act_bytes * sum(c * x for c, x in zip(coeffs, terms)))
     copies = workspace = 0
-    if device == "cuda":  # autocast's bf16 weight copies, kept for backward (module doc)
-        copies = 2 * (
-            gradient_path_weights(profile, blocks) + trainable_params + profile.head_params
+    if autocast:  # autocast's low-precision copies of fp32 weights, kept for backward
+        copies = 2 * trained
+        if device == "cuda" and levers.dtype == "fp32" and levers.bits is None:
+            # Under checkpointing a block's copies are made again when it is recomputed.
+            kept = min(blocks, 1) if levers.gradient_checkpointing else blocks
+            copies += 2 * gradient_path_weights(profile, kept)
+        if profile.task_type == "CAUSAL_LM" and (levers.bits or levers.dtype == "fp32"):
+            # The LM head stays fp32 (an fp32 base, or k-bit preparation): its 16-bit copy
+            # is kept for the gradient of the hidden states, the whole vocabulary wide.
+            copies += 2 * profile.vocab_size * profile.hidden_size
+    if levers.bits is not None:  # a quantised layer's weight, dequantised for its matmul
+        largest = max(
+            (
+                lin.in_features * lin.out_features
+                for layer in profile.layers
+                for lin in layer.sublayers.values()
+            ),
+            default=0,
         )
+        copies += 2 * largest * (DTYPE_BYTES[levers.dtype] if autocast else 4)
+    if device == "cuda":
         workspace = CUDA_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
     return MemoryPrediction(weights, train_state, activations, copies, workspace)

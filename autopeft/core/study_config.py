@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from pathlib import PurePath
+from importlib.util import find_spec
 from typing import Any, Literal
 
 from pydantic import (
@@ -15,7 +15,8 @@ from pydantic import (
     model_validator,
 )
 
-from autopeft.core.errors import Problem, RuleError, did_you_mean, show_json
+from autopeft.core.errors import RuleError, did_you_mean
+from autopeft.core.levers import platform_problems
 from autopeft.core.space import SearchSpace
 
 #: Metrics of every task, with their natural direction: costs of the candidate and its run.
@@ -159,6 +160,14 @@ class TrainingConfig(_Section):
     eval_examples: int = Field(1000, ge=1)
     seed: int = 0
     rungs: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
+    # Memory levers (autopeft.core.levers): fixed here, or searched in search_space.training.
+    gradient_checkpointing: bool = False
+    #: Rows per forward/backward (None: the whole batch); must divide batch_size.
+    micro_batch_size: int | None = Field(None, ge=1)
+    #: The longest training row in tokens (None: task.max_length, which evaluation keeps).
+    max_length: int | None = Field(None, ge=8, le=32768)
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    quantization: Literal["none", "nf4", "fp4", "nf4-dq", "fp4-dq", "int8"] = "none"
 
     @field_validator("rungs")
     @classmethod
@@ -169,6 +178,22 @@ class TrainingConfig(_Section):
                 "e.g. [0.25, 0.5, 1.0]",
             )
         return value
+
+    @model_validator(mode="after")
+    def _micro_batch_divides(self) -> TrainingConfig:
+        micro = self.micro_batch_size
+        if micro is not None and self.batch_size % micro:
+            raise RuleError(
+                f"micro_batch_size must divide batch_size ({self.batch_size}), but got {micro}",
+                "the micro batches of one step add up to the batch; e.g. "
+                f"{_divisors(self.batch_size)}",
+                path="micro_batch_size",
+            )
+        return self
+
+
+def _divisors(n: int) -> str:
+    return ", ".join([str(d) for d in range(1, n) if n % d == 0][-4:]) or "1"
 
 
 def trial_training(training: TrainingConfig, candidate: Any) -> TrainingConfig:
@@ -336,6 +361,45 @@ class StudyConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _levers_fit(self) -> StudyConfig:
+        # The levers' rules that involve another section: micro batches divide the batch,
+        # training rows are no longer than evaluation's, and the platform can run them.
+        space = self.search_space.training
+        micro = space.values("micro_batch_size") or []
+        bad = [m for m in micro if self.training.batch_size % m]
+        if bad:
+            raise RuleError(
+                f"micro_batch_size must divide training.batch_size ({self.training.batch_size}) "
+                f"for every value, but got {bad[0]}",
+                "the micro batches of one step add up to the batch; e.g. "
+                f"{_divisors(self.training.batch_size)}",
+                path="search_space.training.micro_batch_size",
+            )
+        ceiling = self.task.max_length
+        lengths = [(p, v) for p, v in self.lever_values("max_length") if v is not None]
+        for path, value in lengths:
+            if value > ceiling:
+                raise RuleError(
+                    f"max_length must be at most task.max_length ({ceiling}), the length "
+                    f"evaluation uses, but got {value}",
+                    f"raise task.max_length to {value}, or search shorter lengths",
+                    path=path,
+                )
+        values = {k: {v for _, v in self.lever_values(k)} for k in ("quantization", "dtype")}
+        problems = platform_problems(values, find_spec("bitsandbytes") is not None)
+        for lever, why in problems:
+            path = self.lever_values(lever)[0][0]
+            raise RuleError(why, "docs/levers.md says what each lever needs", path=path)
+        return self
+
+    def lever_values(self, key: str) -> list[tuple[str, Any]]:
+        """``(path, value)`` for every value lever ``key`` takes: searched, else fixed."""
+        searched = self.search_space.training.values(key)
+        if searched is not None:
+            return [(f"search_space.training.{key}", v) for v in searched]
+        return [(f"training.{key}", getattr(self.training, key))]
+
     @property
     def task_direction(self) -> str:
         """Whether the task metric is maximised or minimised (as its objective says)."""
@@ -405,83 +469,3 @@ class StudyConfig(_Section):
                 path="sampler.name",
             )
         return self
-
-
-#: Sections every trial of a study shares: a change makes old and new trials incomparable.
-#: The rest (n_trials, sampler, halving, executor, storage) may change when a study resumes.
-TRIAL_DEFINING = ("model", "task", "training", "search_space", "objectives")
-
-
-def resume_conflicts(stored: dict[str, Any], current: dict[str, Any], where: str) -> list[Problem]:
-    """Why a study stored as ``stored`` cannot continue under ``current`` (both JSON dumps).
-
-    Args:
-        stored: the configuration the study's trials were run with.
-        current: the configuration it is resumed with.
-        where: where the stored configuration can be read (for the hint).
-
-    Returns:
-        One problem per changed setting of :data:`TRIAL_DEFINING` (at most 8), else [].
-    """
-    changed: list[tuple[str, Any, Any]] = []
-    for section in TRIAL_DEFINING:
-        old, new = stored.get(section), current.get(section)
-        if section == "task":
-            new = _as_stored(old, new)
-        _differences(old, new, section, changed)
-    return [
-        Problem(
-            path,
-            f"the study's trials were run with {_setting(old)}, and a study keeps the "
-            f"{path.split('.')[0].replace('_', ' ')} its trials were run with, but got "
-            f"{_setting(new)}",
-            hint=f"give the changed study a new name, or set this back ({where} holds the "
-            "study's configuration)",
-        )
-        for path, old, new in changed[:8]
-    ]
-
-
-def _differences(old: Any, new: Any, path: str, out: list[tuple[str, Any, Any]]) -> None:
-    """Append ``(path, old, new)`` for each changed setting, in the file's own paths."""
-    if _is_section(old) and _is_section(new):
-        for key in sorted(set(old) | set(new), key=str):
-            # A parameter's domain dumps under "domains" (searched) or "fixed" (a value); the
-            # file names it without either, and a move between them is one change, not two.
-            inner = path if key in _DUMP_ONLY else f"{path}.{key}"
-            _differences(old.get(key), new.get(key), inner, out)
-    elif old != new and all(p != path for p, _, _ in out):
-        out.append((path, old, new))
-
-
-def _as_stored(old: Any, new: Any) -> Any:
-    """``new`` task with a data path written as ``old`` wrote it, when both name one file.
-
-    Studies from before data paths were read from the study file's folder stored them
-    relative (to the working directory of that run); the same file now arrives absolute and
-    ending in that relative path. Any other difference is a different file.
-    """
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return new
-    same = {}
-    for key in ("path", "hf_dataset"):
-        was, now = old.get(key), new.get(key)
-        if was and now and not PurePath(was).is_absolute() and PurePath(now).is_absolute():
-            tail = PurePath(was).parts
-            if PurePath(now).parts[-len(tail) :] == tail:
-                same[key] = was
-    return {**new, **same}
-
-
-def _setting(value: Any) -> str:
-    # JSON, as the study's study.json shows it, and long enough to tell two values apart.
-    return "the default" if value is None else show_json(value, limit=240)
-
-
-#: Keys of the dumped configuration that a study file does not write.
-_DUMP_ONLY = ("domains", "fixed")
-
-
-def _is_section(value: Any) -> bool:
-    # A domain ({type: int, low: ...}) is one setting: compared whole, not field by field.
-    return isinstance(value, dict) and "type" not in value

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
+from statistics import median
 from typing import Any
 
 from autopeft import methods
 from autopeft.core.candidate import ModuleConfig
+from autopeft.core.levers import LEVERS
 from autopeft.core.pareto import hypervolume_history, knee_point, pareto_front
 from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.results import REEVAL_ATTR, retries, untold_note
@@ -285,6 +287,67 @@ def module_summary(data: StudyData) -> list[Row]:
                 "mean_layers": sum(layers) / len(layers) if layers else None,
             }
         )
+    return rows
+
+
+def searched_levers(data: StudyData) -> list[str]:
+    """The memory levers (:data:`~autopeft.core.levers.LEVERS`) the study's trials searched."""
+    seen = {key for _, r in data.results for key in r.candidate.training}
+    return [lever for lever in LEVERS if lever in seen]
+
+
+def lever_text(value: Any) -> str:
+    """A lever value as a study file writes it (``true``, ``nf4``, ``16``; unset: default)."""
+    if value is None:
+        return "default"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def lever_summary(data: StudyData) -> list[Row]:
+    """Per searched lever, one row per value: what the trials with that value achieved.
+
+    ``trials`` counts every told trial that trained (or would have) with the value;
+    ``complete`` those that completed and were trained, not reused (the medians and the
+    best metric are theirs, so a reused result is not counted twice); ``front`` how many
+    are on the Pareto front. A trial whose candidate lacks a searched lever (one told
+    before the lever was searched) ran with the study's fixed value and counts there.
+    Values come in the order the search space lists them.
+    """
+    metric = data.task_metric()
+    front = {n for n, _ in data.front()}
+    counted = {n for n, _ in data.counted()}
+    fixed = data.config.get("training") or {}
+    domains = ((data.config.get("search_space") or {}).get("training") or {}).get("domains") or {}
+    rows = []
+    for lever in searched_levers(data):
+        by_value: dict[str, list[tuple[int, TrialResult]]] = {
+            lever_text(v): [] for v in (domains.get(lever) or {}).get("values") or []
+        }
+        for n, r in data.results:
+            value = r.candidate.training.get(lever, fixed.get(lever))
+            by_value.setdefault(lever_text(value), []).append((n, r))
+        for value, trials in by_value.items():
+            done = [r for n, r in trials if n in counted]
+            best = [v for r in done if (v := r.objective(metric)) is not None]
+            memory = [r.peak_memory_mb for r in done if r.peak_memory_mb is not None]
+            speed = [r.tokens_per_s for r in done if r.tokens_per_s is not None]
+            rows.append(
+                {
+                    "lever": lever,
+                    "value": value,
+                    "trials": len(trials),
+                    "complete": len(done),
+                    "front": sum(n in front for n, _ in trials),
+                    "best_metric": data.task_better(best),
+                    "metric": metric,
+                    "median_memory_mb": median(memory) if memory else None,
+                    "memory_kind": ", ".join(
+                        sorted({memory_kind(r) for r in done if r.peak_memory_mb is not None})
+                    ),
+                    "median_tokens_per_s": median(speed) if speed else None,
+                    "median_wall_time_s": median(r.wall_time_s for r in done) if done else None,
+                }
+            )
     return rows
 
 

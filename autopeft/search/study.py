@@ -24,12 +24,14 @@ from optuna.trial import TrialState
 from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError
+from autopeft.core.levers import Levers
 from autopeft.core.memory import predict_memory
 from autopeft.core.pareto import hypervolume, pareto_front
 from autopeft.core.profile import ModelProfile, load_profile
 from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.result import TrialResult, TrialStatus
-from autopeft.core.study_config import METRICS, StudyConfig, resume_conflicts
+from autopeft.core.resume import resume_conflicts
+from autopeft.core.study_config import METRICS, StudyConfig, trial_training
 from autopeft.search import proposals
 from autopeft.search.pool import Oracle
 from autopeft.search.samplers import make_sampler
@@ -162,17 +164,19 @@ class Study:
             partial.replace(self.folder / "study.json")
 
     def driver_budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
-        """Exact parameters and predicted memory (at the task's max length) on the driver.
+        """Exact parameters and predicted memory (at the longest training rows) on the driver.
 
         The driver loads no model or data, so it leaves the memory budget to the trial's own
         check on the real data (``run_trial``), which is what decides INFEASIBLE.
         """
         params = candidate_params(candidate, self.profile, methods.registry())
-        cfg = self.config
+        lev = Levers.of(
+            trial_training(self.config.training, candidate), self.config.task.max_length
+        )
         pred = predict_memory(
-            self.profile, candidate, params, cfg.training.batch_size, cfg.task.max_length
-        ).total_mb
-        return params, pred, None
+            self.profile, candidate, params, lev.micro_batch_size, lev.max_length, levers=lev
+        )
+        return params, pred.total_mb, None
 
     @property
     def shared(self) -> bool:

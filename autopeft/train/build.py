@@ -25,6 +25,8 @@ class AdaptedModel:
     trainable_params: int  # adapter parameters only, classifier head excluded
     head_params: int
     step_hooks: list[Any] = field(default_factory=list)
+    #: The base's compute precision (``training.dtype``): what autocast runs it in.
+    precision: str = "fp32"
 
     def on_step(self, step: int) -> None:
         """Run per-step hooks of the modules (e.g. AdaLoRA rank allocation)."""

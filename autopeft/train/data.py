@@ -327,6 +327,15 @@ class Encoded:
             ConfigError: at ``training.batch_size`` when one batch is more than the split
                 holds (only whole batches are drawn, so none would ever come).
         """
+        for idx in self.index_batches(size, seed, steps):
+            yield self.batch(idx)
+
+    def index_batches(self, size: int, seed: int, steps: int) -> Iterator[torch.Tensor]:
+        """The row indices of :meth:`batches` (a step's micro batches split them).
+
+        Raises:
+            ConfigError: as :meth:`batches`.
+        """
         if len(self) < size:
             raise ConfigError(
                 Problem(
@@ -341,7 +350,7 @@ class Encoded:
         while done < steps:
             order = torch.randperm(len(self), generator=gen)
             for start in range(0, len(order) - size + 1, size):
-                yield self.batch(order[start : start + size])
+                yield order[start : start + size]
                 done += 1
                 if done >= steps:
                     return

@@ -8,11 +8,15 @@ The folder holds:
 - for candidates with a peft-backed module: a standard peft adapter (``adapter_config.json``
   + ``adapter_model.safetensors``) loadable with ``PeftModel.from_pretrained`` (it carries
   the peft module and the classifier head; native modules need :func:`load_exported`).
+
+A trial trained on a quantised base (the ``quantization`` lever: QLoRA) exports the same
+adapter; peft loads it on the base quantised the same way, so the manifest
+(``base_quantization``) and the model card record the ``BitsAndBytesConfig`` to load the
+base with, and :func:`load_exported` loads it so.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -21,9 +25,12 @@ import torch
 
 from autopeft import __version__, methods
 from autopeft.core.candidate import Candidate
-from autopeft.core.study_config import StudyConfig, trial_training
+from autopeft.core.levers import Levers, quant_bits
+from autopeft.core.profile import ModelProfile, profile_from_config
+from autopeft.core.study_config import StudyConfig, TrainingConfig, trial_training
 from autopeft.train.build import AdaptedModel, build_adapted
-from autopeft.train.models import load_model
+from autopeft.train.levers import prepare_base, trainable_in_fp32
+from autopeft.train.models import DTYPES, load_model, quantization_config
 from autopeft.train.profile import profile_model
 from autopeft.train.weights import load_trainable, save_trainable
 
@@ -54,6 +61,7 @@ def export_adapted(
     """
     _clear_previous_export(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    training = trial_training(config.training, adapted.candidate)
     save_trainable(adapted, out_dir / WEIGHTS)
     specs = [(methods.get(m.method), m) for m in adapted.candidate.modules]
     peft_module = next(((spec, m) for spec, m in specs if spec.backend == "peft"), None)
@@ -83,7 +91,9 @@ def export_adapted(
         # Modules peft cannot load: PeftModel.from_pretrained alone would silently drop them.
         "native_modules": [m.method for spec, m in specs if spec.backend == "native"],
         "task": config.task.model_dump(mode="json"),
-        "training": trial_training(config.training, adapted.candidate).model_dump(mode="json"),
+        "training": training.model_dump(mode="json"),
+        # How to load the base the adapter was trained on (None: as it is, unquantised).
+        "base_quantization": base_quantization(training, adapted.profile),
         "study": config.name,
         "trial": trial,
         "metrics": metrics or {},
@@ -93,14 +103,67 @@ def export_adapted(
     return out_dir
 
 
+#: The ``BitsAndBytesConfig`` settings an export records (the others keep their defaults).
+_BNB_KEYS = {
+    4: (
+        "load_in_4bit",
+        "bnb_4bit_quant_type",
+        "bnb_4bit_use_double_quant",
+        "bnb_4bit_compute_dtype",
+        "llm_int8_skip_modules",
+    ),
+    8: ("load_in_8bit", "llm_int8_skip_modules"),
+}
+
+
+def base_quantization(training: TrainingConfig, profile: ModelProfile) -> dict[str, Any] | None:
+    """How the trial's base was quantised, as ``BitsAndBytesConfig`` keyword arguments.
+
+    Read from the very config training loaded the base with (:func:`quantization_config`),
+    so the export cannot drift from it. None for an unquantised base.
+    """
+    bits = quant_bits(training.quantization)
+    if bits is None:
+        return None
+    keep = (profile.head_path,) if profile.has_head else ()  # as TrialContext.load_quantized
+    full = quantization_config(training.quantization, DTYPES[training.dtype], keep).to_dict()
+    kwargs = {key: full[key] for key in _BNB_KEYS[bits]}
+    if not kwargs["llm_int8_skip_modules"]:
+        del kwargs["llm_int8_skip_modules"]  # transformers keeps the LM head unquantised
+    return {"quantization": training.quantization, "bitsandbytes_config": kwargs}
+
+
+def _load_snippet(manifest: dict[str, Any]) -> str:
+    """How to load a peft adapter: on the base as it is, or quantised as in training."""
+    quant = manifest.get("base_quantization")
+    if not quant:
+        return (
+            "```python\nfrom peft import PeftModel\n"
+            'model = PeftModel.from_pretrained(base_model, "path/to/this/folder")\n```'
+        )
+    auto = (
+        "AutoModelForCausalLM" if manifest["head"] == "lm" else "AutoModelForSequenceClassification"
+    )
+    labels = "" if manifest["head"] == "lm" else f", num_labels={manifest['num_labels']}"
+    kwargs = ",\n    ".join(f"{k}={v!r}" for k, v in quant["bitsandbytes_config"].items())
+    return (
+        f"Trained on a base quantised to {quant['quantization']} by bitsandbytes: load the "
+        "base quantised the same way, then the adapter.\n\n"
+        f"```python\nfrom peft import PeftModel\nfrom transformers import {auto}, "
+        f"BitsAndBytesConfig\n\nbnb = BitsAndBytesConfig(\n    {kwargs},\n)\n"
+        f'base_model = {auto}.from_pretrained(\n    "{manifest["base_model_id"]}", '
+        f"quantization_config=bnb{labels}\n)\n"
+        'model = PeftModel.from_pretrained(base_model, "path/to/this/folder")\n```'
+    )
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """A Hugging Face model card for the export: base model, task, metrics, candidate."""
     metrics = manifest.get("metrics") or {}
     rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()))
     peft = manifest["peft_adapter"]
     load = (
-        "```python\nfrom peft import PeftModel\n"
-        'model = PeftModel.from_pretrained(base_model, "path/to/this/folder")\n```'
+        _load_snippet(manifest)
         if peft
         else "```python\nfrom autopeft.train.export import load_exported\n"
         'adapted = load_exported("path/to/this/folder")\n```'
@@ -183,14 +246,27 @@ def load_exported(path: str | Path, device: str | None = None) -> AdaptedModel:
     """
     path = Path(path)
     manifest = json.loads((path / MANIFEST).read_text())
-    # The frozen base is rebuilt the way training built it (random test models: same seed).
+    head = manifest.get("head", "classifier")
+    quant = manifest.get("base_quantization")  # absent in exports made before the levers
+    bnb = quant["bitsandbytes_config"] if quant else {}
+    # The frozen base is rebuilt the way training built it (random test models: same seed),
+    # quantised as it was: the adapter learnt to correct that base's rounding.
     model = load_model(
         manifest["base_model"],
         num_labels=manifest["num_labels"],
         seed=manifest["training"]["seed"],
-        head=manifest.get("head", "classifier"),
+        head=head,
+        dtype=manifest["training"].get("dtype") if quant else None,
+        quantization=quant["quantization"] if quant else "none",
+        keep=tuple(bnb.get("llm_int8_skip_modules") or ()),
     )
-    profile = profile_model(model)
+    if quant:
+        # Packed 4-bit weights defeat profile_model's parameter count; the config's profile
+        # is the one the trial was built from.
+        config = model.config.to_dict()
+        profile = profile_from_config(config, num_labels=model.config.num_labels, head=head)
+    else:
+        profile = profile_model(model)
     candidate = Candidate.model_validate(manifest["candidate"])
     adapted = build_adapted(model, profile, candidate, total_steps=manifest["training"]["steps"])
     load_trainable(adapted, path / WEIGHTS)
@@ -201,10 +277,18 @@ def load_exported(path: str | Path, device: str | None = None) -> AdaptedModel:
 
 
 def rebuild(ctx, candidate: Candidate, weights: Path) -> AdaptedModel:
-    """The trained model of ``candidate`` from a trial's saved tensors."""
-    adapted = build_adapted(
-        copy.deepcopy(ctx.base_model), ctx.profile, candidate, total_steps=ctx.config.training.steps
-    )
+    """The trained model of ``candidate`` from a trial's saved tensors.
+
+    The base is prepared as the trial's levers prepared it (precision, quantisation), so
+    what depends on the base at export (PiSSA/OLoRA's conversion to plain LoRA) sees the
+    base the adapter was trained on.
+    """
+    cfg = trial_training(ctx.config.training, candidate)
+    levers = Levers.of(cfg, ctx.config.task.max_length)
+    model = prepare_base(levers, ctx.base_model, ctx.load_quantized)
+    adapted = build_adapted(model, ctx.profile, candidate, total_steps=cfg.steps)
+    trainable_in_fp32(adapted.model)
+    adapted.precision = levers.dtype
     load_trainable(adapted, weights)
     return adapted
 

@@ -6,7 +6,6 @@ returns False to stop the trial early (an executor's successive-halving decision
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from autopeft import stop
 from autopeft.core.study_config import TrainingConfig
 from autopeft.train.build import AdaptedModel
 from autopeft.train.data import Encoded
+from autopeft.train.levers import autocast, grad_scaler
 
 Report = Callable[[int, dict[str, float]], bool]
 #: ``evaluate(adapted, split, batch_size, limit, device) -> metrics``: the task kind's.
@@ -101,7 +101,7 @@ def evaluate(
     for start in range(0, n, batch_size):
         batch = data.batch(torch.arange(start, min(n, start + batch_size)))
         batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast(device):
+        with autocast(device, adapted.precision):
             out = model(**batch)
         # Kept on the device and read once at the end: a read per batch would sync per batch.
         losses.append(out.loss.detach().double() * len(batch["labels"]))
@@ -113,11 +113,12 @@ def evaluate(
     return metrics
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on a GPU (weights stay fp32); plain fp32 elsewhere (bf16 is slow on CPU)."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+def loss_items(batch: dict[str, torch.Tensor]) -> int:
+    """What a batch's mean loss averages over: rows, or a causal LM's predicted tokens."""
+    labels = batch["labels"]
+    if labels.dim() == 2:  # token labels: position t predicts token t + 1; -100 is no loss
+        return int((labels[:, 1:] != -100).sum())
+    return len(labels)
 
 
 def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
@@ -147,6 +148,8 @@ def train_and_eval(
     """Train ``adapted`` for ``steps`` (default ``cfg.steps``) and evaluate it.
 
     ``evaluator`` is the task kind's evaluation (default: classification's :func:`evaluate`).
+    With ``cfg.micro_batch_size`` each step accumulates micro batches into the batch's
+    gradient.
 
     Evaluates every ``cfg.eval_every`` steps, at the steps in ``eval_at`` (successive-halving
     rungs) and at the end; each evaluation goes to ``report``, which may return False to stop
@@ -168,19 +171,18 @@ def train_and_eval(
     )
     result = LoopResult(metrics={})
     guard = LossGuard(device)
+    scaler = grad_scaler(device, adapted.precision)
+    micro = cfg.micro_batch_size or cfg.batch_size
     start = time.perf_counter()
     step = 0
-    for step, batch in enumerate(train.batches(cfg.batch_size, cfg.seed, total), start=1):
+    for step, idx in enumerate(train.index_batches(cfg.batch_size, cfg.seed, total), start=1):
         stop.check()  # a Ctrl-C whose KeyboardInterrupt was swallowed stops here
-        # Counted on the host batch: the same sum on the device would synchronise every step.
-        result.tokens += int(batch["attention_mask"].sum())
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast(device):
-            loss = model(**batch).loss
+        loss = _accumulate(adapted, train, idx, micro, device, scaler, result)
         guard.see(step, loss)
-        loss.backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         adapted.on_step(step)  # before zero_grad: AdaLoRA's rank allocation reads gradients
         opt.zero_grad(set_to_none=True)
@@ -198,3 +200,32 @@ def train_and_eval(
                 break
     result.steps = step
     return result
+
+
+def _accumulate(
+    adapted: AdaptedModel,
+    train: Encoded,
+    idx: torch.Tensor,
+    micro: int,
+    device: torch.device,
+    scaler: torch.amp.GradScaler,
+    result: LoopResult,
+) -> torch.Tensor:
+    """Forward and backward ``idx`` in micro batches of ``micro`` rows; the batch's loss.
+
+    Each micro batch's mean loss is weighted by its share of the batch's loss items, so
+    the accumulated gradient is the whole batch's (the effective batch stays the same).
+    """
+    chunks = [train.batch(part) for part in idx.split(micro)]
+    items = [loss_items(b) for b in chunks] if len(chunks) > 1 else [1]
+    total_items = max(1, sum(items))
+    loss = torch.zeros((), device=device)
+    for batch, n in zip(chunks, items):
+        # Counted on the host batch: the same sum on the device would synchronise every step.
+        result.tokens += int(batch["attention_mask"].sum())
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast(device, adapted.precision):
+            part = adapted.model(**batch).loss * (n / total_items)
+        scaler.scale(part).backward()
+        loss = loss + part.detach().float()
+    return loss

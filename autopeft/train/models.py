@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
+import warnings
 from typing import Any
 
 import torch
@@ -30,7 +32,7 @@ _TINY_CLASSES = {"bert": BertConfig, "llama": LlamaConfig, "gpt2": GPT2Config}
 
 #: What a task's ``head`` loads: a sequence classifier or a causal language model.
 _AUTO_CLASSES = {"classifier": AutoModelForSequenceClassification, "lm": AutoModelForCausalLM}
-#: Base precisions a study may ask for (the seam for quantised bases: see load_model).
+#: Base precisions a study may ask for (``training.dtype``).
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -48,6 +50,9 @@ def load_model(
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
     head: str = "classifier",
+    quantization: str = "none",
+    keep: tuple[str, ...] = (),
+    weights: bool = True,
 ):
     """Load a base model by short name, tiny name, local folder or hub id.
 
@@ -60,21 +65,88 @@ def load_model(
         seed: seeds the random initialisation (tiny models, a new classifier head).
         dtype: the base weights' precision (a torch dtype or ``fp32``/``bf16``/``fp16``).
         head: ``classifier`` (sequence classification) or ``lm`` (causal language model).
+        quantization: ``none``, or a bitsandbytes scheme of :mod:`autopeft.core.levers`
+            (``nf4``, ``fp4``, ``nf4-dq``, ``fp4-dq``, ``int8``); ``dtype`` is then the
+            compute precision and the other weights load in fp32.
+        keep: modules a quantised base keeps unquantised (the classifier head it trains);
+            the language-model head always stays unquantised.
+        weights: False builds the model's structure on the meta device, without reading or
+            allocating weights: what a profile needs when every trial loads its own
+            (quantised) base.
 
     Bundled and local models load offline; tiny models are random-initialised under ``seed``.
     """
     torch.manual_seed(seed)
     auto = _AUTO_CLASSES[head]
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if quantization != "none":
+        return _load_quantized(name, num_labels, seed, dtype, head, quantization, keep)
     if name in TINY_CONFIGS:
-        model = auto.from_config(tiny_config(name, num_labels))
+        with contextlib.nullcontext() if weights else torch.device("meta"):
+            model = auto.from_config(tiny_config(name, num_labels))
         return model.to(dtype) if dtype is not None else model
     path = _local_or_hub(name)
     config = AutoConfig.from_pretrained(path, num_labels=num_labels)
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0 if head == "classifier" else config.eos_token_id
+    if not weights:
+        with torch.device("meta"):
+            return auto.from_config(config, dtype=dtype)
     with _quiet_loading():
         return auto.from_pretrained(path, config=config, dtype=dtype)
+
+
+def quantization_config(quantization: str, compute: torch.dtype | None, keep: tuple[str, ...]):
+    """The ``BitsAndBytesConfig`` of a quantisation lever value."""
+    from transformers import BitsAndBytesConfig
+
+    skip = list(keep) or None  # None: transformers keeps the language-model head itself
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization.removesuffix("-dq"),
+        bnb_4bit_use_double_quant=quantization.endswith("-dq"),
+        bnb_4bit_compute_dtype=compute or torch.float32,
+        llm_int8_skip_modules=skip,
+    )
+
+
+def _load_quantized(name, num_labels, seed, compute, head, quantization, keep):
+    """A bitsandbytes-quantised base; a tiny model is saved first (quantisation loads files)."""
+    qconfig = quantization_config(quantization, compute, keep)
+    with contextlib.ExitStack() as stack:
+        if name in TINY_CONFIGS:
+            path = stack.enter_context(tempfile.TemporaryDirectory(prefix="autopeft-tiny-"))
+            load_model(name, num_labels, seed, head=head).save_pretrained(path)
+        else:
+            path = _local_or_hub(name)
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = 0 if head == "classifier" else config.eos_token_id
+        torch.manual_seed(seed)
+        with _quiet_loading():
+            model = _AUTO_CLASSES[head].from_pretrained(
+                path, config=config, dtype=torch.float32, quantization_config=qconfig
+            )
+    fix_bnb_for_training(model)
+    return model
+
+
+def fix_bnb_for_training(model: torch.nn.Module) -> None:
+    """Keep a bitsandbytes model trainable on CPUs with AVX512-BF16, and quiet.
+
+    On such CPUs a no-grad forward in eval mode (an evaluation) repacks every 4-bit layer
+    into an inference format, after which training silently gets zero LoRA gradients; the
+    flag turns the repacking off. 8-bit matmuls on CPU warn once per call that they cast
+    their input to fp16, which they always do there: only noise in a trial's output.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
 
 
 #: Files whose presence in a cached hub snapshot means the weights are there too.

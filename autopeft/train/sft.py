@@ -432,7 +432,7 @@ def evaluate_sft(
     ``generate_examples`` rows (at most ``limit``) and compares the normalised answer with
     the reference. The loss total is kept on the device and read once.
     """
-    from autopeft.train.loop import autocast
+    from autopeft.train.levers import autocast
 
     model = adapted.model
     model.eval()
@@ -444,7 +444,7 @@ def evaluate_sft(
         count = int((batch["labels"][:, 1:] != -100).sum())
         tokens += count
         batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast(device):
+        with autocast(device, adapted.precision):
             out = model(**batch)
         total.append(out.loss.detach().double() * count)
     loss = float(torch.stack(total).sum()) / max(1, tokens)
@@ -480,7 +480,7 @@ def generate_answers(
     """Greedy answers to the prompts of rows ``idx`` (decoded, special tokens dropped)."""
     from transformers import GenerationConfig
 
-    from autopeft.train.loop import autocast
+    from autopeft.train.levers import autocast
 
     tok = data.tokenizer
     inputs = {k: v.to(device) for k, v in data.prompts(idx).items()}
@@ -490,7 +490,7 @@ def generate_answers(
         pad_token_id=data.pad_id,
         eos_token_id=tok.eos_token_id,
     )
-    with autocast(device):
+    with autocast(device, adapted.precision):
         out = adapted.model.generate(**inputs, generation_config=config)
     new = out[:, inputs["input_ids"].shape[1] :].cpu()
     return tok.batch_decode(new, skip_special_tokens=True)

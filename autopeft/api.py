@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from autopeft import methods, tasks
@@ -168,23 +169,50 @@ def run(
             )
         )
     executor = executor or config.executor
+    folder = Path(root) / config.name
+    new, root_is_new = not folder.exists(), not Path(root).exists()
     study = open_study_storage(config, root=root, storage=storage, create=True)
-    if over := budget_problem(study.space, config.model):
-        raise ConfigError(over, source=str(config.name))
-    n = config.n_trials if n_trials is None else n_trials
-    if executor == "ray":
-        from autopeft.search.ray import run_ray
+    try:
+        if over := budget_problem(study.space, config.model):
+            raise ConfigError(over, source=str(config.name))
+        n = config.n_trials if n_trials is None else n_trials
+        if executor == "ray":
+            from autopeft.search.ray import run_ray
 
-        return run_ray(
-            study,
-            n,
-            address=address,
-            cpus_per_trial=cpus_per_trial,
-            gpus_per_trial=gpus_per_trial,
-            max_concurrent=max_concurrent,
-            progress=progress,
-        )
-    return run_local(study, n, progress=progress)
+            return run_ray(
+                study,
+                n,
+                address=address,
+                cpus_per_trial=cpus_per_trial,
+                gpus_per_trial=gpus_per_trial,
+                max_concurrent=max_concurrent,
+                progress=progress,
+            )
+        return run_local(study, n, progress=progress)
+    except BaseException:
+        if new:
+            _forget_if_empty(study, root_is_new)
+        raise
+
+
+def _forget_if_empty(study, root_is_new: bool) -> None:
+    """Remove the study folder this run created when no trial was told (it failed first).
+
+    An empty study folder would pass for a study to resume or report; the next run
+    creates it again. Anything with a trial is kept, and so is a study in a database
+    (another driver may be joining it).
+    """
+    import shutil
+
+    try:
+        if study.optuna.get_trials(deepcopy=False):
+            return
+    except Exception:  # noqa: BLE001 -- the original error is the one to report
+        return
+    shutil.rmtree(study.folder, ignore_errors=True)
+    if root_is_new:
+        with contextlib.suppress(OSError):
+            study.folder.parent.rmdir()  # only when empty
 
 
 #: The storage URL forms a hint shows (any SQLAlchemy URL whose driver is installed works).
@@ -237,6 +265,16 @@ def open_study_storage(
         return Study(config, root=root, storage=storage, read_only=not create)
     except SQLAlchemyError as err:
         raise storage_error(field, url, _first_line(err), _reach_hint(url)) from None
+    except OSError as err:  # the study folder (cache, weights, study.json) cannot be written
+        raise ConfigError(
+            Problem(
+                "--root",
+                f"the study folder {folder} cannot be created or written: "
+                f"{err.strerror or err} ({err.filename or folder})",
+                str(root),
+                hint="give --root a folder you can write (default: studies)",
+            )
+        ) from None
 
 
 def check_storage(url: str, field: str) -> Path | None:
@@ -264,9 +302,24 @@ def check_storage(url: str, field: str) -> Path | None:
             f"the database driver is not installed ({_first_line(err)})",
             "install it (e.g. pip install psycopg2-binary for PostgreSQL), or use " + STORAGE_FORMS,
         ) from None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    if parsed.get_backend_name() != "sqlite":
         return None
+    if parsed.database in (None, "", ":memory:") or "mode=memory" in url:
+        raise storage_error(
+            field,
+            url,
+            "an in-memory SQLite database keeps nothing once the command ends",
+            "give a file: sqlite:///relative/path.db or sqlite:////absolute/path.db",
+        )
     database = Path(parsed.database)
+    why = not_an_optuna_database(database)
+    if why:
+        raise storage_error(
+            field,
+            url,
+            f"{database} {why}, so autopeft will not write Optuna's tables into it",
+            "give the study's own database (studies/<name>/study.db), or a new file name",
+        )
     if field != "--root" and not database.parent.is_dir():
         # The default file's folder is created with the study; a given one is not.
         raise storage_error(
@@ -288,9 +341,12 @@ def _check_exists(name: str, url: str, field: str, folder: Path, database: Path 
         "give --root FOLDER, the folder holding the study folders (as for `autopeft run`), "
         "or --storage URL for a study kept in a database"
     )
-    # Opening a missing SQLite file would create it: look at the file first.
+    # Opening a missing or empty SQLite file would create Optuna's tables: look first.
     if database is not None and not database.is_file():
         missing = f"no study {name!r} {where}: {database} does not exist"
+        raise ConfigError(Problem("STUDY", missing, hint=hint))
+    if database is not None and database.stat().st_size == 0:
+        missing = f"no study {name!r} {where}: {database} is empty"
         raise ConfigError(Problem("STUDY", missing, hint=hint))
     try:
         names = optuna.study.get_all_study_names(storage=url)
@@ -299,6 +355,28 @@ def _check_exists(name: str, url: str, field: str, folder: Path, database: Path 
     if name not in names:
         known = f"; it holds: {', '.join(sorted(names))}" if names else " (it holds none)"
         raise ConfigError(Problem("STUDY", f"no study {name!r} {where}{known}", hint=hint))
+
+
+def not_an_optuna_database(database: Path) -> str | None:
+    """Why an existing SQLite file is not an Optuna storage (None: it is one, or is new).
+
+    Read without writing (SQLite's read-only mode): opening it through Optuna would create
+    Optuna's tables in it. A missing or empty file is a new database.
+    """
+    import sqlite3
+
+    if not database.is_file() or database.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+        ) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as err:
+        return f"is not a SQLite database ({err})"
+    if not {"studies", "trials"} <= tables:
+        return "is a SQLite database without Optuna's tables"
+    return None
 
 
 def storage_error(field: str, url: str, rule: str, hint: str | None = None) -> ConfigError:

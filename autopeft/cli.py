@@ -11,6 +11,7 @@ import threading
 
 from autopeft import __version__
 from autopeft.cluster import STORAGE_ENV
+from autopeft.core.secrets import masked
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -100,7 +101,7 @@ def _print_front(study) -> None:
     metric = study.config.task.metric
     print(
         f"\nPareto front of {study.config.name!r}: {len(front)} of {study.n_done()} trials "
-        f"(storage {study.storage_url})"
+        f"(storage {masked(study.storage_url)})"
     )
     print(f"{'trial':>5}  {metric:>8}  {'params':>10}  {'memory MiB':>10}  candidate")
     for number, r in front:
@@ -471,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except AutopeftError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {masked(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return interrupted(args.command)

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
 
 from autopeft.core.errors import ConfigError, Problem
+from autopeft.core.secrets import has_password, masked
 
 RAY_PORT = 6379
 #: The environment variable the scripts read the storage URL from (it wins over --storage).
@@ -72,21 +71,6 @@ class ClusterJob:
             rule = "the head's IPv4 address, the one the other nodes reach it at"
             hint = "leave it out to use the address of the head's default route"
             raise ConfigError(Problem("--head-address", rule, self.head_address, hint)) from None
-
-
-def has_password(url: str | None) -> bool:
-    """Whether a storage URL carries a password (in its user part or its query)."""
-    if not url:
-        return False
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    return parts.password is not None or any("password" in k.lower() for k, _ in query)
-
-
-def masked(url: str) -> str:
-    """The URL with its password shown as ``PASSWORD`` (to print it, never to use it)."""
-    url = re.sub(r"^([^:/]+://[^:@/]*:)[^/]*@", r"\1PASSWORD@", url)  # to the last @
-    return re.sub(r"([?&][^=&]*password[^=&]*=)[^&]*", r"\1PASSWORD", url, flags=re.I)
 
 
 def staged_study(path: Path) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError, Problem
 from autopeft.core.result import TrialResult, TrialStatus
+from autopeft.core.secrets import masked
 from autopeft.core.study_config import StudyConfig
 
 REEVAL_ATTR = "reeval"  # study user attributes reeval.<trial>, read by autopeft.report.tables
@@ -119,8 +120,8 @@ def _stored_config(name: str, storage: str) -> StudyConfig | None:
     from autopeft.search.study import CONFIG_ATTR
 
     database = api.check_storage(storage, "--storage")
-    if database is not None and not database.is_file():
-        return None  # opening it would create the file
+    if database is not None and (not database.is_file() or database.stat().st_size == 0):
+        return None  # opening it would create the file, or Optuna's tables in it
     try:
         if name not in optuna.study.get_all_study_names(storage=storage):
             return None
@@ -477,7 +478,7 @@ def dashboard(study, host: str = "127.0.0.1", port: int = 8080) -> None:
 
     print(
         f"optuna-dashboard for {study.config.name!r}: http://{host}:{port}/ "
-        f"(storage {study.storage_url}); Ctrl-C stops it",
+        f"(storage {masked(study.storage_url)}); Ctrl-C stops it",
         flush=True,
     )
     run_server(optuna.storages.RDBStorage(study.storage_url), host=host, port=port)

@@ -18,3 +18,22 @@ def tiny_llama_profile():
     from autopeft.train.models import tiny_config
 
     return profile_from_config(json.loads(tiny_config("tiny-llama").to_json_string()))
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """$AUTOPEFT_TEST_POSTGRES (CI starts one) or a server started by scripts/postgres.sh."""
+    import contextlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import faults
+
+    stack = contextlib.ExitStack()
+    try:
+        url = stack.enter_context(faults.postgres(os.environ.get("AUTOPEFT_TEST_POSTGRES")))
+    except RuntimeError as err:
+        pytest.fail(f"{err}; install it with scripts/postgres.sh install")
+    with stack:
+        yield url

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -27,35 +23,6 @@ from tests.helpers import counted_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A PostgreSQL server: $AUTOPEFT_TEST_POSTGRES (CI starts one) or one started here."""
-    url = os.environ.get("AUTOPEFT_TEST_POSTGRES")
-    if url:
-        yield url
-        return
-    # Not under pytest's tmp_path: its folders are private to root (0700), and as root the
-    # server runs as the `postgres` user, which must reach its data directory.
-    parent = Path(tempfile.mkdtemp(prefix="autopeft-test-pg-"))
-    os.chmod(parent, 0o777)
-    # A free port: each pytest-xdist worker that runs these tests starts its own server.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = dict(os.environ, PGPORT=str(port), PGDATA_DIR=str(parent / "data"))
-    script = ROOT / "scripts" / "postgres.sh"
-    out = subprocess.run([script, "start"], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        shutil.rmtree(parent, ignore_errors=True)
-        pytest.fail(
-            f"PostgreSQL did not start ({out.stderr.strip()}); "
-            f"install it with scripts/postgres.sh install"
-        )
-    yield out.stdout.strip()
-    subprocess.run([script, "stop"], env=env, check=False)
-    shutil.rmtree(parent, ignore_errors=True)
 
 
 def study_config(name: str, **extra):

@@ -6,9 +6,7 @@ scenarios then run the real CLI on a 4-trial study and must meet every goal.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import random
 import sys
 from pathlib import Path
@@ -154,18 +152,6 @@ def test_ctrl_c_of_the_ray_driver(tmp_path):
     assert out.details["procs_left_5s"] == 0  # Ray shut down with its driver
     assert out.details["interrupted_at_ctrl_c"]
     check(out, 1)
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """$AUTOPEFT_TEST_POSTGRES (CI starts one) or a server started by scripts/postgres.sh."""
-    stack = contextlib.ExitStack()
-    try:
-        url = stack.enter_context(faults.postgres(os.environ.get("AUTOPEFT_TEST_POSTGRES")))
-    except RuntimeError as err:
-        pytest.fail(f"{err}; install it with scripts/postgres.sh install")
-    with stack:
-        yield url
 
 
 @pytest.mark.slow

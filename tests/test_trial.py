@@ -126,3 +126,12 @@ def test_a_batch_larger_than_the_train_split_stops_the_study_before_any_trial():
         make_context(batch_size=4096)  # sms_spam's train split holds about 3,600
     assert info.value.problems[0].path == "training.batch_size"
     assert "a batch must fit in the train split" in str(info.value)
+
+
+def test_an_exploding_loss_fails_as_diverged_and_a_sane_rate_completes():
+    from autopeft.train.loop import DIVERGENCE_FACTOR
+
+    res = run_trial(make_context(lr=1e6, eval_every=3), LORA)
+    assert res.status is TrialStatus.FAILED and res.error_step == 6, res.error
+    assert "loss diverged at step 6" in res.error and f"{DIVERGENCE_FACTOR:g}x" in res.error
+    assert run_trial(make_context(eval_every=3), LORA).status is TrialStatus.COMPLETE

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from autopeft.core import yaml_strict
 from autopeft.core.errors import ConfigError, Problem, from_pydantic
 from autopeft.core.space import SearchSpace
 from autopeft.core.study_config import StudyConfig
@@ -47,7 +48,17 @@ def read_yaml(path: str | Path) -> Any:
             source=str(path),
         ) from None
     try:
-        return yaml.safe_load(text)
+        return yaml_strict.load(text)
+    except yaml_strict.YamlProblem as err:
+        where = f" at line {err.line}" if err.line else ""
+        raise ConfigError(
+            Problem("file", f"not accepted YAML{where}: {err}"), source=str(path)
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            Problem("file", f"nesting deeper than {yaml_strict.MAX_DEPTH} levels"),
+            source=str(path),
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"

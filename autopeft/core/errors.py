@@ -6,6 +6,8 @@ import difflib
 from collections.abc import Iterable
 from typing import Any
 
+from autopeft.core.secrets import masked
+
 
 class AutopeftError(Exception):
     """Base class of every error autopeft reports to a user without a traceback."""
@@ -54,7 +56,7 @@ class Problem:
         if self.hint:
             hint = self.hint.rstrip(".")
             text += f" Hint: {hint}" + ("" if hint.endswith(("?", "!")) else ".")
-        return text
+        return masked(text)  # a storage URL's password is never shown
 
     def __repr__(self) -> str:
         return f"Problem({self.render()!r})"

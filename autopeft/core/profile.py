@@ -461,9 +461,13 @@ def resolve_model_dir(name: str) -> Path:
                 )
             ) from None
     path = Path(name).expanduser()
-    if (path / "config.json").is_file():
+    try:
+        is_model_folder, exists = (path / "config.json").is_file(), path.exists()
+    except OSError:  # a name too long for the file system (ENAMETOOLONG) is no folder
+        is_model_folder, exists = False, False
+    if is_model_folder:
         return path
-    why = "" if path.exists() else _hub_snapshot(name)
+    why = "" if exists else _hub_snapshot(name)
     if isinstance(why, Path):
         return why
     raise ConfigError(
@@ -494,10 +498,10 @@ def _hub_snapshot(name: str) -> Path | str:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
     except ImportError:  # pragma: no cover - transformers always brings it
         return "; huggingface_hub is not installed"
-    cached = try_to_load_from_cache(name, "config.json")
-    if isinstance(cached, str):  # the cache first: no network round trip (or retries) at all
-        return Path(cached).parent
     try:
+        cached = try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str):  # the cache first: no network round trip (or retries)
+            return Path(cached).parent
         return Path(hf_hub_download(name, "config.json")).parent
     except Exception as err:  # noqa: BLE001 -- offline, unknown id, gated: all mean "not found"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -158,7 +158,7 @@ class TrainingConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     eval_every: int = Field(50, ge=1)
     eval_examples: int = Field(1000, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # NumPy's generators take seeds below 2**32
     rungs: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
     # Memory levers (autopeft.core.levers): fixed here, or searched in search_space.training.
     gradient_checkpointing: bool = False
@@ -232,7 +232,8 @@ class SamplerConfig(_Section):
     #: (None: 4 for ``autopeft``, as in the paper; otherwise as many as resources allow).
     #: For ``autopeft`` also the proposals made from one SAAS fit, in either executor.
     batch_size: int | None = Field(None, ge=1)
-    seed: int | None = 0
+    #: NumPy's random generators (Optuna's samplers) take seeds below 2**32.
+    seed: int | None = Field(0, ge=0, lt=2**32)
 
     @field_validator("name")
     @classmethod

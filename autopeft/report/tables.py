@@ -19,6 +19,7 @@ from autopeft.core.candidate import ModuleConfig
 from autopeft.core.levers import LEVERS
 from autopeft.core.pareto import hypervolume_history, knee_point, pareto_front
 from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
+from autopeft.core.secrets import masked_config
 from autopeft.results import REEVAL_ATTR, retries, untold_note
 
 Row = dict[str, Any]
@@ -72,7 +73,7 @@ class StudyData:
             directions=list(study.directions),
             results=sorted(study.results(), key=lambda nr: nr[0]),
             num_layers=study.profile.num_layers,
-            config=study.config.model_dump(mode="json"),
+            config=masked_config(study.config.model_dump(mode="json")),
             reference=list(study.reference_point()),
             reused={t.number for t in trials if t.user_attrs.get("reused")},
             untold=untold,

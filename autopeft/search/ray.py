@@ -292,7 +292,8 @@ def run_ray(
         searcher.scheduler = scheduler if enabled else None
         trainable = tune.with_parameters(
             trial_function,
-            config_json=cfg.model_dump_json(),
+            # Workers never open the study: its storage URL (and password) stays here.
+            config_json=cfg.model_copy(update={"storage": None}).model_dump_json(),
             cache_dir=str((study.folder / "cache").resolve()),
             kind=runner,
         )

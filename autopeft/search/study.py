@@ -31,6 +31,7 @@ from autopeft.core.profile import ModelProfile, load_profile
 from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.resume import resume_conflicts
+from autopeft.core.secrets import masked_config
 from autopeft.core.study_config import METRICS, StudyConfig, trial_training
 from autopeft.search import proposals
 from autopeft.search.pool import Oracle
@@ -145,7 +146,8 @@ class Study:
         a typo before any trial); one with trials may change only what leaves trials
         comparable (n_trials, sampler, halving, executor, storage), else a ConfigError.
         """
-        snapshot = json.loads(config.model_dump_json())
+        # Kept and shown (study.json, the report, optuna-dashboard) without a password.
+        snapshot = masked_config(json.loads(config.model_dump_json()))
         stored = self.optuna.user_attrs.get(CONFIG_ATTR)
         if stored is not None:
             try:  # through today's model, so fields added since read as their defaults
@@ -160,7 +162,10 @@ class Study:
             self.optuna.set_user_attr(CONFIG_ATTR, snapshot)
             # Written aside and renamed: a kill never leaves a half-written file.
             partial = self.folder / f".study.json.{os.getpid()}"
-            partial.write_text(config.model_dump_json())
+            mode = 0o600 if self.shared else 0o644  # a database's user and host: owner only
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(snapshot))
             partial.replace(self.folder / "study.json")
 
     def driver_budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
@@ -198,6 +203,9 @@ class Study:
             return self.storage_url
         from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+        warnings.filterwarnings(
+            "ignore", "Argument ``heartbeat", optuna.exceptions.ExperimentalWarning
+        )
         for attempt in range(5):
             try:
                 return optuna.storages.RDBStorage(self.storage_url, **kwargs)

@@ -32,19 +32,49 @@ class NonFiniteLoss(RuntimeError):
         super().__init__(f"loss is {value} at step {step}")
 
 
+#: A trial diverged when its training loss at an evaluation is this many times the loss of
+#: its first step: a finite but exploding loss (a learning rate far too high) fails the trial
+#: like a NaN, instead of completing with a metric at chance.
+DIVERGENCE_FACTOR = 10.0
+
+
+class DivergedLoss(NonFiniteLoss):
+    """The loss stayed finite but exploded (:data:`DIVERGENCE_FACTOR`)."""
+
+    def __init__(self, step: int, value: float, first: float):
+        self.step = step
+        RuntimeError.__init__(
+            self,
+            f"loss diverged at step {step}: {value:.4g} is more than {DIVERGENCE_FACTOR:g}x "
+            f"the first step's {first:.4g} (is training.lr too high?)",
+        )
+
+
 class LossGuard:
     """Detects a NaN or infinite loss: at once on CPU, without a sync per step on a GPU.
 
     On a GPU, reading the loss every step would synchronise the device; the first bad step
-    is recorded on the device instead and looked at (one sync) at evaluation points.
+    is recorded on the device instead and looked at (one sync) at evaluation points. A
+    diverging loss is looked for at evaluation points (:meth:`check_divergence`).
     """
 
     def __init__(self, device: torch.device, deferred: bool | None = None):
         self.deferred = device.type != "cpu" if deferred is None else deferred
         self.first_bad = torch.zeros((), dtype=torch.long, device=device)
+        self.first_loss: torch.Tensor | None = None
+
+    def check_divergence(self, step: int, value: float) -> None:
+        """Raise when ``value`` (the loss at an evaluation) exceeds the divergence rule."""
+        if self.first_loss is None:
+            return
+        first = float(self.first_loss)
+        if first > 0 and value > DIVERGENCE_FACTOR * first:
+            raise DivergedLoss(step, value, first)
 
     def see(self, step: int, loss: torch.Tensor) -> None:
         """Look at the loss of ``step`` (raises at once unless deferred)."""
+        if self.first_loss is None:
+            self.first_loss = loss.detach().clone()  # read at evaluations only (no sync)
         if not self.deferred:
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -189,6 +219,7 @@ def train_and_eval(
         if step % cfg.eval_every == 0 or step in eval_at or step == total:
             value = float(loss.detach())  # syncs the device only at evaluation points
             guard.check()
+            guard.check_divergence(step, value)
             result.train_seconds += time.perf_counter() - start
             metrics = run_eval(adapted, valid, cfg.batch_size * 2, cfg.eval_examples, device)
             metrics["train_loss"] = value

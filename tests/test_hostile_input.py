@@ -1,0 +1,56 @@
+"""Hostile or careless study files: one paragraph each, quickly, never a traceback or a hang."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from autopeft import api
+from autopeft.core.errors import ConfigError
+from autopeft.core.profile import load_profile
+
+VALID = "name: x\nmodel: minilm\nsearch_space: {modules: {lora: {rank: [4]}}}\n"
+
+
+def bomb() -> str:
+    """567 bytes that expand to 10**10 values through nested aliases."""
+    text = VALID + "notes:\n  x0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+    for i in range(1, 10):
+        text += f"  x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n"
+    return text
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            "name: a\nname: b\nmodel: minilm\n",
+            "the key 'name' appears twice in one mapping (lines 1 and 2)",
+        ),
+        (bomb(), "more than 100,000 values once its aliases"),
+        ("x: " + "[" * 3000 + "]" * 3000 + "\n", "nesting deeper than 64 levels"),
+        (VALID.replace("[4]", f"[{10**400}]"), "is beyond 64 bits"),
+        (VALID + "sampler: {name: tpe, seed: 4294967296}\n", "sampler.seed"),
+        (VALID + "training: {seed: -1}\n", "training.seed"),
+        (VALID.replace("minilm", "m" * 5000), "a model must be a bundled short name"),
+    ],
+)
+def test_hostile_files_get_one_paragraph_fast(text, words, tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        config = api.load(path)
+        load_profile(config.model)  # what validate and run read next
+    assert time.perf_counter() - start < 2.0
+    text = str(err.value)
+    assert words in text, text
+    assert "Traceback" not in text and len(text) < 2000
+
+
+def test_yaml_1_2_numbers_are_numbers(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(VALID + "training: {lr: 1.0e-3, weight_decay: 1e-2}\n")
+    config = api.load(path)
+    assert config.training.lr == 1.0e-3 and config.training.weight_decay == 1e-2

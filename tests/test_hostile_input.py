@@ -54,3 +54,25 @@ def test_yaml_1_2_numbers_are_numbers(tmp_path):
     path.write_text(VALID + "training: {lr: 1.0e-3, weight_decay: 1e-2}\n")
     config = api.load(path)
     assert config.training.lr == 1.0e-3 and config.training.weight_decay == 1e-2
+
+
+def test_a_misspelt_top_level_key_is_named_with_the_right_one(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(VALID.replace("search_space", "search_spac") + "objectivs: accuracy\n")
+    with pytest.raises(ConfigError) as err:
+        api.load(path)
+    text = str(err.value)
+    assert "2 problems" in text  # the two typos, not every field read as a search space's
+    assert "search_spac: unknown top-level field" in text and "did you mean 'search_space'" in text
+    assert "did you mean 'objectives'" in text
+
+
+def test_a_misspelt_model_name_is_answered_at_once_without_the_hub(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(VALID.replace("minilm", "minilmm"))
+    config = api.load(path)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as err:
+        load_profile(config.model)
+    assert time.perf_counter() - start < 2.0  # no hub request (offline it retries ~20 s)
+    assert "did you mean 'minilm'" in str(err.value) and "'minilmm'" in str(err.value)

@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from autopeft.core import yaml_strict
-from autopeft.core.errors import ConfigError, Problem, from_pydantic
+from autopeft.core.errors import ConfigError, Problem, did_you_mean, from_pydantic
 from autopeft.core.space import SearchSpace
 from autopeft.core.study_config import StudyConfig
 
@@ -68,9 +68,30 @@ def read_yaml(path: str | Path) -> Any:
         ) from None
 
 
+#: Top-level keys only a study has: a file with one of them is a study even when its
+#: ``search_space`` key is misspelt (then that is the error, not twenty unknown fields).
+_STUDY_ONLY = set(StudyConfig.model_fields) - set(SearchSpace.model_fields)
+
+
 def is_study(raw: Any) -> bool:
     """Whether a parsed file is a whole study (else a bare search space)."""
-    return isinstance(raw, dict) and "search_space" in raw
+    return isinstance(raw, dict) and bool(_STUDY_ONLY & set(map(str, raw)))
+
+
+def _unknown_top_level(raw: dict, source: str | None) -> None:
+    """One paragraph per unknown top-level key of a study, with the closest known one."""
+    known = list(StudyConfig.model_fields)
+    problems = [
+        Problem(
+            str(key),
+            f"unknown top-level field {str(key)!r} of a study",
+            hint=did_you_mean(str(key), known),
+        )
+        for key in raw
+        if str(key) not in known
+    ]
+    if problems:
+        raise ConfigError(problems, source=source)
 
 
 def parse_space(raw: Any, methods: dict[str, Any], source: str | None = None) -> SearchSpace:
@@ -111,6 +132,7 @@ def parse_study(
     if not isinstance(raw, dict):
         raise ConfigError(Problem("(top level)", "a study file is a mapping", raw), source=source)
     raw = dict(raw)
+    _unknown_top_level(raw, source)
     if base_dir is not None and "task" in raw:
         raw["task"] = task_paths_from(raw["task"], base_dir)
     space = raw.get("search_space")

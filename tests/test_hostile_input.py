@@ -76,3 +76,29 @@ def test_a_misspelt_model_name_is_answered_at_once_without_the_hub(tmp_path):
         load_profile(config.model)
     assert time.perf_counter() - start < 2.0  # no hub request (offline it retries ~20 s)
     assert "did you mean 'minilm'" in str(err.value) and "'minilmm'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("modules", "words"),
+    [
+        ("{3: {}}", "unknown module type 3"),  # was AttributeError (fuzz, bench/fuzz.py)
+        ("{lora: {targets: [q, [v]]}}", "a target is a name"),  # was TypeError (fuzz)
+        ("{lora: {targets: {choice: [q]}}}", "valid list"),
+    ],
+)
+def test_fuzz_findings_are_paragraphs(modules, words, tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(f"modules: {modules}\n")
+    with pytest.raises(ConfigError) as err:
+        api.load(path)
+    assert words in str(err.value) and "Traceback" not in str(err.value)
+
+
+def test_a_value_every_union_branch_refuses_is_one_paragraph(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("modules: {lora: {rank: [[1], 2]}}\n")
+    with pytest.raises(ConfigError) as err:
+        api.load(path)
+    text = str(err.value)
+    assert "1 problem" in text and text.count("rank.values.0") == 1, text
+    assert "a valid integer or" in text and ".str" not in text

@@ -130,7 +130,7 @@ def from_pydantic(exc: Any, prefix: str = "") -> list[Problem]:
         if isinstance(cause, RuleError):
             message, hint = cause.rule, cause.hint
             value = value if cause.value is _NO_VALUE else cause.value
-            loc += cause.path.split(".") if cause.path else []
+            loc += str(cause.path).split(".") if cause.path is not None else []
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         path = ".".join(([prefix] if prefix else []) + loc)
@@ -145,8 +145,20 @@ def from_pydantic(exc: Any, prefix: str = "") -> list[Problem]:
         elif err.get("type") == "missing":
             message = "this field is required"
             value = None
+        same = problems[-1] if problems else None
+        if same and same.path == path and same.value == value and message.startswith(_SHOULD):
+            # Each branch of a union failed on the same value: one paragraph naming them all.
+            same.rule = f"{same.rule} or {message[len(_SHOULD) :]}"
+            continue
         problems.append(Problem(path, message, value, hint))
     return problems
+
+
+_SHOULD = "Input should be "
+
+
+#: The names pydantic gives the branches of a scalar union (a choice's values).
+_UNION_BRANCHES = ("int", "float", "str", "bool")
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> list[str]:
@@ -161,5 +173,7 @@ def _clean_loc(loc: tuple[Any, ...]) -> list[str]:
         if skip_tag and part in ("int", "float", "choice") and len(out) >= 1:
             skip_tag = False
             continue
+        if part in _UNION_BRANCHES and out and out[-1].isdigit():
+            continue  # the branch of a choice value's union: not a field of the file
         out.append(part)
     return out

@@ -266,9 +266,13 @@ def parse_target_spec(value: Any) -> Any:
     for group in groups:
         if not group:
             raise RuleError("targets must not be empty", "e.g. [q, v] or [attn]", group)
+        if not isinstance(group, list):
+            raise RuleError("a target choice is a list of names", "e.g. [q, v]", group)
         for name in group:
+            if not isinstance(name, str):
+                raise RuleError("a target is a name", "e.g. [q, v] or [attn, ffn]", name)
             if name not in known:
-                raise RuleError("unknown target", did_you_mean(str(name), known), name)
+                raise RuleError("unknown target", did_you_mean(name, known), name)
     return value
 
 

@@ -2,8 +2,11 @@
 
 Hypothesis mutates the repository's study files (``studies/*/study.yaml``) and search-space
 files (``search_spaces/*.yaml``) structurally (a value anywhere replaced by a hostile one, a
-key dropped or added) and as raw text (characters inserted, deleted or repeated), and draws
-argument lists for the commands that only read (``validate``, ``methods``, ``tasks``,
+key dropped or added) and as raw text (characters inserted, deleted or repeated), builds
+studies from the DSL's grammar (modules of the library with their own parameters as values,
+choice lists or typed ranges near their defaults, targets, layer selections, budgets and
+memory levers; ``autopeft validate`` must answer them), and draws argument lists for the
+commands that only read (``validate``, ``methods``, ``tasks``,
 ``report``, ``export``, ``dashboard``). Each case must end in a study/space or a
 :class:`ConfigError` (files), or exit 0 or 2 (CLI), within 2 s, writing nothing beside its
 input. ``tests/test_fuzz_inputs.py`` runs a few hundred cases in ``make test``; this script
@@ -121,6 +124,92 @@ def mangled_file(draw: st.DrawFn) -> str:
     return text
 
 
+def _value_like(default: Any) -> st.SearchStrategy:
+    """Values of a parameter's own type (and a few of another), near its default."""
+    if isinstance(default, bool):
+        return st.one_of(st.booleans(), st.just("yes"))
+    if isinstance(default, int):
+        return st.one_of(st.integers(min_value=-2, max_value=300), st.just(2.5))
+    if isinstance(default, float):
+        return st.one_of(st.floats(min_value=-1, max_value=1e4, allow_nan=False), st.just("x"))
+    if isinstance(default, str):
+        return st.one_of(st.just(default), st.text(max_size=12))
+    return HOSTILE
+
+
+@st.composite
+def _domain(draw: st.DrawFn, default: Any) -> Any:
+    """A parameter as the DSL writes it: a value, a list of choices or a typed range."""
+    if isinstance(default, dict):  # a searched default: its first value's type
+        default = (default.get("values") or [0])[0]
+    form = draw(st.sampled_from(["value", "choices", "range"]))
+    if form == "value":
+        return draw(_value_like(default))
+    if form == "choices":
+        return draw(st.lists(_value_like(default), min_size=0, max_size=4))
+    kind = "float" if isinstance(default, float) else "int"
+    low, high = draw(_value_like(default)), draw(_value_like(default))
+    return {"type": kind, "low": low, "high": high, "log": draw(st.booleans())}
+
+
+TARGETS = ["q", "k", "v", "o", "ffn_up", "ffn_down", "attn", "ffn", "all", "qkv", "nope"]
+LAYERS = ["all", "search", [0, 2], [99], {"top": 3}, {"top": 0}, {"bottom": 2}, [-1], []]
+LEVER_VALUES = {
+    "quantization": ["none", "nf4", "int8", "nf3"],
+    "gradient_checkpointing": [False, True, "no"],
+    "micro_batch_size": [1, 2, 3, 8, 0],
+    "max_length": [8, 16, 32, 64, 4],
+    "dtype": ["fp32", "bf16", "fp8"],
+}
+
+
+@st.composite
+def grammar_study(draw: st.DrawFn) -> str:
+    """A study built from the DSL's grammar: the module library's own parameters."""
+    from autopeft import methods
+
+    registry = methods.registry()
+    chosen = draw(st.lists(st.sampled_from(sorted(registry)), min_size=1, max_size=3, unique=True))
+    modules: dict[str, Any] = {}
+    for name in chosen:
+        spec = registry[name]
+        params = {
+            key: draw(_domain(default))
+            for key, default in spec.default_space.items()
+            if draw(st.booleans())
+        }
+        if spec.uses_layers and draw(st.booleans()):
+            params["targets"] = draw(st.lists(st.sampled_from(TARGETS), max_size=3))
+        modules[name] = params
+    space: dict[str, Any] = {"modules": modules}
+    if draw(st.booleans()):
+        space["layers"] = draw(st.sampled_from(LAYERS))
+    if draw(st.booleans()):
+        space["budget"] = draw(
+            st.sampled_from(
+                [
+                    {"max_trainable_params": 10_000},
+                    {"max_trainable_params": "5%"},
+                    {"max_memory_mb": 300.0},
+                    {"max_trainable_params": -1},
+                ]
+            )
+        )
+    if draw(st.booleans()):
+        lever = draw(st.sampled_from(sorted(LEVER_VALUES)))
+        space["training"] = {
+            lever: draw(st.lists(st.sampled_from(LEVER_VALUES[lever]), max_size=3))
+        }
+    study = {
+        "name": "fuzz",
+        "model": draw(st.sampled_from(["minilm", "tiny-llama", "tiny-bert"])),
+        "task": {"name": "sms_spam", "max_length": 32},
+        "training": {"batch_size": 8},
+        "search_space": space,
+    }
+    return yaml.safe_dump(study)
+
+
 COMMANDS = ["validate", "methods", "tasks", "report", "export", "dashboard"]
 OPTIONS = ["--model", "--storage", "--root", "--samples", "-o", "--trial", "--trials", "--port"]
 VALUES = st.one_of(
@@ -155,9 +244,16 @@ def read_file(folder: Path, text: str) -> None:
     assert [p.name for p in folder.iterdir()] == ["study.yaml"], "wrote a file"
 
 
-def run_cli(folder: Path, args: list[str]) -> None:
+def validate_file(folder: Path, text: str) -> None:
+    """``autopeft validate`` on a generated study: exit 0 or 2, quickly, writing nothing."""
+    (folder / "study.yaml").write_text(text)
+    run_cli(folder, ["validate", "study.yaml"], keep=True)
+
+
+def run_cli(folder: Path, args: list[str], keep: bool = False) -> None:
     """Run ``autopeft ARGS`` in ``folder``: exit 0 or 2, quickly, writing nothing."""
-    (folder / "study.yaml").write_text(yaml.safe_dump(DOCS[0]))
+    if not keep:
+        (folder / "study.yaml").write_text(yaml.safe_dump(DOCS[0]))
     start = time.perf_counter()
     out, err = io.StringIO(), io.StringIO()
     cwd = os.getcwd()
@@ -182,8 +278,13 @@ def fuzz(kind: str, cases: int, folder: Path, derandomize: bool = False) -> dict
 
     ``derandomize``: the same cases every run (the test suite's; this script explores anew).
     """
-    strategy = {"file": mutated_file(), "text": mangled_file(), "cli": cli_args()}[kind]
-    check = run_cli if kind == "cli" else read_file
+    strategy = {
+        "file": mutated_file(),
+        "text": mangled_file(),
+        "grammar": grammar_study(),
+        "cli": cli_args(),
+    }[kind]
+    check = {"cli": run_cli, "grammar": validate_file}.get(kind, read_file)
     stats: dict[str, Any] = {"kind": kind, "cases": 0, "failures": {}, "slowest_s": 0.0}
 
     @settings(
@@ -218,7 +319,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=10_000, help="cases in all (split by kind)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    share = {"file": 0.4, "text": 0.4, "cli": 0.2}
+    share = {"file": 0.3, "text": 0.3, "grammar": 0.2, "cli": 0.2}
     started = time.perf_counter()
     runs = []
     for kind, part in share.items():

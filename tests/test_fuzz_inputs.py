@@ -25,6 +25,11 @@ def test_mangled_file_text(tmp_path):
     assert stats["cases"] >= 100 and stats["failures"] == {}, stats["failures"]
 
 
+def test_studies_built_from_the_grammar_are_validated(tmp_path):
+    stats = fuzz.fuzz("grammar", 100, tmp_path, derandomize=True)
+    assert stats["cases"] >= 60 and stats["failures"] == {}, stats["failures"]
+
+
 def test_cli_arguments_of_read_only_commands(tmp_path):
     stats = fuzz.fuzz("cli", 100, tmp_path, derandomize=True)
     assert stats["cases"] >= 60 and stats["failures"] == {}, stats["failures"]

@@ -404,8 +404,13 @@ def submit(
             )
         )
     secret = storage if has_password(storage) else None
-    path.write_text(script)
-    path.chmod(0o755)
+    # A database's user and host are connection details: the owner's alone to read.
+    database = bool(storage) and not str(storage).startswith("sqlite")
+    mode = 0o700 if database else 0o755
+    path.unlink(missing_ok=True)  # created anew, so the mode below is the file's from the start
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as out:
+        out.write(script)
+    path.chmod(mode)  # os.open's mode is masked by the umask
     run = f"bash {path}" if shell else f"sbatch {path}"
     note = (
         f"\nthe storage URL holds a password, so the script reads it from ${STORAGE_ENV}: "

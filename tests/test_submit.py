@@ -235,6 +235,7 @@ def test_a_password_in_the_storage_url_stays_out_of_the_script(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "s3cret" not in script.read_text() and "s3cret" not in out.stdout
     assert "export AUTOPEFT_STORAGE=" in out.stdout and "user:PASSWORD@db" in out.stdout
+    assert script.stat().st_mode & 0o777 == 0o700  # names the database's user and host
     res, calls = run_with_fakes(script, tmp_path)
     assert res.returncode == 1 and "export AUTOPEFT_STORAGE=" in res.stderr
     assert not any("ray.scripts.scripts" in c for c in calls)  # refused before any Ray

@@ -26,7 +26,7 @@ import io
 import json
 import os
 import platform
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -44,6 +44,9 @@ from hypothesis import strategies as st  # noqa: E402
 from autopeft import api, cli  # noqa: E402
 from autopeft.core.errors import ConfigError  # noqa: E402
 from autopeft.core.profile import load_profile  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -306,7 +309,10 @@ def fuzz(kind: str, cases: int, folder: Path, derandomize: bool = False) -> dict
         finally:
             for extra in folder.iterdir():
                 if extra.name != "study.yaml":
-                    subprocess.run(["rm", "-rf", str(extra)], check=False)
+                    if extra.is_dir():
+                        shutil.rmtree(extra, ignore_errors=True)
+                    else:
+                        extra.unlink(missing_ok=True)
         stats["cases"] += 1
         stats["slowest_s"] = max(stats["slowest_s"], time.perf_counter() - start)
 
@@ -325,17 +331,10 @@ def main() -> None:
     for kind, part in share.items():
         with tempfile.TemporaryDirectory(prefix="autopeft-fuzz-") as tmp:
             runs.append(fuzz(kind, max(1, int(args.cases * part)), Path(tmp)))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
-    if subprocess.run(
-        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip():
-        commit += " + uncommitted changes"
     meta = {
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "machine": f"{platform.node()} ({platform.machine()})",
-        "commit": commit,
+        "commit": commit(),
         "command": " ".join(["OMP_NUM_THREADS=1", ".venv/bin/python", *sys.argv]),
         "seconds": round(time.perf_counter() - started, 1),
     }

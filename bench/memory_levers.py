@@ -29,7 +29,6 @@ import datetime
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from importlib.util import find_spec
@@ -40,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_models import model_path  # noqa: E402
+from provenance import commit  # noqa: E402
 
 from autopeft import api
 from autopeft.core import memory as memmodel
@@ -183,20 +183,6 @@ def measure(model: str, name: str, row: dict, device: str | None, steps: int) ->
     if ctx.device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(ctx.device)
     return out
-
-
-def commit() -> str:
-    """This checkout's commit, marked when tracked files have changes."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
-    return head + (" + uncommitted changes" if dirty else "")
 
 
 def header(args: argparse.Namespace, rows: list[dict]) -> list[str]:

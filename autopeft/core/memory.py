@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 from autopeft.core.candidate import Candidate
 from autopeft.core.levers import DTYPE_BYTES, Levers, quantized_linear_bytes
-from autopeft.core.profile import ModelProfile
+from autopeft.core.profile import Linear, ModelProfile
 
 MB = 1024 * 1024
 
@@ -251,13 +251,14 @@ def activation_terms(
     )
 
 
+def block_linears(profile: ModelProfile) -> list[Linear]:
+    """Every block's linear layers (what a quantised base quantises)."""
+    return [lin for layer in profile.layers for lin in layer.sublayers.values()]
+
+
 def block_linear_elements(profile: ModelProfile) -> int:
-    """Weight elements of every block's linear layers (what a quantised base quantises)."""
-    return sum(
-        lin.in_features * lin.out_features
-        for layer in profile.layers
-        for lin in layer.sublayers.values()
-    )
+    """Weight elements of every block's linear layers."""
+    return sum(lin.in_features * lin.out_features for lin in block_linears(profile))
 
 
 def base_weight_bytes(profile: ModelProfile, levers: Levers) -> int:
@@ -268,10 +269,9 @@ def base_weight_bytes(profile: ModelProfile, levers: Levers) -> int:
     """
     if levers.bits is None:
         return DTYPE_BYTES[levers.dtype] * profile.base_params
-    linears = [lin for layer in profile.layers for lin in layer.sublayers.values()]
     quantized = sum(
         quantized_linear_bytes(lin.in_features, lin.out_features, levers.quantization)
-        for lin in linears
+        for lin in block_linears(profile)
     )
     return quantized + 4 * (profile.base_params - block_linear_elements(profile))
 
@@ -327,12 +327,7 @@ def predict_memory(
             copies += 2 * profile.vocab_size * profile.hidden_size
     if levers.bits is not None:  # a quantised layer's weight, dequantised for its matmul
         largest = max(
-            (
-                lin.in_features * lin.out_features
-                for layer in profile.layers
-                for lin in layer.sublayers.values()
-            ),
-            default=0,
+            (lin.in_features * lin.out_features for lin in block_linears(profile)), default=0
         )
         copies += 2 * largest * (DTYPE_BYTES[levers.dtype] if autocast else 4)
     if device == "cuda":

@@ -192,6 +192,10 @@ class TrainingConfig(_Section):
         return self
 
 
+#: Where a refused lever's rules are written down.
+LEVERS_HINT = "docs/levers.md says what each lever needs"
+
+
 def _divisors(n: int) -> str:
     return ", ".join([str(d) for d in range(1, n) if n % d == 0][-4:]) or "1"
 
@@ -387,12 +391,19 @@ class StudyConfig(_Section):
                     f"raise task.max_length to {value}, or search shorter lengths",
                     path=path,
                 )
-        values = {k: {v for _, v in self.lever_values(k)} for k in ("quantization", "dtype")}
-        problems = platform_problems(values, find_spec("bitsandbytes") is not None)
-        for lever, why in problems:
-            path = self.lever_values(lever)[0][0]
-            raise RuleError(why, "docs/levers.md says what each lever needs", path=path)
+        for path, why in self.platform_problems():
+            raise RuleError(why, LEVERS_HINT, path=path)
         return self
+
+    def platform_problems(self, bf16_device: bool | None = None) -> list[tuple[str, str]]:
+        """``(field path, why)`` for each lever value this platform cannot run.
+
+        ``bf16_device``: whether the training device computes in bf16 (None: not known, as
+        in validation); a trial context checks again once it knows its device.
+        """
+        values = {k: {v for _, v in self.lever_values(k)} for k in ("quantization", "dtype")}
+        found = platform_problems(values, find_spec("bitsandbytes") is not None, bf16_device)
+        return [(self.lever_values(lever)[0][0], why) for lever, why in found]
 
     def lever_values(self, key: str) -> list[tuple[str, Any]]:
         """``(path, value)`` for every value lever ``key`` takes: searched, else fixed."""

@@ -15,7 +15,7 @@ import torch
 
 from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
-from autopeft.core.levers import Levers, platform_problems
+from autopeft.core.levers import Levers
 from autopeft.core.memory import predict_memory
 from autopeft.core.method_rules import method_violation
 from autopeft.core.profile import ModelProfile
@@ -149,17 +149,12 @@ class TrialContext:
 
 def _check_platform(config: StudyConfig, device: torch.device) -> None:
     """Refuse, before any trial, levers this device cannot run (one paragraph, no fallback)."""
-    from importlib.util import find_spec
-
     from autopeft.core.errors import ConfigError, Problem
+    from autopeft.core.study_config import LEVERS_HINT
 
-    values = {k: {v for _, v in config.lever_values(k)} for k in ("quantization", "dtype")}
     bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else None
-    problems = platform_problems(values, find_spec("bitsandbytes") is not None, bf16)
-    if problems:
-        lever, why = problems[0]
-        path = config.lever_values(lever)[0][0]
-        raise ConfigError(Problem(path, why, hint="docs/levers.md says what each lever needs"))
+    for path, why in config.platform_problems(bf16):
+        raise ConfigError(Problem(path, why, hint=LEVERS_HINT))
 
 
 def trial_levers(ctx: TrialContext, candidate: Candidate) -> Levers:

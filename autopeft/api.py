@@ -9,7 +9,7 @@ from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.config import load_config, parse_space, parse_study
 from autopeft.core.errors import ConfigError, Problem
-from autopeft.core.profile import ModelProfile, load_profile
+from autopeft.core.model_profile import ModelProfile, load_profile
 from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.space import SearchSpace
 from autopeft.core.study_config import StudyConfig

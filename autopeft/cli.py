@@ -55,7 +55,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from autopeft.api import run
-    from autopeft.results import at_least_one
+    from autopeft.study_tools import at_least_one
 
     if args.n_trials is not None:
         at_least_one("--n-trials", args.n_trials, "leave it out to run the study file's n_trials")
@@ -118,8 +118,8 @@ def _print_front(study) -> None:
 
 def _empty_front_note(study) -> str | None:
     """Why the front is empty, in one line with what to do, or None without any result."""
-    from autopeft.core.result import TrialStatus
-    from autopeft.results import status_counts
+    from autopeft.core.trial_result import TrialStatus
+    from autopeft.study_tools import status_counts
 
     results = study.results()
     if not results:
@@ -188,15 +188,15 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from autopeft import results
+    from autopeft import study_tools
 
-    study = results.open_study(args.study, storage=args.storage, root=args.root)
+    study = study_tools.open_study(args.study, storage=args.storage, root=args.root)
     if args.trials:
-        print(f"wrote {results.export_trials(study, args.trials)}")
+        print(f"wrote {study_tools.export_trials(study, args.trials)}")
     if args.trial is not None:
         if not args.output:
             raise _usage("--output DIR is needed with --trial")
-        out = results.export_trial(study, args.trial, args.output, retrain=args.retrain)
+        out = study_tools.export_trial(study, args.trial, args.output, retrain=args.retrain)
         print(f"wrote {out} (load it with autopeft.train.export.load_exported)")
     if args.trial is None and not args.trials:
         raise _usage("give --trial N -o DIR and/or --trials FILE.csv|json|parquet")
@@ -204,14 +204,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _reeval(args: argparse.Namespace) -> int:
-    from autopeft import results
+    from autopeft import study_tools
 
     # Before the study is opened or anything trained: a bad count used to train nothing (or
     # drop front points) and store a summary without a mean.
-    results.at_least_one("--top", args.top, "the number of front points to re-evaluate")
-    results.at_least_one("--seeds", args.seeds, "training seeds per front point, e.g. 5")
-    study = results.open_study(args.study, storage=args.storage, root=args.root)
-    for row in results.reeval(study, top=args.top, seeds=args.seeds):
+    study_tools.at_least_one("--top", args.top, "the number of front points to re-evaluate")
+    study_tools.at_least_one("--seeds", args.seeds, "training seeds per front point, e.g. 5")
+    study = study_tools.open_study(args.study, storage=args.storage, root=args.root)
+    for row in study_tools.reeval(study, top=args.top, seeds=args.seeds):
         runs = row["seeds"]
         if row["mean"] is None:  # every seed failed: no metric to average
             errors = dict.fromkeys(r.get("error") or r["status"] for r in runs)  # in order
@@ -226,20 +226,20 @@ def _reeval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from autopeft import results
+    from autopeft import study_tools
     from autopeft.report import write_report
 
-    study = results.open_study(args.study, storage=args.storage, root=args.root)
+    study = study_tools.open_study(args.study, storage=args.storage, root=args.root)
     out = write_report(study, args.output or f"reports/{study.config.name}.html")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained: opens offline)")
     return 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from autopeft import results
+    from autopeft import study_tools
 
-    study = results.open_study(args.study, storage=args.storage, root=args.root)
-    results.dashboard(study, port=args.port)
+    study = study_tools.open_study(args.study, storage=args.storage, root=args.root)
+    study_tools.dashboard(study, port=args.port)
     return 0
 
 

@@ -54,7 +54,7 @@ def model_path(name: str) -> str:
     if not (folder / "config.json").exists():
         from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-        from autopeft.core.profile import resolve_model_dir
+        from autopeft.core.model_profile import resolve_model_dir
 
         tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_dir("minilm")))
         config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2, **BERT_SIZES[name])

@@ -43,7 +43,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from autopeft import api, cli  # noqa: E402
 from autopeft.core.errors import ConfigError  # noqa: E402
-from autopeft.core.profile import load_profile  # noqa: E402
+from autopeft.core.model_profile import load_profile  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from provenance import commit  # noqa: E402

@@ -42,10 +42,10 @@ from bench_models import model_path  # noqa: E402
 from provenance import commit  # noqa: E402
 
 from autopeft import api
-from autopeft.core import memory as memmodel
+from autopeft.core import memory_model as memmodel
 from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.core.levers import Levers
-from autopeft.train.memory import cuda_workspace_bytes
+from autopeft.train.measured_memory import cuda_workspace_bytes
 from autopeft.train.trial import EMBEDDING_METHODS, TrialContext, run_trial, trial_levers
 
 RESULTS = Path(__file__).parent / "results"

@@ -3,7 +3,7 @@
 On CPU the "measured" figure is autopeft's deterministic step estimate (model + AdamW
 state + the profiler's allocation peak over one forward/backward of the longest batch); on a
 GPU it is the CUDA allocator's peak over real training steps. `--fit` refits the activation
-coefficients of `autopeft.core.memory` (per family) by least squares and prints them;
+coefficients of `autopeft.core.memory_model` (per family) by least squares and prints them;
 `--repredict FILE` predicts the rows of a committed results file again with the current
 model (no device needed), so measurements taken on a lent GPU keep checking the model as it
 changes.
@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_models import BERT_SIZES, model_path  # noqa: E402
 
 from autopeft import api
-from autopeft.core import memory as memmodel
+from autopeft.core import memory_model as memmodel
 from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.train.build import build_adapted
-from autopeft.train.memory import MB, cpu_step_peak_mb, cuda_peak, cuda_workspace_bytes
+from autopeft.train.measured_memory import MB, cpu_step_peak_mb, cuda_peak, cuda_workspace_bytes
 from autopeft.train.trial import EMBEDDING_METHODS, TrialContext
 
 RESULTS = Path(__file__).parent / "results"
@@ -176,7 +176,7 @@ def profile_of(model: str):
     """A model's profile from its config alone: bundled, or one of ``BERT_SIZES``."""
     from transformers import BertConfig
 
-    from autopeft.core.profile import load_profile, profile_from_config
+    from autopeft.core.model_profile import load_profile, profile_from_config
 
     if model in BERT_SIZES:
         config = BertConfig(vocab_size=30522, **BERT_SIZES[model]).to_dict()
@@ -258,7 +258,7 @@ def write(rows: list[dict], out: Path, stem: str, note: str = "") -> None:
         f"# Predicted vs measured peak training memory ({kind})",
         "",
         "The longest batch of rotten_tomatoes at each batch size x max length; predicted: "
-        "autopeft.core.memory.predict_memory." + (f" {note}" if note else ""),
+        "autopeft.core.memory_model.predict_memory." + (f" {note}" if note else ""),
         "",
         "| model | batch x max length | candidate | trainable | measured MiB | predicted MiB "
         "| error |",

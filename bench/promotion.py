@@ -258,7 +258,7 @@ def run_policy(run: Run, surrogate: Surrogate, root: str) -> dict:
     """Search until the step budget is spent; HV of the finished front after each event."""
     import torch
 
-    from autopeft.core.result import TrialStatus
+    from autopeft.core.trial_result import TrialStatus
     from autopeft.search.study import Study
 
     warnings.filterwarnings("ignore")

@@ -40,7 +40,7 @@ from collect_real_trials import bench_study  # noqa: E402
 from surrogate import DATA, Surrogate, for_study  # noqa: E402
 
 from autopeft.core.pareto import hypervolume_history  # noqa: E402
-from autopeft.core.result import TrialStatus  # noqa: E402
+from autopeft.core.trial_result import TrialStatus  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SAMPLERS = ("random", "tpe", "nsga2", "qnehvi")
@@ -86,7 +86,7 @@ def box_volume(reference: list[float]) -> float:
 
 def reference_point(study) -> list[float]:
     """Accuracy 0.5, 1.1 x the space's largest params, 1.1 x the largest predicted memory."""
-    from autopeft.core.memory import predict_memory
+    from autopeft.core.memory_model import predict_memory
     from autopeft.core.resolve import DomainRecorder
 
     _, hi = study.space.param_range()

@@ -36,12 +36,12 @@ import torch
 
 from autopeft import methods
 from autopeft.core.candidate import Candidate
-from autopeft.core.memory import predict_memory
-from autopeft.core.profile import ModelProfile
+from autopeft.core.memory_model import predict_memory
+from autopeft.core.model_profile import ModelProfile
 from autopeft.core.resolve import candidate_params
-from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.space import Budget
 from autopeft.core.study_config import TrainingConfig
+from autopeft.core.trial_result import MemoryKind, TrialResult, TrialStatus
 
 DATA = Path(__file__).parent / "results" / "real_trials_minilm.jsonl"
 #: Module types of the bench space and their size parameter.

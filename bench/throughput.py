@@ -155,7 +155,7 @@ def parse_mode_trials(text: str) -> dict[str, int]:
 
 def ray_mode(mode: str, args: argparse.Namespace, root: str, gpu: bool, cores: int) -> dict:
     """One Ray mode: the study, its wall time, trials/hour and the accuracy of each trial."""
-    from autopeft.core.result import TrialStatus
+    from autopeft.core.trial_result import TrialStatus
     from autopeft.search.ray import run_ray
     from autopeft.search.study import Study
 

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_llama_profile():
     """The torch-free profile of the tiny Llama test architecture."""
-    from autopeft.core.profile import profile_from_config
+    from autopeft.core.model_profile import profile_from_config
     from autopeft.train.models import tiny_config
 
     return profile_from_config(json.loads(tiny_config("tiny-llama").to_json_string()))

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from autopeft.core.candidate import Candidate
 from autopeft.core.pareto import dominates, to_min
-from autopeft.core.result import TrialStatus
+from autopeft.core.trial_result import TrialStatus
 from autopeft.search.study import Study
 
 

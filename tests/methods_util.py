@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from autopeft.core.candidate import ModuleConfig
-from autopeft.core.profile import FUSED_TARGETS, ModelProfile
+from autopeft.core.model_profile import FUSED_TARGETS, ModelProfile
 from autopeft.methods.base import MethodSpec
 
 PLACEMENTS = ("default", "sparse", "per_layer")

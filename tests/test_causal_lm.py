@@ -9,7 +9,7 @@ import torch
 
 from autopeft import api
 from autopeft.core.errors import ConfigError
-from autopeft.core.result import TrialStatus
+from autopeft.core.trial_result import TrialStatus
 from autopeft.train.sft import load_sft, normalise
 from autopeft.train.trial import TrialContext, run_trial
 from tests.trial_helpers import LORA  # rank 4 on q, v of 4 layers
@@ -202,7 +202,7 @@ def test_a_causal_study_runs_with_halving_and_exports_a_loadable_adapter(tmp_pat
     as a standard CAUSAL_LM peft adapter that PeftModel loads on the base and generates with."""
     from peft import PeftModel
 
-    from autopeft import results
+    from autopeft import study_tools
     from autopeft.search.local import run_local
     from autopeft.search.study import Study
     from autopeft.train.models import load_model
@@ -230,10 +230,10 @@ def test_a_causal_study_runs_with_halving_and_exports_a_loadable_adapter(tmp_pat
     number, best = trained.best("eval_loss")
     assert best.metrics["eval_loss"] == min(r.metrics["eval_loss"] for _, r in trained.front())
     # reeval retrains the best front point first: the lowest loss, not the highest.
-    (row,) = results.reeval(trained, top=1, seeds=1)
+    (row,) = study_tools.reeval(trained, top=1, seeds=1)
     assert row["trial"] == number and row["metric"] == "eval_loss"
 
-    out = results.export_trial(trained, number, tmp_path / "adapter")
+    out = study_tools.export_trial(trained, number, tmp_path / "adapter")
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["task_type"] == "CAUSAL_LM"
     assert adapter["base_model_name_or_path"] == "tiny-llama"

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from autopeft import api, cli, results
+from autopeft import api, cli, study_tools
 from autopeft.core.errors import ConfigError
-from autopeft.core.result import TrialResult, TrialStatus
+from autopeft.core.trial_result import TrialResult, TrialStatus
 from autopeft.search.local import run_local
 from autopeft.search.study import Study
 from tests.helpers import wait_mid_trial
@@ -227,10 +227,10 @@ def test_export_replaces_an_earlier_export_and_refuses_a_foreign_folder(built, t
     from autopeft.train.models import load_model
 
     out = tmp_path / "adapter"
-    results.export_trial(built["study"], 0, out)  # LoRA: a peft adapter beside ours
+    study_tools.export_trial(built["study"], 0, out)  # LoRA: a peft adapter beside ours
     assert (out / "adapter_config.json").is_file()
     (out / "notes.txt").write_text("mine")
-    results.export_trial(built["study"], 1, out)  # head only: no peft adapter
+    study_tools.export_trial(built["study"], 1, out)  # head only: no peft adapter
     assert not (out / "adapter_config.json").exists()
     assert not (out / "adapter_model.safetensors").exists()
     assert (out / "notes.txt").read_text() == "mine"  # only an export's own files go
@@ -243,7 +243,7 @@ def test_export_replaces_an_earlier_export_and_refuses_a_foreign_folder(built, t
     foreign.mkdir()
     (foreign / "model.bin").write_text("x")
     with pytest.raises(ConfigError) as info:
-        results.export_trial(built["study"], 1, foreign)
+        study_tools.export_trial(built["study"], 1, foreign)
     text = str(info.value)
     assert "- --output: the folder is not empty and holds no autopeft export" in text
     assert sorted(p.name for p in foreign.iterdir()) == ["model.bin"]
@@ -266,7 +266,7 @@ def test_trials_table_marks_reused_and_interrupted_trials_and_keeps_integers(bui
     assert table.loc["0", "trainable_params"] == "2048"  # not 2048.0
     assert table.loc["0", "param.lora.rank"] == "4" and table.loc["5", "param.lora.rank"] == "8"
     assert table.loc["5", "trainable_params"] == "" and table.loc["4", "steps"] == "0"
-    frame = results.trials_table(built["study"])
+    frame = study_tools.trials_table(built["study"])
     for column in ("number", "reused", "retry_of", "trainable_params", "steps"):
         assert str(frame[column].dtype) == "Int64", column
 
@@ -343,7 +343,7 @@ def test_reeval_says_when_every_seed_failed(built, capsys, monkeypatch):
 
         return run
 
-    monkeypatch.setattr(results, "_training_seed_runner", failing)
+    monkeypatch.setattr(study_tools, "_training_seed_runner", failing)
     code = cli.main(["reeval", str(built["folder"]), "--top", "1", "--seeds", "2"])
     assert code == 0
     assert capsys.readouterr().out.endswith(": all 2 seeds failed: boom\n")
@@ -353,7 +353,7 @@ def test_reeval_of_a_study_without_front_is_an_error(tmp_path):
     study = Study(api.study_from_dict(STUDY), root=tmp_path)
     _tell(study, {"lora.rank": 8}, TrialStatus.INFEASIBLE, error="over")
     with pytest.raises(ConfigError) as info:
-        results.reeval(study, top=1, seeds=1, run=lambda c, s: None)
+        study_tools.reeval(study, top=1, seeds=1, run=lambda c, s: None)
     text = str(info.value)
     assert "the study 'clires' has no Pareto front to re-evaluate: 1 trial with a result: " in text
     assert "1 INFEASIBLE" in text and "relax the budget" in text

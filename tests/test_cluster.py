@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from autopeft import api
 from autopeft.core.candidate import Candidate
-from autopeft.core.result import TrialStatus
+from autopeft.core.trial_result import TrialStatus
 from autopeft.search.study import Study
 from tests.helpers import counted_trials
 

@@ -9,12 +9,12 @@ import transformers
 
 from autopeft import api
 from autopeft.core.candidate import Candidate
-from autopeft.core.memory import predict_memory
-from autopeft.core.profile import profile_from_config
+from autopeft.core.memory_model import predict_memory
+from autopeft.core.model_profile import profile_from_config
 from autopeft.core.resolve import RandomSuggest
-from autopeft.core.result import TrialStatus
+from autopeft.core.trial_result import TrialStatus
 from autopeft.train.build import build_adapted
-from autopeft.train.profile import profile_model
+from autopeft.train.profile_model import profile_model
 
 SHAPE = dict(
     vocab_size=128,

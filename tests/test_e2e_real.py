@@ -6,7 +6,7 @@ import pytest
 
 from autopeft import api
 from autopeft.core.candidate import Candidate, ModuleConfig
-from autopeft.core.result import TrialStatus
+from autopeft.core.trial_result import TrialStatus
 from autopeft.train.trial import TrialContext, run_trial
 
 
@@ -58,7 +58,7 @@ def test_smollm2_instruction_tuning_learns_and_exports_a_peft_adapter(tmp_path):
     import torch
     from peft import PeftModel
 
-    from autopeft import results
+    from autopeft import study_tools
     from autopeft.search.local import run_local
     from autopeft.search.study import Study
     from autopeft.train.models import load_model
@@ -94,7 +94,7 @@ def test_smollm2_instruction_tuning_learns_and_exports_a_peft_adapter(tmp_path):
     before = first(untrained, ctx.data["validation"], 8, 16, ctx.device)["eval_loss"]
     assert result.metrics["eval_loss"] < before  # it learned the answers' format
 
-    out = results.export_trial(searched, number, tmp_path / "adapter")
+    out = study_tools.export_trial(searched, number, tmp_path / "adapter")
     card = (out / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
     base = load_model("smollm2", head="lm")

@@ -13,8 +13,8 @@ import json
 import pytest
 import torch
 
-from autopeft import api, results
-from autopeft.core.result import TrialStatus
+from autopeft import api, study_tools
+from autopeft.core.trial_result import TrialStatus
 from autopeft.search.local import TrainingRunner, run_local
 from autopeft.search.study import Study
 from autopeft.train.export import load_exported, predict
@@ -75,7 +75,7 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     study, number, _, _ = trained
-    return results.export_trial(study, number, tmp_path_factory.mktemp("out") / "adapter")
+    return study_tools.export_trial(study, number, tmp_path_factory.mktemp("out") / "adapter")
 
 
 def fresh_4bit_base(tmp_path, bnb: dict):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autopeft.core.result import MemoryKind, TrialStatus
-from autopeft.train.memory import cuda_workspace_bytes
+from autopeft.core.trial_result import MemoryKind, TrialStatus
+from autopeft.train.measured_memory import cuda_workspace_bytes
 from autopeft.train.trial import check_budget, run_trial
 from tests.trial_helpers import LORA, make_context, nan_from_call, run_injected
 

@@ -8,7 +8,7 @@ import pytest
 
 from autopeft import api
 from autopeft.core.errors import ConfigError
-from autopeft.core.profile import load_profile
+from autopeft.core.model_profile import load_profile
 
 VALID = "name: x\nmodel: minilm\nsearch_space: {modules: {lora: {rank: [4]}}}\n"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autopeft.core.profile import resolve_model_dir
+from autopeft.core.model_profile import resolve_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = """

@@ -11,9 +11,9 @@ from autopeft import api
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError
 from autopeft.core.levers import Levers, platform_problems
-from autopeft.core.memory import predict_memory
-from autopeft.core.result import TrialStatus
+from autopeft.core.memory_model import predict_memory
 from autopeft.core.resume import resume_conflicts
+from autopeft.core.trial_result import TrialStatus
 from autopeft.train.build import build_adapted
 from autopeft.train.levers import prepare_base, trainable_in_fp32
 from autopeft.train.loop import LoopResult, _accumulate

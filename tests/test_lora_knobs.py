@@ -18,7 +18,7 @@ from autopeft.core.resolve import RandomSuggest
 from autopeft.methods.lora import INITIAL_ATTR, INITS
 from autopeft.train.build import build_adapted, is_head_param
 from autopeft.train.models import load_model
-from autopeft.train.profile import profile_model
+from autopeft.train.profile_model import profile_model
 
 SPEC = methods.get("lora")
 #: A LoRA config as written before the knobs existed (its key must not change).
@@ -374,7 +374,7 @@ def test_the_training_loop_gives_lora_b_its_lora_plus_rate():
 
 
 def test_an_eva_trial_initialises_from_training_batches_and_completes():
-    from autopeft.core.result import TrialStatus
+    from autopeft.core.trial_result import TrialStatus
     from autopeft.train.trial import TrialContext, run_trial
 
     config = api.study_from_dict(

@@ -12,10 +12,10 @@ import torch
 
 from autopeft import api
 from autopeft.core.candidate import Candidate, ModuleConfig
-from autopeft.core.memory import gradient_path_weights, predict_memory
+from autopeft.core.memory_model import gradient_path_weights, predict_memory
 from autopeft.train.build import build_adapted
 from autopeft.train.models import load_model
-from autopeft.train.profile import profile_model
+from autopeft.train.profile_model import profile_model
 
 LORA = dict(rank=4, alpha=8.0, dropout=0.0, use_dora=False)
 

@@ -22,9 +22,9 @@ sys.path.insert(0, str(BENCH))
 import memory_model  # noqa: E402
 
 from autopeft.core.candidate import Candidate, ModuleConfig  # noqa: E402
-from autopeft.core.memory import CUDA_WORKSPACE_BYTES, MB, predict_memory  # noqa: E402
-from autopeft.core.profile import load_profile  # noqa: E402
-from autopeft.train.memory import cuda_workspace_bytes  # noqa: E402
+from autopeft.core.memory_model import CUDA_WORKSPACE_BYTES, MB, predict_memory  # noqa: E402
+from autopeft.core.model_profile import load_profile  # noqa: E402
+from autopeft.train.measured_memory import cuda_workspace_bytes  # noqa: E402
 
 RESULTS = BENCH / "results"
 MEASURED = {

@@ -11,7 +11,7 @@ from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError
 from autopeft.train.build import build_adapted, is_head_param
 from autopeft.train.models import load_model
-from autopeft.train.profile import profile_model
+from autopeft.train.profile_model import profile_model
 from tests.methods_util import PLACEMENTS, example_config
 
 CASES = [

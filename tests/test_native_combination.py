@@ -12,7 +12,7 @@ from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.methods.nn import PREFIX_ATTENTION, extend_mask, prefix_attention, unwrap
 from autopeft.train.build import build_adapted, is_head_param
 from autopeft.train.models import load_model
-from autopeft.train.profile import profile_model
+from autopeft.train.profile_model import profile_model
 
 ARCHS = ["tiny-bert", "tiny-llama"]
 

@@ -8,7 +8,7 @@ from transformers.utils import logging as hf_logging
 
 from autopeft.train.build import build_adapted
 from autopeft.train.models import load_model
-from autopeft.train.profile import profile_model
+from autopeft.train.profile_model import profile_model
 
 from .trial_helpers import LORA
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from autopeft import api
 from autopeft.core.candidate import Candidate
-from autopeft.core.result import TrialStatus
+from autopeft.core.trial_result import TrialStatus
 from autopeft.search.study import Study, rung_attr
 from tests.helpers import check_dashboard, check_front, check_states, counted_trials, wait_mid_trial
 

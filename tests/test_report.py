@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs
 
-from autopeft import api, methods, results
-from autopeft.core.result import MemoryKind, TrialStatus
+from autopeft import api, methods, study_tools
+from autopeft.core.trial_result import MemoryKind, TrialStatus
 from autopeft.report import tables, write_report
 from autopeft.report.tables import StudyData
 from autopeft.search import blackbox
@@ -76,7 +76,7 @@ def study(tmp_path_factory):
     run_local(s, 24, runner=blackbox.for_study(s, fail_every=5), progress=False)
     statuses = {r.status for _, r in s.results()}
     assert statuses == set(TrialStatus), statuses
-    results.reeval(s, top=REEVAL_TOP, seeds=REEVAL_SEEDS, run=seed_runner(s))
+    study_tools.reeval(s, top=REEVAL_TOP, seeds=REEVAL_SEEDS, run=seed_runner(s))
     return s
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from autopeft import api
-from autopeft.core.result import TrialStatus
+from autopeft.core.trial_result import TrialStatus
 from autopeft.report import tables, write_report
 from autopeft.report.html import figure_3d, pair_figure
 from autopeft.report.tables import StudyData

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from autopeft import api, results
-from autopeft.core.result import TrialStatus
+from autopeft import api, study_tools
+from autopeft.core.trial_result import TrialStatus
 from autopeft.search.local import run_local
 from autopeft.search.study import Study
 from autopeft.train.export import load_exported, predict
@@ -67,7 +67,7 @@ def test_exported_trial_reloads_with_identical_predictions(study, tmp_path, numb
     from autopeft.train.export import rebuild
     from autopeft.train.trial import weights_path
 
-    out = results.export_trial(study, number, tmp_path / "adapter")
+    out = study_tools.export_trial(study, number, tmp_path / "adapter")
     manifest = json.loads((out / "autopeft.json").read_text())
     result = dict(study.results())[number]
     assert manifest["candidate"] == result.candidate.to_json()
@@ -115,7 +115,7 @@ def test_export_via_cli_with_retrain_and_trials_table(study, tmp_path):
     assert (tmp_path / "retrained" / "trainable.safetensors").is_file()
     table = pd.read_csv(tmp_path / "t.csv")
     assert list(table["number"]) == [0, 1] and set(table["status"]) == {"COMPLETE"}
-    results.export_trials(study, tmp_path / "t.json")
+    study_tools.export_trials(study, tmp_path / "t.json")
     assert len(json.loads((tmp_path / "t.json").read_text())) == 2
     bad = subprocess.run(
         [
@@ -136,7 +136,7 @@ def test_export_via_cli_with_retrain_and_trials_table(study, tmp_path):
 
 
 def test_reeval_records_mean_and_std(study):
-    rows = results.reeval(study, top=1, seeds=2)
+    rows = study_tools.reeval(study, top=1, seeds=2)
     assert len(rows) == 1 and len(rows[0]["seeds"]) == 2
     stored = study.optuna.user_attrs[f"reeval.{rows[0]['trial']}"]
     accs = [s["accuracy"] for s in stored["seeds"]]

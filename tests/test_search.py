@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from autopeft import api
 from autopeft.core.halving import rung_steps
-from autopeft.core.result import TrialStatus
+from autopeft.core.trial_result import TrialStatus
 from autopeft.search import blackbox
 from autopeft.search.local import run_local
 from autopeft.search.study import Study

@@ -14,7 +14,7 @@ from importlib import metadata
 import pytest
 
 from autopeft.core.errors import ConfigError
-from autopeft.core.profile import model_config
+from autopeft.core.model_profile import model_config
 from autopeft.train import bundled
 
 # One worker: the module's conversion is done once, not once per xdist worker.

@@ -12,7 +12,7 @@ import pytest
 from autopeft import methods
 from autopeft.core.candidate import Candidate
 from autopeft.core.resolve import RandomSuggest, candidate_params
-from autopeft.core.result import TrialStatus
+from autopeft.core.trial_result import TrialStatus
 from autopeft.search.local import run_local
 from autopeft.search.study import Study, model_profile
 

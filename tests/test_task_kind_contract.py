@@ -11,8 +11,8 @@ import torch
 
 from autopeft import api, tasks
 from autopeft.core.candidate import Candidate, ModuleConfig
-from autopeft.core.result import TrialStatus
 from autopeft.core.study_config import COMMON_TASK_FIELDS, TaskConfig
+from autopeft.core.trial_result import TrialStatus
 from autopeft.train.build import build_adapted
 from autopeft.train.trial import TrialContext, run_trial
 

@@ -8,7 +8,7 @@ import torch
 from autopeft import methods
 from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.core.errors import ConfigError
-from autopeft.core.result import MemoryKind, TrialStatus
+from autopeft.core.trial_result import MemoryKind, TrialStatus
 from autopeft.train.loop import LossGuard, NonFiniteLoss
 from autopeft.train.trial import run_trial
 from tests.trial_helpers import LORA, make_context, nan_from_call, raising, run_injected

@@ -11,8 +11,8 @@ from typing import Any
 
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError, Problem
+from autopeft.core.model_profile import ModelProfile
 from autopeft.core.params import ChoiceParam, FloatParam, IntParam
-from autopeft.core.profile import ModelProfile
 
 
 def _reachable(param: Any) -> list[Any]:

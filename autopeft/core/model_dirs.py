@@ -68,7 +68,7 @@ def _refuse_near_miss(name: str, exists: bool) -> None:
     """
     import difflib
 
-    from autopeft.core.profile import BUNDLED_CONFIGS, TINY_CONFIGS  # they import this module
+    from autopeft.core.model_profile import BUNDLED_CONFIGS, TINY_CONFIGS  # they import this module
 
     names = [*BUNDLED_MODELS, *BUNDLED_CONFIGS, *TINY_CONFIGS]
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)

@@ -7,7 +7,7 @@ can report ``path: rule, but got VALUE. Hint: ...`` (see :mod:`autopeft.core.err
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     BaseModel,
@@ -21,7 +21,21 @@ from pydantic import (
 )
 
 from autopeft.core.errors import RuleError, did_you_mean
-from autopeft.core.profile import KNOWN_TARGET_NAMES
+from autopeft.core.model_profile import KNOWN_TARGET_NAMES
+
+
+class Suggest(Protocol):
+    """The subset of ``optuna.Trial`` that sampling uses."""
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        """An integer in ``[low, high]``."""
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        """A real in ``[low, high]``."""
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        """One of ``choices``."""
+
 
 Scalar = StrictBool | StrictInt | StrictFloat | str
 

@@ -13,36 +13,24 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.core.errors import _NO_VALUE, ConfigError, Problem, RuleError
 from autopeft.core.method_rules import check_values
+from autopeft.core.model_profile import FUSED_TARGETS, LOCAL_TARGETS, TARGET_GROUPS, ModelProfile
 from autopeft.core.params import (
     ChoiceParam,
     FloatParam,
     IntParam,
+    Suggest,
     TargetChoice,
     normalise_param,
     resolve_layers,
 )
-from autopeft.core.profile import FUSED_TARGETS, LOCAL_TARGETS, TARGET_GROUPS, ModelProfile
 from autopeft.core.space import ModuleSpace, SearchSpace
 
 _ENUM_LIMIT = 4096
-
-
-class Suggest(Protocol):
-    """The subset of ``optuna.Trial`` that sampling uses."""
-
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
-        """An integer in ``[low, high]``."""
-
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
-        """A real in ``[low, high]``."""
-
-    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
-        """One of ``choices``."""
 
 
 class RandomSuggest:

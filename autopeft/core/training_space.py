@@ -24,17 +24,21 @@ searched keeps the study's value. A fixed value belongs in the study's ``trainin
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autopeft.core.candidate import Scalar
 from autopeft.core.errors import RuleError, did_you_mean
 from autopeft.core.levers import QUANTIZATIONS
-from autopeft.core.params import ChoiceParam, FloatParam, ParamSpec, as_mapping, normalise_param
-
-if TYPE_CHECKING:
-    from autopeft.core.resolve import Suggest
+from autopeft.core.params import (
+    ChoiceParam,
+    FloatParam,
+    ParamSpec,
+    Suggest,
+    as_mapping,
+    normalise_param,
+)
 
 
 def _number(v: Any) -> bool:

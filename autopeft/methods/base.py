@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from autopeft.core.candidate import ModuleConfig
-from autopeft.core.profile import ModelProfile
+from autopeft.core.model_profile import ModelProfile
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from autopeft.core.candidate import ModuleConfig
-from autopeft.core.profile import ModelProfile
+from autopeft.core.model_profile import ModelProfile
 from autopeft.methods import register
 from autopeft.methods.base import MethodSpec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from autopeft.core.candidate import ModuleConfig
-from autopeft.core.profile import ModelProfile
+from autopeft.core.model_profile import ModelProfile
 from autopeft.methods import register
 from autopeft.methods.base import MethodSpec
 

@@ -18,12 +18,12 @@ from autopeft import methods
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.levers import LEVERS
 from autopeft.core.pareto import hypervolume_history, knee_point, pareto_front
-from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.secrets import masked_config
-from autopeft.results import REEVAL_ATTR, retries, untold_note
+from autopeft.core.trial_result import MemoryKind, TrialResult, TrialStatus
+from autopeft.study_tools import REEVAL_ATTR, retries, untold_note
 
 Row = dict[str, Any]
-#: Study user attributes ``reeval.<trial>`` (written by :func:`autopeft.results.reeval`).
+#: Study user attributes ``reeval.<trial>`` (written by :func:`autopeft.study_tools.reeval`).
 REEVAL_PREFIX = f"{REEVAL_ATTR}."
 STATUSES = [s.value for s in TrialStatus]
 

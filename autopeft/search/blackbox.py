@@ -15,12 +15,12 @@ import time
 
 from autopeft import methods
 from autopeft.core.candidate import Candidate
-from autopeft.core.memory import predict_memory
-from autopeft.core.profile import ModelProfile
+from autopeft.core.memory_model import predict_memory
+from autopeft.core.model_profile import ModelProfile
 from autopeft.core.resolve import candidate_params
-from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.space import Budget
 from autopeft.core.study_config import TrainingConfig
+from autopeft.core.trial_result import MemoryKind, TrialResult, TrialStatus
 
 
 class BlackboxRunner:

@@ -14,7 +14,7 @@ from typing import Protocol
 from autopeft import stop
 from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
-from autopeft.core.result import TrialResult, TrialStatus
+from autopeft.core.trial_result import TrialResult, TrialStatus
 from autopeft.search.proposals import DONE, EXHAUSTED, Proposer
 from autopeft.search.study import REPEAT_LIMIT, Study
 

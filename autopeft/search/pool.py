@@ -37,7 +37,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.core.candidate import Candidate
-from autopeft.core.profile import ModelProfile
+from autopeft.core.model_profile import ModelProfile
 from autopeft.core.resolve import RandomSuggest, ResolvedSpace
 from autopeft.core.space import Budget
 from autopeft.core.study_config import KNOWN_METRICS

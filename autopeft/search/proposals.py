@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft import stop
 from autopeft.core.candidate import Candidate
-from autopeft.core.result import TrialResult
+from autopeft.core.trial_result import TrialResult
 from autopeft.search.samplers import repeat_patience
 
 if TYPE_CHECKING:

@@ -33,8 +33,8 @@ from ray.tune.search import Searcher
 from autopeft import stop, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
-from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.study_config import StudyConfig
+from autopeft.core.trial_result import TrialResult, TrialStatus
 from autopeft.search.local import WAIT_POLL_S, say_exhausted
 from autopeft.search.proposals import DONE, EXHAUSTED, Proposer
 from autopeft.search.study import Study

@@ -25,14 +25,14 @@ from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError
 from autopeft.core.levers import Levers
-from autopeft.core.memory import predict_memory
+from autopeft.core.memory_model import predict_memory
+from autopeft.core.model_profile import ModelProfile, load_profile
 from autopeft.core.pareto import hypervolume, pareto_front
-from autopeft.core.profile import ModelProfile, load_profile
 from autopeft.core.resolve import ResolvedSpace, candidate_params
-from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.resume import resume_conflicts
 from autopeft.core.secrets import masked_config
 from autopeft.core.study_config import METRICS, StudyConfig, trial_training
+from autopeft.core.trial_result import TrialResult, TrialStatus
 from autopeft.search import proposals
 from autopeft.search.pool import Oracle
 from autopeft.search.samplers import make_sampler

@@ -11,7 +11,7 @@ from torch import nn
 
 from autopeft import methods
 from autopeft.core.candidate import Candidate
-from autopeft.core.profile import ModelProfile
+from autopeft.core.model_profile import ModelProfile
 
 
 @dataclass

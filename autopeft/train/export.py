@@ -26,12 +26,12 @@ import torch
 from autopeft import __version__, methods
 from autopeft.core.candidate import Candidate
 from autopeft.core.levers import Levers, quant_bits
-from autopeft.core.profile import ModelProfile, profile_from_config
+from autopeft.core.model_profile import ModelProfile, profile_from_config
 from autopeft.core.study_config import StudyConfig, TrainingConfig, trial_training
 from autopeft.train.build import AdaptedModel, build_adapted
 from autopeft.train.levers import prepare_base, trainable_in_fp32
 from autopeft.train.models import DTYPES, load_model, quantization_config
-from autopeft.train.profile import profile_model
+from autopeft.train.profile_model import profile_model
 from autopeft.train.weights import load_trainable, save_trainable
 
 MANIFEST = "autopeft.json"

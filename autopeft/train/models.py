@@ -21,7 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from autopeft.core.errors import ConfigError
 from autopeft.core.model_dirs import BUNDLED_MODELS, resolve_model_dir
-from autopeft.core.profile import BUNDLED_CONFIGS, TINY_CONFIGS
+from autopeft.core.model_profile import BUNDLED_CONFIGS, TINY_CONFIGS
 
 #: The tiny test architectures' Hugging Face config classes (their values live in core).
 _TINY_CLASSES = {"bert": BertConfig, "llama": LlamaConfig, "gpt2": GPT2Config}

@@ -16,21 +16,21 @@ import torch
 from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.levers import Levers
-from autopeft.core.memory import predict_memory
+from autopeft.core.memory_model import predict_memory
 from autopeft.core.method_rules import method_violation
-from autopeft.core.profile import ModelProfile
+from autopeft.core.model_profile import ModelProfile
 from autopeft.core.resolve import candidate_params
-from autopeft.core.result import MemoryKind, TrialResult, TrialStatus
 from autopeft.core.space import Budget
 from autopeft.core.study_config import StudyConfig, trial_training
+from autopeft.core.trial_result import MemoryKind, TrialResult, TrialStatus
 from autopeft.tasks import TaskKind
 from autopeft.train.build import AdaptedModel, build_adapted
 from autopeft.train.data import Encoded
 from autopeft.train.levers import prepare_base, trainable_in_fp32
 from autopeft.train.loop import Evaluate, NonFiniteLoss, Report, train_and_eval
-from autopeft.train.memory import cpu_step_peak_mb, cuda_peak, cuda_workspace_bytes
+from autopeft.train.measured_memory import cpu_step_peak_mb, cuda_peak, cuda_workspace_bytes
 from autopeft.train.models import load_model
-from autopeft.train.profile import profile_model
+from autopeft.train.profile_model import profile_model
 from autopeft.train.weights import save_trainable
 
 #: Training batches a data-driven initialisation (EVA) may draw from, at most.

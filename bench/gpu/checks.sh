@@ -63,7 +63,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>
 "$PY" - >>"$LOG" 2>&1 <<'EOF'
 import sys, torch, transformers, peft, optuna, pydantic, ray, autopeft
 from importlib.metadata import PackageNotFoundError, version
-from autopeft.core.profile import resolve_model_dir
+from autopeft.core.model_profile import resolve_model_dir
 print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(),
       "transformers", transformers.__version__, "peft", peft.__version__, "optuna",
       optuna.__version__, "ray", ray.__version__, "model", resolve_model_dir("minilm"))

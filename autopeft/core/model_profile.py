@@ -1,7 +1,7 @@
 """Model profiles: the plain layer shapes a PEFT budget is computed from, without torch.
 
 A profile is derived either from a Hugging Face ``config.json`` (pure Python, fast; used by
-``autopeft validate``) or by walking a built torch model (``autopeft.train.profile``); tests
+``autopeft validate``) or by walking a built torch model (``autopeft.train.profile_model``); tests
 check both routes agree for every supported family.
 """
 

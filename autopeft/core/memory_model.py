@@ -38,8 +38,8 @@ one per (handle, stream), and a training step uses two handles, the forward's th
 autograd's device thread (see ``cuda_workspace_bytes``).
 
 The coefficients are per device and architecture family, fitted by
-``bench/memory_model.py --fit`` to measured figures; `autopeft.train.memory` measures the real
-peak to keep them honest.
+``bench/memory_model.py --fit`` to measured figures; `autopeft.train.measured_memory`
+measures the real peak to keep them honest.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 from autopeft.core.candidate import Candidate
 from autopeft.core.levers import DTYPE_BYTES, Levers, quantized_linear_bytes
-from autopeft.core.profile import Linear, ModelProfile
+from autopeft.core.model_profile import Linear, ModelProfile
 
 MB = 1024 * 1024
 
@@ -106,7 +106,7 @@ ACTIVATION_BYTES = {"cuda": 2, "cpu-autocast": 3}
 
 #: PyTorch's cuBLAS workspace per (handle, stream) on Hopper (compute capability 9; newer
 #: GPUs are assumed alike, unmeasured) and on older GPUs, when ``CUBLAS_WORKSPACE_CONFIG`` is
-#: unset; ``autopeft.train.memory`` applies the rule to the device it runs on.
+#: unset; ``autopeft.train.measured_memory`` applies the rule to the device it runs on.
 CUBLAS_WORKSPACE = {"hopper": 32 * MB, "older": 4096 * 1024 * 2 + 16 * 1024 * 8}
 #: Handles a training step uses: the forward's thread and autograd's device thread.
 CUBLAS_HANDLES = 2
@@ -299,7 +299,8 @@ def predict_memory(
             base's precision under CPU autocast).
         embeddings_trained: True for methods whose gradient reaches the input embeddings.
         workspace_bytes: the cuBLAS workspaces on the GPU that will train (a CUDA device's
-            figure from ``autopeft.train.memory.cuda_workspace_bytes``); None assumes Hopper's.
+            figure from ``autopeft.train.measured_memory.cuda_workspace_bytes``); None
+            assumes Hopper's.
         levers: the trial's memory levers (None: an fp32 base, no checkpointing).
     """
     levers = levers or Levers(batch_size, batch_size, seq_len)

@@ -13,9 +13,9 @@ from typing import Any
 
 from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError, Problem
-from autopeft.core.result import TrialResult, TrialStatus
 from autopeft.core.secrets import masked
 from autopeft.core.study_config import StudyConfig
+from autopeft.core.trial_result import TrialResult, TrialStatus
 
 REEVAL_ATTR = "reeval"  # study user attributes reeval.<trial>, read by autopeft.report.tables
 

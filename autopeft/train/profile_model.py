@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from autopeft.core.profile import ModelProfile, profile_from_config
+from autopeft.core.model_profile import ModelProfile, profile_from_config
 
 
 def profile_model(model: nn.Module) -> ModelProfile:

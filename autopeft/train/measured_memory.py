@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from autopeft.core.memory import CUBLAS_HANDLES, CUBLAS_WORKSPACE
+from autopeft.core.memory_model import CUBLAS_HANDLES, CUBLAS_WORKSPACE
 from autopeft.train.build import AdaptedModel
 
 MB = 1024 * 1024

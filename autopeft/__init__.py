@@ -1,10 +1,16 @@
 """autopeft: search the Pareto front of PEFT configurations.
 
-Accuracy vs trainable parameters vs peak memory, with multi-objective Bayesian optimisation.
-Importing the package is cheap; submodules pull in torch/optuna only when used.
+Task quality vs trainable parameters vs peak memory, with multi-objective Bayesian
+optimisation. The public API is the names below (``autopeft.__all__``); everything else is
+internal and may move. Importing the package is cheap: each name is imported on first use
+(PEP 562), so ``import autopeft`` pulls in no torch, optuna or ray.
 """
 
+from __future__ import annotations
+
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -12,9 +18,56 @@ __version__ = "0.1.0"
 # installed) when the optional `kernels` package is missing; its own fallback kernel runs.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+#: Public name -> the module that defines it.
+_PUBLIC: dict[str, str] = {
+    # Running and reading studies.
+    "run": "autopeft.api",
+    "open_study": "autopeft.study_tools",
+    "load": "autopeft.api",
+    "validate": "autopeft.api",
+    "study_from_dict": "autopeft.api",
+    "space_from_dict": "autopeft.api",
+    "resolve": "autopeft.api",
+    "Study": "autopeft.search.study",
+    "StudyConfig": "autopeft.core.study_config",
+    "SearchSpace": "autopeft.core.space",
+    "ConfigError": "autopeft.core.errors",
+    # Candidates and their results.
+    "Candidate": "autopeft.core.candidate",
+    "ModuleConfig": "autopeft.core.candidate",
+    "TrialResult": "autopeft.core.trial_result",
+    "TrialStatus": "autopeft.core.trial_result",
+}
 
-def run(config, **kwargs):
-    """Run or resume a study; see :func:`autopeft.api.run` (imported lazily)."""
-    from autopeft.api import run as _run
+__all__ = ["__version__", *_PUBLIC]
 
-    return _run(config, **kwargs)
+if TYPE_CHECKING:  # what type checkers and IDEs see; `as` marks each as a re-export
+    from autopeft.api import load as load
+    from autopeft.api import resolve as resolve
+    from autopeft.api import run as run
+    from autopeft.api import space_from_dict as space_from_dict
+    from autopeft.api import study_from_dict as study_from_dict
+    from autopeft.api import validate as validate
+    from autopeft.core.candidate import Candidate as Candidate
+    from autopeft.core.candidate import ModuleConfig as ModuleConfig
+    from autopeft.core.errors import ConfigError as ConfigError
+    from autopeft.core.space import SearchSpace as SearchSpace
+    from autopeft.core.study_config import StudyConfig as StudyConfig
+    from autopeft.core.trial_result import TrialResult as TrialResult
+    from autopeft.core.trial_result import TrialStatus as TrialStatus
+    from autopeft.search.study import Study as Study
+    from autopeft.study_tools import open_study as open_study
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (keeps ``import autopeft`` free of torch/optuna)."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autopeft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -34,6 +34,7 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check autopeft tests bench
 	$(BIN)/ruff format --check autopeft tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

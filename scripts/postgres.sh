@@ -26,10 +26,12 @@ case "${1:-}" in
   install)
     if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
       export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq
-      apt-get install -y -qq postgresql >/dev/null
+      SUDO=""
+      [ "$(id -u)" = 0 ] || SUDO="sudo"
+      $SUDO apt-get update -qq
+      $SUDO apt-get install -y -qq postgresql >/dev/null
       # The package starts a system cluster on 5432; we use our own on $PGPORT.
-      service postgresql stop >/dev/null 2>&1 || true
+      $SUDO service postgresql stop >/dev/null 2>&1 || true
     fi
     ;;
   start)

@@ -37,11 +37,28 @@ _PUBLIC: dict[str, str] = {
     "ModuleConfig": "autopeft.core.candidate",
     "TrialResult": "autopeft.core.trial_result",
     "TrialStatus": "autopeft.core.trial_result",
+    # Measuring candidates outside a study (what the benchmarks in bench/ build on).
+    "TrialContext": "autopeft.train.trial",
+    "run_trial": "autopeft.train.trial",
+    "run_local": "autopeft.search.local",
+    "load_model": "autopeft.train.models",
+    "load_tokenizer": "autopeft.train.models",
+    "load_profile": "autopeft.core.model_profile",
+    "candidate_trainable_params": "autopeft.api",
+    "predict_memory": "autopeft.core.memory_model",
+    # Fitting the memory model's activation coefficients to measured peaks.
+    "MemoryRow": "autopeft.memory_fit",
+    "memory_row": "autopeft.memory_fit",
+    "fit_activation_coeffs": "autopeft.memory_fit",
+    "repredict_memory": "autopeft.memory_fit",
+    "format_activation_coeffs": "autopeft.memory_fit",
+    "hypervolume": "autopeft.core.pareto",
 }
 
 __all__ = ["__version__", *_PUBLIC]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; `as` marks each as a re-export
+    from autopeft.api import candidate_trainable_params as candidate_trainable_params
     from autopeft.api import load as load
     from autopeft.api import resolve as resolve
     from autopeft.api import run as run
@@ -51,12 +68,25 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; `as` marks each as a re-ex
     from autopeft.core.candidate import Candidate as Candidate
     from autopeft.core.candidate import ModuleConfig as ModuleConfig
     from autopeft.core.errors import ConfigError as ConfigError
+    from autopeft.core.memory_model import predict_memory as predict_memory
+    from autopeft.core.model_profile import load_profile as load_profile
+    from autopeft.core.pareto import hypervolume as hypervolume
     from autopeft.core.space import SearchSpace as SearchSpace
     from autopeft.core.study_config import StudyConfig as StudyConfig
     from autopeft.core.trial_result import TrialResult as TrialResult
     from autopeft.core.trial_result import TrialStatus as TrialStatus
+    from autopeft.memory_fit import MemoryRow as MemoryRow
+    from autopeft.memory_fit import fit_activation_coeffs as fit_activation_coeffs
+    from autopeft.memory_fit import format_activation_coeffs as format_activation_coeffs
+    from autopeft.memory_fit import memory_row as memory_row
+    from autopeft.memory_fit import repredict_memory as repredict_memory
+    from autopeft.search.local import run_local as run_local
     from autopeft.search.study import Study as Study
     from autopeft.study_tools import open_study as open_study
+    from autopeft.train.models import load_model as load_model
+    from autopeft.train.models import load_tokenizer as load_tokenizer
+    from autopeft.train.trial import TrialContext as TrialContext
+    from autopeft.train.trial import run_trial as run_trial
 
 
 def __getattr__(name: str) -> Any:

@@ -1,20 +1,21 @@
 """Real low-fidelity trials on random candidates: the data the search-quality surrogate fits.
 
-Candidates are drawn at random (``RandomSuggest``, fixed seed) from
-``search_spaces/bench.yaml`` and trained for real with ``run_trial`` on the bundled ``minilm``
+Candidates are drawn at random (:class:`RandomDraws`, seeded per draw) from
+``search_spaces/bench.yaml`` and trained for real with ``autopeft.run_trial`` on the bundled
+``minilm``
 model and ``rotten_tomatoes`` (max length 48, batch 16, lr 5e-3, 40 steps), evaluated at steps
 14, 27 and 40 so each trial's learning curve is recorded. Each result is appended as one JSON
 line (the ``TrialResult`` plus the sampled parameters), so the script can be interrupted and
 resumed: it skips the draws already in the file.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/collect_real_trials.py --n 80
+    OMP_NUM_THREADS=2 python -m bench.collect_real_trials --n 80
 
 Results: bench/results/real_trials_minilm.jsonl (one trial per line). At 40 steps most
 trials are still at the majority-class floor at the first rungs. A longer fidelity, where
 learning starts before the first halving rung (the same draws, 160 steps at lr 2e-3 evaluated
 at 20, 40, 80 and 160; at lr 5e-3 most large candidates never left the floor in 160 steps):
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/collect_real_trials.py --n 64 --steps 160 --lr 2e-3 \
+    OMP_NUM_THREADS=2 python -m bench.collect_real_trials --n 64 --steps 160 --lr 2e-3 \
         --evals 20,40,80,160 --out bench/results/real_trials_minilm_160.jsonl
 
 A longer one still, where nearly every trial learns (53 of the 56 collected) and the final
@@ -22,88 +23,76 @@ accuracy rises with the candidate's size (640 steps at lr 1e-3, scored on 1,000 
 examples at 40, 80, 160, 320 and 640; 6-8 min a trial on one core, so two one-thread shards at
 once; the file holds draws 0-55, this command adds 56-63):
 
-    for k in 0 1; do OMP_NUM_THREADS=1 .venv/bin/python bench/collect_real_trials.py --n 64 \
+    for k in 0 1; do OMP_NUM_THREADS=1 python -m bench.collect_real_trials --n 64 \
         --steps 640 --lr 1e-3 --evals 40,80,160,320,640 --eval-examples 1000 --shard $k/2 \
         --out bench/results/real_trials_minilm_640.jsonl & done
-
-With the learning rate searched too (``search_spaces/bench_lr.yaml``: the same modules,
-``training.lr`` log-uniform in 1e-4..1e-2; ``--lr`` is then only the study's default, which
-every trial overrides), 160 steps scored on 1,000 examples at 20, 40, 80 and 160 (~3.5-4.5
-min a trial on one core; the file holds draws 0-35, 2.2 CPU-hours, the run stopped there):
-
-    for k in 0 1; do OMP_NUM_THREADS=1 .venv/bin/python bench/collect_real_trials.py --n 120 \
-        --steps 160 --lr 2e-3 --evals 20,40,80,160 --eval-examples 1000 \
-        --space search_spaces/bench_lr.yaml --shard $k/2 \
-        --out bench/results/real_trials_minilm_lr_160.jsonl & done
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import time
 from pathlib import Path
+from typing import Any
 
-from autopeft import api
-from autopeft.core.resolve import RandomSuggest
-from autopeft.core.study_config import StudyConfig
+import autopeft
+from bench.common import (
+    CACHE,
+    RESULTS,
+    SPACE,
+    STEPS,
+    bench_study,
+    provenance,
+    real_trials,
+    rung_steps,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-SPACE = ROOT / "search_spaces" / "bench.yaml"
-#: The same space with the learning rate searched too (``--space``; ``bench_space``).
-SPACE_LR = ROOT / "search_spaces" / "bench_lr.yaml"
-OUT = ROOT / "bench" / "results" / "real_trials_minilm.jsonl"
-#: The fidelity of the benchmark: a full trial is 40 steps, evaluated at the halving rungs.
-STEPS, RUNGS = 40, [0.34, 0.67, 1.0]
+OUT = RESULTS / "real_trials_minilm.jsonl"
 
 
-def bench_study(
-    name: str = "bench",
-    steps: int = STEPS,
-    rungs: list[float] | None = None,
-    lr: float = 5e-3,
-    eval_examples: int = 300,
-    space: Path = SPACE,
-    **extra,
-) -> StudyConfig:
-    """The benchmark's study: minilm, rotten_tomatoes at max length 48, bench.yaml.
+class RandomDraws:
+    """What ``ResolvedSpace.sample`` asks for, answered uniformly at random (log-uniform where
+    asked) and recorded in ``params``.
 
-    ``steps`` is the full fidelity (40 by default), ``lr`` the peak learning rate and
-    ``rungs`` the evaluation / halving fractions, ``eval_examples`` the validation examples
-    each evaluation scores, ``space`` the search space file; ``extra`` entries replace
-    top-level sections (``sampler``, ``halving``, ...).
+    The draws of the committed files were made this way (then autopeft's own random suggester,
+    whose algorithm this repeats): draw ``i`` of seed ``s`` is ``RandomDraws(s * 100_003 + i)``,
+    so a resumed collection continues the same sequence.
     """
-    raw = {
-        "name": name,
-        "model": "minilm",
-        "task": {"name": "rotten_tomatoes", "max_length": 48},
-        "training": {
-            "steps": steps,
-            "batch_size": 16,
-            "lr": lr,
-            "eval_every": steps,
-            "eval_examples": eval_examples,
-            "rungs": rungs or RUNGS,
-        },
-        "search_space": str(space),
-    }
-    return api.study_from_dict(raw | extra)
 
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+        self.params: dict[str, Any] = {}
 
-def bench_space(with_lr: bool) -> Path:
-    """The space real trials were drawn from: with the learning rate searched, or not.
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        """A random integer (log-uniform when ``log``)."""
+        if log:
+            value = int(round(math.exp(self.rng.uniform(math.log(low), math.log(high)))))
+        else:
+            value = low + step * self.rng.randint(0, (high - low) // step)
+        self.params[name] = value
+        return value
 
-    A surrogate fitted to trials that searched the rate (``Surrogate.with_lr``) is run on
-    the space that searches it, so the studies propose what the data covers.
-    """
-    return SPACE_LR if with_lr else SPACE
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        """A random real (log-uniform when ``log``; ``step`` is not used)."""
+        if log:
+            value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
+        else:
+            value = self.rng.uniform(low, high)
+        self.params[name] = value
+        return value
 
-
-def eval_steps(config: StudyConfig) -> set[int]:
-    """The evaluation steps: the halving rungs (14, 27 and 40 for 40 steps)."""
-    from autopeft.core.halving import rung_steps
-
-    return set(rung_steps(config.training.steps, config.training.rungs))
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        """A random choice."""
+        value = self.rng.choice(list(choices))
+        self.params[name] = value
+        return value
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -118,7 +107,9 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.collect_real_trials", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--n", type=int, default=80, help="trials wanted in the file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -145,9 +136,6 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from autopeft.search.study import model_profile
-    from autopeft.train.trial import TrialContext, run_trial
-
     rungs = [e / args.steps for e in args.evals] if args.evals else None
     config = bench_study(
         steps=args.steps,
@@ -156,10 +144,11 @@ def main() -> None:
         eval_examples=args.eval_examples,
         space=args.space,
     )
-    space = api.resolve(config.search_space, model_profile(config.model))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    lines = args.out.read_text().splitlines() if args.out.exists() else []
-    done = {json.loads(line)["draw"] for line in lines if line.strip()}
+    space = autopeft.resolve(config.search_space, config.model)
+    if not args.out.exists():  # a new file starts with its provenance
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"meta": provenance()}, separators=(",", ":")) + "\n")
+    done = {r["draw"] for r in real_trials(args.out)}
     shard, shards = args.shard
     wanted = {i for i in range(args.n) if i % shards == shard}
     print(
@@ -169,16 +158,16 @@ def main() -> None:
     if done >= wanted:
         return
     started = time.perf_counter()
-    context = TrialContext.create(config, cache_dir=ROOT / "studies" / ".bench-cache")
+    context = autopeft.TrialContext.create(config, cache_dir=CACHE)
     print(f"context loaded in {time.perf_counter() - started:.1f} s")
-    evals = eval_steps(config)
+    evals = set(rung_steps(config.training.steps, config.training.rungs))
     for i in range(args.n):
         # One generator per draw, seeded by (seed, index): draw i is the same on a resume.
-        suggest = RandomSuggest(seed=args.seed * 100_003 + i)
+        suggest = RandomDraws(seed=args.seed * 100_003 + i)
         candidate = space.sample(suggest)
         if i in done or i not in wanted:
             continue
-        result = run_trial(context, candidate, eval_at=evals)
+        result = autopeft.run_trial(context, candidate, eval_at=evals)
         record = json.loads(result.model_dump_json())
         record["params"] = suggest.params
         record["draw"] = i

@@ -7,7 +7,7 @@ kill was its study's last and the next kill goes to a fresh study (a *round*). `
 SIGINT to the group mid-trial (as a terminal sends it), then a resume. ``drivers-N``: N local
 drivers started together on one PostgreSQL study. Finished trials are snapshot after each
 kill; each study is checked at its end (:meth:`Outcome.missed`); exit 1 if a goal is missed.
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/faults.py`` (~10 min on 2 cores).
+Run: ``OMP_NUM_THREADS=1 python -m bench.faults`` (~10 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import psutil
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from autopeft.core.candidate import Candidate
+from autopeft import Candidate
+from bench.common import RESULTS, ROOT, provenance, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("kill-local", "kill-ray", "ctrl-c-local", "ctrl-c-ray", "drivers-2", "drivers-3")
 INTERRUPTED_LINE = "interrupted: finished trials are kept; run the same command to resume"
 #: The Optuna state each ``status`` user attribute comes with (tests/helpers.py check_states).
@@ -336,8 +336,10 @@ def first_start(trials: list[FrozenTrial], since: dt.datetime) -> float | None:
 def run_kills(executor: str, kills: int, n_trials: int, rng: random.Random, work: Path) -> Outcome:
     """``kills`` SIGKILLs of the driver's process group at random delays, restarts, final runs."""
     out = Outcome(f"kill-{executor}", n_trials)
-    t0, startups, trial_s = time.perf_counter(), [], GUESS[executor][1]
-    study, rounds, left, delays, snaps, round_kills = None, 0, 0, [], [], 0
+    t0, trial_s = time.perf_counter(), GUESS[executor][1]
+    startups: list[float] = []
+    snaps: list[dict] = []
+    study, rounds, left, delays, round_kills = None, 0, 0, [], 0
     leftovers: list[str] = []
     while out.kills < kills:
         if study is None:
@@ -362,7 +364,11 @@ def run_kills(executor: str, kills: int, n_trials: int, rng: random.Random, work
             # (else the estimate learns only from the runs that got past their start-up).
             got = first_start(trials, driver.started)
             startups += [got or delay] if got or late else []
-            spans = [t.datetime_complete - t.datetime_start for t in trained(trials)]
+            spans = [
+                t.datetime_complete - t.datetime_start
+                for t in trained(trials)
+                if t.datetime_complete and t.datetime_start
+            ]
             trial_s = statistics.median(s.total_seconds() for s in spans) if spans else trial_s
         else:  # it finished before its kill: the round's final run
             if rc != 0:
@@ -393,7 +399,7 @@ def run_kills(executor: str, kills: int, n_trials: int, rng: random.Random, work
 def wait_mid_trial(url: str, name: str, driver: Driver, min_done: int, timeout: float) -> set[int]:
     """Trials seen training at two looks >= 0.15 s apart once ``min_done`` finished (or none)."""
     lock = Path(url[len("sqlite:///") :] + ".lock") if url.startswith("sqlite") else None
-    deadline, seen = time.time() + timeout, set()
+    deadline, seen = time.time() + timeout, set[int]()
     while time.time() < deadline and driver.proc.poll() is None:
         # SQLite is read only once the driver holds the study: no race creating its schema.
         trials = load_trials(url, name) if lock is None or lock.exists() else []
@@ -550,39 +556,34 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(rows)
 
 
-def header(argv: list[str]) -> str:
-    """Date, machine, commit and command of this run."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
-
-    with open("/proc/cpuinfo") as info:
+def header() -> dict[str, str]:
+    """Provenance of this run, with the CPU, memory and load it started under."""
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
         cpu = next((ln.split(":")[1].strip() for ln in info if "model name" in ln), "")
-    dirty = " + uncommitted changes" if git("status", "--porcelain").strip() else ""
-    return (
-        f"{dt.date.today().isoformat()}; {os.cpu_count()} cores ({cpu or platform.processor()}), "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; load average at start "
-        f"{os.getloadavg()[0]:.1f}; git {git('rev-parse', '--short', 'HEAD').strip()}{dirty}; "
-        f"command: `OMP_NUM_THREADS=1 .venv/bin/python {' '.join(['bench/faults.py', *argv])}`"
-    )
+    return provenance() | {
+        "cpu": f"{os.cpu_count()} cores ({cpu or platform.processor()}), "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM",
+        "load_average_at_start": f"{os.getloadavg()[0]:.1f}",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the scenarios, print and write the results; 1 if a goal was missed."""
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs per executor")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"of {', '.join(SCENARIOS)}")
     p.add_argument("--seed", type=int, default=0, help="of the kill delays")
     p.add_argument("--n-trials", type=int, default=12)
     p.add_argument("--postgres", default=None, help="a PostgreSQL URL (default: start one)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faults.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "faults.md", help="results .md")
     p.add_argument("--keep", type=Path, default=None, help="keep the studies in this folder")
     args = p.parse_args(argv)
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if unknown := set(chosen) - set(SCENARIOS):
         p.error(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
-    about, rng, outcomes, t0 = header(argv), random.Random(args.seed), [], time.perf_counter()
+    meta, rng, outcomes, t0 = header(), random.Random(args.seed), [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="apf-faults-") as tmp, contextlib.ExitStack() as pg:
         work, url = args.keep or Path(tmp), None
         for s in chosen:
@@ -602,18 +603,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{json.dumps(o.details, default=str)}"
         for o in outcomes
     )
+    meta["minutes"] = f"{(time.perf_counter() - t0) / 60:.1f}"
     text = (
         "# Fault injection: SIGKILL, Ctrl-C and concurrent drivers (`bench/faults.py`)\n\n"
-        f"{about}; {(time.perf_counter() - t0) / 60:.1f} min in all.\n\n{table(outcomes)}\n\n"
+        f"{meta['cpu']}; load average at start {meta['load_average_at_start']}; "
+        f"{meta['minutes']} min in all.\n\n{table(outcomes)}\n\n"
         "Goals: every kill survived (its study finished n_trials), 0 finished trials lost, 0 "
         "candidates trained twice, 0 trials RUNNING, 0 state/status disagreements, 0 "
         f"re-queue errors, counted = n_trials. {verdict}\n\n## Details\n\n{details}\n"
     )
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    outcome_json = {"about": about, "outcomes": [asdict(o) for o in outcomes]}
-    args.out.with_suffix(".json").write_text(json.dumps(outcome_json, indent=1) + "\n")
+    data = {"meta": meta, "outcomes": [asdict(o) for o in outcomes]}
+    write_results(args.out.with_suffix(""), data, text)
     return 1 if missed else 0
 
 

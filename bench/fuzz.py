@@ -10,9 +10,11 @@ commands that only read (``validate``, ``methods``, ``tasks``,
 ``report``, ``export``, ``dashboard``). Each case must end in a study/space or a
 :class:`ConfigError` (files), or exit 0 or 2 (CLI), within 2 s, writing nothing beside its
 input. ``tests/test_fuzz_inputs.py`` runs a few hundred cases in ``make test``; this script
-runs many more and records the figures.
+runs many more and records the figures. The module library is read through the public API
+(the ``autopeft methods`` listing, each type resolved alone), and the commands run in-process
+through the ``autopeft`` console script's entry point.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/fuzz.py [--cases 10000]
+    OMP_NUM_THREADS=1 python -m bench.fuzz [--cases 10000]
 
 Results: bench/results/fuzz.json and .md (cases, failures by kind, slowest case).
 """
@@ -21,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
+import functools
+import importlib.metadata as md
 import io
-import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,10 @@ import yaml  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from autopeft import api, cli  # noqa: E402
-from autopeft.core.errors import ConfigError  # noqa: E402
-from autopeft.core.model_profile import load_profile  # noqa: E402
+import autopeft  # noqa: E402
+from autopeft import ConfigError  # noqa: E402
+from bench.common import RESULTS, ROOT, Largest, provenance, write_results  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from provenance import commit  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 LIMIT_S = 2.0
 DOCS = [
     yaml.safe_load(p.read_text())
@@ -157,7 +153,7 @@ def _domain(draw: st.DrawFn, default: Any) -> Any:
 
 TARGETS = ["q", "k", "v", "o", "ffn_up", "ffn_down", "attn", "ffn", "all", "qkv", "nope"]
 LAYERS = ["all", "search", [0, 2], [99], {"top": 3}, {"top": 0}, {"bottom": 2}, [-1], []]
-LEVER_VALUES = {
+LEVER_VALUES: dict[str, list[Any]] = {
     "quantization": ["none", "nf4", "int8", "nf3"],
     "gradient_checkpointing": [False, True, "no"],
     "micro_batch_size": [1, 2, 3, 8, 0],
@@ -166,22 +162,45 @@ LEVER_VALUES = {
 }
 
 
+@functools.cache
+def cli() -> Callable[[list[str]], int]:
+    """The ``autopeft`` command's entry point (its ``main``), to run commands in-process."""
+    (script,) = md.entry_points(group="console_scripts", name="autopeft")
+    main: Callable[[list[str]], int] = script.load()
+    return main
+
+
+@functools.cache
+def library() -> dict[str, tuple[dict[str, Any], bool]]:
+    """Each module type: its parameters at their defaults, and whether it takes targets.
+
+    The types are those ``autopeft methods`` lists; a space of the type alone, resolved on
+    MiniLM and sampled at its largest, gives a module with every parameter set.
+    """
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli()(["methods"])
+    names = [line.split()[0] for line in out.getvalue().splitlines() if len(line.split()) > 2]
+    types = {}
+    for name in names[:-1] if names and names[-1].isdigit() else names:
+        space = autopeft.space_from_dict({"modules": {name: {}}})
+        (module,) = autopeft.resolve(space, "minilm").sample(Largest()).modules
+        types[name] = (dict(module.params), bool(module.targets))
+    return types
+
+
 @st.composite
 def grammar_study(draw: st.DrawFn) -> str:
     """A study built from the DSL's grammar: the module library's own parameters."""
-    from autopeft import methods
-
-    registry = methods.registry()
-    chosen = draw(st.lists(st.sampled_from(sorted(registry)), min_size=1, max_size=3, unique=True))
+    types = library()
+    chosen = draw(st.lists(st.sampled_from(sorted(types)), min_size=1, max_size=3, unique=True))
     modules: dict[str, Any] = {}
     for name in chosen:
-        spec = registry[name]
+        defaults, uses_targets = types[name]
         params = {
-            key: draw(_domain(default))
-            for key, default in spec.default_space.items()
-            if draw(st.booleans())
+            key: draw(_domain(default)) for key, default in defaults.items() if draw(st.booleans())
         }
-        if spec.uses_layers and draw(st.booleans()):
+        if uses_targets and draw(st.booleans()):
             params["targets"] = draw(st.lists(st.sampled_from(TARGETS), max_size=3))
         modules[name] = params
     space: dict[str, Any] = {"modules": modules}
@@ -237,9 +256,9 @@ def read_file(folder: Path, text: str) -> None:
     path.write_text(text)
     start = time.perf_counter()
     try:
-        config = api.load(path)
+        config = autopeft.load(path)
         if hasattr(config, "model"):
-            load_profile(config.model)
+            autopeft.load_profile(config.model)
     except ConfigError as err:
         assert "Traceback" not in str(err)
     took = time.perf_counter() - start
@@ -264,7 +283,7 @@ def run_cli(folder: Path, args: list[str], keep: bool = False) -> None:
         os.chdir(folder)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = cli.main(args)
+                code = cli()(args)
             except SystemExit as exit_:  # argparse's usage errors
                 code = exit_.code if isinstance(exit_.code, int) else 2
     finally:
@@ -287,7 +306,8 @@ def fuzz(kind: str, cases: int, folder: Path, derandomize: bool = False) -> dict
         "grammar": grammar_study(),
         "cli": cli_args(),
     }[kind]
-    check = {"cli": run_cli, "grammar": validate_file}.get(kind, read_file)
+    checks: dict[str, Callable[[Path, Any], None]] = {"cli": run_cli, "grammar": validate_file}
+    check = checks.get(kind, read_file)
     stats: dict[str, Any] = {"kind": kind, "cases": 0, "failures": {}, "slowest_s": 0.0}
 
     @settings(
@@ -321,7 +341,8 @@ def fuzz(kind: str, cases: int, folder: Path, derandomize: bool = False) -> dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run the cases of every kind and write the counts."""
+    ap = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=10_000, help="cases in all (split by kind)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -331,19 +352,11 @@ def main() -> None:
     for kind, part in share.items():
         with tempfile.TemporaryDirectory(prefix="autopeft-fuzz-") as tmp:
             runs.append(fuzz(kind, max(1, int(args.cases * part)), Path(tmp)))
-    meta = {
-        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        "machine": f"{platform.node()} ({platform.machine()})",
-        "commit": commit(),
-        "command": " ".join(["OMP_NUM_THREADS=1", ".venv/bin/python", *sys.argv]),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fuzz.json").write_text(json.dumps({**meta, "runs": runs}, indent=1) + "\n")
+    meta = provenance() | {"seconds": round(time.perf_counter() - started, 1)}
     lines = [
         "# Fuzzing study files, search-space files and CLI arguments",
         "",
-        *(f"- {k}: {v}" for k, v in meta.items()),
+        f"{meta['seconds']} s in all.",
         "",
         "| input | cases | failures | slowest case s |",
         "|---|---|---|---|",
@@ -359,7 +372,7 @@ def main() -> None:
     for r in runs:
         for why, f in r["failures"].items():
             lines.append(f"- {r['kind']}: {f['count']} x `{why}` (e.g. {f['case']})")
-    (args.out / "fuzz.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out / "fuzz", {"meta": meta, "runs": runs}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

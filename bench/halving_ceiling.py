@@ -1,6 +1,6 @@
-"""The ceiling on halving's saving: what stopping trials early could save on a search's own trials.
+"""The ceiling on halving's saving: what stopping trials early could save on a search's trials.
 
-``search_cost.py`` measures halving's saving to a target front; this asks how large the
+``bench/search_cost.py`` measures halving's saving to a target front; this asks how large the
 saving could be at best, whatever the rule. For each seed the default sampler runs *without*
 halving on the surrogate (exactly as in ``search_cost.py``) until its front reaches the
 target, after T trained trials. Two sets of those T trials are counted:
@@ -14,14 +14,14 @@ target, after T trained trials. Two sets of those T trials are counted:
   the true ceiling can be a little higher.
 - **improving**: the trials that raised the front's hypervolume when they finished. A rule
   that stops only trials dominated by the finished ones, even knowing every final accuracy
-  (``search_cost.py --ladders '...@1.0001+hopeless+oracle'``), still lets all of these
+  (``python -m bench.search_cost --ladders '...@1.0001+hopeless+oracle'``), still lets all of these
   finish; ``T / (improving + (T - improving) * r)`` is its ceiling on this sequence.
 
 The sequence is the no-halving run's. A run with halving proposes different trials (the
 sampler sees more, cheaper ones for the same steps), so its measured saving can exceed these
 figures; they bound what stopping alone buys, not what the sampler does with the rest.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/halving_ceiling.py \\
+    OMP_NUM_THREADS=1 python -m bench.halving_ceiling \\
         --data bench/results/real_trials_minilm_640.jsonl --features all,log_params \\
         --target-from bench/results/search_cost_640_56_r80_40.json --seeds 40 --jobs 2
 """
@@ -30,41 +30,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from search_cost import RESULTS, Spec, data_fidelity, real_trials, run_study  # noqa: E402
-from search_quality import run_all, save_json  # noqa: E402
-from surrogate import Surrogate  # noqa: E402
-
-from autopeft.core.halving import RUNG_DIRECTIONS  # noqa: E402
-from autopeft.core.pareto import hypervolume  # noqa: E402
-from autopeft.search.study import model_profile  # noqa: E402
+import autopeft
+from bench.common import (
+    DIRECTIONS,
+    RESULTS,
+    Spec,
+    data_fidelity,
+    hv_gain,
+    provenance,
+    real_trials,
+    run_all,
+    run_study,
+    write_results,
+)
+from bench.surrogate import Surrogate, feature_sets
 
 #: First rungs (fractions of the full fidelity) the ceiling is given for.
 FIRST_RUNGS = (0.25, 0.125, 0.0625)
-
-
-def gain(
-    point: Sequence[float],
-    front: Sequence[Sequence[float]],
-    reference: Sequence[float],
-    base: float | None = None,
-) -> float:
-    """Hypervolume ``point`` adds to ``front`` (0 if dominated or outside the box).
-
-    ``base``, the front's own hypervolume, saves recomputing it when many points are
-    weighed against one front.
-    """
-    if base is None:
-        base = hypervolume(front, reference, RUNG_DIRECTIONS)
-    return hypervolume([*front, point], reference, RUNG_DIRECTIONS) - base
 
 
 def greedy_needed(
@@ -83,10 +71,10 @@ def greedy_needed(
         if not rest:
             raise ValueError(f"the points reach hypervolume {current}, short of {target}")
         front = [points[j] for j in chosen]
-        gains = {i: gain(points[i], front, reference, current) for i in rest}
+        gains = {i: hv_gain(points[i], front, reference, current) for i in rest}
         best = max(rest, key=lambda i: (gains[i], -i))
         chosen.append(best)
-        current = hypervolume([*front, points[best]], reference, RUNG_DIRECTIONS)
+        current = autopeft.hypervolume([*front, points[best]], reference, DIRECTIONS)
     return chosen
 
 
@@ -125,8 +113,13 @@ def _analyse(job: tuple[Spec, float], surrogate: Surrogate, root: str) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Medians over the seeds that reached the target, per first rung."""
+    """Medians over the seeds that reached the target, per first rung (None: no seed did)."""
     done = [r for r in rows if r["trials_to_target"] is not None]
+    if not done:
+        return {"reached": 0, "seeds": len(rows), "median_trials": None, "ceilings": {}} | {
+            "median_needed": None,
+            "median_improving": None,
+        }
     out = {
         "reached": len(done),
         "seeds": len(rows),
@@ -167,10 +160,9 @@ def markdown(rows: list[dict], summary: dict, meta: dict) -> str:
         "|---|---|---|",
     ]
     for rung, label in zip(FIRST_RUNGS, rungs):
-        c = summary["ceilings"][str(rung)]
-        lines.append(
-            f"| {label} (1/{round(1 / rung)}) | {c['needed']:.2f}x | {c['improving']:.2f}x |"
-        )
+        c = summary["ceilings"].get(str(rung))
+        cells = f"{c['needed']:.2f}x | {c['improving']:.2f}x" if c else "— | —"
+        lines.append(f"| {label} (1/{round(1 / rung)}) | {cells} |")
     lines += [
         "",
         f"Medians: T {summary['median_trials']}, needed {summary['median_needed']}, improving "
@@ -187,14 +179,16 @@ def markdown(rows: list[dict], summary: dict, meta: dict) -> str:
                 f"| {r['seed']} | {r['trials_to_target']} | {len(r['needed'])} | "
                 f"{r['improving']} | {', '.join(map(str, r['needed']))} |"
             )
-    lines += ["", f"Run: `{meta['command']}` ({meta['runtime_min']:.1f} min, {meta['machine']})."]
+    lines += ["", f"Runtime: {meta['runtime_min']:.1f} min."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.halving_ceiling", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--data", type=Path, required=True, help="real trials (jsonl)")
-    parser.add_argument("--features", type=lambda s: tuple(s.split(",")), default=("all",))
+    parser.add_argument("--features", type=feature_sets, default=("all",))
     parser.add_argument(
         "--target-from",
         type=Path,
@@ -220,7 +214,7 @@ def main() -> None:
         )
     started = time.perf_counter()
     records = real_trials(args.data)
-    surrogate = Surrogate(records, model_profile("minilm"), args.features)
+    surrogate = Surrogate(records, autopeft.load_profile("minilm"), args.features)
     fidelity, _ = data_fidelity(records)
     target = saved["summary"]["target"]
     budget = args.budget_trials * fidelity
@@ -240,19 +234,17 @@ def main() -> None:
     )
     summary = summarise(rows)
     meta = {
+        **provenance(),
         "data": args.data.name,
         "fidelity": fidelity,
         "target": target,
         "target_from": args.target_from.name,
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/halving_ceiling.py "
-        + " ".join(sys.argv[1:]),
         "runtime_min": (time.perf_counter() - started) / 60,
-        "machine": f"{platform.machine()} CPU",
     }
     stem = args.out / (args.name or f"halving_ceiling_{fidelity}")
-    save_json(stem.with_suffix(".json"), {"meta": meta, "summary": summary, "rows": rows})
-    stem.with_suffix(".md").write_text(markdown(rows, summary, meta))
-    print(markdown(rows, summary, meta))
+    text = markdown(rows, summary, meta)
+    write_results(stem, {"meta": meta, "summary": summary, "rows": rows}, text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,30 @@
 """Memory levers side by side: predicted and measured peak, training speed and first losses.
 
 One LoRA candidate (rank 8 on q, v in every layer) trained for a few steps per row, each row
-one setting of the memory levers (``autopeft.core.levers``) on four models: two decoders
+one setting of the memory levers (``docs/levers.md``) on four models: two decoders
 (SmolLM2-135M on the offline ``arithmetic`` instruction task; ``llama-small``, SmolLM2's
 shape with 8 layers, random weights) and two encoders (MiniLM and ``bert-base`` on
-rotten_tomatoes). Every row runs the path a study's trial takes (``run_trial``), so the
+rotten_tomatoes). Every row runs the path a study's trial takes (``autopeft.run_trial``), so the
 prediction is the one the budget prunes with, and the measurement is the one a study records:
 on CPU the deterministic step estimate (profiler allocation peak of the heaviest micro batch,
 plus AdamW's state; an *estimate*, not an allocator peak), on a GPU the CUDA allocator's peak
 over the trial.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/memory_levers.py [--device cuda]
+    OMP_NUM_THREADS=1 python -m bench.memory_levers [--device cuda]
         [--models smollm2,llama-small,minilm,bert-base] [--rows baseline,nf4] [--steps 3]
         [--name STEM] [--fit]
+    python -m bench.memory_levers --repredict bench/results/memory_levers_gpu.json [--fit]
+        [--also bench/results/memory_model_h200_fit.json ...]
 
-``--fit`` prints least-squares activation coefficients per family and device (a causal LM's
-logits and checkpointed block inputs among them); ``--repredict FILE`` predicts a results
-file's rows again from their stored terms with the current coefficients (no model needed).
-Rows that need bitsandbytes are skipped with the reason when it is missing.
+Each row keeps what a fit reads (``autopeft.MemoryRow``: the prediction's static part, the
+activation width and the elements each coefficient multiplies), so ``--repredict FILE``
+predicts a results file's rows again with the current coefficients without a model or a
+device, in place. ``--fit`` (after measuring, or with ``--repredict``) fits the activation
+coefficients per device and family (``autopeft.fit_activation_coeffs``: non-negative,
+relative error, a causal LM's logits and checkpointed block inputs among the terms) and
+prints them as ``ACTIVATION_COEFFS`` entries with each group's errors before and after;
+``--also FILES`` adds the rows of other memory_levers or memory_model results files to that
+fit. Rows that need bitsandbytes are skipped with the reason when it is missing.
 Results: bench/results/memory_levers_<cpu|gpu>.json and .md (or ``--name``'s stem), with
 date, machine, git commit and command.
 """
@@ -25,34 +32,22 @@ date, machine, git commit and command.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import sys
+import tempfile
 import time
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from bench_models import model_path  # noqa: E402
-from provenance import commit  # noqa: E402
-
-from autopeft import api
-from autopeft.core import memory_model as memmodel
-from autopeft.core.candidate import Candidate, ModuleConfig
-from autopeft.core.levers import Levers
-from autopeft.train.measured_memory import cuda_workspace_bytes
-from autopeft.train.trial import EMBEDDING_METHODS, TrialContext, run_trial, trial_levers
-
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
+import autopeft
+from autopeft import Candidate, ModuleConfig
+from bench.common import RESULTS, model_path, provenance, write_results
+from bench.memory_model import fit_fields, fit_report
 
 #: Per model: the task, batch size and length (training rows are that long at most).
-MODELS = {
+MODELS: dict[str, tuple[dict[str, Any], int]] = {
     "smollm2": ({"kind": "causal_lm", "name": "arithmetic", "max_length": 96}, 8),
     "llama-small": ({"kind": "causal_lm", "name": "arithmetic", "max_length": 96}, 8),
     # SmolLM2's shape with random weights: where its GGUF package is absent (the GPU machine).
@@ -83,7 +78,8 @@ ROWS: dict[str, dict] = {
 
 
 def lora(layers: int) -> Candidate:
-    params = {"rank": 8, "alpha": 16.0, "dropout": 0.0, "use_dora": False}
+    """LoRA r8 on q, v in each of ``layers`` layers."""
+    params: dict[str, Any] = {"rank": 8, "alpha": 16.0, "dropout": 0.0, "use_dora": False}
     return Candidate(
         modules=(
             ModuleConfig(
@@ -105,66 +101,61 @@ def training_of(row: dict, batch: int, max_length: int, steps: int) -> dict:
 
 
 def needs_bnb(row: dict) -> bool:
+    """Whether a row quantises the base (bitsandbytes)."""
     return row.get("quantization", "none") != "none"
 
 
-def prediction(ctx: TrialContext, cand: Candidate, levers: Levers, seq: int) -> dict:
-    """The trial's prediction split into what the coefficients multiply and the rest."""
-    embeddings = bool(EMBEDDING_METHODS & set(cand.methods))
-    params = api.candidate_trainable_params(cand, ctx.profile)
-    pred = memmodel.predict_memory(
-        ctx.profile,
-        cand,
-        params,
-        levers.micro_batch_size,
-        seq,
-        ctx.device.type,
-        embeddings,
-        cuda_workspace_bytes(ctx.device),
-        levers,
-    )
-    terms = memmodel.activation_terms(
-        ctx.profile, cand, levers.micro_batch_size, seq, embeddings, levers.gradient_checkpointing
-    )
-    autocast = ctx.device.type == "cuda" or levers.dtype != "fp32"
-    width = memmodel.ACTIVATION_BYTES["cuda" if ctx.device.type == "cuda" else "cpu-autocast"]
+def levers_of(training: dict, task_max_length: int) -> dict[str, Any]:
+    """The levers a row's trial trains with, resolved (its training section over defaults)."""
     return {
-        "total_mb": pred.total_mb,
-        "static_mb": round(pred.static / memmodel.MB, 3),
-        "act_bytes": width if autocast else 4,
-        "terms": terms._asdict(),
+        "batch_size": training["batch_size"],
+        "micro_batch_size": training.get("micro_batch_size", training["batch_size"]),
+        "max_length": training.get("max_length", task_max_length),
+        "gradient_checkpointing": training.get("gradient_checkpointing", False),
+        "dtype": training.get("dtype", "fp32"),
+        "quantization": training.get("quantization", "none"),
     }
 
 
 def measure(model: str, name: str, row: dict, device: str | None, steps: int) -> dict:
     """One row: a short trial with the row's levers; predicted and measured peak."""
     task, batch = MODELS[model]
-    study = api.study_from_dict(
+    training = training_of(row, batch, task["max_length"], steps)
+    study = autopeft.study_from_dict(
         {
             "name": "levers",
             "model": model_path(model),
             "task": task,
             "search_space": {"modules": {"lora": {}}},
-            "training": training_of(row, batch, task["max_length"], steps),
+            "training": training,
         }
     )
-    ctx = TrialContext.create(study, cache_dir=Path("/tmp/autopeft-bench-cache"), device=device)
+    cache = Path(tempfile.gettempdir()) / "autopeft-bench-cache"
+    ctx = autopeft.TrialContext.create(study, cache_dir=cache, device=device)
     cand = lora(ctx.profile.num_layers)
-    levers = trial_levers(ctx, cand)
-    res = run_trial(ctx, cand)
+    levers = levers_of(training, task["max_length"])
+    res = autopeft.run_trial(ctx, cand)
     if res.error:
         raise RuntimeError(f"{model} {name}: {res.error}")
-    seq = int(ctx.train_split(levers.max_length).lengths.max())
+    seq = int(ctx.train_split(levers["max_length"]).lengths.max())
     measured, predicted = res.peak_memory_mb, res.predicted_memory_mb
-    assert measured is not None and predicted is not None
-    split = prediction(ctx, cand, levers, seq)
-    assert abs(split.pop("total_mb") - predicted) < 0.01, "the split is not the trial's prediction"
+    if measured is None or predicted is None:
+        raise RuntimeError(f"{model} {name}: the trial recorded no peak ({res.status.value})")
+    # ctx.device: a GPU's own cuBLAS workspaces, as the trial's prediction counts them.
+    split = autopeft.memory_row(
+        ctx.profile, cand, levers["micro_batch_size"], seq, round(measured, 1), ctx.device, levers
+    )
+    off = autopeft.repredict_memory([split])[0] - predicted
+    if abs(off) > 0.05:  # the fit would read other terms than the trial predicted with
+        print(
+            f"{model} {name}: the row's split is {off:+.2f} MiB off its prediction", file=sys.stderr
+        )
     out = {
         "model": model,
         "row": name,
         "family": ctx.profile.family,
         "device": ctx.device.type,
-        "levers": {k: v for k, v in vars(levers).items()},
+        "levers": levers,
         "seq": seq,
         "trainable": res.trainable_params,
         "measured_mb": round(measured, 1),
@@ -172,20 +163,21 @@ def measure(model: str, name: str, row: dict, device: str | None, steps: int) ->
         "error_pct": round(100 * (predicted - measured) / measured, 1),
         "tokens_per_s": round(res.tokens_per_s or 0.0, 1),
         "losses": [round(h["train_loss"], 4) for h in res.history],
-        **split,
+        **fit_fields(split),
     }
-    out["measured_by"] = (
-        f"`{' '.join(['OMP_NUM_THREADS=1', '.venv/bin/python', *sys.argv])}`, "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit()}"
-    )
+    if abs(off) > 0.05:
+        out["split_off_mb"] = round(off, 2)
     if "truncated_share" in res.metrics:
         out["truncated_share"] = round(res.metrics["truncated_share"], 3)
     if ctx.device.type == "cuda":
+        import torch
+
         out["gpu"] = torch.cuda.get_device_name(ctx.device)
     return out
 
 
 def header(args: argparse.Namespace, rows: list[dict]) -> list[str]:
+    """The title, what was measured and the table's head."""
     gpu = ctx_gpu(rows)
     if rows and rows[0]["device"] == "cuda":
         kind = f"CUDA allocator peak over the trial ({gpu})"
@@ -198,11 +190,6 @@ def header(args: argparse.Namespace, rows: list[dict]) -> list[str]:
     return [
         "# Memory levers: predicted vs measured peak, training speed, first losses",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: "
-        f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads"
-        f"{', ' + gpu if gpu else ''}); commit {commit()}",
-        f"- command: `{' '.join(['OMP_NUM_THREADS=1', '.venv/bin/python', *sys.argv])}`",
-        *([f"- rows measured by: {rows[0]['measured_by']}"] if "measured_by" in rows[0] else []),
         f"- measured: {kind}",
         f"- candidate: LoRA r8 on q, v in every layer, {args.steps} steps; training tokens/s "
         "exclude evaluation; losses are the training loss of each step",
@@ -214,6 +201,7 @@ def header(args: argparse.Namespace, rows: list[dict]) -> list[str]:
 
 
 def ctx_gpu(rows: list[dict]) -> str:
+    """The GPU the rows were measured on ('' on CPU)."""
     return rows[0].get("gpu", "") if rows else ""
 
 
@@ -228,11 +216,23 @@ def why(row: dict) -> str:
     return "not explained yet"
 
 
-def write(rows: list[dict], skipped: list[str], args: argparse.Namespace) -> None:
+def write(
+    rows: list[dict], skipped: list[str], args: argparse.Namespace, meta: dict | None = None
+) -> None:
+    """The rows as JSON and the table (with the misses and the skipped rows) as Markdown.
+
+    ``meta``: the provenance to keep (a re-prediction keeps the measurement's); None: this
+    run's.
+    """
     stem = args.name or f"memory_levers_{'gpu' if rows and rows[0]['device'] == 'cuda' else 'cpu'}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = header(args, rows)
+    again = (meta or {}).get("repredicted")
+    if again:
+        lines.insert(
+            2,
+            f"- predicted again {again['date']} at git commit `{again['git_commit']}` "
+            f"(`{again['command']}`) from each row's stored split",
+        )
     for r in rows:
         losses = ", ".join(f"{v:.3f}" for v in r["losses"])
         trunc = f"{100 * r['truncated_share']:.1f}%" if "truncated_share" in r else ""
@@ -251,64 +251,61 @@ def write(rows: list[dict], skipped: list[str], args: argparse.Namespace) -> Non
         f"- {r['model']} {r['row']} misses: {why(r)}" for r in rows if abs(r["error_pct"]) > 10
     ]
     lines += [f"- skipped: {s}" for s in skipped]
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    meta = meta or provenance(ctx_gpu(rows) or None) | {"skipped": skipped}
+    write_results(args.out / stem, {"meta": meta, "rows": rows}, "\n".join(lines) + "\n")
     print("\n".join(lines[-len(rows) - 2 :]))
 
 
-#: The coefficients a CPU fit solves for per family (the others keep the model's values).
-FIT_TERMS = {
-    "bert": ("hidden", "inter", "attention", "inputs", "checkpoints"),
-    "llama": ("hidden", "inter", "attention", "inputs", "logits", "checkpoints"),
-}
+def results_rows(ap: argparse.ArgumentParser, path: Path, option: str) -> tuple[dict, list[dict]]:
+    """The meta and rows of a results file, or a clear error naming the rule."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        ap.error(f"{option}: cannot read {str(path)!r} as JSON ({err})")
+    # Files older than the provenance are a bare list of rows.
+    rows = saved.get("rows") if isinstance(saved, dict) else saved
+    if not (isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows)):
+        ap.error(
+            f"{option}: {str(path)!r} must be a results file: a JSON object with `meta` and "
+            "a non-empty list `rows`; hint: bench/results/memory_levers_*.json"
+        )
+    return (saved.get("meta", {}) if isinstance(saved, dict) else {}), rows
 
 
 def repredict(rows: list[dict]) -> list[dict]:
-    """Rows predicted again from their stored terms with the current coefficients."""
-    for r in rows:
-        coeffs = memmodel.activation_coeffs(r["family"], r["device"])._asdict()
-        act = r["act_bytes"] * sum(coeffs[t] * x for t, x in r["terms"].items()) / memmodel.MB
-        r["predicted_mb"] = round(r["static_mb"] + act, 1)
+    """Rows predicted again from their stored split with the current coefficients.
+
+    Raises:
+        autopeft.ConfigError: a row lacks the split (measured before rows kept it).
+    """
+    split = [autopeft.MemoryRow.from_dict(r, f"rows[{i}]") for i, r in enumerate(rows)]
+    for r, predicted in zip(rows, autopeft.repredict_memory(split)):
+        r["predicted_mb"] = round(predicted, 1)
         r["error_pct"] = round(100 * (r["predicted_mb"] - r["measured_mb"]) / r["measured_mb"], 1)
     return rows
 
 
-def with_width(row: dict) -> dict:
-    """A ``memory_model.py`` row with the activation width its device implies."""
-    return {"act_bytes": 2 if row["device"] == "cuda" else 4, **row}
-
-
-def fit(rows: list[dict]) -> None:
-    """Least-squares activation coefficients per family and device from the rows."""
-    from scipy.optimize import nnls
-
-    for family, device in sorted({(r["family"], r["device"]) for r in rows}):
-        mine = [r for r in rows if (r["family"], r["device"]) == (family, device)]
-        current = memmodel.activation_coeffs(family, device)._asdict()
-        free = [
-            t for t in FIT_TERMS.get(family, FIT_TERMS["bert"]) if any(r["terms"][t] for r in mine)
-        ]
-        fixed = [t for t in current if t not in free]
-        xs = [[r["terms"][t] * r["act_bytes"] / memmodel.MB for t in free] for r in mine]
-        ys = [
-            r["measured_mb"]
-            - r["static_mb"]
-            - r["act_bytes"] * sum(current[t] * r["terms"][t] for t in fixed) / memmodel.MB
-            for r in mine
-        ]
-        # Non-negative (every term is memory that exists) and relative (each row's error
-        # counts alike, small models too): the block terms are collinear within one model,
-        # and a plain fit trades them against each other with signs no tensor has.
-        weights = [1.0 / r["measured_mb"] for r in mine]
-        sol, _ = nnls(
-            [[x * w for x in row] for row, w in zip(xs, weights)],
-            [y * w for y, w in zip(ys, weights)],
-        )
-        fitted = {t: round(v, 3) for t, v in zip(free, sol.tolist())}
-        print(f"{family} on {device} ({len(mine)} rows): {fitted}")
+def repredict_file(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--repredict FILE``: its rows predicted again in place; with ``--fit``, a fit."""
+    meta, rows = results_rows(ap, args.repredict, "--repredict")
+    also = [r for path in args.also for r in results_rows(ap, path, "--also")[1]]
+    try:
+        rows = repredict(rows)
+        report = fit_report(rows + also) if args.fit else ""
+    except autopeft.ConfigError as err:
+        ap.error(f"--repredict {args.repredict}: {err}")
+    args.name, args.out = args.repredict.stem, args.repredict.parent
+    # The measurement's provenance stays; the prediction's is this command's.
+    write(rows, meta.get("skipped", []), args, meta | {"repredicted": provenance()})
+    if report:
+        print(report)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Measure every row of every model named, writing the results after each."""
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.memory_levers", description=__doc__.splitlines()[0]
+    )
     # smollm2-random (SmolLM2's shape, random weights) stands in for smollm2 where its GGUF
     # is not installed (the GPU machine); the same memory, so not run twice by default.
     ap.add_argument("--models", default="smollm2,llama-small,minilm,bert-base")
@@ -317,24 +314,30 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--name", help="results file stem (default memory_levers_<cpu|gpu>)")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--fit", action="store_true", help="print coefficients fitted to the rows")
     ap.add_argument(
-        "--repredict", type=Path, help="only: predict a results file's rows again (in place)"
+        "--fit",
+        action="store_true",
+        help="print activation coefficients fitted to the rows (measured or --repredict's)",
+    )
+    ap.add_argument(
+        "--repredict",
+        type=Path,
+        metavar="FILE",
+        help="only: predict a results file's rows again with the current coefficients (in place)",
     )
     ap.add_argument(
         "--also",
         type=Path,
         nargs="*",
         default=[],
-        help="with --repredict --fit: memory_model.py results files fitted together",
+        metavar="FILE",
+        help="with --repredict --fit: memory_levers or memory_model results fitted together",
     )
     args = ap.parse_args()
+    if args.also and not (args.repredict and args.fit):
+        ap.error("--also adds rows to the fit of --repredict FILE --fit; give both")
     if args.repredict:
-        rows = repredict(json.loads(args.repredict.read_text()))
-        if args.fit:
-            fit(rows + [with_width(r) for f in args.also for r in json.loads(f.read_text())])
-        args.name, args.out = args.repredict.stem, args.repredict.parent
-        write(rows, [], args)
+        repredict_file(ap, args)
         return
     unknown = [r for r in args.rows.split(",") if r not in ROWS]
     unknown += [m for m in args.models.split(",") if m not in MODELS]
@@ -359,8 +362,8 @@ def main() -> None:
             print(f"{model} {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
             write(rows, skipped, args)  # after every row: a run cut short keeps its rows
     write(rows, skipped, args)  # and the skips after the last measured row
-    if args.fit:
-        fit(rows)
+    if args.fit and rows:
+        print(fit_report(rows))
 
 
 if __name__ == "__main__":

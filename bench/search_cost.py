@@ -1,26 +1,32 @@
 """Search cost: compute to reach a target front, with and without successive halving, and
 the AutoPEFT paper's protocol against autopeft's default, side by side in one run.
 
-The benchmark is the surrogate of ``bench/surrogate.py`` (fitted to 80 real 40-step trials of
-``search_spaces/bench.yaml`` on ``minilm`` / ``rotten_tomatoes``), run through ``run_local``
-exactly as ``autopeft run`` does. Compute is counted in training steps (a pruned trial costs
-the steps it ran; a re-proposed known candidate costs none) and converted to CPU-hours with
-the seconds per step measured in the real trials; the samplers' own time is measured and
-reported beside it.
+The benchmark is the surrogate of ``bench/surrogate.py`` (fitted to real trials of
+``search_spaces/bench.yaml`` on ``minilm`` / ``rotten_tomatoes``; ``--data`` picks the file and
+so the fidelity), run through ``autopeft.run_local`` as ``autopeft run`` runs a study.
+Compute is counted in training steps (a pruned trial costs the steps it ran; a re-proposed
+known candidate costs none) and converted to CPU-hours with the seconds per step measured in
+the real trials; the samplers' own time is measured and reported beside it.
 
 1. **Cost to a target front** (``--part cost``): the default sampler (TPE) with halving on and
    off, each run until ``--budget-trials`` x 40 steps are spent (with halving that is many
    more, cheaper trials). The target is 95% of the best hypervolume any run of this
    benchmark reached; the cost of a run is the steps spent when its front first reaches it.
+   ``--ladders`` runs more halving ladders on the same seeds and target (:class:`Ladder`).
 2. **AutoPEFT's protocol** (``--part protocol``): the ``autopeft`` preset (SAAS fully
    Bayesian GP + qNEHVI, 100 random initial trials, 200 trials, every trial at full fidelity
    as in the paper) against the default sampler with halving given the same step budget.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/search_cost.py --jobs 2 [--part cost|protocol|all]
+    OMP_NUM_THREADS=1 python -m bench.search_cost --jobs 2 [--part cost|protocol|all]
+    OMP_NUM_THREADS=1 python -m bench.search_cost --part cost \\
+        --data bench/results/real_trials_minilm_640.jsonl --features all,log_params \\
+        --seeds 20 --budget-trials 60 --name search_cost_640_56
 
+``--merge`` summarises the runs of several results files under one target (nothing is run);
+a merged file keeps only its summary and names its parts in ``meta.merged_from``.
 Hypervolume is the fraction of the box between the ideal corner and the reference point of
-``bench/search_quality.py`` (shared by every run). Results: bench/results/search_cost.json
-and .md.
+:func:`bench.common.reference_point` (shared by every run). Results:
+bench/results/``--name``.json and .md.
 """
 
 from __future__ import annotations
@@ -28,142 +34,93 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+import autopeft
+from bench.common import (
+    RESULTS,
+    Spec,
+    data_fidelity,
+    provenance,
+    real_trials,
+    run_all,
+    run_one,
+    rung_steps,
+    write_results,
+)
+from bench.surrogate import DATA, Surrogate, feature_sets, fit_summary
 
-from collect_real_trials import RUNGS, STEPS, bench_space, bench_study  # noqa: E402
-from fed_tpe import feed  # noqa: E402
-from ladders import Ladder, parse_ladders  # noqa: E402
-from search_quality import run_all, save_json, surrogate_summary, trained_curve  # noqa: E402
-from surrogate import DATA, Surrogate, for_study  # noqa: E402
-
-from autopeft.core import halving as halving_rule  # noqa: E402
-from autopeft.core.halving import TIE_BREAK, rung_steps  # noqa: E402
-from autopeft.search.study import model_profile  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 TARGET = 0.95
 #: A looser target reported beside it (the best run can be a lucky outlier).
 LOOSE_TARGET = 0.90
 GOAL_RATIO = 3.0
 RULE = (
-    "autopeft's (autopeft.core.halving): MO-ASHA's selection by non-dominated rank and "
-    "crowding, with ties in rung accuracy (and gaps up to min_delta) going the judged "
-    "trial's way; rows `tpe-mo-asha`: plain MO-ASHA, the baseline"
+    "autopeft's: MO-ASHA's selection by non-dominated rank and crowding, with ties in rung "
+    "accuracy (and gaps up to min_delta) going the judged trial's way"
 )
+#: Ladder flags: ``+hopeless`` sets halving.stop_hopeless; ``+oracle`` makes the surrogate
+#: report a trial's final accuracy at every rung, so the rule ranks perfectly: the ceiling of
+#: what better rung accuracy (more validation examples, later rungs) could save.
+LADDER_FLAGS = {
+    "hopeless": "hopeless trials stopped too",
+    "oracle": "the rungs seeing the final accuracy (oracle)",
+}
 
 
 @dataclass(frozen=True)
-class Spec:
-    """One search run: until ``max_trials`` trained trials or ``step_budget`` steps."""
+class Ladder:
+    """A halving ladder run beside the default (``rungs@eta[+flag...]``): rungs as fractions
+    of the full fidelity, eta and flags (:data:`LADDER_FLAGS`). Its label names the rows and
+    studies of a run, and the verdicts read the ladder back from it."""
 
-    part: str
-    label: str
-    sampler: str
-    halving: bool
-    seed: int
-    step_budget: int
-    max_trials: int
-    #: The full fidelity in steps and the halving rungs (fractions of it).
-    fidelity: int = STEPS
-    rungs: tuple[float, ...] = tuple(RUNGS)
-    min_delta: float = 0.0
+    rungs: tuple[float, ...]
     eta: float = 3.0
-    #: halving.stop_hopeless: also stop trials the finished ones show cannot reach the front.
-    stop_hopeless: bool = False
-    #: The surrogate reports the final accuracy at every rung (a ceiling, not a method).
+    hopeless: bool = False
     oracle: bool = False
-    #: The TPE is told pruned trials' rung points (bench/fed_tpe.py; an experiment).
-    fed: bool = False
-    #: ``ties-to-trial``: autopeft's rule; ``mo-asha``: the same without giving ties in rung
-    #: accuracy to the judged trial (plain MO-ASHA), the baseline.
-    rule: str = "ties-to-trial"
+
+    @classmethod
+    def parse(cls, text: str) -> Ladder:
+        """``'0.125,0.5,1.0@4+hopeless'`` -> a ladder."""
+        shape, *flags = text.strip().split("+")
+        rungs, _, eta = shape.partition("@")
+        try:
+            if set(flags) - set(LADDER_FLAGS):
+                raise ValueError
+            values = tuple(float(v) for v in rungs.split(","))
+            return cls(values, float(eta or 3.0), **{f: f in flags for f in LADDER_FLAGS})
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected rungs@eta[+{'|+'.join(LADDER_FLAGS)}] such as 0.125,0.5,1.0@4, "
+                f"but got {text.strip()!r}"
+            ) from None
+
+    def label(self, fidelity: int) -> str:
+        """The row label (and study-name part): ``tpe-r80-160-320-e3[-hopeless][-oracle]``."""
+        steps = "-".join(str(s) for s in rung_steps(fidelity, self.rungs))
+        flags = "".join(f"-{f}" for f in LADDER_FLAGS if getattr(self, f))
+        return f"tpe-r{steps}-e{self.eta:g}{flags}"
+
+    @staticmethod
+    def title(label: str) -> str:
+        """The verdict's name of the ladder behind ``label`` (what :meth:`label` wrote)."""
+        steps, _, rest = label.removeprefix("tpe-r").partition("-e")
+        eta, *flags = rest.split("-")
+        also = "".join(f", {LADDER_FLAGS.get(f, f)}" for f in flags)
+        return f"Halving at rungs {steps.replace('-', '/')} with eta {eta}{also}"
 
 
-def real_trials(data: Path) -> list[dict]:
-    """The real trials the surrogate is fitted to."""
-    return [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+def parse_ladders(text: str) -> tuple[Ladder, ...]:
+    """``'0.125,0.5,1.0@4;0.25,0.5,1.0@3+hopeless'`` -> ladders (separated by ``;``)."""
+    return tuple(Ladder.parse(part) for part in text.split(";") if part.strip())
 
 
 def seconds_per_step(records: list[dict]) -> float:
     """Wall seconds per training step of the real trials the surrogate was fitted to."""
     return sum(r["wall_time_s"] for r in records) / sum(r["steps"] for r in records)
-
-
-def data_fidelity(records: list[dict]) -> tuple[int, tuple[float, ...]]:
-    """The real trials' full fidelity in steps and their evaluation steps as fractions."""
-    total = max(r["target_steps"] for r in records)
-    evals = sorted({int(h["step"]) for r in records for h in r["history"]})
-    return total, tuple(round(e / total, 4) for e in evals)
-
-
-def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
-    """Run one study on the surrogate in chunks until its budget is spent."""
-    return run_study(spec, surrogate, root)[1]
-
-
-def run_study(spec: Spec, surrogate: Surrogate, root: str) -> tuple[dict, dict]:
-    """:func:`run_one`, also returning the study's whole :func:`trained_curve` (uncut)."""
-    import torch
-
-    from autopeft.search.local import run_local
-    from autopeft.search.study import Study
-
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
-    # Worker processes run one spec after another: set the rule every time.
-    halving_rule.TIE_BREAK = 0.0 if spec.rule == "mo-asha" else TIE_BREAK
-    name = f"{spec.part}-{spec.label}-h{int(spec.halving)}-s{spec.seed}"
-    config = bench_study(
-        name,
-        steps=spec.fidelity,
-        rungs=list(spec.rungs),
-        space=bench_space(surrogate.with_lr),
-        sampler={"name": spec.sampler, "seed": spec.seed},
-        halving={
-            "enabled": spec.halving,
-            "min_delta": spec.min_delta,
-            "eta": spec.eta,
-            "stop_hopeless": spec.stop_hopeless,
-        },
-    )
-    study = Study(config, root=root)
-    if spec.fed:
-        feed(study)
-    runner = for_study(study, surrogate, seed=spec.seed, oracle=spec.oracle)
-    started, n = time.perf_counter(), 0
-
-    def spent() -> int:
-        reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
-        return sum(r.steps for k, r in study.results() if k not in reused)
-
-    while spent() < spec.step_budget and n < spec.max_trials:
-        before = study.n_done()
-        n = min(spec.max_trials, before + 5)
-        run_local(study, n, runner=runner, progress=False)
-        if study.n_done() == before:  # the space is exhausted
-            break
-    wall = time.perf_counter() - started
-    curve = trained_curve(study)
-    # Runs go in chunks of 5 trials: cut at the trial that spends the budget.
-    steps = curve["steps"]
-    cut = next((i + 1 for i, s in enumerate(steps) if s >= spec.step_budget), len(steps))
-    return curve, {
-        **asdict(spec),
-        "hv": curve["hv"][:cut],
-        "steps": steps[:cut],
-        "trials": cut,
-        "pruned": curve["statuses"][:cut].count("PRUNED"),
-        "reused": curve["reused"],
-        "wall_s": wall,
-    }
 
 
 def steps_to(run: dict, target: float) -> int | None:
@@ -236,7 +193,7 @@ def markdown(summary: dict, meta: dict) -> str:
         f"Target: {TARGET:.0%} of the best hypervolume "
         f"{meta.get('best_from') or 'any run here reached'} ({summary['best_hv']:.4f}) = "
         f"{summary['target']:.4f} (fraction of the reference "
-        f"box of bench/search_quality.py). Cost: training steps spent until a run's front "
+        f"box of bench.common.reference_point). Cost: training steps spent until a run's front "
         f"first reaches it (a pruned trial costs the steps it ran, a re-proposed known "
         f"candidate none); CPU-hours = steps x {meta['seconds_per_step']:.3f} s, the "
         f"measured seconds per step of the {meta['real_trials']} real trials behind "
@@ -267,8 +224,8 @@ def markdown(summary: dict, meta: dict) -> str:
         )
     lines += ["", "## Verdicts", "", *meta["verdicts"], ""]
     if "surrogate" in meta:
-        lines += [surrogate_summary(meta["surrogate"]), ""]
-    lines.append(f"Run: `{meta['command']}` ({meta['runtime_min']:.1f} min, {meta['machine']}).")
+        lines += [fit_summary(meta["surrogate"]), ""]
+    lines.append(f"Runtime: {meta['runtime_min']:.1f} min.")
     if meta.get("parts"):
         lines.append(f"It merges: {'; '.join(meta['parts'])}.")
     return "\n".join(lines) + "\n"
@@ -306,15 +263,12 @@ def verdicts(summary: dict) -> list[str]:
     by = {(r["part"], r["label"], r["halving"]): r for r in summary["rows"]}
     out = []
     off = by.get(("cost", "tpe", False))
-    names = {"tpe": "Halving", "tpe-mo-asha": "Halving by plain MO-ASHA"}
+    names = {"tpe": "Halving"}
     ladders = sorted(
         label for part, label, on in by if part == "cost" and label.startswith("tpe-r")
     )
     for label in ladders:
         names[label] = Ladder.title(label)
-    # bench/promotion.py's rows, when merged in.
-    for label in sorted(label for part, label, _ in by if label.startswith("promote-")):
-        names[label] = f"Deferred promotion `{label}` (bench/promotion.py)"
     for label, name in names.items():
         on = by.get(("cost", label, True))
         if off and on:
@@ -332,7 +286,9 @@ def verdicts(summary: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.search_cost", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--part", choices=["cost", "protocol", "all"], default="all")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--protocol-seeds", type=int, default=1)
@@ -352,7 +308,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--features",
-        type=lambda text: tuple(text.split(",")),
+        type=feature_sets,
         default=("all",),
         help="the surrogate's learner-curve feature sets, chosen per step by leave-one-out: "
         "'all' (default) or 'all,log_params'",
@@ -360,17 +316,13 @@ def main() -> None:
     parser.add_argument("--min-delta", type=float, default=0.0, help="halving.min_delta")
     parser.add_argument("--eta", type=float, default=3.0, help="halving.eta")
     parser.add_argument(
-        "--mo-asha", action="store_true", help="also run halving with plain MO-ASHA (baseline)"
-    )
-    parser.add_argument(
         "--ladders",
         type=parse_ladders,
         default=(),
         help="more halving ladders run beside --rungs/--eta on the same seeds and target, "
         "e.g. '0.125,0.25,0.5,1.0@3;0.25,0.5,1.0@3+hopeless' (rungs@eta, '+hopeless' for "
         "halving.stop_hopeless, '+oracle' for rungs that see the final accuracy: the ceiling "
-        "of better rung accuracy, '+fed' for a TPE told pruned trials' rung points "
-        "(bench/fed_tpe.py), '+plain' for plain MO-ASHA's rule; separated by ';')",
+        "of better rung accuracy; separated by ';')",
     )
     parser.add_argument(
         "--halving",
@@ -417,7 +369,7 @@ def main() -> None:
 
     started = time.perf_counter()
     records = real_trials(args.data)
-    surrogate = Surrogate(records, model_profile("minilm"), args.features)
+    surrogate = Surrogate(records, autopeft.load_profile("minilm"), args.features)
     fidelity, evals = data_fidelity(records)
     shape = {
         "fidelity": fidelity,
@@ -437,26 +389,10 @@ def main() -> None:
                     "eta": ladder.eta,
                     "stop_hopeless": ladder.hopeless,
                     "oracle": ladder.oracle,
-                    "fed": ladder.fed,
-                    "rule": "mo-asha" if ladder.plain else "ties-to-trial",
                 }
                 label = ladder.label(fidelity)
                 specs.append(
                     Spec("cost", label, "tpe", True, seed, budget, 10 * budget, **settings)
-                )
-            if args.mo_asha:
-                specs.append(
-                    Spec(
-                        "cost",
-                        "tpe-mo-asha",
-                        "tpe",
-                        True,
-                        seed,
-                        budget,
-                        10 * budget,
-                        **shape,
-                        rule="mo-asha",
-                    )
                 )
     if args.part in ("protocol", "all"):
         budget = args.protocol_trials * fidelity
@@ -488,7 +424,7 @@ def main() -> None:
         keep=args.keep,
     )
     meta = {
-        "rung_steps": rung_steps(fidelity, list(shape["rungs"])),
+        "rung_steps": rung_steps(fidelity, shape["rungs"]),
         "min_delta": args.min_delta,
         "eta": args.eta,
         "rule": RULE,
@@ -506,12 +442,12 @@ def write_runs(
 ) -> None:
     """Summarise ``runs`` and write them with the run's meta (``meta`` adds to it).
 
-    ``args`` carries ``seeds``, ``data``, ``features``, ``out`` and ``name``; the command
-    recorded is this process's own.
+    ``args`` carries ``seeds``, ``data``, ``features``, ``out`` and ``name``.
     """
     sps = seconds_per_step(records)
     summary = summarise(runs, sps)
     meta = {
+        **provenance(),
         "seeds": args.seeds,
         "seconds_per_step": sps,
         "real_trials": len(records),
@@ -519,10 +455,7 @@ def write_runs(
         "features": list(args.features),
         "fidelity": data_fidelity(records)[0],
         **meta,
-        "command": f"OMP_NUM_THREADS=1 .venv/bin/python bench/{Path(sys.argv[0]).name} "
-        + " ".join(sys.argv[1:]),
         "runtime_min": (time.perf_counter() - started) / 60,
-        "machine": f"{platform.machine()} CPU",
         "verdicts": verdicts(summary),
         "surrogate": surrogate.report(),
     }
@@ -532,15 +465,13 @@ def write_runs(
 def write(stem: Path, meta: dict, summary: dict, runs: list[dict] | None) -> None:
     """``stem``.json (everything) and ``stem``.md (the tables and verdicts).
 
-    The JSON is compact (:func:`search_quality.save_json`). ``runs=None`` (a merge) keeps no
-    runs: they are in the files ``meta.merged_from`` names, and ``meta.command`` merges them
-    again.
+    ``runs=None`` (a merge) keeps no runs: they are in the files ``meta.merged_from`` names,
+    and ``meta.command`` merges them again.
     """
-    stem.parent.mkdir(parents=True, exist_ok=True)
     saved = {"meta": meta, "summary": summary} | ({} if runs is None else {"runs": runs})
-    save_json(stem.with_suffix(".json"), saved)
-    stem.with_suffix(".md").write_text(markdown(summary, meta))
-    print(markdown(summary, meta))
+    text = markdown(summary, meta)
+    write_results(stem, saved, text)
+    print(text)
 
 
 def leaves(paths: list[Path]) -> tuple[list[Path], list[dict]]:
@@ -623,11 +554,10 @@ def merge(
         best = source["summary"]["best_hv"]
     summary = summarise(runs, first["seconds_per_step"], best)
     meta = first | {
+        **provenance(),
         "best_from": None if best_from is None else f"of `{best_from.name}`",
         "seeds": max(r["seed"] for r in runs) + 1,
         "verdicts": verdicts(summary),
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/search_cost.py "
-        + " ".join(sys.argv[1:]),
         "runtime_min": sum(s["meta"]["runtime_min"] for s in saved),
         "parts": [f"`{s['meta']['command']}` ({s['meta']['runtime_min']:.1f} min)" for s in saved],
         "merged_from": [os.path.relpath(p, stem.parent.resolve()) for p in paths],

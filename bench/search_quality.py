@@ -4,15 +4,15 @@ The benchmark is the surrogate of ``bench/surrogate.py``: accuracy curves drawn 
 fitted to real low-fidelity trials of ``search_spaces/bench.yaml`` on ``minilm`` /
 ``rotten_tomatoes`` (40 steps, evaluated at the halving rungs 14, 27, 40), exact trainable
 parameters and predicted memory. For every sampler (random, TPE, NSGA-II, qNEHVI) x
-halving (off, on) x seed, a study (SQLite in a temporary folder, run by ``run_local`` as
-``autopeft run`` does) runs ``--trials`` trials. After each trial the hypervolume of the
-front is computed with ONE reference point shared by all runs (accuracy 0.5, 1.1 x the
-space's largest parameter count, 1.1 x the largest predicted memory) and reported as a
-fraction of the box between the ideal corner (accuracy 1, 0 parameters, 0 MiB) and the
-reference point. The search cost is the training steps spent (halving stops trials early; a
-repeated candidate is not retrained).
+halving (off, on) x seed, a study (SQLite in a temporary folder, run by
+``autopeft.run_local`` with the surrogate as its runner) runs ``--trials`` trials. After each
+trial the hypervolume of the front is computed with ONE reference point shared by all runs
+(accuracy 0.5, 1.1 x the space's largest parameter count, 1.1 x the largest predicted memory)
+and reported as a fraction of the box between the ideal corner (accuracy 1, 0 parameters,
+0 MiB) and the reference point. The search cost is the training steps spent (halving stops
+trials early; a repeated candidate is not retrained).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/search_quality.py --jobs 2 [--variants]
+    OMP_NUM_THREADS=1 python -m bench.search_quality --jobs 2 [--variants]
 
 ``--variants`` adds TPE settings beside the default (see :data:`VARIANTS`).
 
@@ -23,26 +23,17 @@ committed: it embeds plotly.js).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import statistics
-import sys
-import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
+import autopeft
+from bench.common import RESULTS, bench_study, provenance, run_all, trained_curve, write_results
+from bench.surrogate import DATA, Surrogate, fit_summary
 
-from collect_real_trials import bench_study  # noqa: E402
-from surrogate import DATA, Surrogate, for_study  # noqa: E402
-
-from autopeft.core.pareto import hypervolume_history  # noqa: E402
-from autopeft.core.trial_result import TrialStatus  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 SAMPLERS = ("random", "tpe", "nsga2", "qnehvi")
 CHECKPOINTS = (10, 20, 40, 100)
 #: Equal compute: the training steps of 40 full trials (40 steps each).
@@ -72,38 +63,9 @@ class Spec:
     options: tuple[tuple[str, bool], ...] = ()
 
 
-def save_json(path: Path, data: dict) -> None:
-    """Write a results JSON compactly: results travel with the working tree to a lent GPU,
-    where tree and bundle must stay under 64 MiB (tests/test_gpu_bundle.py)."""
-    path.write_text(json.dumps(data, separators=(",", ":")))
-
-
-def box_volume(reference: list[float]) -> float:
-    """Volume of the box between the ideal corner (accuracy 1, 0 params, 0 MiB) and
-    ``reference``: hypervolumes here are fractions of it."""
-    return (1.0 - reference[0]) * reference[1] * reference[2]
-
-
-def reference_point(study) -> list[float]:
-    """Accuracy 0.5, 1.1 x the space's largest params, 1.1 x the largest predicted memory."""
-    from autopeft.core.memory_model import predict_memory
-    from autopeft.core.resolve import DomainRecorder
-
-    _, hi = study.space.param_range()
-    largest = study.space.sample(DomainRecorder())  # every module on, largest, every layer
-    training = study.config.training
-    mem = predict_memory(
-        study.profile, largest, hi, training.batch_size, study.config.task.max_length, "cpu"
-    ).total_mb
-    return [0.5, 1.1 * hi, 1.1 * mem]
-
-
 def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
     """Run one study on the surrogate; hypervolume and training steps after each trial."""
     import torch
-
-    from autopeft.search.local import run_local
-    from autopeft.search.study import Study
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -113,16 +75,17 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
         sampler={"name": spec.sampler, "n_startup_trials": spec.startup, "seed": spec.seed},
         halving={"enabled": spec.halving},
     )
-    study = Study(config, root=root)
+    study = autopeft.Study(config, root=root)
     if spec.options:
         import optuna
 
+        options: dict[str, Any] = {"n_startup_trials": spec.startup, **dict(spec.options)}
         study.optuna.sampler = optuna.samplers.TPESampler(
-            seed=spec.seed, n_startup_trials=spec.startup, constant_liar=True, **dict(spec.options)
+            seed=spec.seed, constant_liar=True, **options
         )
-    runner = for_study(study, surrogate, seed=spec.seed)
+    runner = surrogate.runner(study, seed=spec.seed)
     started = time.perf_counter()
-    run_local(study, spec.trials, runner=runner, progress=False)
+    autopeft.run_local(study, spec.trials, runner=runner, progress=False)
     wall = time.perf_counter() - started
     curve = trained_curve(study)
     hv, cum, statuses = curve["hv"], curve["steps"], curve["statuses"]
@@ -133,64 +96,10 @@ def run_one(spec: Spec, surrogate: Surrogate, root: str) -> dict:
         "pruned": statuses.count("PRUNED"),
         "complete": statuses.count("COMPLETE"),
         "reused": curve["reused"],
-        "front": len(study.front()),
+        "front": len(study.front_points()),
         "wall_s": wall,
         "reference": curve["reference"],
     }
-
-
-def trained_curve(study) -> dict:
-    """Hypervolume and cumulative training steps after each trained trial, their statuses.
-
-    The x-axis is trained trials: a re-proposed candidate takes over an earlier result
-    (``Study.propose``), costs no training, adds no point and does not count as a trial.
-    """
-    results = dict(study.results())
-    reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
-    trained = sorted(n for n in results if n not in reused)
-    points, steps, total = [], [], 0
-    for number in trained:
-        r = results[number]
-        points.append(study.values_of(r) if r.status is TrialStatus.COMPLETE else None)
-        total += r.steps
-        steps.append(total)
-    ref = reference_point(study)
-    box = box_volume(ref)
-    return {
-        "hv": [h / box for h in hypervolume_history(points, ref, study.directions)],
-        "steps": steps,
-        "statuses": [results[n].status.value for n in trained],
-        #: Each trained trial's objective values (None unless COMPLETE), in order.
-        "points": points,
-        "reused": len(reused),
-        "reference": ref,
-        #: The reference box's volume: ``hv`` is a fraction of it.
-        "box": box,
-    }
-
-
-def run_all(
-    specs: list, run, jobs: int, line, surrogate: Surrogate, keep: Path | None = None
-) -> list[dict]:
-    """``run(spec, surrogate, root)`` for every spec in ``jobs`` processes; prints ``line``.
-
-    Every run shares the one fitted ``surrogate`` (the caller reports its quality from the
-    same fit). The studies live in a temporary folder, or in ``keep``, where a rerun resumes
-    them.
-    """
-    runs = []
-    with contextlib.ExitStack() as stack:
-        if keep is None:
-            root = stack.enter_context(tempfile.TemporaryDirectory())
-        else:
-            keep.mkdir(parents=True, exist_ok=True)
-            root = str(keep)
-        pool = stack.enter_context(ProcessPoolExecutor(jobs))
-        futures = [pool.submit(run, s, surrogate, root) for s in specs]
-        for spec, fut in zip(specs, futures):
-            runs.append(fut.result())
-            print(line(spec, runs[-1]), flush=True)
-    return runs
 
 
 def first_reaching(curve: list[float], target: float) -> int | None:
@@ -235,7 +144,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                 row[f"{key}_per_seed"] = [first_reaching(r["hv"], targets[h]) for r in rs]
         at_budget = [hv_at_steps(r, STEP_BUDGET) for r in rs]
         if None not in at_budget:
-            row["hv@steps"] = mean_std(at_budget)
+            row["hv@steps"] = mean_std([v for v in at_budget if v is not None])
         row["steps"] = mean_std([r["steps"][-1] for r in rs])
         row["pruned"] = statistics.fmean(r["pruned"] for r in rs)
         row["complete"] = statistics.fmean(r["complete"] for r in rs)
@@ -243,33 +152,8 @@ def summarise(runs: list[dict]) -> list[dict]:
         row["wall_s"] = statistics.fmean(r["wall_s"] for r in rs)
         rows.append(row)
     order = {s: i for i, s in enumerate([*SAMPLERS, *VARIANTS])}
-    rows.sort(key=lambda r: (order.get(r["label"], 99), r["halving"]))
+    rows.sort(key=lambda r: (order.get(str(r["label"]), 99), bool(r["halving"])))
     return rows
-
-
-def surrogate_summary(fit: dict) -> str:
-    """The surrogate's leave-one-out quality in one paragraph."""
-    cls, cur = fit["p_learn"], fit["learner_final_accuracy"]
-    exp = fit["expected_final_accuracy"]
-    lo, hi = fit["accuracy_range"]
-    # Without a trial that never learned there is no P(learns) to fit (it is 1).
-    p_learn = (
-        f"P(learns) AUC {cls['loo_auc']:.3f}, log-loss {cls['loo_log_loss']:.3f} (constant "
-        f"{cls['constant_log_loss']:.3f}); "
-        if cls
-        else ""
-    )
-    return (
-        f"Surrogate: fitted to {fit['n']} real {fit.get('steps', [40])[-1]}-step trials of "
-        f"`search_spaces/{'bench_lr.yaml' if fit.get('with_lr') else 'bench.yaml'}` "
-        f"(minilm, rotten_tomatoes; final accuracy {lo:.3f}..{hi:.3f}), {fit['learned']} of "
-        f"which beat the constant predictor ({fit['majority_accuracy']:.4f}). Leave-one-out: "
-        f"{p_learn}learners' final accuracy RMSE {cur['loo_rmse']:.4f} "
-        f"(constant {cur['constant_loo_rmse']:.4f}); expected final accuracy of all trials "
-        f"MAE {exp['loo_mae']:.4f} (constant {exp['constant_loo_mae']:.4f}), RMSE "
-        f"{exp['loo_rmse']:.4f} (constant {exp['constant_loo_rmse']:.4f}), Spearman "
-        f"{exp['loo_spearman']:.2f}. Parameters and predicted memory are exact."
-    )
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -277,7 +161,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# Search quality on the minilm surrogate",
         "",
-        surrogate_summary(meta["surrogate"]),
+        fit_summary(meta["surrogate"]),
         "",
         f"Hypervolume: fraction of the box between (accuracy 1, 0 params, 0 MiB) and the "
         f"reference point (accuracy {meta['reference'][0]}, {meta['reference'][1]:,.0f} "
@@ -313,7 +197,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     notes = meta.get("notes")
     if notes:
         lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
-    lines.append(f"Run: `{meta['command']}` ({meta['runtime_min']:.1f} min, {meta['machine']}).")
+    lines.append(f"Runtime: {meta['runtime_min']:.1f} min.")
     return "\n".join(lines) + "\n"
 
 
@@ -346,7 +230,7 @@ def verdict(rows: list[dict]) -> list[str]:
     return out
 
 
-def observations(rows: list[dict], args) -> list[str]:
+def observations(rows: list[dict], args: argparse.Namespace) -> list[str]:
     """Notes the numbers call for (qNEHVI's length, NSGA-II's generations, duplicates)."""
     out = []
     if args.qnehvi_trials < args.trials:
@@ -452,7 +336,9 @@ def figure(runs: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.search_quality", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--qnehvi-trials", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=3)
@@ -469,7 +355,7 @@ def main() -> None:
     started = time.perf_counter()
     surrogate = Surrogate.from_jsonl(DATA)
     fit = surrogate.report()
-    print(surrogate_summary(fit))
+    print(fit_summary(fit))
     specs = []
     for seed in range(args.seeds):
         for halving in {"both": (False, True), "on": (True,), "off": (False,)}[args.halving]:
@@ -494,26 +380,21 @@ def main() -> None:
         surrogate,
     )
     rows = summarise(runs)
-    import platform
-
-    meta = {
+    meta: dict[str, Any] = {
+        **provenance(),
         "surrogate": fit,
         "reference": runs[0]["reference"],
         "seeds": args.seeds,
         "trials": args.trials,
         "qnehvi_trials": args.qnehvi_trials,
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/search_quality.py "
-        + " ".join(sys.argv[1:]),
         "runtime_min": (time.perf_counter() - started) / 60,
-        "machine": f"{platform.machine()} CPU",
     }
     meta["verdict"] = verdict(rows)
     meta["notes"] = observations(rows, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_json(args.out / f"{args.name}.json", {"meta": meta, "summary": rows, "runs": runs})
-    (args.out / f"{args.name}.md").write_text(markdown(rows, meta))
+    text = markdown(rows, meta)
+    write_results(args.out / args.name, {"meta": meta, "summary": rows, "runs": runs}, text)
     figure(runs, args.out / f"{args.name}.html")
-    print(markdown(rows, meta))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ A change to sampling (what a trial suggests, in which order) changes every seed'
 few seeds cannot tell a better sampler from a luckier one. This runs the same search-cost run
 (``search_cost.run_one``: TPE on the 160-step surrogate, one step budget) for seeds
 ``0..N-1`` in two checkouts and reports mean, standard deviation and the standard error of
-the difference. Make the baseline with ``git worktree add /tmp/base <commit>``.
+the difference. Make the baseline with ``git worktree add /tmp/base <commit>``; each checkout's
+code runs in a child process started in that checkout (its own ``bench`` and ``autopeft``
+come first on the path there).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/seed_spread.py --baseline /tmp/base --seeds 20
+    OMP_NUM_THREADS=1 python -m bench.seed_spread --baseline /tmp/base --seeds 20
 """
 
 from __future__ import annotations
@@ -21,19 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+from bench.common import RESULTS, ROOT, git_commit, provenance, real_trials, write_results
+
 DATA = RESULTS / "real_trials_minilm_160.jsonl"
 
 
-def run_seeds(checkout: Path, seeds: int, halving: bool, budget: int) -> list[float]:
-    """Final HV per seed, computed by ``checkout``'s own code (a child process)."""
+def run_seeds(checkout: Path, data: Path, seeds: int, halving: bool, budget: int) -> list[float]:
+    """Final HV per seed, computed by ``checkout``'s own code (a child process) on ``data``."""
     code = f"""
-import json, sys, tempfile
-sys.path.insert(0, {str(checkout / "bench")!r})
-from search_cost import Spec, run_one
-from surrogate import Surrogate
-surrogate = Surrogate.from_jsonl({str(DATA)!r})
+import json, tempfile
+from bench.search_cost import Spec, run_one
+from bench.surrogate import Surrogate
+surrogate = Surrogate.from_jsonl({str(data)!r})
 out = []
 for seed in range({seeds}):
     with tempfile.TemporaryDirectory() as root:
@@ -42,11 +43,11 @@ for seed in range({seeds}):
         out.append(run_one(spec, surrogate, root)["hv"][-1])
 print(json.dumps(out))
 """
+    # ``python -c`` puts its working directory first on the path: the checkout's packages.
     env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
-    with tempfile.TemporaryDirectory() as cwd:
-        done = subprocess.run(
-            [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True
-        )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=checkout, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise SystemExit(f"{checkout}: the run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -73,45 +74,41 @@ def markdown(base: list[float], ours: list[float], meta: dict) -> str:
         f"this checkout {statistics.fmean(ours):.4f} ± {statistics.stdev(ours):.4f}; "
         f"difference {diff:+.4f} (standard error {se:.4f}, {abs(diff) / se:.1f} of them).",
         "",
-        f"Run: `{meta['command']}` ({meta['minutes']:.1f} min).",
+        f"Runtime: {meta['minutes']:.1f} min.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _commit(checkout: Path) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-    )
-    return done.stdout.strip() or str(checkout)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.seed_spread", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--baseline", type=Path, required=True, help="a checkout to compare to")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--halving", choices=["off", "on"], default="off")
     parser.add_argument("--budget-trials", type=int, default=100, help="full trials of steps")
     parser.add_argument("--name", default="seed_spread_160")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
+    if args.seeds < 2:
+        parser.error(f"--seeds >= 2 must hold (a spread needs two seeds), but got {args.seeds}")
     started, halving, budget = time.perf_counter(), args.halving == "on", args.budget_trials * 160
-    base = run_seeds(args.baseline.resolve(), args.seeds, halving, budget)
-    ours = run_seeds(HERE.parent, args.seeds, halving, budget)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The trials alone, one per line (no provenance line): what every checkout reads.
+        data = Path(tmp) / DATA.name
+        data.write_text("".join(json.dumps(r) + "\n" for r in real_trials(DATA)))
+        base = run_seeds(args.baseline.resolve(), data, args.seeds, halving, budget)
+        ours = run_seeds(ROOT, data, args.seeds, halving, budget)
     meta = {
+        **provenance(),
         "halving": halving,
         "budget": budget,
-        "baseline": _commit(args.baseline),
-        "ours": _commit(HERE.parent),
-        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/seed_spread.py "
-        + " ".join(sys.argv[1:]),
+        "baseline": git_commit(args.baseline.resolve()),
+        "ours": git_commit(ROOT),
         "minutes": (time.perf_counter() - started) / 60,
     }
-    (RESULTS / f"{args.name}.json").write_text(
-        json.dumps({"meta": meta, "baseline": base, "ours": ours}, indent=1)
-    )
     text = markdown(base, ours, meta)
-    (RESULTS / f"{args.name}.md").write_text(text)
+    write_results(args.out / args.name, {"meta": meta, "baseline": base, "ours": ours}, text)
     print(text)
 
 

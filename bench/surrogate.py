@@ -1,10 +1,11 @@
-"""A surrogate trial runner fitted to real trial results, for search-quality benchmarks.
+"""The search benchmarks' test bed: a surrogate trial runner fitted to real trial results.
 
-``bench/collect_real_trials.py`` trains random candidates of ``search_spaces/bench.yaml`` for
-real (40 steps) and records their accuracy at each evaluation step. At that fidelity the
-outcome is bimodal: a trial either learns (final accuracy above the majority-class rate) or
-stays a constant predictor (exactly the majority, or minority, class rate). A single
-regression fits that poorly, so the surrogate is a two-part model over candidate features:
+``python -m bench.collect_real_trials`` trains random candidates of ``search_spaces/bench.yaml``
+for real and records their accuracy at each evaluation step (``results/real_trials_*.jsonl``).
+At a short fidelity the outcome is bimodal: a trial either learns (final accuracy above the
+majority-class rate) or stays a constant predictor (exactly the majority, or minority, class
+rate). A single regression fits that poorly, so the surrogate is a two-part model over
+candidate features:
 
 - ``P(learns)``: logistic regression (ridge-penalised, penalty chosen by leave-one-out);
 - the learning curve of a trial that learns: ridge regression per evaluation step, fitted to
@@ -15,35 +16,38 @@ A surrogate trial draws "learns" with that probability, then takes the predicted
 the leave-one-out residual curve of a randomly drawn real learner (so noise has the real
 spread and cross-step correlation), or else the whole curve of a randomly drawn real trial
 that did not learn. Draws are seeded per (run seed, candidate). Trainable parameters and
-predicted memory are exact, from autopeft's formulas, as in
-:class:`autopeft.search.blackbox.BlackboxRunner`.
+predicted memory are exact, from autopeft's formulas (``autopeft.candidate_trainable_params``,
+``autopeft.predict_memory``).
 
 Features of a candidate: per module type whether it is on and its log2 size, whether LoRA
 targets the FFN too, the fraction of layers on, the lowest layer on and the log of the exact
 trainable-parameter count.
+
+Run as a script, it fits a data file and prints the fit's leave-one-out quality:
+
+    python -m bench.surrogate --data bench/results/real_trials_minilm_640.jsonl \\
+        --features all,log_params
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from autopeft import methods
-from autopeft.core.candidate import Candidate
-from autopeft.core.memory_model import predict_memory
-from autopeft.core.model_profile import ModelProfile
-from autopeft.core.resolve import candidate_params
-from autopeft.core.space import Budget
-from autopeft.core.study_config import TrainingConfig
-from autopeft.core.trial_result import MemoryKind, TrialResult, TrialStatus
+import autopeft
+from autopeft import Candidate, TrialResult, TrialStatus
+from bench.common import CPU_ESTIMATE, RESULTS, real_trials
 
-DATA = Path(__file__).parent / "results" / "real_trials_minilm.jsonl"
+DATA = RESULTS / "real_trials_minilm.jsonl"
 #: Module types of the bench space and their size parameter.
 MODULES = {"lora": "rank", "serial_adapter": "size", "parallel_adapter": "size", "prefix": "length"}
 FEATURES = [
@@ -53,12 +57,6 @@ FEATURES = [
     "lowest_layer",
     "log_params",
 ]
-#: Features added when the real trials searched the learning rate (search_spaces/bench_lr.yaml):
-#: its log, its square (a rate can be too low to learn in time or too high to stay stable) and
-#: its product with the log parameter count (large modules want lower rates), the log
-#: centred on the space's geometric middle, 1e-3.
-LR_FEATURES = ["log_lr", "log_lr_sq", "log_lr_x_log_params"]
-LR_CENTER = -3.0
 #: Penalties tried; the one with the lowest leave-one-out error is kept.
 PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: Feature sets a learner-curve step may use: every feature, or the trainable-parameter count
@@ -67,13 +65,14 @@ PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: alone still carries the trend (the first 32 640-step trials: Spearman 0.64 between
 #: parameters and final accuracy; all 56: 0.43). The default, every feature, is what the
 #: committed 40- and 160-step results were taken with.
-#: ``size_lr``: the parameter count and the rate's features (data that searched the rate).
-FEATURE_SETS = ("all", "log_params", "size_lr")
+FEATURE_SETS = ("all", "log_params")
 F64 = torch.float64
+#: A model's profile (``autopeft.load_profile``): layers, sizes, parameter counts.
+Profile = Any
 
 
-def features(candidate: Candidate, profile: ModelProfile, with_lr: bool = False) -> list[float]:
-    """The surrogate's input for one candidate (see :data:`FEATURES`, :data:`LR_FEATURES`)."""
+def features(candidate: Candidate, profile: Profile) -> list[float]:
+    """The surrogate's input for one candidate (see :data:`FEATURES`)."""
     out: list[float] = []
     for name, size_param in MODULES.items():
         m = candidate.module(name)
@@ -85,22 +84,15 @@ def features(candidate: Candidate, profile: ModelProfile, with_lr: bool = False)
     n = profile.num_layers
     out.append(len(layers) / n)
     out.append(min(layers) / n if layers else 1.0)
-    out.append(math.log10(1 + candidate_params(candidate, profile, methods.registry())))
-    if with_lr:
-        z = math.log10(candidate.training["lr"]) - LR_CENTER
-        out += [z, z * z, z * out[-1]]
+    out.append(math.log10(1 + autopeft.candidate_trainable_params(candidate, profile)))
     return out
 
 
-def _columns(feature_set: str, with_lr: bool = False) -> list[int]:
+def _columns(feature_set: str) -> list[int]:
     """The columns of the biased feature matrix a feature set uses (the bias, last, always)."""
-    names = FEATURES + (LR_FEATURES if with_lr else [])
     if feature_set == "all":
-        return list(range(len(names) + 1))
-    if feature_set == "size_lr" and not with_lr:
-        raise ValueError("feature set 'size_lr' needs real trials that searched the rate")
-    wanted = ["log_params", *LR_FEATURES] if feature_set == "size_lr" else [feature_set]
-    return [names.index(n) for n in wanted] + [len(names)]
+        return list(range(len(FEATURES) + 1))
+    return [FEATURES.index(feature_set), len(FEATURES)]
 
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -156,6 +148,7 @@ def logistic_loo(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tens
 
 
 def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean binary cross-entropy of probabilities ``p`` against labels ``y``."""
     p = p.clamp(1e-6, 1 - 1e-6)
     return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
 
@@ -168,6 +161,8 @@ def auc(score: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Rank correlation of ``a`` and ``b`` (ties get their average rank)."""
+
     def ranks(v: torch.Tensor) -> torch.Tensor:
         order = v.argsort()
         r = torch.empty(len(v), dtype=F64)
@@ -184,8 +179,9 @@ class Surrogate:
     """Accuracy curves of candidates, fitted to real trials (see the module docstring)."""
 
     def __init__(
-        self, records: list[dict], profile: ModelProfile, feature_sets: tuple[str, ...] = ("all",)
+        self, records: list[dict], profile: Profile, feature_sets: tuple[str, ...] = ("all",)
     ):
+        """Fit to ``records`` (lines of a real-trials file) on ``profile``'s model."""
         unknown = set(feature_sets) - set(FEATURE_SETS)
         if unknown or not feature_sets:
             raise ValueError(f"feature sets are {FEATURE_SETS}, but got {feature_sets}")
@@ -201,9 +197,7 @@ class Surrogate:
         self.majority = _majority(done, final)
         self.learned = final > self.majority + 1e-6
         candidates = [Candidate.model_validate(r["candidate"]) for r in done]
-        #: Whether the real trials searched the learning rate (then it is a feature).
-        self.with_lr = all("lr" in c.training for c in candidates)
-        raw = torch.tensor([features(c, profile, self.with_lr) for c in candidates], dtype=F64)
+        raw = torch.tensor([features(c, profile) for c in candidates], dtype=F64)
         self.center, self.scale = raw.mean(0), raw.std(0).clamp(min=1e-6)
         self.x = _with_bias((raw - self.center) / self.scale)
         y = self.learned.to(F64)
@@ -217,7 +211,7 @@ class Surrogate:
                 self.class_penalty = min(PENALTIES)
             else:
                 losses = {p: log_loss(logistic_loo(self.x, y, p), y) for p in PENALTIES}
-                self.class_penalty = min(losses, key=losses.get)
+                self.class_penalty = min(losses, key=lambda p: losses[p])
             self.class_w = fit_logistic(self.x, y, self.class_penalty)
         elif not self.learned.any():
             raise ValueError("no real trial beat the constant predictor: nothing to fit")
@@ -232,8 +226,8 @@ class Surrogate:
             }
             # The first set given wins ties (a step where every trial is at the floor fits
             # all of them exactly, up to rounding).
-            first = min((k for k in errs if k[0] == feature_sets[0]), key=errs.get)
-            other = min(errs, key=errs.get)
+            first = min((k for k in errs if k[0] == feature_sets[0]), key=lambda k: errs[k])
+            other = min(errs, key=lambda k: errs[k])
             name, best = other if errs[other] < errs[first] - 1e-12 else first
             cols = self._cols(name)
             self.curve_features.append(name)
@@ -248,20 +242,26 @@ class Surrogate:
     def from_jsonl(
         cls,
         path: Path = DATA,
-        profile: ModelProfile | None = None,
+        profile: Profile | None = None,
         feature_sets: tuple[str, ...] = ("all",),
     ) -> Surrogate:
-        """Fit on a file written by ``bench/collect_real_trials.py``."""
-        from autopeft.search.study import model_profile
+        """Fit on a file written by ``python -m bench.collect_real_trials``."""
+        return cls(
+            real_trials(Path(path)), profile or autopeft.load_profile("minilm"), feature_sets
+        )
 
-        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
-        return cls(records, profile or model_profile("minilm"), feature_sets)
+    def runner(self, study: autopeft.Study, seed: int = 0, oracle: bool = False) -> SurrogateRunner:
+        """A runner drawing from this surrogate on a study's training, budget and length."""
+        cfg = study.config
+        return SurrogateRunner(
+            self, cfg.training, cfg.search_space.budget, cfg.task.max_length, seed, oracle
+        )
 
     def _cols(self, feature_set: str) -> list[int]:
-        return _columns(feature_set, self.with_lr)
+        return _columns(feature_set)
 
     def _x(self, candidate: Candidate) -> torch.Tensor:
-        raw = torch.tensor([features(candidate, self.profile, self.with_lr)], dtype=F64)
+        raw = torch.tensor([features(candidate, self.profile)], dtype=F64)
         return _with_bias((raw - self.center) / self.scale)[0]
 
     def p_learn(self, candidate: Candidate) -> float:
@@ -331,7 +331,6 @@ class Surrogate:
         err = final - expected
         return {
             "n": n,
-            "with_lr": self.with_lr,
             "steps": self.steps,
             "learned": n_l,
             "majority_accuracy": self.majority,
@@ -397,12 +396,13 @@ class SurrogateRunner:
     def __init__(
         self,
         surrogate: Surrogate,
-        training: TrainingConfig,
-        budget: Budget,
+        training: Any,
+        budget: Any,
         seq_len: int,
         seed: int = 0,
         oracle: bool = False,
     ):
+        """``training`` and ``budget``: a study's training section and its space's budget."""
         self.surrogate, self.profile = surrogate, surrogate.profile
         self.training, self.limits, self.seq_len, self.seed = training, budget, seq_len, seed
         #: Report the final accuracy at every rung: halving's ceiling, for the benchmark.
@@ -410,13 +410,18 @@ class SurrogateRunner:
 
     def budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
         """Exact params, predicted memory (CPU, fp32 activations) and over-budget reason."""
-        params = candidate_params(candidate, self.profile, methods.registry())
-        pred = predict_memory(
+        params = autopeft.candidate_trainable_params(candidate, self.profile)
+        pred = autopeft.predict_memory(
             self.profile, candidate, params, self.training.batch_size, self.seq_len, "cpu"
         ).total_mb
         return params, pred, self.limits.violation(params, pred, self.profile.base_params)
 
-    def run(self, candidate: Candidate, report, eval_at: set[int]) -> TrialResult:
+    def run(
+        self,
+        candidate: Candidate,
+        report: Callable[[int, dict[str, float]], bool] | None,
+        eval_at: set[int],
+    ) -> TrialResult:
         """A surrogate trial: evaluations at ``eval_at`` and the end, stoppable by ``report``."""
         params, pred, over = self.budget(candidate)
         base = dict(
@@ -441,16 +446,66 @@ class SurrogateRunner:
             status=TrialStatus.COMPLETE,
             metrics=dict(metrics),
             peak_memory_mb=pred,
-            memory_kind=MemoryKind.CPU_ESTIMATE,
+            memory_kind=CPU_ESTIMATE,
             steps=total,
             history=history,
             **base,
         )
 
 
-def for_study(study, surrogate: Surrogate, **kwargs) -> SurrogateRunner:
-    """A surrogate runner on a study's training recipe, budget and sequence length."""
-    cfg = study.config
-    return SurrogateRunner(
-        surrogate, cfg.training, cfg.search_space.budget, cfg.task.max_length, **kwargs
+def fit_summary(fit: dict) -> str:
+    """The surrogate's leave-one-out quality (:meth:`Surrogate.report`) in one paragraph."""
+    cls, cur = fit["p_learn"], fit["learner_final_accuracy"]
+    exp = fit["expected_final_accuracy"]
+    lo, hi = fit["accuracy_range"]
+    # Without a trial that never learned there is no P(learns) to fit (it is 1).
+    p_learn = (
+        f"P(learns) AUC {cls['loo_auc']:.3f}, log-loss {cls['loo_log_loss']:.3f} (constant "
+        f"{cls['constant_log_loss']:.3f}); "
+        if cls
+        else ""
     )
+    return (
+        f"Surrogate: fitted to {fit['n']} real {fit.get('steps', [40])[-1]}-step trials of "
+        f"`search_spaces/bench.yaml` (minilm, rotten_tomatoes; final accuracy "
+        f"{lo:.3f}..{hi:.3f}), {fit['learned']} of which beat the constant predictor "
+        f"({fit['majority_accuracy']:.4f}). Leave-one-out: {p_learn}learners' final accuracy "
+        f"RMSE {cur['loo_rmse']:.4f} (constant {cur['constant_loo_rmse']:.4f}); expected "
+        f"final accuracy of all trials MAE {exp['loo_mae']:.4f} (constant "
+        f"{exp['constant_loo_mae']:.4f}), RMSE {exp['loo_rmse']:.4f} (constant "
+        f"{exp['constant_loo_rmse']:.4f}), Spearman {exp['loo_spearman']:.2f}. Parameters and "
+        "predicted memory are exact."
+    )
+
+
+def feature_sets(text: str) -> tuple[str, ...]:
+    """``all,log_params`` -> the feature sets, or the rule and the value."""
+    sets = tuple(text.split(","))
+    if not sets or set(sets) - set(FEATURE_SETS):
+        raise argparse.ArgumentTypeError(
+            f"feature sets are {', '.join(FEATURE_SETS)} (comma-separated), but got {text!r}"
+        )
+    return sets
+
+
+def main() -> None:
+    """Fit a real-trials file and print the leave-one-out report."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.surrogate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--data", type=Path, default=DATA, help="real trials (jsonl)")
+    parser.add_argument(
+        "--features",
+        type=feature_sets,
+        default=("all",),
+        help="learner-curve feature sets, chosen per step by leave-one-out: 'all' (default) "
+        "or 'all,log_params'",
+    )
+    args = parser.parse_args()
+    fit = Surrogate.from_jsonl(args.data, feature_sets=args.features).report()
+    print(fit_summary(fit))
+    print(json.dumps(fit, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -14,12 +14,13 @@ trains to the end) and the two Ray modes use the ``random`` sampler under one se
 the noise of non-deterministic GPU kernels). Device utilisation is sampled while each mode runs
 (``nvidia-smi`` on a GPU, ``psutil`` on a CPU).
 
-    .venv/bin/python bench/throughput.py --model minilm --space lora --trials 32 --steps 200
-    .venv/bin/python bench/throughput.py --model bert-base --space mixed --trials 16
+    python -m bench.throughput --model minilm --space lora --trials 32 --steps 200
+    python -m bench.throughput --model bert-base --space mixed --trials 16
 
-``bert-base`` is a BERT-base-sized classifier (12 layers, hidden 768, random weights) built from
-config with the bundled tokenizer and saved once under ``studies/.bench-cache/``. Results:
-``bench/results/throughput_<device>.json`` and ``.md``.
+The Ray modes run the study through ``autopeft.run(..., executor="ray")``. ``bert-base`` is a
+BERT-base-sized classifier (12 layers, hidden 768, random weights) built from config with the
+bundled tokenizer and saved once under ``studies/.bench-cache/``. Results:
+``bench/results/throughput_<device>_<model>_<space>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -29,20 +30,15 @@ import json
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
+import autopeft
+from bench.common import CACHE, RESULTS, ROOT, model_path, provenance, write_results
 
-from bench_models import CACHE, model_path  # noqa: E402
-
-from autopeft import api  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 #: The LoRA space (72 configurations on every layer), searched the same way by the Trainer.
 LORA = {"rank": [2, 4, 8, 16, 32, 64], "alpha": [8, 16, 32, 64]}
 TARGETS = {
@@ -60,11 +56,22 @@ SPACES = {
 
 
 MODES = ("packed", "one-per-device", "trainer")
+#: The module names each target stands for, per model family (what the Trainer's peft needs).
+PEFT_NAMES = {
+    "bert": {
+        "q": "query",
+        "k": "key",
+        "v": "value",
+        "o": "attention.output.dense",
+        "ffn_up": "intermediate.dense",
+        "ffn_down": "output.dense",
+    },
+}
 
 
-def study_config(name: str, args: argparse.Namespace):
+def study_config(name: str, args: argparse.Namespace) -> Any:
     """The study every mode runs: random sampler, halving off, the given model and space."""
-    return api.study_from_dict(
+    return autopeft.study_from_dict(
         {
             "name": name,
             "model": model_path(args.model),
@@ -87,7 +94,9 @@ class Utilisation:
     """Samples the device's utilisation (%) and memory in use (MiB) in the background."""
 
     def __init__(self, gpu: bool, every_s: float = 0.5):
-        self.gpu, self.every_s, self.samples = gpu, every_s, []
+        """Sample ``nvidia-smi`` (``gpu``) or ``psutil`` every ``every_s`` seconds."""
+        self.gpu, self.every_s = gpu, every_s
+        self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -119,11 +128,12 @@ class Utilisation:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
     def summary(self) -> dict:
+        """Mean and median utilisation, peak memory in use."""
         if not self.samples:
             return {"util_mean": None, "util_median": None, "mem_peak_mb": None}
         utils = [u for u, _ in self.samples]
@@ -155,23 +165,21 @@ def parse_mode_trials(text: str) -> dict[str, int]:
 
 def ray_mode(mode: str, args: argparse.Namespace, root: str, gpu: bool, cores: int) -> dict:
     """One Ray mode: the study, its wall time, trials/hour and the accuracy of each trial."""
-    from autopeft.core.trial_result import TrialStatus
-    from autopeft.search.ray import run_ray
-    from autopeft.search.study import Study
-
-    study = Study(study_config(f"throughput-{mode}", args), root=root)
+    config = study_config(f"throughput-{mode}", args)
     if mode == "packed":
         options = {"gpus_per_trial": None} if gpu else {"cpus_per_trial": 1.0}
     else:
         options = {"gpus_per_trial": 1.0} if gpu else {"cpus_per_trial": float(cores)}
     started, started_at = time.perf_counter(), time.time()
     with Utilisation(gpu) as util:
-        run_ray(study, trials_of(mode, args), progress=False, **options)
+        study = autopeft.run(
+            config, n_trials=trials_of(mode, args), executor="ray", root=root, **options
+        )
     wall = time.perf_counter() - started
     # Re-proposals of a known candidate are told its result without training: not counted.
     reused = {t.number for t in study.optuna.trials if t.user_attrs.get("reused")}
     results = {n: r for n, r in study.results() if n not in reused}
-    done = {n: r for n, r in results.items() if r.status is TrialStatus.COMPLETE}
+    done = {n: r for n, r in results.items() if r.status is autopeft.TrialStatus.COMPLETE}
     ends = sorted(
         t.datetime_complete.timestamp()
         for t in study.optuna.trials
@@ -208,32 +216,26 @@ def trainer_mode(args: argparse.Namespace, gpu: bool) -> dict:
     import torch
     from peft import get_peft_model
     from transformers import Trainer
-    from trial_overhead import candidate, trainer_args, trainer_data
 
-    from autopeft import methods
-    from autopeft.train.trial import TrialContext
+    from bench.trial_overhead import lora_config, trainer_args, trainer_data
 
-    ctx = TrialContext.create(study_config("throughput-trainer", args), cache_dir=CACHE)
+    ctx = autopeft.TrialContext.create(study_config("throughput-trainer", args), cache_dir=CACHE)
     accuracies: list[float] = []
 
-    def hp_space(trial) -> dict:
+    def hp_space(trial: Any) -> dict:
         return {
             **{k: trial.suggest_categorical(k, v) for k, v in LORA.items()},
             "targets": trial.suggest_categorical("targets", list(TARGETS)),
         }
 
-    def model_init(trial=None):
-        base = candidate(ctx.profile.num_layers).modules[0]
+    def model_init(trial: Any = None) -> Any:
         # Optuna gives the same value back when hp_space already suggested it.
         values = hp_space(trial) if trial is not None else {"targets": "qv"}
-        params = {**base.params, **{k: v for k, v in values.items() if k in LORA}}
-        module = base.model_copy(
-            update={"params": params, "targets": tuple(TARGETS[values["targets"]])}
-        )
+        settings = {"r": values.get("rank", 8), "lora_alpha": float(values.get("alpha", 16))}
+        targets = [PEFT_NAMES[ctx.profile.family][t] for t in TARGETS[values["targets"]]]
         torch.manual_seed(ctx.config.training.seed)
         model = copy.deepcopy(ctx.base_model)
-        peft_config = methods.get("lora").peft_config(ctx.profile, module, args.steps)
-        return get_peft_model(model, peft_config)
+        return get_peft_model(model, lora_config(ctx, target_modules=targets, **settings))
 
     def objective(metrics: dict) -> float:
         accuracies.append(metrics["eval_accuracy"])
@@ -325,12 +327,14 @@ def markdown(result: dict) -> str:
         if packed.get("warm_trials_per_hour") and single.get("warm_trials_per_hour"):
             warm = packed["warm_trials_per_hour"] / single["warm_trials_per_hour"]
             lines.append(f"Warm (cold start excluded): {warm:.2f}x.")
-    lines += ["", f"Run: `{result['command']}`"]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Run the modes named, writing the results after each."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model", default="minilm", help="minilm, bert-base, or a model path")
     parser.add_argument("--space", choices=sorted(SPACES), default="lora")
     parser.add_argument("--trials", type=int, default=16)
@@ -361,6 +365,7 @@ def main() -> None:
     modes = args.modes.split(",")
     device = torch.cuda.get_device_name() if gpu else f"cpu-{platform.machine()}-{cores}cores"
     result = {
+        "meta": provenance(torch.cuda.get_device_name() if gpu else None),
         "benchmark": "throughput",
         "device": device,
         "model": args.model,
@@ -369,12 +374,10 @@ def main() -> None:
         "mode_trials": args.mode_trials,
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "command": "python bench/throughput.py " + " ".join(sys.argv[1:]),
         "modes": [],
         "accuracy_match": {},
     }
     tag = f"{'gpu' if gpu else 'cpu'}_{args.model}_{args.space}"
-    args.out.mkdir(parents=True, exist_ok=True)
 
     def record(run: dict) -> None:
         # Written after every mode: a run cut short by its time limit keeps what it measured.
@@ -382,8 +385,7 @@ def main() -> None:
         ray_runs = [r for r in result["modes"] if "accuracy" in r]
         if len(ray_runs) == 2:
             result["accuracy_match"] = compare(*ray_runs)
-        (args.out / f"throughput_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
-        (args.out / f"throughput_{tag}.md").write_text(markdown(result))
+        write_results(args.out / f"throughput_{tag}", result, markdown(result))
         print(json.dumps({k: v for k, v in run.items() if k not in ("accuracy", "candidates")}))
 
     ray_modes = [m for m in ("packed", "one-per-device") if m in modes]

@@ -3,9 +3,11 @@
 The same model, LoRA candidate, data, batches and step count go through each path; runs are
 interleaved (A B C A B C ...) and the median is reported. Whole-trial wall time counts copying
 the loaded base model, attaching the adapter, training and one evaluation; step time counts
-the training steps alone.
+the training steps alone. The bare loop and the Trainer build the adapter with peft's
+``LoraConfig`` and use the study's recipe (AdamW, linear warm-up and decay, clipping), as a
+researcher would write them.
 
-    .venv/bin/python bench/trial_overhead.py --steps 30 --reps 3
+    python -m bench.trial_overhead --steps 30 --reps 3
 
 Results: bench/results/trial_overhead_<device>.json and .md.
 """
@@ -14,33 +16,58 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from autopeft import api, methods
-from autopeft.core.candidate import Candidate, ModuleConfig
-from autopeft.train.loop import lr_factor
-from autopeft.train.trial import TrialContext, run_trial
+import autopeft
+from autopeft import Candidate, ModuleConfig
+from bench.common import RESULTS, provenance, write_results
 
-RESULTS = Path(__file__).parent / "results"
+#: The q and v projections' module names per model family (what ``targets: [q, v]`` means).
+QV = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
+#: The bench's LoRA: rank 8, alpha 16, no dropout, on q and v of every layer.
+RANK, ALPHA = 8, 16.0
 
 
 def candidate(layers: int) -> Candidate:
+    """The bench's LoRA as an autopeft candidate."""
     cfg = ModuleConfig(
         method="lora",
-        params={"rank": 8, "alpha": 16.0, "dropout": 0.0, "use_dora": False},
+        params={"rank": RANK, "alpha": ALPHA, "dropout": 0.0, "use_dora": False},
         layers=tuple(range(layers)),
         targets=("q", "v"),
     )
     return Candidate(modules=(cfg,))
 
 
-def bare_loop(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, float, float]:
+def lora_config(ctx: Any, **params: Any) -> Any:
+    """peft's ``LoraConfig`` of the bench's LoRA on the context's model (``params`` replace
+    its rank, alpha or target modules)."""
+    from peft import LoraConfig
+
+    settings: dict[str, Any] = {
+        "r": RANK,
+        "lora_alpha": ALPHA,
+        "lora_dropout": 0.0,
+        "target_modules": QV[ctx.profile.family],
+    }
+    return LoraConfig(task_type="SEQ_CLS", **(settings | params))
+
+
+def warmup_linear(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up over ``warmup`` of the steps, then linear decay to 0 (0-based steps)."""
+    warm = int(warmup * total)
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, 1.0 - (step - warm) / max(1, total - warm))
+
+
+def bare_loop(ctx: Any, cand: Candidate, steps: int) -> tuple[float, float, float]:
     """The minimal loop a researcher would write: peft model, AdamW, linear schedule."""
     from peft import get_peft_model
 
@@ -48,13 +75,12 @@ def bare_loop(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, fl
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = copy.deepcopy(ctx.base_model)
-    spec = methods.get("lora")
-    model = get_peft_model(model, spec.peft_config(ctx.profile, cand.modules[0], steps)).to(dev)
-    torch.manual_seed(cfg.seed)  # the same dropout stream as run_trial, for equal accuracy
+    model = get_peft_model(model, lora_config(ctx)).to(dev)
+    torch.manual_seed(cfg.seed)  # the same dropout stream as run_trial
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.schedule)
+        opt, lambda s: warmup_linear(s, cfg.steps, cfg.warmup)
     )
     model.train()
     # bf16 autocast on a GPU, as run_trial and the Trainer (bf16=True) train there.
@@ -87,7 +113,8 @@ def bare_loop(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, fl
 class Rows(torch.utils.data.Dataset):
     """An autopeft token set as the per-example dataset ``transformers.Trainer`` expects."""
 
-    def __init__(self, enc, n: int):
+    def __init__(self, enc: Any, n: int):
+        """The first ``n`` rows of the token set ``enc``."""
         self.enc, self.n = enc, n
 
     def __len__(self) -> int:
@@ -108,13 +135,13 @@ def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     }
 
 
-def trainer_args(ctx: TrialContext, steps: int, **extra):
+def trainer_args(ctx: Any, steps: int, **extra: Any) -> Any:
     """``TrainingArguments`` with the study's recipe: steps, batch, lr, warm-up, clipping."""
     from transformers import TrainingArguments
 
     cfg = ctx.config.training
     return TrainingArguments(
-        output_dir="/tmp/autopeft-bench-trainer",
+        output_dir=str(Path(tempfile.gettempdir()) / "autopeft-bench-trainer"),
         max_steps=steps,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size * 2,
@@ -136,7 +163,7 @@ def trainer_args(ctx: TrialContext, steps: int, **extra):
     )
 
 
-def trainer_data(ctx: TrialContext) -> dict:
+def trainer_data(ctx: Any) -> dict:
     """Train and validation sets, collator and accuracy metric for ``transformers.Trainer``."""
     train, valid = ctx.data["train"], ctx.data["validation"]
     return {
@@ -149,7 +176,7 @@ def trainer_data(ctx: TrialContext) -> dict:
     }
 
 
-def hf_trainer(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, float, float]:
+def hf_trainer(ctx: Any, cand: Candidate, steps: int) -> tuple[float, float, float]:
     """The same trial through transformers.Trainer (what HF users run today)."""
     from peft import get_peft_model
     from transformers import Trainer
@@ -157,9 +184,7 @@ def hf_trainer(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, f
     start = time.perf_counter()
     torch.manual_seed(ctx.config.training.seed)
     model = copy.deepcopy(ctx.base_model)
-    model = get_peft_model(
-        model, methods.get("lora").peft_config(ctx.profile, cand.modules[0], steps)
-    )
+    model = get_peft_model(model, lora_config(ctx))
     trainer = Trainer(model=model, args=trainer_args(ctx, steps), **trainer_data(ctx))
     out = trainer.train()
     metrics = trainer.evaluate()
@@ -167,7 +192,10 @@ def hf_trainer(ctx: TrialContext, cand: Candidate, steps: int) -> tuple[float, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run the three paths interleaved and write the medians."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.trial_overhead", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -177,7 +205,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
 
-    study = api.study_from_dict(
+    study = autopeft.study_from_dict(
         {
             "name": "bench",
             "model": args.model,
@@ -191,15 +219,17 @@ def main() -> None:
             },
         }
     )
-    ctx = TrialContext.create(study, cache_dir=Path("/tmp/autopeft-bench-cache"))
+    cache = Path(tempfile.gettempdir()) / "autopeft-bench-cache"
+    ctx = autopeft.TrialContext.create(study, cache_dir=cache)
     cand = candidate(ctx.profile.num_layers)
 
     # run_trial reports tokens/s over its training steps; the training seconds follow from it.
-    def autopeft_path(ctx, cand, steps):
+    def autopeft_path(ctx: Any, cand: Candidate, steps: int) -> tuple[float, float, float]:
         start = time.perf_counter()
-        res = run_trial(ctx, cand, steps=steps)
+        res = autopeft.run_trial(ctx, cand, steps=steps)
         wall = time.perf_counter() - start
-        assert res.status.value == "COMPLETE", res.error
+        if res.status is not autopeft.TrialStatus.COMPLETE or not res.tokens_per_s:
+            raise RuntimeError(f"run_trial: {res.status.value}: {res.error}")
         tokens = int(
             sum(
                 int(b["attention_mask"].sum())
@@ -230,10 +260,10 @@ def main() -> None:
                 "walls": [round(r[0], 3) for r in rs],
             }
         )
-    device = (
-        torch.cuda.get_device_name() if ctx.device.type == "cuda" else f"cpu-{platform.machine()}"
-    )
+    gpu = torch.cuda.get_device_name() if ctx.device.type == "cuda" else None
+    device = gpu or "cpu"
     result = {
+        "meta": provenance(gpu),
         "benchmark": "trial_overhead",
         "device": device,
         "torch_threads": torch.get_num_threads(),
@@ -245,9 +275,7 @@ def main() -> None:
         "reps": args.reps,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if ctx.device.type == "cuda" else "cpu"
-    (args.out / f"trial_overhead_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# Trial overhead ({device}, {args.model}, {cand.describe()}, {args.steps} steps, "
         f"batch {args.batch_size}, max length {args.max_length}, median of {args.reps})",
@@ -260,7 +288,7 @@ def main() -> None:
         f"{r['step_ratio_vs_bare']}x | {r['accuracy']} |"
         for r in rows
     ]
-    (args.out / f"trial_overhead_{tag}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out / f"trial_overhead_{tag}", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -24,11 +24,8 @@ def tiny_llama_profile():
 def postgres_url():
     """$AUTOPEFT_TEST_POSTGRES (CI starts one) or a server started by scripts/postgres.sh."""
     import contextlib
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import faults
+    from bench import faults
 
     stack = contextlib.ExitStack()
     try:

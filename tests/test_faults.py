@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import sys
-from pathlib import Path
 
 import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
-
-import faults  # noqa: E402
+from bench import faults
 
 N = 4  # trials per study: enough for a kill to land in every phase, short enough for CI
 

@@ -8,14 +8,9 @@ exit 0 or 2, each within 2 s, writing nothing. The cases are the same every run
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import fuzz  # noqa: E402
+from bench import fuzz
 
 
 @pytest.mark.parametrize(

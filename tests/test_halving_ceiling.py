@@ -9,15 +9,12 @@ import pytest
 
 from autopeft.core.halving import RUNG_DIRECTIONS
 from autopeft.core.pareto import hypervolume
+from autopeft.search.study import model_profile
+from bench import halving_ceiling as hc
+from bench import search_cost, surrogate
+from bench.common import ROOT, real_trials
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
-
-import halving_ceiling as hc  # noqa: E402
-import search_cost  # noqa: E402
-import surrogate  # noqa: E402
-
-from autopeft.search.study import model_profile  # noqa: E402
 
 REF = [0.5, 100.0, 100.0]
 
@@ -54,9 +51,7 @@ def test_the_ceiling_is_trials_over_what_a_clairvoyant_rule_spends():
 
 def test_one_seed_on_the_640_step_surrogate(tmp_path):
     data = BENCH / "results" / "real_trials_minilm_640.jsonl"
-    fitted = surrogate.Surrogate(
-        search_cost.real_trials(data), model_profile("minilm"), ("all", "log_params")
-    )
+    fitted = surrogate.Surrogate(real_trials(data), model_profile("minilm"), ("all", "log_params"))
     spec = search_cost.Spec("cost", "tpe", "tpe", False, 0, 30 * 640, 300 * 640, fidelity=640)
     # A target the run reaches early: 80% of the best front of the committed 40-seed runs.
     row = hc.analyse(spec, fitted, str(tmp_path), 0.8 * 0.472)
@@ -72,23 +67,29 @@ def test_one_seed_on_the_640_step_surrogate(tmp_path):
     assert all(c["improving"] <= c["needed"] for c in ceilings.values())
 
 
-def test_a_target_from_another_benchmark_is_refused_with_the_rule():
+def test_a_target_from_another_benchmark_is_refused_with_the_rule(tmp_path):
+    import json
     import subprocess
 
+    other = json.loads((BENCH / "results" / "search_cost_640_56.json").read_text())
+    other["meta"]["data"] = "real_trials_minilm_160.jsonl"
+    (tmp_path / "search_cost_160.json").write_text(json.dumps(other))
     out = subprocess.run(
         [
             sys.executable,
-            str(BENCH / "halving_ceiling.py"),
+            "-m",
+            "bench.halving_ceiling",
             "--data",
             str(BENCH / "results" / "real_trials_minilm_640.jsonl"),
             "--target-from",
-            str(BENCH / "results" / "search_cost_160.json"),
+            str(tmp_path / "search_cost_160.json"),
             "--seeds",
             "1",
         ],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=ROOT,
     )
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "--target-from: search_cost_160.json is of 'real_trials_minilm_160.jsonl'" in out.stderr

@@ -11,22 +11,17 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
+from autopeft.core.candidate import Candidate, ModuleConfig
+from autopeft.core.memory_model import CUDA_WORKSPACE_BYTES, MB, predict_memory
+from autopeft.core.model_profile import load_profile
+from autopeft.train.measured_memory import cuda_workspace_bytes
+from bench import memory_model
+from bench.common import RESULTS
 
-import memory_model  # noqa: E402
-
-from autopeft.core.candidate import Candidate, ModuleConfig  # noqa: E402
-from autopeft.core.memory_model import CUDA_WORKSPACE_BYTES, MB, predict_memory  # noqa: E402
-from autopeft.core.model_profile import load_profile  # noqa: E402
-from autopeft.train.measured_memory import cuda_workspace_bytes  # noqa: E402
-
-RESULTS = BENCH / "results"
 MEASURED = {
     "memory_model_h200_fit.json": 44,
     "memory_model_cuda_holdout.json": 44,
@@ -36,7 +31,10 @@ MEASURED = {
 
 @pytest.mark.parametrize("name", sorted(MEASURED))
 def test_committed_h200_peaks_are_predicted_within_15_percent(name):
-    rows = json.loads((RESULTS / name).read_text())
+    saved = json.loads((RESULTS / name).read_text())
+    rows = saved["rows"]
+    # The file names the commit it was measured (or committed) at.
+    assert saved["meta"]["git_commit"] and saved["meta"]["command"]
     assert len(rows) == MEASURED[name] and {r["gpu"] for r in rows} == {"NVIDIA H200"}
     again = memory_model.repredict(rows)
     errors = {
@@ -73,7 +71,9 @@ def test_workspace_is_static_cuda_memory_only():
     assert hopper.total_mb - older.total_mb == pytest.approx(62)
 
 
-@pytest.mark.parametrize("content", [None, "not json", "[]", '[{"model": "minilm"}]'])
+@pytest.mark.parametrize(
+    "content", [None, "not json", "[]", '[{"model": "minilm"}]', '{"rows": [{"model": "x"}]}']
+)
 def test_repredict_refuses_a_file_that_is_not_a_results_file(
     content, tmp_path, monkeypatch, capsys
 ):
@@ -86,3 +86,18 @@ def test_repredict_refuses_a_file_that_is_not_a_results_file(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "--repredict" in err and str(path) in err
+
+
+def test_repredict_rewrites_a_results_file_keeping_where_it_was_measured(tmp_path, monkeypatch):
+    path = tmp_path / "large.json"
+    path.write_text((RESULTS / "memory_model_cuda_holdout_large.json").read_text())
+    before = json.loads(path.read_text())
+    monkeypatch.setattr(sys, "argv", ["memory_model.py", "--repredict", str(path)])
+    memory_model.main()
+    after = json.loads(path.read_text())
+    # The measurement's provenance stays; the new prediction records its own.
+    assert {k: after["meta"][k] for k in before["meta"]} == before["meta"]
+    assert "python -m bench.memory_model --repredict" in after["meta"]["repredicted"]["command"]
+    assert [r["measured_mb"] for r in after["rows"]] == [r["measured_mb"] for r in before["rows"]]
+    text = path.with_suffix(".md").read_text()
+    assert f"at git commit `{before['meta']['git_commit']}`" in text.splitlines()[2]

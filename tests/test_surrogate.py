@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +14,11 @@ from autopeft.core.trial_result import TrialStatus
 from autopeft.search.local import run_local
 from autopeft.search.study import Study, model_profile
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))
-
 # Plain imports: a broken bench module must fail the tests, not skip them.
-import collect_real_trials as collect  # noqa: E402
-import fed_tpe  # noqa: E402
-import search_cost  # noqa: E402
-import surrogate  # noqa: E402
-from ladders import Ladder  # noqa: E402
+from bench import collect_real_trials as collect
+from bench import search_cost, surrogate
+from bench.common import RESULTS, bench_study, real_trials
+from bench.search_cost import Ladder
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +43,8 @@ def test_leave_one_out_error_is_sane(fitted):
 
 
 def test_runner_params_and_memory_are_exact(tmp_path, fitted):
-    study = Study(collect.bench_study("surrogate-test", halving={"enabled": False}), tmp_path)
-    runner = surrogate.for_study(study, fitted, seed=1)
+    study = Study(bench_study("surrogate-test", halving={"enabled": False}), tmp_path)
+    runner = fitted.runner(study, seed=1)
     registry = methods.registry()
     for seed in range(20):
         cand = study.space.sample(RandomSuggest(seed))
@@ -64,62 +58,30 @@ def test_runner_params_and_memory_are_exact(tmp_path, fitted):
         # Seeded: the same candidate gets the same accuracy within a run.
         assert runner.run(cand, None, set()).metrics == result.metrics
         # The oracle (halving's ceiling in bench/search_cost.py) shows it at every rung.
-        oracle = surrogate.for_study(study, fitted, seed=1, oracle=True).run(cand, None, {14})
+        oracle = fitted.runner(study, seed=1, oracle=True).run(cand, None, {14})
         assert [h["accuracy"] for h in oracle.history] == [result.metrics["accuracy"]] * 2
 
 
 def test_search_on_the_surrogate_with_halving(tmp_path, fitted):
-    study = Study(collect.bench_study("surrogate-search"), tmp_path)
-    run_local(study, 25, runner=surrogate.for_study(study, fitted), progress=False)
+    study = Study(bench_study("surrogate-search"), tmp_path)
+    run_local(study, 25, runner=fitted.runner(study), progress=False)
     statuses = {r.status for _, r in study.results()}
-    assert TrialStatus.PRUNED in statuses and study.front()
-
-
-def test_the_fed_tpe_sees_pruned_trials_complete_at_their_rung_and_the_study_keeps_them(
-    tmp_path, fitted
-):
-    from optuna.trial import TrialState
-
-    study = Study(collect.bench_study("surrogate-fed"), tmp_path)
-    fed_tpe.feed(study)
-    assert isinstance(study.optuna.sampler, fed_tpe.FedTPE)
-    run_local(study, 25, runner=surrogate.for_study(study, fitted), progress=False)
-    stored = study.optuna.get_trials(deepcopy=False)
-    pruned = [t for t in stored if t.state == TrialState.PRUNED]
-    assert pruned, "halving stopped some trials"
-    shown = {
-        t.number: t for t in fed_tpe.PrunedAsComplete(study.optuna, study.pruned_values).trials
-    }
-    for t in pruned:
-        values, fraction = study.pruned_values(t)
-        assert shown[t.number].state == TrialState.COMPLETE and shown[t.number].values == values
-        assert 0 < fraction < 1 and t.values is None  # the study's own trial is untouched
-    complete = [t for t in stored if t.state == TrialState.COMPLETE]
-    assert all(shown[t.number].values == t.values for t in complete)
-    # Only the state filter sees the change.
-    view = fed_tpe.PrunedAsComplete(study.optuna, study.pruned_values)
-    assert not view.get_trials(states=(TrialState.PRUNED,))
-    with pytest.raises(ValueError, match="tpe sampler"):
-        fed_tpe.feed(Study(collect.bench_study("fed-random", sampler={"name": "random"}), tmp_path))
-    assert Ladder.parse("0.25,1.0@3+oracle+fed") == Ladder((0.25, 1.0), 3.0, oracle=True, fed=True)
-    plain = Ladder.parse("0.125,0.5,1.0@3+plain")
-    assert plain == Ladder((0.125, 0.5, 1.0), 3.0, plain=True)
-    assert Ladder.title(plain.label(640)) == "Halving at rungs 80/320/640 with eta 3, plain MO-ASHA"
+    assert TrialStatus.PRUNED in statuses and study.front_points()
 
 
 def test_longer_fidelity_surrogate_prunes_at_its_rungs(tmp_path):
     """The 160-step real trials: learning starts before the rungs, so halving stops trials."""
-    data = BENCH / "results" / "real_trials_minilm_160.jsonl"
+    data = RESULTS / "real_trials_minilm_160.jsonl"
     fitted = surrogate.Surrogate.from_jsonl(data)
     assert fitted.steps == [20, 40, 80, 160]
-    config = collect.bench_study("surrogate-160", steps=160, rungs=[0.25, 0.5, 1.0], lr=2e-3)
+    config = bench_study("surrogate-160", steps=160, rungs=[0.25, 0.5, 1.0], lr=2e-3)
     study = Study(config, tmp_path)
-    run_local(study, 30, runner=surrogate.for_study(study, fitted), progress=False)
+    run_local(study, 30, runner=fitted.runner(study), progress=False)
     results = [r for _, r in study.results()]
     pruned = [r for r in results if r.status is TrialStatus.PRUNED]
     assert pruned and {r.steps for r in pruned} <= {40, 80}
     assert sum(r.steps for r in results) < 160 * len(results)
-    assert study.front()
+    assert study.front_points()
 
 
 def test_a_fidelity_where_every_trial_learns_fits_the_learner_curve_alone():
@@ -128,8 +90,7 @@ def test_a_fidelity_where_every_trial_learns_fits_the_learner_curve_alone():
     The floor is still known from the first evaluations (each trial predicts one class there),
     so a learner's final accuracy is never mistaken for the constant predictor's.
     """
-    data = BENCH / "results" / "real_trials_minilm_160.jsonl"
-    records = [json.loads(line) for line in data.read_text().splitlines() if line]
+    records = real_trials(RESULTS / "real_trials_minilm_160.jsonl")
     learners = [r for r in records if r["metrics"]["mcc"] != 0]
     assert 20 <= len(learners) < len(records)
     fitted = surrogate.Surrogate(learners, model_profile("minilm"))
@@ -154,8 +115,7 @@ def test_one_trial_alone_in_its_class_and_the_parameter_count_feature_set():
     has one class), so the weakest one is used, which places it below one half. Offered
     both feature sets, each curve step takes the one with the lower leave-one-out error.
     """
-    data = BENCH / "results" / "real_trials_minilm_160.jsonl"
-    records = [json.loads(line) for line in data.read_text().splitlines() if line]
+    records = real_trials(RESULTS / "real_trials_minilm_160.jsonl")
     head_only = [r for r in records if not r["candidate"]["modules"]]
     assert len(head_only) == 1 and head_only[0]["metrics"]["mcc"] == 0
     kept = [r for r in records if r["metrics"]["mcc"] != 0] + head_only
@@ -177,7 +137,7 @@ def test_one_trial_alone_in_its_class_and_the_parameter_count_feature_set():
 
 def test_the_640_step_surrogate_ranks_candidates_by_size():
     """The 640-step real trials: accuracy rises with size, and the fit carries that trend."""
-    data = BENCH / "results" / "real_trials_minilm_640.jsonl"
+    data = RESULTS / "real_trials_minilm_640.jsonl"
     fitted = surrogate.Surrogate.from_jsonl(data, feature_sets=("all", "log_params"))
     assert fitted.steps == [40, 80, 160, 320, 640]
     fit = fitted.report()
@@ -197,41 +157,6 @@ def test_the_640_step_surrogate_ranks_candidates_by_size():
     assert learner["loo_rmse"] < default["loo_rmse"]
 
 
-def test_the_rate_surrogate_knows_the_rate_and_runs_on_the_space_that_searches_it(tmp_path):
-    """Real trials that searched the learning rate: the surrogate takes it as a feature.
-
-    Whether a trial leaves the floor within 160 steps depends on its rate (1e-4 never does in
-    the data), so a candidate's chance to learn rises with the rate over the low end; the
-    studies run on ``bench_lr.yaml``, so every proposal carries a rate.
-    """
-    data = BENCH / "results" / "real_trials_minilm_lr_160.jsonl"
-    fitted = surrogate.Surrogate.from_jsonl(data, feature_sets=("all", "size_lr"))
-    assert fitted.with_lr and fitted.steps == [20, 40, 80, 160] and fitted.bimodal
-    fit = fitted.report()
-    assert fit["with_lr"] and fit["p_learn"]["loo_log_loss"] < fit["p_learn"]["constant_log_loss"]
-    assert (
-        fit["expected_final_accuracy"]["loo_mae"]
-        < fit["expected_final_accuracy"]["constant_loo_mae"]
-    )
-    space_file = collect.bench_space(fitted.with_lr)
-    assert space_file.name == "bench_lr.yaml"
-    config = collect.bench_study(
-        "surrogate-lr", steps=160, rungs=[0.25, 0.5, 1.0], space=space_file
-    )
-    study = Study(config, tmp_path)
-    cands = [study.space.sample(RandomSuggest(seed)) for seed in range(20)]
-    at = [
-        [fitted.p_learn(c.model_copy(update={"training": {"lr": lr}})) for c in cands]
-        for lr in (1e-4, 2e-3)
-    ]
-    assert sum(at[1]) > sum(at[0]) + 5  # 20 candidates: several more learn at 2e-3
-    run_local(study, 20, runner=surrogate.for_study(study, fitted), progress=False)
-    results = [r for _, r in study.results()]
-    assert all(1e-4 <= r.candidate.training["lr"] <= 1e-2 for r in results)
-    with pytest.raises(ValueError, match="searched the rate"):
-        surrogate.Surrogate.from_jsonl(surrogate.DATA, feature_sets=("all", "size_lr"))
-
-
 def test_the_collectors_shards_and_search_costs_ladders_parse_or_say_why():
     import argparse
 
@@ -246,7 +171,8 @@ def test_the_collectors_shards_and_search_costs_ladders_parse_or_say_why():
         Ladder((0.25, 1.0), 3.0, hopeless=True, oracle=True),
     )
     assert ladders[2].label(640) == "tpe-r160-640-e3-hopeless-oracle"
-    for bad in ("0.125,half@4", "0.25,1.0@3+psychic"):
+    # Retired flags (the fed TPE, plain MO-ASHA) are refused, with the rule.
+    for bad in ("0.125,half@4", "0.25,1.0@3+psychic", "0.25,1.0@3+fed", "0.25,1.0@3+plain"):
         with pytest.raises(argparse.ArgumentTypeError, match="rungs@eta"):
             search_cost.parse_ladders(bad)
     label = Ladder((0.125, 0.5, 1.0), 4.0).label(640)
@@ -271,9 +197,8 @@ def test_the_collectors_shards_and_search_costs_ladders_parse_or_say_why():
 
 def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
     """--merge: one target over the runs of several files; identical runs count once."""
-    results = BENCH / "results"
-    forty = json.loads((results / "search_cost_640_56_r80_40.json").read_text())
-    twenty = json.loads((results / "search_cost_640_56_ladders.json").read_text())
+    forty = json.loads((RESULTS / "search_cost_640_56_r80_40.json").read_text())
+    twenty = json.loads((RESULTS / "search_cost_640_56.json").read_text())
     # Seeds 0-2 of each: both files ran the default ladder on those seeds.
     parts = []
     for name, saved in (("a", forty), ("b", twenty)):
@@ -284,16 +209,18 @@ def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
     merged = json.loads((tmp_path / "merged.json").read_text())
     # A merge keeps no runs (they are in its parts, beside it), only what it summarised.
     assert "runs" not in merged and merged["meta"]["merged_from"] == ["a.json", "b.json"]
+    assert "python -m bench." in merged["meta"]["command"] and merged["meta"]["git_commit"]
     rows = {(r["label"], r["halving"]): r["seeds"] for r in merged["summary"]["rows"]}
     assert rows == {
         ("tpe", False): 3,
         ("tpe", True): 3,
-        ("tpe-r80-160-320-640-e3", True): 3,
+        ("tpe-r160-320-640-e3-hopeless", True): 3,
         ("tpe-r80-320-640-e3", True): 3,
     }
     best = max(r["hv"][-1] for saved in (forty, twenty) for r in saved["runs"])
     assert merged["summary"]["target"] == pytest.approx(search_cost.TARGET * best)
-    assert "It merges: `" in (tmp_path / "merged.md").read_text()
+    text = (tmp_path / "merged.md").read_text()
+    assert "It merges: `" in text and "at git commit `" in text.splitlines()[2]
     # A merge merged again is read through its parts: the same summary.
     search_cost.merge([tmp_path / "merged.json"], tmp_path / "again")
     again = json.loads((tmp_path / "again.json").read_text())
@@ -305,13 +232,17 @@ def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
     two = json.loads((tmp_path / "two.json").read_text())["summary"]["rows"]
     assert len(two) == 4 and {r["seeds"] for r in two} == {2}
     # --merge-best-from: the target of another file's best hypervolume.
-    search_cost.merge(parts, tmp_path / "theirs", best_from=results / "search_cost_640.json")
+    other = json.loads((RESULTS / "search_cost_640_56.json").read_text())
+    other["summary"]["best_hv"] = 0.5
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    search_cost.merge(parts, tmp_path / "theirs", best_from=tmp_path / "other.json")
     theirs = json.loads((tmp_path / "theirs.json").read_text())["summary"]
-    other = json.loads((results / "search_cost_640.json").read_text())["summary"]["best_hv"]
-    assert theirs["target"] == pytest.approx(search_cost.TARGET * other) and other != best
-    assert "search_cost_640.json" in (tmp_path / "theirs.md").read_text()
+    assert theirs["target"] == pytest.approx(search_cost.TARGET * 0.5)
+    assert "other.json" in (tmp_path / "theirs.md").read_text()
+    other["meta"]["data"] = "real_trials_minilm_160.jsonl"
+    (tmp_path / "search_cost_160.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="--merge-best-from: search_cost_160.json is of"):
-        search_cost.merge(parts, tmp_path / "x", best_from=results / "search_cost_160.json")
+        search_cost.merge(parts, tmp_path / "x", best_from=tmp_path / "search_cost_160.json")
     # Runs of another benchmark do not mix.
     twenty["meta"]["data"] = "real_trials_minilm_160.jsonl"
     parts[1].write_text(json.dumps(twenty))

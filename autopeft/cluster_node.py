@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 import time
@@ -36,7 +37,7 @@ def wait_for_nodes(address: str, expected: int, timeout: float, pids: list[int])
     import ray
 
     try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except Exception as err:  # noqa: BLE001 - any failure to connect ends the job the same way
         print(f"autopeft: cannot connect to the Ray head at {address}: {err}", file=sys.stderr)
         return 1

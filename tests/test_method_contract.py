@@ -88,3 +88,62 @@ def test_contract(arch, head, name, placement):
     else:
         assert changed_head == 0 and adapted.head_params == 0, "a causal LM has no trained head"
     assert changed_adapter > 0, f"no {name} parameter changed after one step"
+
+
+# -- traits: what the core reads of a type instead of special-casing its name ----------------
+
+
+@pytest.mark.parametrize("name", sorted(methods.registry()))
+def test_traits_are_consistent(name):
+    from autopeft.core.memory_model import SOURCES
+
+    spec, registry = methods.get(name), methods.registry()
+    if spec.virtual_tokens_param is not None:
+        # Prompt-like: a length parameter of the type, and the tokens are inputs, so the
+        # gradient reaches the embeddings.
+        assert spec.virtual_tokens_param in spec.default_space
+        assert spec.trains_embeddings
+    if spec.input_source is not None:
+        assert spec.input_source in SOURCES
+        assert not spec.default_targets, "a targeted module reads its targets' inputs"
+    if spec.saves_input and spec.uses_layers and not spec.default_targets:
+        assert spec.input_source is not None, f"{name}: which block tensor does it read?"
+    for flag, (other, what) in spec.overlaps.items():
+        assert isinstance(spec.default_space.get(flag), bool), f"{name}.{flag} is no flag"
+        assert other in registry and other != name and what
+
+
+def test_the_memory_model_reads_the_traits(tiny_llama_profile):
+    from autopeft.core.candidate import ModuleConfig
+    from autopeft.core.memory_model import module_input_elements, predict_memory
+
+    profile, registry = tiny_llama_profile, methods.registry()
+    layers = tuple(range(profile.num_layers))
+
+    def inputs(method: str, targets: tuple[str, ...] = (), **params) -> int:
+        cfg = ModuleConfig(method=method, params=params, layers=layers, targets=targets)
+        return module_input_elements(profile, Candidate(modules=(cfg,)), methods=registry)
+
+    hidden, blocks = profile.hidden_size, profile.num_layers
+    assert inputs("serial_adapter", size=8) == blocks * hidden  # ffn_out
+    assert inputs("parallel_adapter", size=8) == blocks * hidden  # ffn_in
+    assert inputs("bitfit", ("q", "v"), norms=True) == 0  # a bias needs no saved input
+    assert inputs("lora", ("q", "v"), rank=4) == blocks * hidden  # q and v share attn_in
+
+    # Another registry's traits change the prediction: the core names no type itself.
+    class ReadsNothing(type(methods.get("serial_adapter"))):
+        saves_input = False
+
+    cfg = ModuleConfig(method="serial_adapter", params={"size": 8}, layers=layers)
+    candidate = Candidate(modules=(cfg,))
+    changed = {**registry, "serial_adapter": ReadsNothing()}
+    assert module_input_elements(profile, candidate, methods=changed) == 0
+    plain = predict_memory(profile, candidate, 1000, 4, 16, "cpu", methods=registry)
+    assert predict_memory(profile, candidate, 1000, 4, 16, "cpu") == plain  # the default
+    assert predict_memory(profile, candidate, 1000, 4, 16, "cpu", methods=changed) != plain
+
+    dora = ModuleConfig(
+        method="lora", params={"rank": 4, "use_dora": True}, layers=layers, targets=("q",)
+    )
+    assert methods.get("lora").weight_decomposed(dora)
+    assert not methods.get("lora").weight_decomposed(dora.model_copy(update={"params": {}}))

@@ -100,7 +100,9 @@ def _short(value: Scalar) -> str:
 
 
 def _ranges(idx: tuple[int, ...]) -> str:
-    out, start, prev = [], None, None
+    out: list[str] = []
+    start: int | None = None
+    prev = 0  # set with start
     for i in idx:
         if start is None:
             start = prev = i

@@ -113,6 +113,7 @@ def parse_study(
     source: str | None = None,
     base_dir: Path | None = None,
     kinds: dict[str, Any] | None = None,
+    samplers: dict[str, Any] | None = None,
 ) -> StudyConfig:
     """Validate a study; ``search_space`` may be inline or a path relative to the file.
 
@@ -121,6 +122,8 @@ def parse_study(
         methods: the module registry, to check module parameters.
         kinds: the task-kind registry (``autopeft.tasks``), for the task's fields, metrics
             and defaults; None leaves them unchecked.
+        samplers: the sampler registry (``autopeft.search.samplers``), for the sampler's
+            name and traits; None checks against the built-in samplers.
         source: the file name errors are reported under.
         base_dir: the study file's folder, or None for a study built in Python: relative
             paths (``search_space``, ``task.path``, a local ``task.hf_dataset``) are then
@@ -142,7 +145,8 @@ def parse_study(
             space_path = Path(space)
         raw["search_space"] = read_yaml(space_path)
     try:
-        return StudyConfig.model_validate(raw, context={"methods": methods, "tasks": kinds})
+        context = {"methods": methods, "tasks": kinds, "samplers": samplers}
+        return StudyConfig.model_validate(raw, context=context)
     except ValidationError as err:
         raise ConfigError(from_pydantic(err), source=source) from None
 
@@ -184,10 +188,13 @@ def _absolute(path: Path) -> Path:
 
 
 def load_config(
-    path: str | Path, methods: dict[str, Any], kinds: dict[str, Any] | None = None
+    path: str | Path,
+    methods: dict[str, Any],
+    kinds: dict[str, Any] | None = None,
+    samplers: dict[str, Any] | None = None,
 ) -> SearchSpace | StudyConfig:
     """Load a study file or a bare search-space file (registries as for :func:`parse_study`)."""
     raw = read_yaml(path)
     if is_study(raw):
-        return parse_study(raw, methods, str(path), Path(path).parent, kinds)
+        return parse_study(raw, methods, str(path), Path(path).parent, kinds, samplers)
     return parse_space(raw, methods, str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,7 +51,7 @@ class Problem:
     def render(self) -> str:
         """Return the one-paragraph text of the problem."""
         text = f"- {self.path}: {self.rule}"
-        if self.value is not None and "but got" not in self.rule:
+        if self.value is not None and not _says(self.rule, self.value):
             text += f", but got {show(self.value)}"
         text = text.rstrip(".") + "."
         if self.hint:
@@ -60,6 +61,23 @@ class Problem:
 
     def __repr__(self) -> str:
         return f"Problem({self.render()!r})"
+
+
+def _says(rule: str, value: Any) -> bool:
+    """Whether ``rule`` already shows ``value`` (so the paragraph need not repeat it).
+
+    A rule that names the value (``unknown sampler 'bayes'``, ``no such file: /x.csv``) or
+    says ``but got`` itself would otherwise echo it a second time. Only quoted strings,
+    containers and path-like strings count: a number or a bare word in a rule is too often
+    a bound (``greater than 1``) or an ordinary word (``a``) rather than the value.
+    """
+    if "but got" in rule:
+        return True
+    if isinstance(value, (str, list, tuple, dict)) and len(repr(value)) > 2 and repr(value) in rule:
+        return True
+    if not isinstance(value, str) or len(value) < 3 or value.isalpha():
+        return False
+    return re.search(rf"(?<![\w.-]){re.escape(value)}(?![\w-])", rule) is not None
 
 
 def show(value: Any, limit: int = 80) -> str:
@@ -120,7 +138,7 @@ class RuleError(ValueError):
 
 def from_pydantic(exc: Any, prefix: str = "") -> list[Problem]:
     """Translate a pydantic ``ValidationError`` into problems with dotted paths and hints."""
-    problems = []
+    problems: list[Problem] = []
     for err in exc.errors(include_url=False):
         loc = _clean_loc(err.get("loc", ()))
         message = err.get("msg", "invalid value")
@@ -129,8 +147,14 @@ def from_pydantic(exc: Any, prefix: str = "") -> list[Problem]:
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, RuleError):
             message, hint = cause.rule, cause.hint
-            value = value if cause.value is _NO_VALUE else cause.value
-            loc += str(cause.path).split(".") if cause.path is not None else []
+            below = str(cause.path).split(".") if cause.path is not None else []
+            if cause.value is not _NO_VALUE:
+                value = cause.value
+            elif below:
+                # pydantic's input is the validated section, not the field below it that
+                # the rule is about: echo that field's value, never the whole section.
+                value = _value_at(value, below, loc[-1:])
+            loc += below
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         path = ".".join(([prefix] if prefix else []) + loc)
@@ -155,6 +179,19 @@ def from_pydantic(exc: Any, prefix: str = "") -> list[Problem]:
 
 
 _SHOULD = "Input should be "
+
+
+def _value_at(data: Any, path: list[str], parent: list[str]) -> Any:
+    """The value at ``path`` inside ``data`` (or inside ``data[parent]``), else None."""
+    for keys in (path, parent + path):
+        node = data
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                break
+            node = node[key]
+        else:
+            return node
+    return None
 
 
 #: The names pydantic gives the branches of a scalar union (a choice's values).

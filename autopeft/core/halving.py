@@ -12,8 +12,8 @@ search is after. Until ``min_peers`` peers reached the rung, every trial continu
 Unlike MO-ASHA, ties in rung accuracy go the trial's way. Trainable parameters and memory
 are exact at any fidelity, accuracy is not: early in training many trials sit at the same
 floor (the majority-class rate), and ranking them then sorts them by cost alone, which stops
-exactly the larger candidates that would learn later (seen once with older code in
-``bench/results/search_cost.md``; where ties are rare, on the 640-step bench surrogate, the
+exactly the larger candidates that would learn later (seen once with older code in a
+search-cost run, bench/LOG.md; where ties are rare, on the 640-step bench surrogate, the
 two rules measure the same: ``bench/results/search_cost_640_56_rule_40.md``). So the trial
 is ranked with its accuracy raised by ``min_delta`` and a hair: a peer must be *more*
 accurate (by more than ``min_delta``) and no more costly to dominate it. A trial stops only

@@ -37,17 +37,18 @@ Besides the model, CUDA training keeps PyTorch's cuBLAS workspaces in the cachin
 one per (handle, stream), and a training step uses two handles, the forward's thread and
 autograd's device thread (see ``cuda_workspace_bytes``).
 
-The coefficients are per device and architecture family, fitted by
-``bench/memory_model.py --fit`` to measured figures; `autopeft.train.measured_memory`
-measures the real peak to keep them honest.
+The coefficients are per device and architecture family, fitted to measured figures by
+``autopeft.memory_fit`` (``python -m bench.memory_model --fit``, ``python -m bench.memory_levers
+--fit``); `autopeft.train.measured_memory` measures the real peak to keep them honest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
-from autopeft.core.candidate import Candidate
+from autopeft.core.candidate import Candidate, ModuleConfig
 from autopeft.core.levers import DTYPE_BYTES, Levers, quantized_linear_bytes
 from autopeft.core.model_profile import Linear, ModelProfile
 
@@ -82,7 +83,8 @@ class Terms(NamedTuple):
     checkpoints: float = 0.0
 
 
-#: Per device and family, fitted by ``bench/memory_model.py --fit`` to measured peaks. A device
+#: Per device and family, fitted by ``autopeft.memory_fit`` (``python -m bench.memory_levers
+#: --fit``, ``python -m bench.memory_model --fit``) to measured peaks. A device
 #: without a fit for a family uses the CPU coefficients at its own activation width.
 #: CPU: step estimates (``cpu_step_peak_mb``) of bench/results/memory_model_cpu.md and
 #: memory_levers_cpu.md, fitted together, non-negative; DoRA keeps about three fp32
@@ -134,10 +136,37 @@ _SOURCE = {
     "ffn_gate": "ffn_in",
     "ffn_down": "ffn_mid",
 }
-#: Native modules without targets and the source they read.
-_NATIVE_SOURCE = {"serial_adapter": "ffn_out", "parallel_adapter": "ffn_in"}
-#: Modules that need no saved input for their own gradient (bias-like or outside blocks).
-_NO_INPUT = {"bitfit", "prompt", "prefix", "ln_tuning"}
+#: The tensors of a block a module can read (``MethodSpec.input_source`` names one).
+SOURCES = ("attn_in", "attn_ctx", "ffn_in", "ffn_mid", "ffn_out")
+
+
+class MethodTraits(Protocol):
+    """What the memory model reads of a module type (``MethodSpec`` declares it).
+
+    The registry reaches the core as an argument (``methods``), as for ``core.resolve``.
+    """
+
+    @property
+    def saves_input(self) -> bool:
+        """Whether its gradient needs a saved input tensor (False: bias-like modules)."""
+
+    @property
+    def input_source(self) -> str | None:
+        """The block tensor (one of :data:`SOURCES`) a module without targets reads."""
+
+    def weight_decomposed(self, cfg: ModuleConfig) -> bool:
+        """Whether the module rescales each adapted linear's output (DoRA)."""
+
+
+def method_traits(methods: Mapping[str, MethodTraits] | None) -> Mapping[str, MethodTraits]:
+    """``methods``, or the built-in module registry for callers that pass none."""
+    if methods is not None:
+        return methods
+    # Imported here: the core takes registries as arguments; this default serves callers
+    # written before the traits moved into MethodSpec (the methods package is torch-free).
+    from autopeft import methods as registry
+
+    return registry.registry()
 
 
 @dataclass(frozen=True)
@@ -182,13 +211,18 @@ def gradient_path_weights(profile: ModelProfile, blocks: int) -> int:
 
 
 def module_input_elements(
-    profile: ModelProfile, candidate: Candidate, per_block: bool = False
+    profile: ModelProfile,
+    candidate: Candidate,
+    per_block: bool = False,
+    methods: Mapping[str, MethodTraits] | None = None,
 ) -> int:
     """Elements per token of the distinct tensors trainable modules read.
 
     Over all blocks, or (``per_block``) in the block that reads the most: what one
-    recomputed block keeps under gradient checkpointing.
+    recomputed block keeps under gradient checkpointing. ``methods`` is the module registry
+    (None: the built-in one).
     """
+    traits = method_traits(methods)
     width = {
         "attn_in": profile.hidden_size,
         "attn_ctx": profile.num_heads * profile.head_dim,
@@ -198,11 +232,12 @@ def module_input_elements(
     }
     sources: set[tuple[int, str]] = set()
     for m in candidate.modules:
-        if m.method in _NO_INPUT:
+        spec = traits[m.method]
+        if not spec.saves_input:
             continue
         for layer in m.layers:
-            if m.method in _NATIVE_SOURCE:
-                sources.add((layer, _NATIVE_SOURCE[m.method]))
+            if spec.input_source is not None:
+                sources.add((layer, spec.input_source))
             for target in m.targets:
                 sources.add((layer, _SOURCE[target]))
     if not per_block:
@@ -220,20 +255,23 @@ def activation_terms(
     seq_len: int,
     embeddings_trained: bool = False,
     checkpointing: bool = False,
+    methods: Mapping[str, MethodTraits] | None = None,
 ) -> Terms:
     """The elements each activation coefficient multiplies, for one trial's longest batch.
 
     ``batch_size`` is the rows of one forward pass (a micro batch). Under gradient
     checkpointing the per-block terms count the one block being recomputed, and the block
-    inputs kept for recomputation are a term of their own.
+    inputs kept for recomputation are a term of their own. ``methods``: the module registry
+    (None: the built-in one).
     """
     tokens = batch_size * seq_len
     blocks = blocks_with_gradient(profile, candidate, embeddings_trained)
     live = min(blocks, 1) if checkpointing else blocks
+    traits = method_traits(methods)
     dora = [
         profile.linear(layer, target)
         for m in candidate.modules
-        if m.params.get("use_dora")
+        if traits[m.method].weight_decomposed(m)
         for layer in m.layers
         for target in m.targets
     ]
@@ -242,7 +280,7 @@ def activation_terms(
         hidden=tokens * live * profile.hidden_size,
         inter=tokens * live * profile.intermediate_size,
         attention=tokens * live * profile.num_heads * seq_len,
-        inputs=tokens * module_input_elements(profile, candidate, per_block=checkpointing),
+        inputs=tokens * module_input_elements(profile, candidate, checkpointing, methods),
         transient=tokens * profile.intermediate_size,
         dora_outputs=tokens * sum(lin.out_features for lin in dora),
         dora_weights=sum(lin.in_features * lin.out_features for lin in dora),
@@ -286,6 +324,7 @@ def predict_memory(
     embeddings_trained: bool = False,
     workspace_bytes: int | None = None,
     levers: Levers | None = None,
+    methods: Mapping[str, MethodTraits] | None = None,
 ) -> MemoryPrediction:
     """Predict the peak memory of training ``candidate``.
 
@@ -297,11 +336,14 @@ def predict_memory(
         seq_len: the longest sequence (tokens, prefix/prompt tokens included).
         device: ``cuda`` (autocast: activations stored in 2 bytes) or ``cpu`` (fp32, or the
             base's precision under CPU autocast).
-        embeddings_trained: True for methods whose gradient reaches the input embeddings.
+        embeddings_trained: True when a module's gradient reaches the input embeddings
+            (``MethodSpec.trains_embeddings``).
         workspace_bytes: the cuBLAS workspaces on the GPU that will train (a CUDA device's
             figure from ``autopeft.train.measured_memory.cuda_workspace_bytes``); None
             assumes Hopper's.
         levers: the trial's memory levers (None: an fp32 base, no checkpointing).
+        methods: the module registry, for each type's traits (``MethodSpec.saves_input``,
+            ``input_source``, ``weight_decomposed``); None: the built-in registry.
     """
     levers = levers or Levers(batch_size, batch_size, seq_len)
     autocast = device == "cuda" or levers.dtype != "fp32"
@@ -312,7 +354,13 @@ def predict_memory(
     blocks = blocks_with_gradient(profile, candidate, embeddings_trained)
     coeffs = activation_coeffs(profile.family, device)
     terms = activation_terms(
-        profile, candidate, batch_size, seq_len, embeddings_trained, levers.gradient_checkpointing
+        profile,
+        candidate,
+        batch_size,
+        seq_len,
+        embeddings_trained,
+        levers.gradient_checkpointing,
+        methods,
     )
     activations = int(act_bytes * sum(c * x for c, x in zip(coeffs, terms)))
     copies = workspace = 0

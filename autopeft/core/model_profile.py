@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.core.errors import ConfigError, Problem, did_you_mean
-from autopeft.core.model_dirs import resolve_model_dir
+from autopeft.core.model_dirs import (  # the names too: autopeft.train.models reads them here
+    BUNDLED_CONFIGS,
+    TINY_CONFIGS,
+    resolve_model_dir,
+)
 
 #: Canonical sub-layer names a placement may target, with what they mean.
 TARGETS: dict[str, str] = {
@@ -77,48 +81,6 @@ LOCAL_TARGETS: dict[str, dict[str, str]] = {
 KNOWN_TARGET_NAMES = (
     set(TARGETS) | set(TARGET_GROUPS) | {n for names in LOCAL_TARGETS.values() for n in names}
 )
-
-#: Bundled models shipped in another format (SmolLM2 as GGUF, converted on first use by
-#: ``autopeft.train.bundled``): their ``config.json`` ships in ``core/model_configs/`` so
-#: ``validate`` profiles them without torch or the conversion.
-BUNDLED_CONFIGS: dict[str, str] = {"smollm2": "smollm2.json"}
-
-#: Tiny architectures built from config, for tests and benchmarks of the machinery itself
-#: (plain ``config.json`` dicts: ``validate --model tiny-llama`` needs no torch).
-TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny-bert": dict(
-        model_type="bert",
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    ),
-    "tiny-llama": dict(
-        model_type="llama",
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    ),
-    "tiny-gpt2": dict(
-        model_type="gpt2",
-        vocab_size=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        n_positions=64,
-        bos_token_id=2,
-        eos_token_id=2,
-        pad_token_id=0,
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -306,7 +268,7 @@ def _llama(cfg: dict[str, Any], num_labels: int, head: str) -> ModelProfile:
                 "ffn_gate_up": Linear(f"{base}.mlp.gate_up_proj", hidden, 2 * inter, False),
                 "ffn_down": sub["ffn_down"],
             }
-        norms = (
+        norms: tuple[Norm, ...] = (
             Norm(f"{base}.input_layernorm", hidden, False),
             Norm(f"{base}.post_attention_layernorm", hidden, False),
         )

@@ -27,10 +27,14 @@ from autopeft.core.model_profile import KNOWN_TARGET_NAMES
 class Suggest(Protocol):
     """The subset of ``optuna.Trial`` that sampling uses."""
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
         """An integer in ``[low, high]``."""
 
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
         """A real in ``[low, high]``."""
 
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any:

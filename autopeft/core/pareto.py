@@ -7,7 +7,7 @@ into minimisation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 Point = Sequence[float]
 
@@ -151,3 +151,14 @@ def knee_point(points: Sequence[Point], directions: Sequence[str]) -> int | None
     spans = [max(col) - lo or 1.0 for col, lo in zip(zip(*pts), lows)]
     dist = [sum(((v - lo) / s) ** 2 for v, lo, s in zip(p, lows, spans)) for p in pts]
     return front[min(range(len(front)), key=lambda k: (dist[k], front[k]))]
+
+
+def known(values: list[float | None]) -> list[float] | None:
+    """``values`` when every one is known, else None."""
+    out = present(values)
+    return out if len(out) == len(values) else None
+
+
+def present(values: Iterable[float | None]) -> list[float]:
+    """The known ones of ``values``, in order."""
+    return [v for v in values if v is not None]

@@ -40,7 +40,9 @@ class RandomSuggest:
         self.rng = random.Random(seed)
         self.params: dict[str, Any] = {}
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
         """A random integer (log-uniform when ``log``)."""
         if log:
             value = int(round(math.exp(self.rng.uniform(math.log(low), math.log(high)))))
@@ -49,7 +51,9 @@ class RandomSuggest:
         self.params[name] = value
         return value
 
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
         """A random real (log-uniform when ``log``)."""
         if log:
             value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
@@ -92,6 +96,7 @@ class ModulePlan:
 
     def _value(self, s: Suggest, key: str, name: str, hidden: int) -> Any:
         p = self.params[key]
+        v: Any
         if isinstance(p, IntParam):
             v = s.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
         elif isinstance(p, FloatParam):
@@ -252,7 +257,7 @@ class ResolvedSpace:
     """A :class:`SearchSpace` on a concrete model profile."""
 
     def __init__(self, space: SearchSpace, profile: ModelProfile, methods: dict[str, Any]):
-        self.space, self.profile = space, profile
+        self.space, self.profile, self.methods = space, profile, methods
         self.plans: list[ModulePlan] = []
         try:
             self.shared_layers = resolve_layers(space.layers, profile.num_layers)
@@ -289,7 +294,7 @@ class ResolvedSpace:
                     f"{name} cannot adapt this {self.profile.family} model's {', '.join(conv)}: "
                     "they are Conv1D projections, and peft's implementation takes only "
                     "nn.Linear layers",
-                    "use lora, ia3, vera or an adapter module on this model",
+                    "use a type that takes them on this model: " + self._conv1d_types(),
                     path="targets",
                 )
         # `shared` stays true only when the shared placement is searched; a fixed shared
@@ -308,6 +313,10 @@ class ResolvedSpace:
 
     def _conv1d(self, target: str) -> bool:
         return any(layer.sublayers[target].conv1d for layer in self.profile.layers)
+
+    def _conv1d_types(self) -> str:
+        """The registered types that adapt Conv1D projections (or need no targets)."""
+        return ", ".join(sorted(n for n, s in self.methods.items() if s.supports_conv1d))
 
     def _targets(self, names: list[str]) -> tuple[str, ...]:
         available = self.profile.available_targets
@@ -443,14 +452,18 @@ class DomainRecorder:
     def __init__(self) -> None:
         self.domains: dict[str, str] = {}
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
         """Record an int domain; return ``high``."""
         self.domains[name] = (
             f"int {low}..{high}" + (" log" if log else "") + (f" step {step}" if step != 1 else "")
         )
         return high
 
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
         """Record a float domain; return ``high``."""
         self.domains[name] = f"float {low:g}..{high:g}" + (" log" if log else "")
         return high

@@ -51,6 +51,8 @@ class MethodInfo(Protocol):
     default_targets: tuple[str, ...]
     uses_layers: bool
     supports_per_layer: bool
+    #: ``{flag: (other type, what both train)}`` (see ``MethodSpec.overlaps``).
+    overlaps: dict[str, tuple[str, str]]
 
 
 class ModuleSpace(BaseModel):
@@ -228,19 +230,18 @@ class SearchSpace(BaseModel):
         return value
 
 
-#: (module, its flag, other module): when the flag can be true, both train the same tensors,
-#: so the exact parameter count of a candidate would count them twice.
-OVERLAPS = [("bitfit", "norms", "ln_tuning")]
-
-
 def _check_overlaps(modules: dict[str, ModuleSpace], methods: dict[str, Any]) -> None:
-    for name, flag, other in OVERLAPS:
-        if name in modules and other in modules:
+    # A type's flag that, when it can be true, trains another type's tensors
+    # (MethodSpec.overlaps): the exact parameter count of a candidate would count them twice.
+    for name in modules:
+        for flag, (other, what) in methods[name].overlaps.items():
+            if other not in modules:
+                continue
             value = modules[name].params.get(flag, methods[name].default_space.get(flag))
             values = value.values() if isinstance(value, ChoiceParam) else [value]
             if True in values:
                 raise RuleError(
-                    f"{name} with {flag}: true and {other} both train the LayerNorm biases",
+                    f"{name} with {flag}: true and {other} both train {what}",
                     f"set {name}: {{{flag}: false}} when {other} is searched",
                     value,
                     path=f"{name}.{flag}",
@@ -284,6 +285,7 @@ def _check_param_type(name: str, key: str, param: Any, default: Any) -> None:
             want = int if default["type"] == "int" else float
     else:
         want = _kind(default)
+    values: list[Any]
     if isinstance(param, (IntParam, FloatParam)):
         values = [param.low, param.high]
         if want is int and isinstance(param, FloatParam):

@@ -30,12 +30,28 @@ METRICS = {
 }
 #: The task kind of a study that does not name one.
 DEFAULT_KIND = "classification"
+#: The built-in samplers (``autopeft.search.samplers``), for validation when the caller
+#: passes no sampler registry (the pydantic context ``samplers``), e.g. a stored configuration
+#: read back: the sampler contract test checks they are the registry's own.
 SAMPLERS = ("random", "tpe", "nsga2", "gp", "qnehvi", "autopeft")
 #: Objectives known before training: the method formulas give the parameters, the memory model
 #: the memory (calibrated on the study's measurements by the pool samplers).
 KNOWN_METRICS = ("trainable_params", "peak_memory", "predicted_memory")
-#: Samplers that model only the measured objectives and need at least one.
+#: The built-in samplers that model only the measured objectives and need at least one
+#: (a registered sampler's ``pool`` trait).
 POOL_SAMPLERS = ("qnehvi", "autopeft")
+
+
+def known_samplers(info: ValidationInfo) -> dict[str, bool]:
+    """Sampler names, each with whether it needs a measured objective to model.
+
+    From the validation context's ``samplers`` registry (name -> a spec with a ``pool``
+    trait, ``autopeft.search.samplers.registry()``), else the built-in samplers.
+    """
+    registry = (info.context or {}).get("samplers")
+    if registry is None:
+        return {name: name in POOL_SAMPLERS for name in SAMPLERS}
+    return {name: bool(spec.pool) for name, spec in registry.items()}
 
 
 class _Section(BaseModel):
@@ -124,15 +140,15 @@ class TaskConfig(_Section):
     #: Render rows with the tokenizer's chat template (None: when the tokenizer has one).
     chat_template: bool | None = None
     #: Greedy generation length for ``exact_match``.
-    max_new_tokens: int = Field(32, ge=1, le=4096)
+    max_new_tokens: int = Field(default=32, ge=1, le=4096)
     #: Held-out rows generated from for ``exact_match`` at each evaluation.
-    generate_examples: int = Field(100, ge=1)
+    generate_examples: int = Field(default=100, ge=1)
     #: A scoring function ``package.module:function``, called as ``function(predictions,
     #: references) -> float`` on the greedy answers: the metric ``score`` (higher is better).
-    scorer: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    scorer: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     #: The task metric (default: the kind's, or the one among the objectives).
     metric: str = "accuracy"
-    max_length: int = Field(64, ge=8, le=32768)
+    max_length: int = Field(default=64, ge=8, le=32768)
 
     @field_validator("kind")
     @classmethod
@@ -149,23 +165,23 @@ class TaskConfig(_Section):
 class TrainingConfig(_Section):
     """The per-trial training recipe and the fidelity ladder for successive halving."""
 
-    steps: int = Field(100, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(5e-3, gt=0)  # PEFT modules want a larger rate than full fine-tuning
-    weight_decay: float = Field(0.0, ge=0)
-    warmup: float = Field(0.06, ge=0, le=1)
+    steps: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=5e-3, gt=0)  # PEFT modules want a larger rate than full fine-tuning
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup: float = Field(default=0.06, ge=0, le=1)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
-    max_grad_norm: float = Field(1.0, gt=0)
-    eval_every: int = Field(50, ge=1)
-    eval_examples: int = Field(1000, ge=1)
-    seed: int = Field(0, ge=0, lt=2**32)  # NumPy's generators take seeds below 2**32
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=50, ge=1)
+    eval_examples: int = Field(default=1000, ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**32)  # NumPy's generators take seeds below 2**32
     rungs: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
     # Memory levers (autopeft.core.levers): fixed here, or searched in search_space.training.
     gradient_checkpointing: bool = False
     #: Rows per forward/backward (None: the whole batch); must divide batch_size.
-    micro_batch_size: int | None = Field(None, ge=1)
+    micro_batch_size: int | None = Field(default=None, ge=1)
     #: The longest training row in tokens (None: task.max_length, which evaluation keeps).
-    max_length: int | None = Field(None, ge=8, le=32768)
+    max_length: int | None = Field(default=None, ge=8, le=32768)
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     quantization: Literal["none", "nf4", "fp4", "nf4-dq", "fp4-dq", "int8"] = "none"
 
@@ -215,11 +231,11 @@ class HalvingConfig(_Section):
     """Pareto-aware successive halving over the training rungs (``training.rungs``)."""
 
     enabled: bool = True
-    eta: float = Field(3.0, gt=1)
-    min_peers: int = Field(3, ge=1)
+    eta: float = Field(default=3.0, gt=1)
+    min_peers: int = Field(default=3, ge=1)
     #: How much more accurate (in the objective metric) a peer must be at a rung to count as
     #: evidence for stopping a trial; see :mod:`autopeft.core.halving`.
-    min_delta: float = Field(0.0, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
     #: Also stop, at a rung, a trial that the finished trials show cannot reach the front
     #: even with the largest gain any of them made from there (see autopeft.core.halving).
     stop_hopeless: bool = False
@@ -231,19 +247,20 @@ class SamplerConfig(_Section):
     name: str = "tpe"
     #: Random trials before the model-based proposals; for ``nsga2`` the population size
     #: (None: 5 for ``tpe``, 20 for ``nsga2``, 100 for ``autopeft``, 10 otherwise).
-    n_startup_trials: int | None = Field(None, ge=0)
+    n_startup_trials: int | None = Field(default=None, ge=0)
     #: Proposals evaluated at once by the Ray executor, pending ones known to the sampler
     #: (None: 4 for ``autopeft``, as in the paper; otherwise as many as resources allow).
     #: For ``autopeft`` also the proposals made from one SAAS fit, in either executor.
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
     #: NumPy's random generators (Optuna's samplers) take seeds below 2**32.
-    seed: int | None = Field(0, ge=0, lt=2**32)
+    seed: int | None = Field(default=0, ge=0, lt=2**32)
 
     @field_validator("name")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise RuleError(f"unknown sampler {value!r}", did_you_mean(value, SAMPLERS))
+    def _name(cls, value: str, info: ValidationInfo) -> str:
+        known = known_samplers(info)
+        if value not in known:
+            raise RuleError(f"unknown sampler {value!r}", did_you_mean(value, list(known)))
         return value
 
 
@@ -280,7 +297,7 @@ class StudyConfig(_Section):
     )
     sampler: SamplerConfig = SamplerConfig()
     halving: HalvingConfig = HalvingConfig()
-    n_trials: int = Field(20, ge=1)
+    n_trials: int = Field(default=20, ge=1)
     executor: Literal["local", "ray"] = "local"
     storage: str | None = None
 
@@ -310,8 +327,8 @@ class StudyConfig(_Section):
             # A metric the kind does not measure is refused at task.metric, after validation.
             known = chosen if chosen in kind.metrics else kind.default_metric
             goal = known if kind.metrics[known] != "minimize" else f"-{known}"
-            objectives = [goal, "-trainable_params", "-peak_memory"]
-            return {**data, "task": {**task, "metric": chosen}, "objectives": objectives}
+            defaults = [goal, "-trainable_params", "-peak_memory"]
+            return {**data, "task": {**task, "metric": chosen}, "objectives": defaults}
         try:
             objectives = parse_objectives(data["objectives"], kind.metrics)
         except RuleError:
@@ -469,9 +486,10 @@ class StudyConfig(_Section):
         return {"name": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _sampler_has_something_to_model(self) -> StudyConfig:
+    def _sampler_has_something_to_model(self, info: ValidationInfo) -> StudyConfig:
         names = [o.metric for o in self.objectives]
-        if self.sampler.name in POOL_SAMPLERS and all(n in KNOWN_METRICS for n in names):
+        pool = known_samplers(info).get(self.sampler.name, False)
+        if pool and all(n in KNOWN_METRICS for n in names):
             raise RuleError(
                 f"sampler {self.sampler.name!r} needs a measured objective to model, "
                 f"but got only objectives known before training: {', '.join(names)}",

@@ -85,7 +85,7 @@ class AdaLoRA(MethodSpec):
             task_type=profile.task_type,
             init_r=int(cfg.params["rank"]),
             target_r=int(cfg.params["target_r"]),
-            lora_alpha=float(cfg.params["alpha"]),
+            lora_alpha=float(cfg.params["alpha"]),  # type: ignore[arg-type]  # peft: int; a float scales
             lora_dropout=float(cfg.params["dropout"]),
             tinit=tinit,
             tfinal=tfinal,

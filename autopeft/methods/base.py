@@ -87,6 +87,22 @@ class MethodSpec:
     supports_conv1d: ClassVar[bool] = True
     #: Value rules beyond the defaults of :meth:`value_rule` (e.g. a mode's words).
     value_rules: ClassVar[dict[str, ValueRule]] = {}
+    #: The parameter whose value is the number of virtual tokens prepended to every input
+    #: (prompt tuning's ``length``): the memory model counts them in the sequence length.
+    virtual_tokens_param: ClassVar[str | None] = None
+    #: Whether its gradient reaches the input embeddings (prompt tokens are inputs), so the
+    #: backward pass crosses every block whatever the placement.
+    trains_embeddings: ClassVar[bool] = False
+    #: Whether its own gradient needs a saved input tensor (False: bias-like modules and
+    #: those outside the blocks' linear layers, e.g. BitFit, LN tuning, prompts, prefixes).
+    saves_input: ClassVar[bool] = True
+    #: The block tensor a module without targets reads, which the memory model counts as its
+    #: saved input (one of ``autopeft.core.memory_model.SOURCES``, e.g. ``ffn_out``).
+    input_source: ClassVar[str | None] = None
+    #: Boolean parameters that make it train another type's tensors: ``{flag: (other type,
+    #: what both train)}``. A space searching both types with the flag possibly true is
+    #: refused (the exact parameter count would count those tensors twice).
+    overlaps: ClassVar[dict[str, tuple[str, str]]] = {}
     #: Parameters added after studies were written: a candidate leaves them out while they
     #: have their default value (see :meth:`stable_params`), so the candidates written before
     #: keep their key, and with it their stored results and weights. Read them with
@@ -126,6 +142,14 @@ class MethodSpec:
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
         """Exact number of trainable parameters this module adds (classifier head excluded)."""
         raise NotImplementedError
+
+    def weight_decomposed(self, cfg: ModuleConfig) -> bool:
+        """Whether ``cfg`` rescales each adapted linear's output by a learned magnitude.
+
+        DoRA does (LoRA's ``use_dora``): it keeps output-sized tensors per token and a
+        weight-sized one per adapted linear, which the memory model counts. Default: False.
+        """
+        return False
 
     def check(self, profile: ModelProfile, cfg: ModuleConfig) -> str | None:
         """Return why ``cfg`` cannot be built on ``profile`` (a rule text), or None if it can."""
@@ -205,9 +229,11 @@ class MethodSpec:
             if (r := self.size(cfg, layer)) > 0:
                 ranks[lin.path] = r
         patterns = {re.escape(p): r for p, r in ranks.items()} if cfg.sizes is not None else {}
+        largest = max(ranks.values())
+        size = self.size_param
         return {
             "target_modules": list(ranks),
-            "r": int(cfg.params.get(self.size_param, max(ranks.values()))),
+            "r": int(cfg.params[size] if size is not None and size in cfg.params else largest),
             "rank_pattern": patterns,
         }
 

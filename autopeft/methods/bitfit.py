@@ -26,6 +26,8 @@ class BitFit(MethodSpec):
     backend = "native"
     default_space = {"norms": True}
     default_targets = tuple(TARGETS)
+    saves_input = False  # a bias gradient is the output gradient summed
+    overlaps = {"norms": ("ln_tuning", "the LayerNorm biases")}
 
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
         """``out_features`` per targeted linear, plus each biased norm's size with ``norms``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.model_profile import ModelProfile
@@ -20,7 +20,7 @@ class IA3(MethodSpec):
     name = "ia3"
     summary = "(IA)^3 learned scaling vectors on key/value outputs and FFN inputs (no size)"
     backend = "peft"
-    default_space: dict[str, Any] = {}
+    default_space: ClassVar[dict[str, Any]] = {}
     size_param = None
     default_targets = ("k", "v", "ffn_down")
     supports_per_layer = False

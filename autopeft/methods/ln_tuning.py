@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.model_profile import ModelProfile
@@ -22,7 +22,8 @@ class LNTuning(MethodSpec):
     name = "ln_tuning"
     summary = "LN tuning: train the LayerNorm/RMSNorm weights and biases of placed blocks"
     backend = "native"
-    default_space: dict[str, Any] = {}
+    default_space: ClassVar[dict[str, Any]] = {}
+    saves_input = False  # the norm's own saved tensors (counted with the block) serve it
 
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
         """The parameters of every norm of every placed block (weight, plus bias if any)."""

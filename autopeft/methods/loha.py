@@ -41,6 +41,6 @@ class LoHa(MethodSpec):
 
         return LoHaConfig(
             task_type=profile.task_type,
-            alpha=float(cfg.params["alpha"]),
+            alpha=float(cfg.params["alpha"]),  # type: ignore[arg-type]  # peft: int; a float scales
             **self.ranked_targets(profile, cfg),
         )

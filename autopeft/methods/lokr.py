@@ -94,7 +94,7 @@ class LoKr(MethodSpec):
 
         return LoKrConfig(
             task_type=profile.task_type,
-            alpha=float(cfg.params["alpha"]),
+            alpha=float(cfg.params["alpha"]),  # type: ignore[arg-type]  # peft: int; a float scales
             decompose_factor=int(cfg.params["decompose_factor"]),
             decompose_both=bool(cfg.params["decompose_both"]),
             **self.ranked_targets(profile, cfg),

@@ -12,7 +12,7 @@ import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.model_profile import ModelProfile
@@ -22,9 +22,12 @@ from autopeft.methods.base import MethodSpec, ValueRule
 #: ``init`` words -> peft's ``init_lora_weights``. PiSSA is the exact SVD, not the randomised
 #: ``pissa_niter_4``: a rebuilt model (export, re-evaluation) runs the init again on a fresh
 #: base and must get the very residual weights the trial trained on, whatever the RNG state.
-INITS: dict[str, bool | str] = {
+INITS: dict[str, bool | Literal["gaussian", "pissa", "olora", "eva"]] = {
     "default": True,
-    **{w: w for w in ("gaussian", "pissa", "olora", "eva")},
+    "gaussian": "gaussian",
+    "pissa": "pissa",
+    "olora": "olora",
+    "eva": "eva",
 }
 #: Inits that move the top of each base weight into the adapter (the base keeps a residual).
 RESIDUAL = ("pissa", "olora")
@@ -64,6 +67,10 @@ class LoRA(MethodSpec):
         """``cfg``'s value of ``key``; the default when left out (see ``stable_defaults``)."""
         return cfg.params.get(key, self.default_space[key])
 
+    def weight_decomposed(self, cfg: ModuleConfig) -> bool:
+        """DoRA (``use_dora``) rescales each adapted linear's output by a magnitude."""
+        return bool(cfg.params.get("use_dora"))
+
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
         """``r * (in + out)`` per targeted layer, plus ``out`` magnitudes with DoRA."""
         total = 0
@@ -94,14 +101,14 @@ class LoRA(MethodSpec):
         init = self.knob(cfg, "init")
         # EVA may move rank between layers (rho > 1); at 1 each layer keeps its rank, so the
         # count is count_params' and a rebuilt model (no EVA) has the trained tensors' shapes.
-        extra = {"eva_config": EvaConfig(rho=1.0)} if init == "eva" else {}
+        extra: dict[str, Any] = {"eva_config": EvaConfig(rho=1.0)} if init == "eva" else {}
         with warnings.catch_warnings():
             # That peft's own PiSSA/OLoRA conversion refuses rsLoRA with per-layer ranks does
             # not concern us: save_peft converts without it.
             warnings.filterwarnings("ignore", message="Using Rank-Stabilized LoRA with rank_")
             return LoraConfig(
                 task_type=profile.task_type,
-                lora_alpha=float(cfg.params["alpha"]),
+                lora_alpha=float(cfg.params["alpha"]),  # type: ignore[arg-type]  # peft: int; a float scales
                 lora_dropout=float(cfg.params["dropout"]),
                 use_dora=bool(cfg.params.get("use_dora", False)),
                 use_rslora=bool(self.knob(cfg, "rslora")),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.model_profile import ModelProfile
@@ -10,7 +10,7 @@ from autopeft.methods import register
 from autopeft.methods.base import MethodSpec, ValueRule
 
 #: ``mode`` value -> peft ``init_weights``: the default efficient form, or block-affine ("bat").
-MODES = {"miss": True, "bat": "bat"}
+MODES: dict[str, bool | Literal["bat"]] = {"miss": True, "bat": "bat"}
 
 
 @register

@@ -7,8 +7,13 @@ serial adapter after it) and the attach order does not change module paths.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: Prefix of every attribute autopeft adds to a model; trainable state is found by it.
 PREFIX = "autopeft_"
@@ -140,7 +145,7 @@ def prefix_attention(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def use_prefix_attention(model: nn.Module, attention_paths: list[str]) -> None:
+def use_prefix_attention(model: PreTrainedModel, attention_paths: list[str]) -> None:
     """Register :func:`prefix_attention` with transformers and switch ``model`` to it.
 
     sdpa's mask builder is registered under the same name: transformers builds no padding

@@ -29,6 +29,7 @@ class ParallelAdapter(MethodSpec):
     }
     size_param = "size"
     supports_per_layer = True
+    input_source = "ffn_in"
 
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
         """``2 * hidden * size + size + hidden`` per placed block with a non-zero size."""

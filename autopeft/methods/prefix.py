@@ -29,6 +29,7 @@ class Prefix(MethodSpec):
     default_space = {"length": {"type": "choice", "values": [0, 5, 10, 20, 30]}}
     size_param = "length"
     supports_per_layer = True
+    saves_input = False  # its gradient comes through the attention's own saved tensors
 
     #: Standard deviation of the normal initialisation of prefix keys and values.
     init_std = 0.02

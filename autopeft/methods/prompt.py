@@ -23,6 +23,9 @@ class PromptTuning(MethodSpec):
     size_param = "length"
     uses_layers = False
     supports_per_layer = False
+    virtual_tokens_param = "length"
+    trains_embeddings = True  # the virtual tokens are inputs: backward reaches them
+    saves_input = False  # an embedding row's gradient needs no saved activation
 
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:
         """``length * hidden``: one prompt-encoder embedding row per virtual token.

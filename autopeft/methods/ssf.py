@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from autopeft.core.candidate import ModuleConfig
 from autopeft.core.model_profile import TARGETS, ModelProfile
@@ -22,7 +22,7 @@ class SSF(MethodSpec):
     name = "ssf"
     summary = "SSF: learned per-feature scale and shift after linear sub-layers (Lian et al.)"
     backend = "native"
-    default_space: dict[str, Any] = {}
+    default_space: ClassVar[dict[str, Any]] = {}
     default_targets = tuple(TARGETS)
 
     def count_params(self, profile: ModelProfile, cfg: ModuleConfig) -> int:

@@ -12,6 +12,7 @@ import hashlib
 import math
 import random
 import time
+from typing import TypedDict
 
 from autopeft import methods
 from autopeft.core.candidate import Candidate
@@ -21,6 +22,16 @@ from autopeft.core.resolve import candidate_params
 from autopeft.core.space import Budget
 from autopeft.core.study_config import TrainingConfig
 from autopeft.core.trial_result import MemoryKind, TrialResult, TrialStatus
+
+
+class _Common(TypedDict):
+    """The fields every result of one trial shares, whatever its outcome."""
+
+    candidate: Candidate
+    trainable_params: int
+    head_params: int
+    predicted_memory_mb: float
+    target_steps: int
 
 
 class BlackboxRunner:
@@ -58,7 +69,12 @@ class BlackboxRunner:
         """Exact params, predicted memory and over-budget reason, as for real trials."""
         params = candidate_params(candidate, self.profile, methods.registry())
         pred = predict_memory(
-            self.profile, candidate, params, self.training.batch_size, 64
+            self.profile,
+            candidate,
+            params,
+            self.training.batch_size,
+            64,
+            methods=methods.registry(),
         ).total_mb
         return params, pred, self.limits.violation(params, pred, self.profile.base_params)
 
@@ -71,7 +87,7 @@ class BlackboxRunner:
         self.calls += 1
         time.sleep(self.delay_s)
         params, pred, over = self.budget(candidate)
-        base = dict(
+        base = _Common(
             candidate=candidate,
             trainable_params=params,
             head_params=self.profile.head_params,

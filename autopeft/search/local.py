@@ -174,7 +174,7 @@ class Progress:
 
     def update(self, number: int, result: TrialResult) -> None:
         """Show a finished trial."""
-        front = self.study.front()
+        front = self.study.front_points()
         acc = result.metrics.get(self.study.config.task.metric)
         last = f"#{number} {result.status.value}" + (f" {acc:.3f}" if acc is not None else "")
         if result.status in (TrialStatus.FAILED, TrialStatus.INFEASIBLE) and result.error:

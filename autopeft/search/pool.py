@@ -12,7 +12,7 @@ relaxation of the encoded parameters. Why: with every objective a GP over the re
 qNEHVI kept choosing points that decode to the head-only candidate (every layer off, so any
 sizes), whose parameter count it could not know is exactly the one already seen; ~58 of the
 61 trials after the start-up of a 200-trial protocol run were random replacements of such
-re-proposals (bench/results/search_cost_protocol_160_partial.md). A pool of unseen candidates
+re-proposals (a protocol run of bench/search_cost.py; bench/LOG.md). A pool of unseen candidates
 cannot re-propose, and over-budget candidates are left out of it.
 
 Under successive halving most trials are pruned at a low rung. Their rung accuracy is still
@@ -64,11 +64,15 @@ class FixedSuggest:
     def __init__(self, params: dict[str, Any]):
         self.params = params
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
         """The recorded integer."""
         return self.params[name]
 
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
         """The recorded real."""
         return self.params[name]
 

@@ -22,7 +22,7 @@ import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -33,6 +33,8 @@ from autopeft.core.trial_result import TrialResult
 from autopeft.search.samplers import repeat_patience
 
 if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
     from autopeft.search.study import Study
 
 #: What :meth:`Proposer.next` returns instead of a candidate.
@@ -78,7 +80,8 @@ def _process_lock(study: Study) -> Iterator[None]:
             signed=True,
         )
         storage = study.optuna._storage
-        engine = getattr(storage, "_backend", storage).engine
+        # A PostgreSQL URL always gives an RDBStorage, wrapped in optuna's cache.
+        engine = cast("RDBStorage", getattr(storage, "_backend", storage)).engine
         # A transaction-level lock: released at commit, or by the server when this
         # process dies, so a killed driver cannot leave the study locked.
         with engine.begin() as conn:

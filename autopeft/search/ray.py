@@ -23,7 +23,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import ray
 from ray import tune
@@ -35,6 +35,7 @@ from autopeft.core.candidate import Candidate
 from autopeft.core.halving import HalvingRule, rung_steps
 from autopeft.core.study_config import StudyConfig
 from autopeft.core.trial_result import TrialResult, TrialStatus
+from autopeft.search import samplers
 from autopeft.search.local import WAIT_POLL_S, say_exhausted
 from autopeft.search.proposals import DONE, EXHAUSTED, Proposer
 from autopeft.search.study import Study
@@ -137,6 +138,16 @@ class ParetoHalvingScheduler(FIFOScheduler):
         return TrialScheduler.STOP
 
 
+class _Common(TypedDict):
+    """The fields every result the driver builds for a trial shares, whatever its outcome."""
+
+    candidate: Candidate
+    trainable_params: int
+    predicted_memory_mb: float | None
+    head_params: int
+    target_steps: int
+
+
 class StudySearcher(Searcher):
     """Suggests candidates from the study's sampler and tells results back to the study.
 
@@ -167,7 +178,8 @@ class StudySearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         """Nothing to restore: a rerun resumes from the study (see :meth:`save`)."""
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray annotates Optional[Dict] but documents (and handles) FINISHED as a return too.
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         """The next candidate; None to be asked again later; FINISHED when done."""
         stop.check()  # a Ctrl-C Tune swallowed stops the driver here
         if self.exhausted or time.monotonic() < self._next_look:
@@ -214,7 +226,7 @@ class StudySearcher(Searcher):
         candidate = Candidate.model_validate(frozen.user_attrs["candidate"])
         if result and result.get("final") and result.get("result"):
             return TrialResult.model_validate_json(result["result"])
-        base = dict(
+        base = _Common(
             candidate=candidate,
             trainable_params=int(result["params"]) if result else 0,
             predicted_memory_mb=float(result["predicted_memory"]) if result else None,
@@ -283,13 +295,14 @@ def run_ray(
         )
         if max_concurrent is None:
             batch = cfg.sampler.batch_size
-            max_concurrent = batch if batch else (4 if cfg.sampler.name == "autopeft" else None)
+            max_concurrent = batch if batch else samplers.get(cfg.sampler.name).default_batch_size
         display = Progress(study, n_trials) if progress else None
         searcher = StudySearcher(
             study, proposer, rungs, budget, listener=display.update if display else None
         )
-        scheduler = ParetoHalvingScheduler(study, rule, rungs) if enabled else FIFOScheduler()
-        searcher.scheduler = scheduler if enabled else None
+        halver = ParetoHalvingScheduler(study, rule, rungs) if enabled else None
+        searcher.scheduler = halver
+        scheduler = FIFOScheduler() if halver is None else halver
         trainable = tune.with_parameters(
             trial_function,
             # Workers never open the study: its storage URL (and password) stays here.

@@ -109,10 +109,11 @@ def build_adapted(
             # by every trial, that the user can do nothing about.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             warnings.filterwarnings("ignore", message=".*eva initialization.*")
-            model = get_peft_model(model, spec.peft_config(profile, cfg, total_steps))
+            peft_model = get_peft_model(model, spec.peft_config(profile, cfg, total_steps))
+        model = peft_model
         # Before anything changes the adapter: PiSSA/OLoRA keep their initial state for export.
         spec.after_build(model, cfg)
-        base = model.get_base_model()
+        base = peft_model.get_base_model()
     elif profile.has_head:  # peft trains the head itself (modules_to_save of SEQ_CLS)
         for p in model.get_submodule(profile.head_path).parameters():
             p.requires_grad_(True)

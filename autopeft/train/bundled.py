@@ -122,7 +122,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     folder, name = str(gguf.parent), gguf.name
     # transformers' GGUF reader draws its own tqdm bar, outside its progress-bar switch.
-    bar = contextlib.nullcontext()
+    bar: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if hasattr(gguf_utils, "tqdm"):
         bar = mock.patch.object(
             gguf_utils, "tqdm", functools.partial(gguf_utils.tqdm, disable=True)
@@ -133,8 +133,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         # Drop the GGUF quantiser, else save_pretrained refuses and the folder could take no
         # other quantisation config (FACTS: "Decoders, instruction SFT and QLoRA").
-        model.hf_quantizer = None
-        model.is_quantized = False
+        # transformers declares neither attribute, so mypy checks them against
+        # nn.Module.__setattr__ (Tensor | Module values only).
+        model.hf_quantizer = None  # type: ignore[assignment]
+        model.is_quantized = False  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         # The GGUF carries no tokenizer length limit; the hub tokenizer's is the context size.

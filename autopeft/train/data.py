@@ -102,6 +102,8 @@ def _build(
     if problems:
         raise ConfigError(problems)
     text, pair, label = columns["text"], columns["text_pair"], columns["label"]
+    # Only text_pair may be None: TaskConfig and the built-in tasks always name the others.
+    assert text is not None and label is not None
     seen: dict[tuple[str, str], str] = {}
     for row in data.rows:
         raw_label = str(row[label])

@@ -11,12 +11,16 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from autopeft.core.levers import Levers
 from autopeft.train.models import DTYPES
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: transformers' keyword for non-reentrant checkpointing: the reentrant variant needs an
 #: input that requires grad, which a frozen embedding does not give.
@@ -81,11 +85,13 @@ def prepare_base(
 
 def enable_checkpointing(model: nn.Module) -> None:
     """Switch on non-reentrant gradient checkpointing of every block (and no KV cache)."""
+    # nn.Module types unknown attributes as Tensor | Module; these are an HF model's.
+    hf_model = cast("PreTrainedModel", model)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINT_KWARGS)
-    if getattr(model.config, "use_cache", None):
-        model.config.use_cache = False  # a cache is incompatible with recomputation
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINT_KWARGS)
+    if getattr(hf_model.config, "use_cache", None):
+        hf_model.config.use_cache = False  # a cache is incompatible with recomputation
 
 
 def trainable_in_fp32(model: nn.Module) -> None:

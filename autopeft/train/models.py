@@ -199,16 +199,16 @@ def load_tokenizer(name: str, corpus: list[str] | None = None, eos: bool = False
     if name in TINY_CONFIGS:
         from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-        tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-        tok.normalizer = normalizers.Lowercase()
-        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        word_level = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        word_level.normalizer = normalizers.Lowercase()
+        word_level.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = trainers.WordLevelTrainer(
             vocab_size=TINY_CONFIGS[name]["vocab_size"],
             special_tokens=["[PAD]", "[UNK]", *(["[EOS]"] if eos else [])],
         )
-        tok.train_from_iterator(corpus or ["a b c"], trainer)
+        word_level.train_from_iterator(corpus or ["a b c"], trainer)
         fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok,
+            tokenizer_object=word_level,
             pad_token="[PAD]",
             unk_token="[UNK]",
             **({"eos_token": "[EOS]"} if eos else {}),

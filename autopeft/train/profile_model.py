@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
+import torch
 from torch import nn
 
 from autopeft.core.model_profile import ModelProfile, profile_from_config
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 def profile_model(model: nn.Module) -> ModelProfile:
@@ -17,10 +23,13 @@ def profile_model(model: nn.Module) -> ModelProfile:
     Raises:
         ValueError: when the config-derived profile disagrees with the built model.
     """
-    cfg = model.config.to_dict()
+    # nn.Module types unknown attributes as Tensor | Module; an HF model's is its config.
+    config = cast("PretrainedConfig", model.config)
     # A causal LM's head predicts the next token (frozen); a classifier's is trained.
-    head = "lm" if getattr(model, "lm_head", None) is not None else "classifier"
-    profile = profile_from_config(cfg, num_labels=model.config.num_labels, head=head)
+    kind = "lm" if getattr(model, "lm_head", None) is not None else "classifier"
+    # num_labels is None without an id2label, as a causal LM may have; its head ignores it.
+    num_labels = config.num_labels or 0
+    profile = profile_from_config(config.to_dict(), num_labels=num_labels, head=kind)
     for layer in profile.layers:
         for lin in layer.sublayers.values():
             mod = model.get_submodule(lin.path)
@@ -29,7 +38,7 @@ def profile_model(model: nn.Module) -> ModelProfile:
                 raise ValueError(f"profile mismatch at {lin.path}: {shape} vs {lin}")
         for norm in layer.norms:
             mod = model.get_submodule(norm.path)
-            if mod.weight.numel() != norm.size:
+            if cast(torch.Tensor, mod.weight).numel() != norm.size:
                 raise ValueError(f"profile mismatch at {norm.path}")
     head = 0
     if profile.has_head:
@@ -47,5 +56,5 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     """``(in_features, out_features)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
-    rows, cols = module.weight.shape
+    rows, cols = cast(torch.Tensor, module.weight).shape
     return int(rows), int(cols)  # transformers' Conv1D stores its weight transposed

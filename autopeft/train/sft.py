@@ -57,7 +57,8 @@ def arithmetic_rows(n: int = 2000, seed: int = 0) -> list[dict[str, str]]:
     rng = random.Random(seed)
     names = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivo", "June"]
     things = ["apples", "books", "coins", "stamps", "marbles", "cards", "shells", "pens"]
-    rows, seen = [], set()
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
     while len(rows) < n:
         a, b = rng.randint(2, 99), rng.randint(2, 99)
         # Half are bare sums, a fifth differences, the rest word problems: a small model
@@ -153,7 +154,8 @@ def _pairs(data: Rows, cfg: TaskConfig) -> list[tuple[str | Messages, str]]:
         return [_chat_pair(row.get(cfg.messages), data, i, cfg) for i, row in enumerate(data.rows)]
     problems = column_problems(data, {"prompt": cfg.prompt, "completion": cfg.completion})
     if problems:
-        problems[0].hint += f" (or give chat turns in a {cfg.messages!r} column)"
+        hint = f"{problems[0].hint or ''} (or give chat turns in a {cfg.messages!r} column)"
+        problems[0].hint = hint
         raise ConfigError(problems)
     return [(str(row[cfg.prompt]), str(row[cfg.completion])) for row in data.rows]
 

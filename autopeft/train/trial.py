@@ -35,8 +35,6 @@ from autopeft.train.weights import save_trainable
 
 #: Training batches a data-driven initialisation (EVA) may draw from, at most.
 DATA_INIT_BATCHES = 16
-#: Methods whose gradient reaches the input embeddings (prompt tokens are inputs).
-EMBEDDING_METHODS = {"prompt"}
 
 
 @dataclass
@@ -169,11 +167,18 @@ def weights_path(folder: Path, candidate: Candidate, seed: int) -> Path:
 
 
 def _seq_len(ctx: TrialContext, candidate: Candidate, max_length: int) -> int:
+    # Virtual tokens (MethodSpec.virtual_tokens_param, e.g. prompt tuning's) lengthen inputs.
     extra = 0
     for m in candidate.modules:
-        if m.method == "prompt":
-            extra += int(m.params.get("length", 0))
+        param = methods.get(m.method).virtual_tokens_param
+        if param is not None:
+            extra += int(m.params.get(param, 0))
     return int(ctx.train_split(max_length).lengths.max()) + extra
+
+
+def trains_embeddings(candidate: Candidate) -> bool:
+    """Whether a module's gradient reaches the input embeddings (``trains_embeddings``)."""
+    return any(methods.get(name).trains_embeddings for name in candidate.methods)
 
 
 def check_budget(ctx: TrialContext, candidate: Candidate) -> tuple[int, float, str | None]:
@@ -188,9 +193,10 @@ def check_budget(ctx: TrialContext, candidate: Candidate) -> tuple[int, float, s
         levers.micro_batch_size,
         _seq_len(ctx, candidate, levers.max_length),
         ctx.device.type,
-        embeddings_trained=bool(EMBEDDING_METHODS & set(candidate.methods)),
+        embeddings_trained=trains_embeddings(candidate),
         workspace_bytes=cuda_workspace_bytes(ctx.device),
         levers=levers,
+        methods=methods.registry(),
     ).total_mb
     why = method_violation(candidate, prof, methods.registry())
     return params, pred, why or ctx.budget.violation(params, pred, prof.base_params)
@@ -212,7 +218,7 @@ def run_trial(
     levers = trial_levers(ctx, candidate)
     target = steps or cfg.steps
     params, predicted, over = check_budget(ctx, candidate)
-    base = dict(
+    base: dict[str, Any] = dict(
         candidate=candidate,
         trainable_params=params,
         head_params=ctx.profile.head_params,

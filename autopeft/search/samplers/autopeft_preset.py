@@ -1,0 +1,48 @@
+"""The AutoPEFT paper's preset: SAAS GP + qNEHVI, 100 random trials, batches of 4."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from autopeft.search.samplers import register
+from autopeft.search.samplers.base import SamplerSpec
+
+if TYPE_CHECKING:
+    from optuna.samplers import BaseSampler
+
+    from autopeft.core.study_config import SamplerConfig
+    from autopeft.search.pool import Oracle, Partial
+
+#: The AutoPEFT paper's schedule: 100 random initial trials, then the BO proposals.
+AUTOPEFT_STARTUP = 100
+#: The paper's batch: proposals made from one SAAS fit (a q-batch of qNEHVI).
+AUTOPEFT_BATCH = 4
+
+
+@register
+class AutoPEFT(SamplerSpec):
+    """:class:`autopeft.search.pool.PoolSampler` with a SAAS GP fitted by NUTS, q-batches."""
+
+    name = "autopeft"
+    summary = "AutoPEFT preset: SAAS GP + qNEHVI, 100 random trials, batches of 4"
+    default_startup = AUTOPEFT_STARTUP
+    deterministic = True
+    pool = True
+    fit_seconds = (
+        10.0  # SAAS by NUTS: JAX compiles afresh for each fit (autopeft.search.pool.fit_gp)
+    )
+    default_batch_size = AUTOPEFT_BATCH
+
+    def build(
+        self,
+        cfg: SamplerConfig,
+        oracle: Oracle | None,
+        metrics: list[str] | None,
+        partial: Partial | None,
+    ) -> BaseSampler:
+        """A :class:`~autopeft.search.pool.PoolSampler` (``saas``, ``batch_size`` per fit)."""
+        from autopeft.search.pool import PoolSampler
+
+        assert oracle is not None and metrics is not None  # make_sampler checked
+        q = cfg.batch_size or AUTOPEFT_BATCH
+        return PoolSampler(oracle, metrics, "saas", q, self.startup(cfg), cfg.seed, partial)

@@ -1,0 +1,1 @@
+"""Contract tests shipped with autopeft, for its own plugins and third-party ones."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
@@ -14,6 +15,10 @@ from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.space import SearchSpace
 from autopeft.core.study_config import StudyConfig
 from autopeft.core.summary import summarize
+from autopeft.search import samplers
+
+if TYPE_CHECKING:
+    from autopeft.search.study import Study
 
 
 def load(path: str | Path) -> SearchSpace | StudyConfig:
@@ -22,7 +27,7 @@ def load(path: str | Path) -> SearchSpace | StudyConfig:
     Raises:
         ConfigError: with one paragraph per problem (field path, rule, value, hint).
     """
-    return load_config(path, methods.registry(), tasks.registry())
+    return load_config(path, methods.registry(), tasks.registry(), samplers.registry())
 
 
 def space_from_dict(raw: dict) -> SearchSpace:
@@ -32,7 +37,9 @@ def space_from_dict(raw: dict) -> SearchSpace:
 
 def study_from_dict(raw: dict) -> StudyConfig:
     """Validate a study given as a Python dict (the same schema as the YAML)."""
-    return parse_study(raw, methods.registry(), kinds=tasks.registry())
+    return parse_study(
+        raw, methods.registry(), kinds=tasks.registry(), samplers=samplers.registry()
+    )
 
 
 def resolve(
@@ -60,27 +67,32 @@ def validate(path: str | Path, model: str | None = None) -> str:
 
 
 def check(path: str | Path, model: str | None = None) -> tuple[str, list[Problem]]:
-    """Validate a file; return its summary and the problems only the model reveals.
+    """Validate a file; return its summary and the problems only the model or data reveal.
 
     The summary ends with a ``warning:`` line when the budget is tight enough that no
     randomly drawn candidate fitted it (the search may find the few that do). The problems
-    are about a space whose every candidate is over the parameter budget: the summary is
-    still worth reading (it shows the range), so the caller prints it before the error.
+    are about a space whose every candidate is over the parameter budget, and about a
+    study's task file as a run would read it (:meth:`TaskKind.check`: the file exists,
+    parses, has the named columns, valid labels and enough examples): the summary is still
+    worth reading, so the caller prints it before the error.
 
     Raises:
         ConfigError: for a file that does not validate.
     """
     config = load(path)
     head = "classifier"
+    problems: list[Problem] = []
     if isinstance(config, StudyConfig):
         space, model = config.search_space, model or config.model
         kind = f"study {config.name!r}"
-        head = tasks.get(config.task.kind).head
+        task_kind = tasks.get(config.task.kind)
+        head = task_kind.head
+        problems += task_kind.check(config.task)
     else:
         space, model, kind = config, model or "minilm", "search space"
     resolved = resolve(space, model, head)
     summary = summarize(resolved, methods.registry(), model)
-    problems = [over] if (over := budget_problem(resolved, model)) else []
+    problems += [over] if (over := budget_problem(resolved, model)) else []
     # "valid" only when it is: a budget nothing fits is an error printed after the summary.
     head = f"{path}: {kind}, not runnable as it is" if problems else f"{path}: valid {kind}"
     return f"{head}\n{summary}", problems
@@ -113,7 +125,7 @@ def candidate_trainable_params(candidate: Candidate, model: str | ModelProfile =
 
 
 def run(
-    config: StudyConfig | str | Path,
+    config: StudyConfig | dict[str, Any] | str | Path,
     *,
     n_trials: int | None = None,
     executor: str | None = None,
@@ -124,11 +136,12 @@ def run(
     cpus_per_trial: float = 1.0,
     gpus_per_trial: float | None = None,
     max_concurrent: int | None = None,
-):
+) -> Study:
     """Run (or resume) a study and return it; see :class:`autopeft.search.study.Study`.
 
     Args:
-        config: a :class:`StudyConfig` or the path of a study file.
+        config: the study: the path of a study file, a dict with the same schema as the
+            YAML, or a :class:`StudyConfig`.
         n_trials: total finished trials wanted (default: the study's ``n_trials``).
         executor: ``local`` or ``ray`` (default: the study's ``executor``).
         storage: an Optuna storage URL (default: SQLite in ``<root>/<name>/study.db``).
@@ -145,7 +158,9 @@ def run(
     """
     from autopeft.search.local import run_local
 
-    if not isinstance(config, StudyConfig):
+    if isinstance(config, dict):
+        config = study_from_dict(config)
+    elif not isinstance(config, StudyConfig):
         loaded = load(config)
         if not isinstance(loaded, StudyConfig):
             raise ConfigError(

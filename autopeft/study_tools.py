@@ -6,18 +6,13 @@ Heavy libraries load inside the functions that need them.
 from __future__ import annotations
 
 import json
-import statistics
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from autopeft.core.candidate import Candidate
 from autopeft.core.errors import ConfigError, Problem
-from autopeft.core.secrets import masked
 from autopeft.core.study_config import StudyConfig
 from autopeft.core.trial_result import TrialResult, TrialStatus
-
-REEVAL_ATTR = "reeval"  # study user attributes reeval.<trial>, read by autopeft.report.tables
+from autopeft.search.frames import retries, untold_note
 
 
 def open_study(ref: str | Path, storage: str | None = None, root: str | Path | None = None):
@@ -55,9 +50,10 @@ def open_study(ref: str | Path, storage: str | None = None, root: str | Path | N
             )
         root = path.parent
     elif path.is_file():
-        config = api.load(path)
-        if not isinstance(config, StudyConfig):
+        loaded = api.load(path)
+        if not isinstance(loaded, StudyConfig):
             raise ConfigError(Problem("STUDY", "a study file or folder is needed", str(ref)))
+        config = loaded
         root = "studies" if root is None else root
     elif _is_name(str(ref)):
         root = "studies" if root is None else root
@@ -100,7 +96,6 @@ def _config_by_name(name: str, root: Path, storage: str | None) -> StudyConfig:
             "STUDY",
             f"no study folder {root / name} (with study.json)"
             + (" and no such study in the storage" if storage else ""),
-            name,
             hint="give --root FOLDER, the folder holding the study folders (as for "
             "`autopeft run`), --storage URL for a study kept in a database, or the study YAML",
         )
@@ -161,29 +156,9 @@ def _trials(study) -> dict[int, Any]:
     return {t.number: t for t in study.optuna.get_trials(deepcopy=False)}
 
 
-def retries(trials: Iterable[Any]) -> dict[int, int]:
-    """``{interrupted trial: the trial that re-ran it}`` (from the re-run's ``retry_of``)."""
-    from autopeft.search.study import RETRY_OF_ATTR
-
-    return {t.user_attrs[RETRY_OF_ATTR]: t.number for t in trials if RETRY_OF_ATTR in t.user_attrs}
-
-
-def untold_note(trial: Any, retried: dict[int, int]) -> str:
-    """Why a trial has no result: ``interrupted (re-run as trial N)``, or ``""`` if running."""
-    from autopeft.search.study import CANDIDATE_ATTR, INTERRUPTED_ATTR
-
-    if not trial.user_attrs.get(INTERRUPTED_ATTR):
-        return ""
-    if trial.number in retried:
-        return f"interrupted (re-run as trial {retried[trial.number]})"
-    if CANDIDATE_ATTR not in trial.user_attrs:
-        return "interrupted while its parameters were sampled (not re-run)"
-    return "interrupted (not re-run)"
-
-
 def _front_hint(study) -> str:
     """Which trials can be exported: a few front trial numbers, or why there are none."""
-    numbers = sorted(n for n, _ in study.front())
+    numbers = sorted(n for n, _ in study.front_points())
     if not numbers:
         return "the study has no COMPLETE trial yet"
     more = f" (and {len(numbers) - 8} more)" if len(numbers) > 8 else ""
@@ -258,7 +233,7 @@ def export_trial(study, number: int, out_dir: str | Path, retrain: bool = False)
     ctx = TrialContext.create(study.config, cache_dir=study.folder / "cache")
     ctx.weights_dir = study.folder / "weights"
     path = weights_path(ctx.weights_dir, result.candidate, study.config.training.seed)
-    metrics = result.metrics
+    trained = result
     if retrain or not path.is_file():
         fresh = run_trial(ctx, result.candidate)
         if fresh.status is not TrialStatus.COMPLETE:
@@ -270,79 +245,44 @@ def export_trial(study, number: int, out_dir: str | Path, retrain: bool = False)
                     hint=_front_hint(study),
                 )
             )
-        metrics = fresh.metrics
+        trained = fresh
     adapted = rebuild(ctx, result.candidate, path)
     info = ctx.kind.describe(ctx.task)
-    return export_adapted(adapted, Path(out_dir), study.config, info, metrics, number)
-
-
-def trials_table(study) -> Any:
-    """Every trial as a pandas DataFrame: :meth:`Study.to_pandas` plus what it leaves out.
-
-    - ``reused``: for a re-proposed candidate that took over an earlier result (nothing
-      trained), the number of the trial that trained it; else empty.
-    - ``retry_of``: for a trial that re-ran an interrupted one, that trial's number.
-    - a trial without a result gets a status and an error: an interrupted one is FAILED with
-      ``interrupted (re-run as trial N)``; a running or queued one shows its state.
-    - integer columns (trial numbers, parameters, steps, integer search parameters) stay
-      integers where a row has no value (pandas ``Int64``), instead of turning into floats.
-    """
-    from autopeft.search.study import INTERRUPTED_ATTR, RETRY_OF_ATTR, REUSABLE, REUSED_ATTR
-
-    frame = study.to_pandas()
-    trials = _trials(study)
-    results = dict(study.results())
-    retried = retries(trials.values())
-
-    # The trial whose result a reused one took over: the latest earlier trial that trained
-    # the same candidate (Study.propose keeps the latest one per candidate).
-    trained: dict[str, int] = {}
-    reused_from: dict[int, int] = {}
-    for number in sorted(results):
-        key = results[number].candidate.key()
-        if trials[number].user_attrs.get(REUSED_ATTR):
-            if key in trained:
-                reused_from[number] = trained[key]
-        elif results[number].status in REUSABLE:
-            trained[key] = number
-
-    status, error = [], []
-    for number, st, err in zip(
-        frame["number"], frame["status"], frame.get("error", [None] * len(frame))
-    ):
-        trial = trials[int(number)]
-        if isinstance(st, str):  # a told trial: its own status and error
-            status.append(st)
-            error.append(err if isinstance(err, str) else None)
-        elif trial.user_attrs.get(INTERRUPTED_ATTR):
-            status.append(TrialStatus.FAILED.value)
-            error.append(untold_note(trial, retried))
-        else:  # running or queued: no status of its own yet
-            status.append(trial.state.name)
-            error.append(None)
-    frame["status"] = status
-    frame["error"] = error
-    at = list(frame.columns).index("status") + 1
-    frame.insert(at, "reused", [reused_from.get(int(n)) for n in frame["number"]])
-    frame.insert(
-        at + 1, "retry_of", [trials[int(n)].user_attrs.get(RETRY_OF_ATTR) for n in frame["number"]]
+    return export_adapted(
+        adapted, Path(out_dir), study.config, info, trained.metrics, number, result=trained
     )
 
-    ints = ["number", "reused", "retry_of", "trainable_params", "steps"]
-    for column in frame.columns:
-        if column.startswith("param."):
-            name = column.removeprefix("param.")
-            raw = [t.params[name] for t in trials.values() if name in t.params]
-            if raw and all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
-                ints.append(column)
-    for column in ints:
-        if column in frame.columns:
-            frame[column] = frame[column].astype("Int64")
-    return frame
+
+def best_trial(study: Any) -> int:
+    """The number of the front point best on the study's first objective (``--best``).
+
+    Raises:
+        ConfigError: when the study has no front (no COMPLETE trial).
+    """
+    if not study.front_points():
+        raise ConfigError(
+            Problem(
+                "--best",
+                f"the study {study.config.name!r} has no Pareto front: {status_counts(study)}",
+                hint="only COMPLETE trials form the front; run more trials, or export a "
+                "trial with --trial N --retrain",
+            )
+        )
+    return int(study.best()[0])
+
+
+def export_statement(folder: str | Path) -> str:
+    """What loads an export (its manifest's ``loading.statement``), for the CLI to print.
+
+    For a candidate that mixes a peft module with autopeft's own, it says that
+    ``PeftModel.from_pretrained`` alone loads a partial model.
+    """
+    manifest = json.loads((Path(folder) / "autopeft.json").read_text())
+    return str(manifest["loading"]["statement"])
 
 
 def export_trials(study, path: str | Path) -> Path:
-    """Write every trial (see :func:`trials_table`) to a table file.
+    """Write every trial (the columns of :meth:`Study.trials`) to a table file.
 
     The format follows the extension: ``.csv``, ``.json`` (records) or ``.parquet``.
     """
@@ -355,7 +295,7 @@ def export_trials(study, path: str | Path) -> Path:
                 path.suffix,
             )
         )
-    frame = trials_table(study)
+    frame = study.trials()
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
         frame.to_csv(path, index=False)
@@ -382,106 +322,6 @@ def status_counts(study) -> str:
     return f"{len(results)} trial{'s' if len(results) != 1 else ''} with a result" + (
         f": {parts}" if parts else ""
     )
-
-
-SeedRunner = Callable[[Candidate, int], TrialResult]
-
-
-def reeval(
-    study, top: int = 5, seeds: int = 5, run: SeedRunner | None = None
-) -> list[dict[str, Any]]:
-    """Retrain the ``top`` front points (best task metric first) with ``seeds`` training seeds.
-
-    The study gets a ``reeval.<trial>`` user attribute per trial: per-seed metrics and their
-    mean/std, so a report can draw error bars. The data split and the base model stay fixed;
-    only the training seed (adapter init, batch order, dropout) changes.
-
-    Args:
-        study: an open :class:`~autopeft.search.study.Study`.
-        top: front points to re-evaluate.
-        seeds: training seeds ``0..seeds-1``.
-        run: ``(candidate, seed) -> TrialResult``; default: real training at full fidelity
-            (a synthetic runner in tests and benchmarks).
-
-    Returns:
-        One row per re-evaluated trial: ``trial``, ``metric``, ``seeds`` (per-seed status,
-        metrics and the error of a failed seed), ``mean`` (None when every seed failed) and
-        ``std``.
-
-    Raises:
-        ConfigError: for ``top < 1`` or ``seeds < 1`` (checked before anything is trained or
-            written), or a study with no front (no COMPLETE trial).
-    """
-    for name, value in (("top", top), ("seeds", seeds)):
-        at_least_one(name, value)
-    metric = study.config.task.metric
-    everything = study.front()
-    if not everything:
-        raise ConfigError(
-            Problem(
-                "STUDY",
-                f"the study {study.config.name!r} has no Pareto front to re-evaluate: "
-                f"{status_counts(study)}",
-                hint="only COMPLETE trials form the front; run more trials, or relax the "
-                "budget if every trial is INFEASIBLE",
-            )
-        )
-    # Best task metric first, in its direction (the lowest eval_loss, the highest accuracy).
-    scores = {n: study.config.task_score(r.metrics) for n, r in everything}
-    front = sorted(
-        everything, key=lambda nr: float("inf") if scores[nr[0]] is None else -scores[nr[0]]
-    )[:top]
-    run = run or _training_seed_runner(study)
-    out = []
-    for number, result in front:
-        runs = []
-        for seed in range(seeds):
-            res = run(result.candidate, seed)
-            runs.append({"seed": seed, "status": res.status.value, **res.metrics})
-            if res.error:
-                runs[-1]["error"] = res.error
-        values = [r[metric] for r in runs if metric in r]
-        summary = {
-            "metric": metric,
-            "seeds": runs,
-            "mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        }
-        # Finished trials are immutable in Optuna: the study keeps it, per trial number.
-        study.optuna.set_user_attr(f"{REEVAL_ATTR}.{number}", summary)
-        out.append({"trial": number, **summary})
-    return out
-
-
-def _training_seed_runner(study) -> SeedRunner:
-    """Real training of a candidate under a given training seed (model loaded once)."""
-    from autopeft.train.trial import TrialContext, run_trial
-
-    ctx = TrialContext.create(study.config, cache_dir=study.folder / "cache")
-    base_config = ctx.config
-
-    def run(candidate: Candidate, seed: int) -> TrialResult:
-        training = base_config.training.model_copy(update={"seed": seed})
-        ctx.config = base_config.model_copy(update={"training": training})
-        try:
-            return run_trial(ctx, candidate)
-        finally:
-            ctx.config = base_config
-
-    return run
-
-
-def dashboard(study, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve optuna-dashboard for the study's storage (blocks until interrupted)."""
-    import optuna
-    from optuna_dashboard import run_server
-
-    print(
-        f"optuna-dashboard for {study.config.name!r}: http://{host}:{port}/ "
-        f"(storage {masked(study.storage_url)}); Ctrl-C stops it",
-        flush=True,
-    )
-    run_server(optuna.storages.RDBStorage(study.storage_url), host=host, port=port)
 
 
 def dumps(data: Any) -> str:

@@ -51,7 +51,7 @@ def counted_trials(trials: list) -> list:
 
 def check_front(study: Study) -> None:
     results = dict(study.results())
-    front = study.front()
+    front = study.front_points()
     assert front, "a front exists"
     done = [r for r in results.values() if r.status is TrialStatus.COMPLETE]
     pts = to_min([study.values_of(r) for r in done], study.directions)

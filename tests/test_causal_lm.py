@@ -202,7 +202,7 @@ def test_a_causal_study_runs_with_halving_and_exports_a_loadable_adapter(tmp_pat
     as a standard CAUSAL_LM peft adapter that PeftModel loads on the base and generates with."""
     from peft import PeftModel
 
-    from autopeft import study_tools
+    from autopeft import reeval, study_tools
     from autopeft.search.local import run_local
     from autopeft.search.study import Study
     from autopeft.train.models import load_model
@@ -228,9 +228,11 @@ def test_a_causal_study_runs_with_halving_and_exports_a_loadable_adapter(tmp_pat
     rung_points = [p for p in trained.rung_points(3)]
     assert rung_points and all(p[0] < 0 for p in rung_points)
     number, best = trained.best("eval_loss")
-    assert best.metrics["eval_loss"] == min(r.metrics["eval_loss"] for _, r in trained.front())
+    assert best.metrics["eval_loss"] == min(
+        r.metrics["eval_loss"] for _, r in trained.front_points()
+    )
     # reeval retrains the best front point first: the lowest loss, not the highest.
-    (row,) = study_tools.reeval(trained, top=1, seeds=1)
+    (row,) = reeval.reeval(trained, top=1, seeds=1)
     assert row["trial"] == number and row["metric"] == "eval_loss"
 
     out = study_tools.export_trial(trained, number, tmp_path / "adapter")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from autopeft import api, cli, study_tools
+from autopeft import api, cli, reeval, study_tools
 from autopeft.core.errors import ConfigError
 from autopeft.core.trial_result import TrialResult, TrialStatus
 from autopeft.search.local import run_local
@@ -266,7 +266,7 @@ def test_trials_table_marks_reused_and_interrupted_trials_and_keeps_integers(bui
     assert table.loc["0", "trainable_params"] == "2048"  # not 2048.0
     assert table.loc["0", "param.lora.rank"] == "4" and table.loc["5", "param.lora.rank"] == "8"
     assert table.loc["5", "trainable_params"] == "" and table.loc["4", "steps"] == "0"
-    frame = study_tools.trials_table(built["study"])
+    frame = built["study"].trials()
     for column in ("number", "reused", "retry_of", "trainable_params", "steps"):
         assert str(frame[column].dtype) == "Int64", column
 
@@ -306,7 +306,7 @@ def test_the_report_names_the_trial_that_re_ran_an_interrupted_one(built):
     ],
 )
 def test_export_of_a_trial_that_did_not_complete_is_an_error(built, tmp_path, number, phrases):
-    front = ", ".join(str(n) for n in sorted(n for n, _ in built["study"].front()))
+    front = ", ".join(str(n) for n in sorted(n for n, _ in built["study"].front_points()))
     out = _cli("export", built["folder"], "--trial", number, "-o", tmp_path / "x")
     _fails(out, *phrases, f"Hint: export a COMPLETE trial, e.g. a front trial: {front}")
     assert "retrain" not in out.stderr.split("Hint")[0]  # nothing was retrained
@@ -343,7 +343,7 @@ def test_reeval_says_when_every_seed_failed(built, capsys, monkeypatch):
 
         return run
 
-    monkeypatch.setattr(study_tools, "_training_seed_runner", failing)
+    monkeypatch.setattr(reeval, "_training_seed_runner", failing)
     code = cli.main(["reeval", str(built["folder"]), "--top", "1", "--seeds", "2"])
     assert code == 0
     assert capsys.readouterr().out.endswith(": all 2 seeds failed: boom\n")
@@ -353,7 +353,7 @@ def test_reeval_of_a_study_without_front_is_an_error(tmp_path):
     study = Study(api.study_from_dict(STUDY), root=tmp_path)
     _tell(study, {"lora.rank": 8}, TrialStatus.INFEASIBLE, error="over")
     with pytest.raises(ConfigError) as info:
-        study_tools.reeval(study, top=1, seeds=1, run=lambda c, s: None)
+        reeval.reeval(study, top=1, seeds=1, run=lambda c, s: None)
     text = str(info.value)
     assert "the study 'clires' has no Pareto front to re-evaluate: 1 trial with a result: " in text
     assert "1 INFEASIBLE" in text and "relax the budget" in text

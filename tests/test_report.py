@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs
 
-from autopeft import api, methods, study_tools
+from autopeft import api, methods, reeval
 from autopeft.core.trial_result import MemoryKind, TrialStatus
-from autopeft.report import tables, write_report
+from autopeft.report import summaries, tables, write_report
 from autopeft.report.tables import StudyData
 from autopeft.search import blackbox
 from autopeft.search.local import run_local
@@ -76,7 +76,7 @@ def study(tmp_path_factory):
     run_local(s, 24, runner=blackbox.for_study(s, fail_every=5), progress=False)
     statuses = {r.status for _, r in s.results()}
     assert statuses == set(TrialStatus), statuses
-    study_tools.reeval(s, top=REEVAL_TOP, seeds=REEVAL_SEEDS, run=seed_runner(s))
+    reeval.reeval(s, top=REEVAL_TOP, seeds=REEVAL_SEEDS, run=seed_runner(s))
     return s
 
 
@@ -94,7 +94,7 @@ def test_tables_import_no_plotly():
 
 
 def test_front_flags_match_the_study_front(study, data):
-    front = {n for n, _ in study.front()}
+    front = {n for n, _ in study.front_points()}
     assert front and {n for n, _ in data.front()} == front
     rows = tables.points(data)
     assert {r["number"] for r in rows if r["front"]} == front
@@ -109,7 +109,7 @@ def test_front_flags_match_the_study_front(study, data):
 def test_the_knee_is_one_front_point_flagged_everywhere(study, data):
     from autopeft.core.pareto import knee_point
 
-    front = study.front()
+    front = study.front_points()
     expected = front[knee_point([study.values_of(r) for _, r in front], study.directions)][0]
     assert data.knee() == expected == tables.summary(data)["knee"]
     assert [r["number"] for r in tables.points(data) if r["knee"]] == [expected]
@@ -138,8 +138,8 @@ def test_pair_fronts_are_nondominated_in_their_pair(data):
 
 
 def test_placement_counts_equal_a_direct_count(study, data):
-    front = [r for _, r in study.front()]
-    cells = {(c["layer"], c["module"]): c for c in tables.placement(data)}
+    front = [r for _, r in study.front_points()]
+    cells = {(c["layer"], c["module"]): c for c in summaries.placement(data)}
     assert {c[0] for c in cells} == set(range(study.profile.num_layers))
     assert {c[1] for c in cells} == {"lora", "serial_adapter"}
     for (layer, module), cell in cells.items():
@@ -157,14 +157,14 @@ def test_placement_counts_equal_a_direct_count(study, data):
 
 
 def test_module_summary(study, data):
-    rows = {r["module"]: r for r in tables.module_summary(data)}
+    rows = {r["module"]: r for r in summaries.module_summary(data)}
     results = study.results()
     for module, row in rows.items():
         using = [(n, r) for n, r in results if module in r.candidate.methods]
         assert row["trials"] == len(using)
         done = [r for _, r in using if r.status is TrialStatus.COMPLETE]
         assert row["complete"] == len(done)
-        assert row["front"] == sum(module in r.candidate.methods for _, r in study.front())
+        assert row["front"] == sum(module in r.candidate.methods for _, r in study.front_points())
         if done:
             assert row["best_metric"] == max(r.metrics["accuracy"] for r in done)
         assert row["params_min"] <= row["params_max"]
@@ -227,7 +227,7 @@ def test_untold_trials_and_config(data):
 
 def test_reeval_rows_summarise_the_seeds(study, data):
     rows = tables.reeval_rows(data)
-    front = dict(study.front())
+    front = dict(study.front_points())
     assert len(rows) == REEVAL_TOP and {r["number"] for r in rows} <= set(front)
     best = sorted(front.values(), key=lambda r: -r.metrics["accuracy"])[:REEVAL_TOP]
     assert {r["search"] for r in rows} == {r.metrics["accuracy"] for r in best}
@@ -263,6 +263,94 @@ def test_report_cli_writes_the_report_and_rejects_a_missing_study(study, tmp_pat
     bad = subprocess.run([*cmd[:4], str(broken)], capture_output=True, text=True)
     assert bad.returncode == 2 and "configuration snapshot does not validate" in bad.stderr
     assert "study.json.model" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _replace(data, number, **update):
+    """``data`` with trial ``number``'s result changed (a copy: the fixture stays as it is)."""
+    results = [(n, r.model_copy(update=update) if n == number else r) for n, r in data.results]
+    return StudyData(**{**data.__dict__, "results": results})
+
+
+def _row_cells(html: str, number: int) -> list[str]:
+    """The cells of the trial table row of trial ``number`` (its first cell is the number)."""
+    for row in re.findall(r"<tr[^>]*>(.*?)</tr>", html):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        if cells and cells[0] == str(number):
+            return cells
+    raise AssertionError(f"no row for trial {number}")
+
+
+def test_memory_and_parameter_axes_and_columns_carry_units(data):
+    from autopeft.report.html import figure_3d, pair_figure
+    from autopeft.report.html_tables import trials_table
+
+    params, memory = data.metrics.index("trainable_params"), data.metrics.index("peak_memory")
+    fig = pair_figure(data, params, memory)
+    # The blackbox estimates a trained trial's memory; a pruned one measured none: predicted.
+    assert fig.layout.yaxis.title.text == (
+        "peak_memory [MiB; CPU estimate, predicted] (lower is better)"
+    )
+    assert fig.layout.xaxis.title.text == (
+        "trainable_params [PEFT parameters, head not counted] (lower is better)"
+    )
+    front = next(t for t in fig.data if t.name == "Pareto front")
+    assert "peak_memory: %{y:,.1f} MiB (%{customdata[3]})" in front.hovertemplate
+    assert "trainable_params: %{x:,} PEFT parameters" in front.hovertemplate
+    assert {c[3] for c in front.customdata} == {"CPU estimate"}
+    scene = figure_3d(data).layout.scene
+    assert scene.zaxis.title.text == "peak_memory [MiB]"
+    assert scene.yaxis.title.text == "trainable_params [PEFT parameters]"
+    # A CUDA measurement is named as the study stored it, on the axis and in the hover.
+    complete = [n for n, r in data.results if r.status is TrialStatus.COMPLETE]
+    pruned = next(n for n, r in data.results if r.status is TrialStatus.PRUNED)
+    mixed = _replace(data, complete[0], memory_kind=MemoryKind.CUDA)
+    fig = pair_figure(mixed, params, memory)
+    assert fig.layout.yaxis.title.text == (
+        "peak_memory [MiB; measured (CUDA), CPU estimate, predicted] (lower is better)"
+    )
+    kinds = {c[0]: c[3] for t in fig.data if t.customdata is not None for c in t.customdata}
+    assert kinds[complete[0]] == "measured (CUDA)" and kinds[pruned] == "predicted"
+    html = trials_table(mixed)
+    headers = re.findall(r"<th>(.*?)</th>", html)
+    assert headers[2:5] == [
+        "accuracy",
+        "trainable_params [PEFT parameters, head not counted]",
+        "peak_memory [MiB]",
+    ]
+    assert "peak memory [MiB]" in headers and "memory is" in headers and "wall [s]" in headers
+    assert "measured (CUDA)" in _row_cells(html, complete[0])
+    assert "predicted" in _row_cells(html, pruned)
+
+
+def test_a_head_only_candidate_shows_its_head_parameters(data):
+    from autopeft.core.candidate import Candidate
+    from autopeft.report.html import pair_figure, robustness_figure
+    from autopeft.report.html_tables import robustness_table, trials_table
+
+    number = tables.reeval_rows(data)[0]["number"]  # a front point with seed runs
+    head = dict(data.results)[number].head_params
+    assert head > 0  # minilm's classifier head
+    only = _replace(data, number, candidate=Candidate(modules=()), trainable_params=0)
+    shown = f"head only ({head:,} trained head parameters)"
+    (row,) = [r for r in tables.points(only) if r["number"] == number]
+    assert row["head_only"] and row["description"] == shown
+    fig = pair_figure(only, 0, 1)
+    hovers = {c[0]: c[2] for t in fig.data if t.customdata is not None for c in t.customdata}
+    assert hovers[number] == shown
+    cells = _row_cells(trials_table(only), number)
+    params = re.findall(r"<th>(.*?)</th>", trials_table(only)).index(
+        "trainable_params [PEFT parameters, head not counted]"
+    )
+    assert cells[params] == f"head {head:,}"  # not 0
+    assert f'<span class="desc">{shown}</span>' in cells
+    assert f"head {head:,}" in _row_cells(robustness_table(only), number)
+    assert shown in [c[2] for c in robustness_figure(only).data[0].customdata]
+    # Other candidates keep their PEFT count.
+    other = next(n for n, r in data.results if r.candidate.modules and n != number)
+    assert (
+        _row_cells(trials_table(only), other)[params]
+        == f"{dict(data.results)[other].trainable_params:,}"
+    )
 
 
 # -- HTML ------------------------------------------------------------------------------------
@@ -384,7 +472,7 @@ def test_report_renders_offline_in_headless_chromium(study, tmp_path):
     for plot_id, classes in scan.plots.items():
         assert classes["js-plotly-plot"] == 1 and classes["main-svg"] >= 1, plot_id
         assert "webgl" not in scan.text[plot_id].lower(), (plot_id, scan.text[plot_id][:300])
-    front = len(study.front())
+    front = len(study.front_points())
     for plot_id in expected[:3]:  # every evaluated point is drawn, the front among them
         assert scan.plots[plot_id]["point"] >= front
     assert scan.plots["pareto-3d"]["<canvas>"] >= 1

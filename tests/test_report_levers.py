@@ -13,7 +13,7 @@ import pytest
 
 from autopeft import api
 from autopeft.core.trial_result import TrialStatus
-from autopeft.report import tables, write_report
+from autopeft.report import summaries, tables, write_report
 from autopeft.report.html import figure_3d, pair_figure
 from autopeft.report.tables import StudyData
 from autopeft.search.local import run_local
@@ -60,12 +60,12 @@ def data(study):
 
 
 def test_the_lever_table_recounts_the_trials(study, data):
-    rows = tables.lever_summary(data)
+    rows = summaries.lever_summary(data)
     # One row per searched lever and value, in the search space's order; rank is no lever.
     assert [(r["lever"], r["value"]) for r in rows] == [
         (lever, WRITTEN[v]) for lever, values in SEARCHED.items() for v in values
     ]
-    front = {n for n, _ in study.front()}
+    front = {n for n, _ in study.front_points()}
     results = study.results()
     for row in rows:
         value = next(v for v in SEARCHED[row["lever"]] if WRITTEN[v] == row["value"])
@@ -98,8 +98,8 @@ def test_a_trial_told_before_the_lever_was_searched_counts_at_the_fixed_value(da
     stripped = first.candidate.model_copy(update={"training": {}})
     results = list(data.results)
     results[k] = (n, first.model_copy(update={"candidate": stripped}))
-    before = {(r["lever"], r["value"]): r["trials"] for r in tables.lever_summary(data)}
-    after = tables.lever_summary(StudyData(**{**data.__dict__, "results": results}))
+    before = {(r["lever"], r["value"]): r["trials"] for r in summaries.lever_summary(data)}
+    after = summaries.lever_summary(StudyData(**{**data.__dict__, "results": results}))
     moved = {(r["lever"], r["value"]): r["trials"] for r in after}
     for lever in SEARCHED:  # the study's fixed values: no quantisation, no checkpointing
         own = (lever, WRITTEN[first.candidate.training[lever]])
@@ -134,7 +134,7 @@ def test_the_report_has_the_lever_section_only_when_levers_were_searched(data, t
         for n, r in data.results
     ]
     none = StudyData(**{**data.__dict__, "results": plain})
-    assert tables.searched_levers(none) == [] and tables.lever_summary(none) == []
+    assert summaries.searched_levers(none) == [] and summaries.lever_summary(none) == []
     assert "Memory levers" not in write_report(none, tmp_path / "plain.html").read_text()
 
 

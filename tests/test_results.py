@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from autopeft import api, study_tools
+from autopeft import api, reeval, study_tools
 from autopeft.core.trial_result import TrialStatus
 from autopeft.search.local import run_local
 from autopeft.search.study import Study
@@ -136,7 +136,7 @@ def test_export_via_cli_with_retrain_and_trials_table(study, tmp_path):
 
 
 def test_reeval_records_mean_and_std(study):
-    rows = study_tools.reeval(study, top=1, seeds=2)
+    rows = reeval.reeval(study, top=1, seeds=2)
     assert len(rows) == 1 and len(rows[0]["seeds"]) == 2
     stored = study.optuna.user_attrs[f"reeval.{rows[0]['trial']}"]
     accs = [s["accuracy"] for s in stored["seeds"]]

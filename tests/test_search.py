@@ -65,7 +65,7 @@ def test_every_sampler_finishes_with_a_valid_front(tmp_path, sampler):
     check_front(study)
     check_states(study)
     infeasible = {n for n, r in study.results() if r.status is TrialStatus.INFEASIBLE}
-    assert not infeasible & {n for n, _ in study.front()}
+    assert not infeasible & {n for n, _ in study.front_points()}
 
 
 def test_bo_samplers_model_every_parameter_after_a_trial_with_every_layer_off(tmp_path):
@@ -325,15 +325,15 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):
 def test_results_to_pandas_and_best(tmp_path):
     study = Study(config("frame", halving=False), root=tmp_path)
     run_local(study, 10, runner=blackbox.for_study(study), progress=False)
-    df = study.to_pandas()
+    df = study.trials()
     assert len(df) == 10 and {"status", "accuracy", "trainable_params", "candidate"} <= set(
         df.columns
     )
     assert any(c.startswith("param.placement.layer_") for c in df.columns)
     number, best = study.best()
-    assert best.metrics["accuracy"] == max(r.metrics["accuracy"] for _, r in study.front())
-    small = study.best(max_params=min(r.trainable_params for _, r in study.front()))
-    assert small[1].trainable_params == min(r.trainable_params for _, r in study.front())
+    assert best.metrics["accuracy"] == max(r.metrics["accuracy"] for _, r in study.front_points())
+    small = study.best(max_params=min(r.trainable_params for _, r in study.front_points()))
+    assert small[1].trainable_params == min(r.trainable_params for _, r in study.front_points())
 
 
 def test_storage_opens_in_optuna_dashboard(tmp_path):
@@ -428,7 +428,9 @@ def test_search_approaches_the_known_front(tmp_path):
     ref = [0.5, 1.1 * max(p for _, p in truth)]
     best = hypervolume(truth, ref, study.directions)
     run_local(study, 30, runner=runner, progress=False)
-    found = hypervolume([study.values_of(r) for _, r in study.front()], ref, study.directions)
+    found = hypervolume(
+        [study.values_of(r) for _, r in study.front_points()], ref, study.directions
+    )
     assert len(truth) > 10 * 30  # the search saw a small part of the space
     print(f"hypervolume found {found:.4g} of {best:.4g} ({found / best:.1%})")
     assert found >= 0.85 * best, (found, best)

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import yaml
 from plotly.offline import get_plotlyjs
 
-from autopeft.report import tables
+from autopeft.report import summaries, tables
 from autopeft.report.assets import CSS, ERRORS_JS
 from autopeft.report.html_tables import (
     COLORS,
@@ -41,9 +41,34 @@ def _hover_text(row: dict[str, Any]) -> str:
     return escape(row["description"] or "head only").replace(" | ", "<br>")
 
 
-def _axis(metric: str, direction: str, values: list[float]) -> dict[str, Any]:
+#: Hover formats of the objectives with a unit (plotly's d3 format, then the unit).
+_HOVER_UNITS = {
+    "peak_memory": (":,.1f", " MiB"),
+    "predicted_memory": (":,.1f", " MiB (predicted)"),
+    "trainable_params": (":,", " PEFT parameters"),
+    "wall_time": (":,.1f", " s"),
+}
+
+
+def _hover_value(metric: str, ref: str, kind: str | None = None) -> str:
+    """The hover line of an objective: ``peak_memory: 1,234.5 MiB (CPU estimate)``.
+
+    ``ref`` is plotly's reference to the value (``x``); ``kind`` one to the point's memory
+    kind (how its peak memory was obtained), shown beside a ``peak_memory`` value.
+    """
+    fmt_, unit = _HOVER_UNITS.get(metric, ("", ""))
+    line = f"{metric}: %{{{ref}{fmt_}}}{unit}"
+    if metric == "peak_memory" and kind:
+        line += f" (%{{{kind}}})"
+    return line
+
+
+def _axis(
+    metric: str, direction: str, values: list[float], title: str | None = None
+) -> dict[str, Any]:
     # Parameter counts span orders of magnitude: log scale unless a head-only point (0).
-    axis: dict[str, Any] = {"title": {"text": label(metric, direction)}, "type": "linear"}
+    text = title or label(metric, direction)
+    axis: dict[str, Any] = {"title": {"text": escape(text)}, "type": "linear"}
     if metric == "trainable_params" and values and min(values) > 0:
         lo, hi = min(values) / 1.5, max(values) * 1.5
         decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
@@ -95,9 +120,12 @@ def pair_figure(data: StudyData, i: int, j: int) -> go.Figure:
                     "symbol": symbol,
                     "line": {"width": 1, "color": "#333"},
                 },
-                customdata=[[r["number"], r["status"], _hover_text(r)] for r in sel],
-                hovertemplate=f"trial %{{customdata[0]}} (%{{customdata[1]}})<br>{mi}: %{{x}}"
-                f"<br>{mj}: %{{y}}<br>%{{customdata[2]}}<extra></extra>",
+                customdata=[
+                    [r["number"], r["status"], _hover_text(r), r["memory_kind"]] for r in sel
+                ],
+                hovertemplate=f"trial %{{customdata[0]}} (%{{customdata[1]}})<br>"
+                f"{_hover_value(mi, 'x', 'customdata[3]')}<br>"
+                f"{_hover_value(mj, 'y', 'customdata[3]')}<br>%{{customdata[2]}}<extra></extra>",
             )
         )
     stairs = tables.pair_front(data, i, j)
@@ -115,8 +143,8 @@ def pair_figure(data: StudyData, i: int, j: int) -> go.Figure:
     xs, ys = [r["values"][mi] for r in rows], [r["values"][mj] for r in rows]
     fig.update_layout(
         title={"text": f"{mj} vs {mi}"},
-        xaxis=_axis(mi, data.directions[i], xs),
-        yaxis=_axis(mj, data.directions[j], ys),
+        xaxis=_axis(mi, data.directions[i], xs, tables.axis_label(data, mi)),
+        yaxis=_axis(mj, data.directions[j], ys, tables.axis_label(data, mj)),
     )
     return _style(fig, 430)
 
@@ -139,13 +167,22 @@ def figure_3d(data: StudyData) -> go.Figure:
                 mode="markers",
                 name=name,
                 marker={"color": color, "size": size},
-                customdata=[[r["number"], _hover_text(r)] for r in sel],
-                hovertemplate="trial %{customdata[0]}<br>%{customdata[1]}<extra></extra>",
+                customdata=[[r["number"], _hover_text(r), r["memory_kind"]] for r in sel],
+                hovertemplate="trial %{customdata[0]}<br>"
+                + "<br>".join(
+                    _hover_value(metric, ref, "customdata[2]") for metric, ref in zip(m, "xyz")
+                )
+                + "<br>%{customdata[1]}<extra></extra>",
             )
         )
+
+    def short(metric: str) -> str:  # the unit without the basis: the 3-D axes are short
+        unit = tables.unit(data, metric).split(";")[0].split(",")[0]
+        return escape(f"{metric} [{unit}]" if unit else metric)
+
     axes = {
         f"{a}axis": _axis(m[k], data.directions[k], [r["values"][m[k]] for r in rows])
-        | {"title": {"text": m[k]}}
+        | {"title": {"text": short(m[k])}}
         for k, a in enumerate("xyz")
     }
     fig.update_layout(
@@ -209,8 +246,8 @@ def status_figure(data: StudyData) -> go.Figure:
 
 def placement_figure(data: StudyData) -> go.Figure:
     """Heatmap layer x module type over the front: how many configurations, mean size."""
-    cells = tables.placement(data)
-    mods = tables.module_types(data)
+    cells = summaries.placement(data)
+    mods = summaries.module_types(data)
     grid = {(c["layer"], c["module"]): c for c in cells}
     layers = list(range(data.num_layers))
     z = [[grid[(ly, m)]["count"] for m in mods] for ly in layers]
@@ -245,7 +282,7 @@ def robustness_figure(data: StudyData) -> go.Figure:
     rows = tables.reeval_rows(data)
     metric = rows[0]["metric"] if rows else data.task_metric()
     xs = [r["trainable_params"] for r in rows]
-    hover = [[r["number"], r["seeds"], escape(r["description"])] for r in rows]
+    hover = [[r["number"], r["seeds"], _hover_text(r)] for r in rows]
     fig = go.Figure(
         [
             go.Scatter(
@@ -272,8 +309,10 @@ def robustness_figure(data: StudyData) -> go.Figure:
     )
     fig.update_layout(
         title={"text": f"Seed-robust {metric} of the front points (autopeft reeval)"},
-        xaxis=_axis("trainable_params", "minimize", xs),
-        yaxis={"title": {"text": metric}},
+        xaxis=_axis(
+            "trainable_params", "minimize", xs, tables.axis_label(data, "trainable_params")
+        ),
+        yaxis={"title": {"text": escape(metric)}},
     )
     return _style(fig, 400)
 

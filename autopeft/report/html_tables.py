@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from autopeft.report import tables
+from autopeft.report import summaries, tables
 from autopeft.report.tables import StudyData
 
 COLORS = {
@@ -54,15 +54,32 @@ def robustness_table(data: StudyData) -> str:
         return ""
     metric = rows[0]["metric"]
     headers = ["trial", f"{metric} mean", "std", "min", "max", "seeds", "failed seeds"]
-    headers += [f"{metric} in search", "params", "configuration"]
+    headers += [f"{metric} in search", _params_header(data), "configuration"]
     cells = [
         [_num(r["number"])]
         + [_num(r[k], metric) for k in ("mean", "std", "min", "max")]
         + [_num(r["seeds"]), _num(r["failed_seeds"]), _num(r["search"], metric)]
-        + [_num(r["trainable_params"]), f'<span class="desc">{escape(r["description"])}</span>']
+        + [_params(r), f'<span class="desc">{escape(r["description"])}</span>']
         for r in rows
     ]
     return _table(headers, cells)
+
+
+def header(data: StudyData, metric: str) -> str:
+    """A column header for an objective: the metric and its unit (``peak_memory [MiB]``)."""
+    unit = tables.unit(data, metric).split(";")[0]  # the basis has its own column
+    return f"{metric} [{unit}]" if unit else metric
+
+
+def _params_header(data: StudyData) -> str:
+    return header(data, "trainable_params").replace("trainable_params", "trainable params")
+
+
+def _params(row: dict[str, Any]) -> str:
+    """A parameter-count cell; a head-only candidate's shows its head, not 0."""
+    if row.get("head_only") and row.get("head_params"):
+        return "NUM:" + escape(f"head {row['head_params']:,}")
+    return _num(row["trainable_params"])
 
 
 def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
@@ -92,8 +109,9 @@ def trials_table(data: StudyData, front_only: bool = False) -> str:
     """The trial table (or only the front's rows) as HTML."""
     rows = [r for r in tables.trial_rows(data) if r["front"] or not front_only]
     params = "trainable_params" not in data.metrics
-    headers = ["trial", "status", *data.metrics] + ["params"] * params
-    headers += ["memory MiB", "memory is", "steps", "wall s", "configuration"]
+    headers = ["trial", "status", *(header(data, m) for m in data.metrics)]
+    headers += [_params_header(data)] * params
+    headers += ["peak memory [MiB]", "memory is", "steps", "wall [s]", "configuration"]
     headers += [] if front_only else ["reason"]
     cells, classes = [], []
     for r in rows:
@@ -101,8 +119,11 @@ def trials_table(data: StudyData, front_only: bool = False) -> str:
         steps = f"{r['steps']}/{r['target_steps']}" if r["steps"] is not None else ""
         cells.append(
             [_num(r["number"]), _status(status)]
-            + [_num(r["values"].get(m), m) for m in data.metrics]
-            + [_num(r["trainable_params"])] * params
+            + [
+                _params(r) if m == "trainable_params" else _num(r["values"].get(m), m)
+                for m in data.metrics
+            ]
+            + [_params(r)] * params
             + [_num(r["memory_mb"], "peak_memory"), escape(r["memory_kind"]), _num(steps)]
             + [_num(r["wall_time_s"], "wall_time")]
             + [f'<span class="desc">{escape(r["description"])}</span>']
@@ -114,7 +135,7 @@ def trials_table(data: StudyData, front_only: bool = False) -> str:
 
 def modules_table(data: StudyData) -> str:
     """Per-module-type summary as HTML."""
-    rows = tables.module_summary(data)
+    rows = summaries.module_summary(data)
     metric = data.task_metric()
     headers = ["module", "trials", "complete", "on front", f"best {metric}"]
     headers += ["trainable params (min-max)", "size/rank (min-max)", "mean layers"]
@@ -149,7 +170,7 @@ def cost_table(data: StudyData) -> str:
 
 def levers_table(data: StudyData) -> str:
     """Per searched memory lever and value: trials, front share, quality, memory, speed."""
-    rows = tables.lever_summary(data)
+    rows = summaries.lever_summary(data)
     metric = data.task_metric()
     headers = ["lever", "value", "trials", "complete (trained)", "on front", f"best {metric}"]
     headers += ["median peak MiB", "memory is", "median tokens/s", "median wall s"]
@@ -165,7 +186,7 @@ def levers_table(data: StudyData) -> str:
 
 def levers_section(data: StudyData) -> list[str]:
     """The memory-lever section of the page; nothing when the study searched no lever."""
-    if not tables.searched_levers(data):
+    if not summaries.searched_levers(data):
         return []
     return [
         "<h2>Memory levers</h2>",

@@ -11,19 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
-from statistics import median
 from typing import Any
 
-from autopeft import methods
-from autopeft.core.candidate import ModuleConfig
-from autopeft.core.levers import LEVERS
-from autopeft.core.pareto import hypervolume_history, knee_point, pareto_front
+from autopeft.core.pareto import hypervolume_history, knee_point, known, pareto_front, present
 from autopeft.core.secrets import masked_config
 from autopeft.core.trial_result import MemoryKind, TrialResult, TrialStatus
-from autopeft.study_tools import REEVAL_ATTR, retries, untold_note
+from autopeft.reeval import REEVAL_ATTR
+from autopeft.search.frames import retries, untold_note
 
 Row = dict[str, Any]
-#: Study user attributes ``reeval.<trial>`` (written by :func:`autopeft.study_tools.reeval`).
+#: Study user attributes ``reeval.<trial>`` (written by :func:`autopeft.reeval.reeval`).
 REEVAL_PREFIX = f"{REEVAL_ATTR}."
 STATUSES = [s.value for s in TrialStatus]
 
@@ -96,16 +93,24 @@ class StudyData:
             if r.status is TrialStatus.COMPLETE and n not in self.reused
         ]
 
+    def known(self, result: TrialResult) -> list[float] | None:
+        """The objective values of ``result`` when every one is known, else None."""
+        return known(self.values(result))
+
     def front(self) -> list[tuple[int, TrialResult]]:
-        """The Pareto front (as ``Study.front``)."""
-        done = self.counted()
-        idx = pareto_front([self.values(r) for _, r in done], self.directions)
-        return [done[i] for i in idx]
+        """The Pareto front (as ``Study.front_points``: trials with every objective known)."""
+        done, points = [], []
+        for n, r in self.counted():
+            if (values := self.known(r)) is not None:
+                done.append((n, r))
+                points.append(values)
+        return [done[i] for i in pareto_front(points, self.directions)]
 
     def knee(self) -> int | None:
         """Trial number of the front's knee (:func:`~autopeft.core.pareto.knee_point`)."""
         front = self.front()
-        k = knee_point([self.values(r) for _, r in front], self.directions)
+        points = [v for _, r in front if (v := self.known(r)) is not None]
+        k = knee_point(points, self.directions)
         return None if k is None else front[k][0]
 
     def reference_point(self) -> list[float]:
@@ -115,7 +120,7 @@ class StudyData:
         seen = [self.values(r) for _, r in self.counted()]
         ref = []
         for i, d in enumerate(self.directions):
-            col = [v[i] for v in seen if v[i] is not None] or [1.0]
+            col = present(v[i] for v in seen) or [1.0]
             ref.append(min(0.0, min(col)) if d == "maximize" else 1.1 * max(col))
         return ref
 
@@ -136,9 +141,16 @@ class StudyData:
         return min(values) if lower else max(values)
 
 
-def label(metric: str, direction: str) -> str:
-    """An axis label: the metric with its direction arrow."""
-    return f"{metric} ({'higher' if direction == 'maximize' else 'lower'} is better)"
+def label(metric: str, direction: str, unit: str = "") -> str:
+    """An axis label: the metric, its unit (``[MiB; measured (CUDA)]``) and its direction."""
+    where = f" [{unit}]" if unit else ""
+    return f"{metric}{where} ({'higher' if direction == 'maximize' else 'lower'} is better)"
+
+
+#: The objectives that are memory figures, in MiB.
+MEMORY_METRICS = ("peak_memory", "predicted_memory")
+#: How a memory figure was obtained, in the order they are named.
+MEMORY_KINDS = ("measured (CUDA)", "CPU estimate", "predicted")
 
 
 def memory_kind(result: TrialResult) -> str:
@@ -146,6 +158,54 @@ def memory_kind(result: TrialResult) -> str:
     if result.peak_memory_mb is not None:
         return "measured (CUDA)" if result.memory_kind is MemoryKind.CUDA else "CPU estimate"
     return "predicted" if result.predicted_memory_mb is not None else ""
+
+
+def head_only(result: TrialResult) -> bool:
+    """Whether the candidate has no PEFT module: only the task head trains."""
+    return not result.candidate.modules
+
+
+def describe(result: TrialResult) -> str:
+    """The candidate's description; a head-only one says how many head parameters train."""
+    text = result.candidate.describe()
+    if not head_only(result):
+        return text
+    what = (
+        f"{result.head_params:,} trained head parameters"
+        if result.head_params
+        else "nothing trained: the model's head is frozen"
+    )
+    return text.replace("head only", f"head only ({what})", 1)
+
+
+def unit(data: StudyData, metric: str) -> str:
+    """What an objective's values are: its unit, and how a memory figure was obtained.
+
+    ``peak_memory`` says which of measured (CUDA), CPU estimate and predicted the drawn
+    trials (complete and pruned) stored; ``trainable_params`` says it counts the PEFT
+    modules only (the task head, trained beside every candidate, is not counted).
+    """
+    if metric in MEMORY_METRICS:
+        if metric == "predicted_memory":
+            return "MiB; predicted"
+        drawn = (TrialStatus.COMPLETE, TrialStatus.PRUNED)
+        seen = {memory_kind(r) for _, r in data.results if r.status in drawn}
+        kinds = [k for k in MEMORY_KINDS if k in seen]
+        return "MiB" + (f"; {', '.join(kinds)}" if kinds else "")
+    if metric == "trainable_params":
+        head = any(r.head_params for _, r in data.results)
+        return "PEFT parameters" + (", head not counted" if head else "")
+    if metric == "wall_time":
+        return "s"
+    return ""
+
+
+def axis_label(data: StudyData, metric: str) -> str:
+    """The label of an objective's axis: metric, unit and direction."""
+    # An axis that is no objective (the seed plot's parameters) is a cost: lower is better.
+    cost = "minimize" if metric in (*MEMORY_METRICS, "trainable_params", "wall_time") else None
+    direction = dict(zip(data.metrics, data.directions)).get(metric, cost or "maximize")
+    return label(metric, direction, unit(data, metric))
 
 
 def error_text(result: TrialResult) -> str:
@@ -171,9 +231,12 @@ def points(data: StudyData) -> list[Row]:
                 "knee": n == knee,
                 "reused": n in data.reused,
                 "values": dict(zip(data.metrics, vals)),
-                "description": r.candidate.describe(),
+                "description": describe(r),
                 "methods": list(r.candidate.methods),
                 "trainable_params": r.trainable_params,
+                "head_only": head_only(r),
+                "head_params": r.head_params,
+                "memory_kind": memory_kind(r),
             }
         )
     return rows
@@ -186,17 +249,20 @@ def objective_pairs(data: StudyData) -> list[tuple[int, int]]:
 
 def pair_front(data: StudyData, i: int, j: int) -> list[Row]:
     """The 2-D non-dominated staircase of objectives ``i`` and ``j`` (sorted along ``i``)."""
-    done = data.counted()
-    pts = [[data.values(r)[i], data.values(r)[j]] for _, r in done]
+    done, pts = [], []
+    for n, r in data.counted():
+        if (pair := known([data.values(r)[i], data.values(r)[j]])) is not None:
+            done.append(n)
+            pts.append(pair)
     idx = pareto_front(pts, [data.directions[i], data.directions[j]])
-    rows = [{"number": done[k][0], "x": pts[k][0], "y": pts[k][1]} for k in idx]
+    rows = [{"number": done[k], "x": pts[k][0], "y": pts[k][1]} for k in idx]
     return sorted(rows, key=lambda row: (row["x"], row["y"]))
 
 
 def hypervolume_rows(data: StudyData) -> list[Row]:
     """Hypervolume after each trial (only COMPLETE, non-reused trials add points)."""
     counted = {n for n, _ in data.counted()}
-    pts = [data.values(r) if n in counted else None for n, r in data.results]
+    pts = [data.known(r) if n in counted else None for n, r in data.results]
     hist = hypervolume_history(pts, data.reference_point(), data.directions)
     rows, best = [], 0.0
     for (n, r), hv in zip(data.results, hist):
@@ -204,151 +270,6 @@ def hypervolume_rows(data: StudyData) -> list[Row]:
             {"number": n, "hypervolume": hv, "improved": hv > best, "status": r.status.value}
         )
         best = max(best, hv)
-    return rows
-
-
-def module_size(cfg: ModuleConfig, layer: int) -> int:
-    """The size/rank of a module in a layer (1 for module types without a size)."""
-    try:
-        size_param = methods.get(cfg.method).size_param
-    except KeyError:
-        size_param = None
-    if cfg.sizes is None and size_param is not None and size_param not in cfg.params:
-        return 1
-    return cfg.size_at(layer, size_param)
-
-
-def module_types(data: StudyData) -> list[str]:
-    """Module types of the search space, then any others seen in results (stable order)."""
-    space = list((data.config.get("search_space") or {}).get("modules") or {})
-    seen = [m for _, r in data.results for m in r.candidate.methods]
-    return list(dict.fromkeys(space + seen))
-
-
-def placement(data: StudyData) -> list[Row]:
-    """Heatmap cells (layer x module type) over the front configurations.
-
-    ``count``: front configurations placing the module in the layer (with a non-zero size);
-    ``mean_size``: their mean size/rank there; ``trials``: which front trials.
-    """
-    front = data.front()
-    rows = []
-    for layer in range(data.num_layers):
-        for method in module_types(data):
-            sizes, trials = [], []
-            for n, r in front:
-                cfg = r.candidate.module(method)
-                if cfg is None or layer not in cfg.layers:
-                    continue
-                size = module_size(cfg, layer)
-                if size > 0:
-                    sizes.append(size)
-                    trials.append(n)
-            rows.append(
-                {
-                    "layer": layer,
-                    "module": method,
-                    "count": len(sizes),
-                    "mean_size": sum(sizes) / len(sizes) if sizes else None,
-                    "trials": trials,
-                }
-            )
-    return rows
-
-
-def module_summary(data: StudyData) -> list[Row]:
-    """Per module type: trials, complete and front trials using it, best task metric, ranges."""
-    metric = data.task_metric()
-    front = {n for n, _ in data.front()}
-    rows = []
-    for method in module_types(data):
-        using = [(n, r) for n, r in data.results if method in r.candidate.methods]
-        done = [(n, r) for n, r in using if r.status is TrialStatus.COMPLETE]
-        best = [r.objective(metric) for _, r in done if r.objective(metric) is not None]
-        params = [r.trainable_params for _, r in using]
-        sizes = [
-            module_size(cfg, layer)
-            for _, r in using
-            if (cfg := r.candidate.module(method)) is not None
-            for layer in (cfg.layers or (0,))
-        ]
-        layers = [len(cfg.layers) for _, r in using if (cfg := r.candidate.module(method))]
-        rows.append(
-            {
-                "module": method,
-                "trials": len(using),
-                "complete": len(done),
-                "front": sum(n in front for n, _ in using),
-                "best_metric": data.task_better(best),
-                "metric": metric,
-                "params_min": min(params) if params else None,
-                "params_max": max(params) if params else None,
-                "size_min": min(sizes) if sizes else None,
-                "size_max": max(sizes) if sizes else None,
-                "mean_layers": sum(layers) / len(layers) if layers else None,
-            }
-        )
-    return rows
-
-
-def searched_levers(data: StudyData) -> list[str]:
-    """The memory levers (:data:`~autopeft.core.levers.LEVERS`) the study's trials searched."""
-    seen = {key for _, r in data.results for key in r.candidate.training}
-    return [lever for lever in LEVERS if lever in seen]
-
-
-def lever_text(value: Any) -> str:
-    """A lever value as a study file writes it (``true``, ``nf4``, ``16``; unset: default)."""
-    if value is None:
-        return "default"
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def lever_summary(data: StudyData) -> list[Row]:
-    """Per searched lever, one row per value: what the trials with that value achieved.
-
-    ``trials`` counts every told trial that trained (or would have) with the value;
-    ``complete`` those that completed and were trained, not reused (the medians and the
-    best metric are theirs, so a reused result is not counted twice); ``front`` how many
-    are on the Pareto front. A trial whose candidate lacks a searched lever (one told
-    before the lever was searched) ran with the study's fixed value and counts there.
-    Values come in the order the search space lists them.
-    """
-    metric = data.task_metric()
-    front = {n for n, _ in data.front()}
-    counted = {n for n, _ in data.counted()}
-    fixed = data.config.get("training") or {}
-    domains = ((data.config.get("search_space") or {}).get("training") or {}).get("domains") or {}
-    rows = []
-    for lever in searched_levers(data):
-        by_value: dict[str, list[tuple[int, TrialResult]]] = {
-            lever_text(v): [] for v in (domains.get(lever) or {}).get("values") or []
-        }
-        for n, r in data.results:
-            value = r.candidate.training.get(lever, fixed.get(lever))
-            by_value.setdefault(lever_text(value), []).append((n, r))
-        for value, trials in by_value.items():
-            done = [r for n, r in trials if n in counted]
-            best = [v for r in done if (v := r.objective(metric)) is not None]
-            memory = [r.peak_memory_mb for r in done if r.peak_memory_mb is not None]
-            speed = [r.tokens_per_s for r in done if r.tokens_per_s is not None]
-            rows.append(
-                {
-                    "lever": lever,
-                    "value": value,
-                    "trials": len(trials),
-                    "complete": len(done),
-                    "front": sum(n in front for n, _ in trials),
-                    "best_metric": data.task_better(best),
-                    "metric": metric,
-                    "median_memory_mb": median(memory) if memory else None,
-                    "memory_kind": ", ".join(
-                        sorted({memory_kind(r) for r in done if r.peak_memory_mb is not None})
-                    ),
-                    "median_tokens_per_s": median(speed) if speed else None,
-                    "median_wall_time_s": median(r.wall_time_s for r in done) if done else None,
-                }
-            )
     return rows
 
 
@@ -366,12 +287,14 @@ def trial_rows(data: StudyData) -> list[Row]:
                 "reused": n in data.reused,
                 "values": {m: r.objective(m) for m in data.metrics},  # no sentinels
                 "trainable_params": r.trainable_params,
+                "head_only": head_only(r),
+                "head_params": r.head_params,
                 "memory_mb": memory,
                 "memory_kind": memory_kind(r),
                 "steps": r.steps,
                 "target_steps": r.target_steps,
                 "wall_time_s": r.wall_time_s,
-                "description": r.candidate.describe(),
+                "description": describe(r),
                 "error": error_text(r),
             }
         )
@@ -384,6 +307,8 @@ def trial_rows(data: StudyData) -> list[Row]:
                 "reused": False,
                 "values": {},
                 "trainable_params": None,
+                "head_only": False,
+                "head_params": 0,
                 "memory_mb": None,
                 "memory_kind": "",
                 "steps": None,
@@ -419,7 +344,9 @@ def reeval_rows(data: StudyData) -> list[Row]:
                 "failed_seeds": len(runs) - len(values),
                 "search": result.metrics.get(metric),
                 "trainable_params": result.trainable_params,
-                "description": result.candidate.describe(),
+                "head_only": head_only(result),
+                "head_params": result.head_params,
+                "description": describe(result),
             }
         )
     return sorted(rows, key=lambda row: -(row["mean"] if row["mean"] is not None else -1e9))
@@ -471,5 +398,5 @@ def summary(data: StudyData) -> Row:
         "knee": data.knee(),
         "hypervolume": hv[-1]["hypervolume"] if hv else 0.0,
         "reference": data.reference_point(),
-        "objectives": [label(m, d) for m, d in zip(data.metrics, data.directions)],
+        "objectives": [axis_label(data, m) for m in data.metrics],
     }

@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import optuna
 from optuna.trial import TrialState
@@ -27,7 +27,7 @@ from autopeft.core.errors import ConfigError
 from autopeft.core.levers import Levers
 from autopeft.core.memory_model import predict_memory
 from autopeft.core.model_profile import ModelProfile, load_profile
-from autopeft.core.pareto import hypervolume, pareto_front
+from autopeft.core.pareto import hypervolume, known, pareto_front
 from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.resume import resume_conflicts
 from autopeft.core.secrets import masked_config
@@ -36,6 +36,9 @@ from autopeft.core.trial_result import TrialResult, TrialStatus
 from autopeft.search import proposals
 from autopeft.search.pool import Oracle
 from autopeft.search.samplers import make_sampler
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULT_ATTR = "result"
 STATUS_ATTR = "status"
@@ -58,6 +61,13 @@ def rung_attr(step: int) -> str:
 
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class TrialRecord(NamedTuple):
+    """A told trial: its number and its full result."""
+
+    number: int
+    result: TrialResult
 
 
 def model_profile(name: str, num_labels: int = 2, head: str = "classifier") -> ModelProfile:
@@ -179,7 +189,13 @@ class Study:
             trial_training(self.config.training, candidate), self.config.task.max_length
         )
         pred = predict_memory(
-            self.profile, candidate, params, lev.micro_batch_size, lev.max_length, levers=lev
+            self.profile,
+            candidate,
+            params,
+            lev.micro_batch_size,
+            lev.max_length,
+            levers=lev,
+            methods=methods.registry(),
         )
         return params, pred.total_mb, None
 
@@ -241,18 +257,23 @@ class Study:
 
     def _own(self, trial_id: int) -> None:
         # Heartbeats tell other drivers this trial is alive (shared storages only).
-        self.optuna._storage.record_heartbeat(trial_id)
+        self._rdb.record_heartbeat(trial_id)
         self._owned.add(trial_id)
         if self._beat is None:
             self._beat = threading.Thread(target=self._beat_loop, daemon=True)
             self._beat.start()
+
+    @property
+    def _rdb(self) -> Any:
+        """The RDB storage's heartbeat API (typed as the base storage by Optuna)."""
+        return self.optuna._storage
 
     def _beat_loop(self) -> None:
         while True:
             time.sleep(self.heartbeat[0])
             for trial_id in list(self._owned):
                 try:
-                    self.optuna._storage.record_heartbeat(trial_id)
+                    self._rdb.record_heartbeat(trial_id)
                 except Exception:  # noqa: BLE001 -- a transient DB error must not stop the driver
                     pass
 
@@ -271,11 +292,11 @@ class Study:
         storage.set_trial_user_attr(tid, STATUS_ATTR, result.status.value)
         if result.error:
             storage.set_trial_user_attr(tid, "error", result.error)
-        values = self.values_of(result)
-        if result.status is TrialStatus.INFEASIBLE:
+        values = known(self.values_of(result))
+        if result.status is TrialStatus.INFEASIBLE and values is not None:
             optuna.Trial(self.optuna, tid).set_constraint("budget", 1.0)
             self.optuna.tell(number, values)
-        elif result.status is TrialStatus.COMPLETE and None not in values:
+        elif result.status is TrialStatus.COMPLETE and values is not None:
             optuna.Trial(self.optuna, tid).set_constraint("budget", 0.0)
             self.optuna.tell(number, values)
         elif result.status is TrialStatus.PRUNED:
@@ -297,8 +318,8 @@ class Study:
         if raw is None:
             return None
         result = TrialResult.model_validate(raw)
-        values = self.values_of(result)
-        if None in values or not result.target_steps:
+        values = known(self.values_of(result))
+        if values is None or not result.target_steps:
             return None
         return values, result.steps / result.target_steps
 
@@ -372,7 +393,7 @@ class Study:
         """
         running = self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if self.shared:
-            stale = set(self.optuna._storage._get_stale_trial_ids(self.optuna._study_id))
+            stale = set(self._rdb._get_stale_trial_ids(self.optuna._study_id))
             running = [t for t in running if t._trial_id in stale]
         return proposals.recover(self, running) if running else []
 
@@ -399,19 +420,17 @@ class Study:
 
     # -- results -----------------------------------------------------------------------------
 
-    def results(
-        self, trials: list[optuna.trial.FrozenTrial] | None = None
-    ) -> list[tuple[int, TrialResult]]:
+    def results(self, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[TrialRecord]:
         """Every told trial's result (of ``trials``, default all), by trial number."""
         if trials is None:
             trials = self.optuna.get_trials(deepcopy=False)
         return [
-            (t.number, TrialResult.model_validate(t.user_attrs[RESULT_ATTR]))
+            TrialRecord(t.number, TrialResult.model_validate(t.user_attrs[RESULT_ATTR]))
             for t in trials
             if RESULT_ATTR in t.user_attrs and t.state.is_finished()
         ]
 
-    def front(self) -> list[tuple[int, TrialResult]]:
+    def front_points(self) -> list[TrialRecord]:
         """Non-dominated COMPLETE trials (infeasible, pruned and failed ones never appear).
 
         A candidate appears once: trials that reused an earlier identical result are left out.
@@ -421,17 +440,17 @@ class Study:
             for t in self.optuna.get_trials(deepcopy=False)
             if t.user_attrs.get(REUSED_ATTR)
         }
-        done = [
-            (n, r)
-            for n, r in self.results()
-            if r.status is TrialStatus.COMPLETE and n not in reused
-        ]
-        points = [self.values_of(r) for _, r in done]
+        done, points = [], []
+        for n, r in self.results():
+            values = known(self.values_of(r))
+            if r.status is TrialStatus.COMPLETE and n not in reused and values is not None:
+                done.append(TrialRecord(n, r))
+                points.append(values)
         return [done[i] for i in pareto_front(points, self.directions)]
 
     def hypervolume(self, reference: list[float] | None = None) -> float:
         """Hypervolume of the front (reference derived from the space when not given)."""
-        front = [self.values_of(r) for _, r in self.front()]
+        front = [known(self.values_of(r)) or [] for _, r in self.front_points()]
         return hypervolume(front, reference or self.reference_point(), self.directions)
 
     def reference_point(self) -> list[float]:
@@ -449,12 +468,10 @@ class Study:
             elif metric == "trainable_params":
                 ref.append(1.1 * max(hi, 1))
             else:
-                ref.append(1.1 * max([v[i] for v in seen if v[i] is not None] or [1.0]))
+                ref.append(1.1 * max([x for v in seen if (x := v[i]) is not None] or [1.0]))
         return ref
 
-    def best(
-        self, metric: str | None = None, max_params: int | None = None
-    ) -> tuple[int, TrialResult]:
+    def best(self, metric: str | None = None, max_params: int | None = None) -> TrialRecord:
         """The front point best on ``metric`` (default: the first objective).
 
         Optionally only among points with at most ``max_params`` trainable parameters.
@@ -462,15 +479,15 @@ class Study:
         metric = metric or self.metrics[0]
         sign = 1.0 if self.direction_of(metric) == "maximize" else -1.0
         pool = [
-            (n, r)
-            for n, r in self.front()
+            TrialRecord(n, r)
+            for n, r in self.front_points()
             if max_params is None or r.trainable_params <= max_params
         ]
         if not pool:
             raise ValueError("no front point satisfies the request")
 
-        def score(item: tuple[int, TrialResult]) -> float:
-            value = item[1].objective(metric)
+        def score(item: TrialRecord) -> float:
+            value = item.result.objective(metric)
             return float("-inf") if value is None else sign * value
 
         return max(pool, key=score)
@@ -484,27 +501,17 @@ class Study:
             return self.config.task_direction
         return METRICS.get(metric, "maximize")
 
-    def to_pandas(self) -> Any:
-        """One row per trial: state, status, objectives, parameters, candidate, error."""
-        import pandas as pd
+    def trials(self) -> pd.DataFrame:
+        """Every trial as a DataFrame: one column per objective, metric and parameter.
 
-        rows = []
-        for t in self.optuna.get_trials(deepcopy=False):
-            row: dict[str, Any] = {"number": t.number, "state": t.state.name}
-            row["status"] = t.user_attrs.get(STATUS_ATTR)
-            result = t.user_attrs.get(RESULT_ATTR)
-            if result:
-                res = TrialResult.model_validate(result)
-                row.update({m: res.objective(m) for m in self.metrics})
-                row.update(
-                    trainable_params=res.trainable_params,
-                    peak_memory_mb=res.peak_memory_mb,
-                    predicted_memory_mb=res.predicted_memory_mb,
-                    steps=res.steps,
-                    wall_time_s=res.wall_time_s,
-                    candidate=res.candidate.describe(),
-                    error=res.error,
-                )
-            row.update({f"param.{k}": v for k, v in t.params.items()})
-            rows.append(row)
-        return pd.DataFrame(rows)
+        See :mod:`autopeft.search.frames` for the columns.
+        """
+        from autopeft.search.frames import trials_frame
+
+        return trials_frame(self)
+
+    def front(self) -> pd.DataFrame:
+        """The Pareto front as a DataFrame (the columns of :meth:`trials`)."""
+        from autopeft.search.frames import front_frame
+
+        return front_frame(self)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from autopeft.core.errors import Problem
     from autopeft.core.study_config import TaskConfig
 
 
@@ -47,6 +48,14 @@ class TaskKind:
             ConfigError: a missing or malformed file, column or row (one paragraph each).
         """
         raise NotImplementedError
+
+    def check(self, cfg: TaskConfig) -> list[Problem]:
+        """What :meth:`load` would refuse, found without torch (``autopeft validate``).
+
+        One problem per field (``task.path``, ``task.label``, ...); empty when the task
+        reads fine or this kind checks nothing ahead of a run (the default).
+        """
+        return []
 
     def num_labels(self, task: Any) -> int:
         """Classes of the model's head (0: no classifier head)."""

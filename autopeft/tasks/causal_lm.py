@@ -9,6 +9,7 @@ from autopeft.tasks import register
 from autopeft.tasks.base import TaskKind
 
 if TYPE_CHECKING:
+    from autopeft.core.errors import Problem
     from autopeft.core.study_config import TaskConfig
 
 
@@ -51,6 +52,12 @@ class CausalLM(TaskKind):
         from autopeft.train.sft import load_sft
 
         return load_sft(cfg, seed)
+
+    def check(self, cfg: TaskConfig) -> list[Problem]:
+        """See :func:`autopeft.train.task_files.causal_lm_problems`."""
+        from autopeft.train.task_files import causal_lm_problems
+
+        return causal_lm_problems(cfg)
 
     def tokenizer(self, model: str, task: Any) -> Any:
         """The model's tokenizer (a tiny model's is fitted on prompts and answers)."""

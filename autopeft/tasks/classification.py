@@ -9,6 +9,7 @@ from autopeft.tasks import register
 from autopeft.tasks.base import TaskKind
 
 if TYPE_CHECKING:
+    from autopeft.core.errors import Problem
     from autopeft.core.study_config import TaskConfig
 
 
@@ -29,6 +30,12 @@ class Classification(TaskKind):
         from autopeft.train.data import load_task
 
         return load_task(cfg, seed)
+
+    def check(self, cfg: TaskConfig) -> list[Problem]:
+        """See :func:`autopeft.train.task_files.classification_problems`."""
+        from autopeft.train.task_files import classification_problems
+
+        return classification_problems(cfg)
 
     def num_labels(self, task: Any) -> int:
         """The task's classes."""

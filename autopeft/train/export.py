@@ -28,6 +28,7 @@ from autopeft.core.candidate import Candidate
 from autopeft.core.levers import Levers, quant_bits
 from autopeft.core.model_profile import ModelProfile, profile_from_config
 from autopeft.core.study_config import StudyConfig, TrainingConfig, trial_training
+from autopeft.core.trial_result import MemoryKind, TrialResult
 from autopeft.train.build import AdaptedModel, build_adapted
 from autopeft.train.levers import prepare_base, trainable_in_fp32
 from autopeft.train.models import DTYPES, load_model, quantization_config
@@ -49,12 +50,18 @@ def export_adapted(
     task_info: dict[str, Any],
     metrics: dict[str, float] | None = None,
     trial: int | None = None,
+    result: TrialResult | None = None,
 ) -> Path:
     """Write ``adapted`` (already trained) to ``out_dir``; returns the folder.
 
     ``out_dir`` must be new, empty, or an earlier export (whose files are replaced).
     ``task_info`` is what the task kind records (``TaskKind.describe``: a classifier's
-    ``num_labels`` and labels, a causal LM's data format).
+    ``num_labels`` and labels, a causal LM's data format). ``result`` is the trial's
+    result, for the peak memory the manifest and model card record.
+
+    A candidate that mixes a peft-backed module with autopeft's own (native) modules gets
+    a peft adapter that holds only the peft module: the manifest (``loading``), the model
+    card and :func:`loading_statement` say so, and that :func:`load_exported` loads all.
 
     Raises:
         ConfigError: when ``out_dir`` is a file, or a non-empty folder that is no export.
@@ -75,6 +82,9 @@ def export_adapted(
         adapter_cfg = json.loads(cfg_path.read_text())
         adapter_cfg["base_model_name_or_path"] = base_model_id(config.model)
         cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
+    native = [m.method for spec, m in specs if spec.backend == "native"]
+    in_peft = [m.method for spec, m in specs if spec.backend == "peft"]  # at most one
+    head = "classifier head" if adapted.profile.has_head else None
     manifest: dict[str, Any] = {
         "autopeft_version": __version__,
         "base_model": config.model,
@@ -89,7 +99,14 @@ def export_adapted(
         "head_params": adapted.head_params,
         "peft_adapter": peft_backed,
         # Modules peft cannot load: PeftModel.from_pretrained alone would silently drop them.
-        "native_modules": [m.method for spec, m in specs if spec.backend == "native"],
+        "native_modules": native,
+        # What each loader gives: the peft adapter alone is partial when native modules exist.
+        "loading": {
+            "peft_from_pretrained": [*in_peft, *([head] if head and peft_backed else [])],
+            "load_exported": [m.method for m in adapted.candidate.modules]
+            + ([head] if head else []),
+            "peft_alone_is_partial": peft_backed and bool(native),
+        },
         "task": config.task.model_dump(mode="json"),
         "training": training.model_dump(mode="json"),
         # How to load the base the adapter was trained on (None: as it is, unquantised).
@@ -97,7 +114,9 @@ def export_adapted(
         "study": config.name,
         "trial": trial,
         "metrics": metrics or {},
+        "memory": memory_record(result),
     }
+    manifest["loading"]["statement"] = loading_statement(manifest)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (out_dir / MODEL_CARD).write_text(model_card(manifest))
     return out_dir
@@ -157,24 +176,91 @@ def _load_snippet(manifest: dict[str, Any]) -> str:
     )
 
 
-def model_card(manifest: dict[str, Any]) -> str:
-    """A Hugging Face model card for the export: base model, task, metrics, candidate."""
-    metrics = manifest.get("metrics") or {}
-    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items()))
-    peft = manifest["peft_adapter"]
-    load = (
-        _load_snippet(manifest)
-        if peft
-        else "```python\nfrom autopeft.train.export import load_exported\n"
-        'adapted = load_exported("path/to/this/folder")\n```'
-    )
-    native = manifest.get("native_modules") or []
-    if peft and native:
-        load += (
-            f"\n\nThe peft adapter holds the peft module only; {', '.join(native)} "
-            "(autopeft's own modules) load with `autopeft.train.export.load_exported`, "
-            "which rebuilds the whole candidate."
+def memory_record(result: TrialResult | None) -> dict[str, Any] | None:
+    """The trial's peak memory for the manifest: MiB and how it was obtained, or None."""
+    if result is None:
+        return None
+    if result.peak_memory_mb is not None:
+        kind = "measured (CUDA)" if result.memory_kind is MemoryKind.CUDA else "CPU estimate"
+        return {"peak_memory_mib": result.peak_memory_mb, "kind": kind}
+    if result.predicted_memory_mb is not None:
+        return {"peak_memory_mib": result.predicted_memory_mb, "kind": "predicted"}
+    return None
+
+
+def loading_statement(manifest: dict[str, Any]) -> str:
+    """What ``PeftModel.from_pretrained`` alone loads and what needs :func:`load_exported`.
+
+    One paragraph for the CLI, the manifest and the model card. A peft adapter beside
+    native modules is partial: said first, so nobody uses it silently.
+    """
+    loading = manifest["loading"]
+    everything = ", ".join(loading["load_exported"]) or "the base model as it is"
+    natives = manifest.get("native_modules") or []
+    native = ", ".join(natives)
+    own, are, them = ("modules", "are", "them") if len(natives) > 1 else ("module", "is", "it")
+    if loading["peft_alone_is_partial"]:
+        return (
+            "WARNING: PeftModel.from_pretrained alone loads a partial model: only "
+            f"{', '.join(loading['peft_from_pretrained'])}. {native} (autopeft's own {own}) "
+            f"{are} not in the peft adapter, so a model loaded with peft alone lacks {them} "
+            "and does not reproduce the trained predictions. Load the whole model "
+            f"({everything}) with autopeft.train.export.load_exported."
         )
+    if manifest["peft_adapter"]:
+        return (
+            f"PeftModel.from_pretrained loads the whole trained model ({everything}); "
+            "autopeft.train.export.load_exported loads it too."
+        )
+    what = f"{native} (autopeft's own {own})" if native else "only the head (no PEFT module)"
+    return (
+        f"No peft adapter: this candidate trains {what}, which PeftModel cannot load. Load the "
+        f"whole model ({everything}) with autopeft.train.export.load_exported."
+    )
+
+
+def model_card(manifest: dict[str, Any]) -> str:
+    """A Hugging Face model card for the export.
+
+    It names the base model (as the study gave it), the task, the trial, the metrics
+    (task quality, trainable parameters, peak memory in MiB) and how to load it; a partial
+    peft adapter (native modules beside it) is stated first.
+    """
+    metrics = manifest.get("metrics") or {}
+    rows = [f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())]
+    rows.append(f"| trainable parameters (PEFT modules) | {manifest['trainable_params']:,} |")
+    if manifest.get("head_params"):
+        rows.append(f"| trained head parameters | {manifest['head_params']:,} |")
+    memory = manifest.get("memory")
+    if memory:
+        rows.append(f"| peak memory, {memory['kind']} | {memory['peak_memory_mib']:,.1f} MiB |")
+    peft = manifest["peft_adapter"]
+    partial = manifest["loading"]["peft_alone_is_partial"]
+    exported = (
+        "```python\nfrom autopeft.train.export import load_exported\n"
+        'adapted = load_exported("path/to/this/folder")  # adapted.model: the whole model\n```'
+    )
+    if peft and not partial:
+        load = f"{_load_snippet(manifest)}\n\nor with autopeft:\n\n{exported}"
+    elif partial:
+        held = ", ".join(manifest["loading"]["peft_from_pretrained"])
+        load = (
+            f"{exported}\n\nThe peft adapter in this folder holds only {held}:\n\n"
+            f"{_load_snippet(manifest)}\n\nloads a model without "
+            f"{', '.join(manifest['native_modules'])}, which does not give the trained "
+            "predictions."
+        )
+    else:
+        load = exported
+    task = manifest.get("task") or {}
+    source = task.get("path") or task.get("hf_dataset") or task.get("name")
+    base = manifest["base_model"]
+    named = f"`{base}`" + (
+        f" (`{manifest['base_model_id']}`)" if manifest["base_model_id"] != base else ""
+    )
+    statement = manifest["loading"]["statement"]
+    # A partial peft adapter is said at the top of the card, where nobody misses it.
+    warning, statement = (f"> **{statement}**\n\n", "") if partial else ("", f"{statement}\n\n")
     return (
         "---\n"
         f"base_model: {manifest['base_model_id']}\n"
@@ -182,12 +268,17 @@ def model_card(manifest: dict[str, Any]) -> str:
         f"tags: [autopeft, {manifest['task_kind']}]\n"
         "---\n\n"
         f"# {manifest['study']} trial {manifest['trial']}\n\n"
+        f"{warning}"
         f"A {manifest['task_kind']} adapter for `{manifest['base_model_id']}`, found by "
         f"autopeft {manifest['autopeft_version']}: {manifest['description']} "
         f"({manifest['trainable_params']:,} trainable parameters).\n\n"
-        "| metric | value |\n|---|---|\n"
-        f"{rows}\n\n"
-        f"Load it:\n\n{load}\n\n"
+        f"- base model: {named}\n"
+        f"- task: {manifest['task_kind']} on `{source}`"
+        + (f", task metric `{task['metric']}`" if task.get("metric") else "")
+        + "\n"
+        f"- study `{manifest['study']}`, trial {manifest['trial']}\n\n"
+        "| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"## Loading\n\n{statement}{load}\n\n"
         "`autopeft.json` holds the candidate, the training recipe and the task.\n"
     )
 

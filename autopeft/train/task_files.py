@@ -180,3 +180,165 @@ def column_problems(data: Rows, columns: dict[str, str | None]) -> list[Problem]
                 )
             )
     return problems
+
+
+#: The fewest distinct examples for which the 80/10/10 split leaves no split empty (4/1/1);
+#: the rule :mod:`autopeft.train.data` applies when it splits a task.
+MIN_EXAMPLES = 6
+
+_PATH_HINT = (
+    "a relative path in a study file is read from the study file's folder; in a study built "
+    "in Python, from the working directory"
+)
+
+
+def _splits_empty(n: int) -> bool:
+    """Whether ``n`` examples leave a split of the 80/10/10 rule empty."""
+    cut1, cut2 = int(0.8 * n), int(0.9 * n)
+    return not (cut1 and cut2 > cut1 and n > cut2)
+
+
+def file_rows(cfg: Any) -> Rows | list[Problem]:
+    """The rows of the task file ``task.path``, or the problems that stop reading it.
+
+    The same reading as a run's (:func:`read_rows`), without torch: a missing, unreadable
+    or malformed file is a problem at ``task.path``.
+    """
+    path = Path(cfg.path).expanduser()
+    if not path.is_file():
+        return [Problem("task.path", f"no such file: {path}", hint=_PATH_HINT)]
+    try:
+        return read_rows(path, "jsonl" if path.suffix in (".jsonl", ".json") else "csv")
+    except ConfigError as err:
+        return err.problems
+
+
+def classification_problems(cfg: Any) -> list[Problem]:
+    """What a run would refuse in a classification task file, before any training.
+
+    The checks of :func:`autopeft.train.data.load_task` on a ``task.path`` file, without
+    torch (so ``autopeft validate`` stays fast): the file exists and parses, has rows, has
+    the ``text``/``text_pair``/``label`` columns with a value in every row, at least two
+    distinct labels, and enough distinct examples for the 80/10/10 split. Built-in tasks
+    and ``datasets`` datasets are not read here.
+    """
+    if not cfg.path:
+        return []
+    data = file_rows(cfg)
+    if isinstance(data, list):
+        return data
+    if not data.rows:
+        return [Problem(data.field, f"{data.source} has no rows", hint=data.hint)]
+    columns = {"text": cfg.text, "text_pair": cfg.text_pair, "label": cfg.label}
+    problems = column_problems(data, columns)
+    if problems:
+        return problems
+    text, pair, label = cfg.text, cfg.text_pair, cfg.label
+    seen: dict[tuple[str, str], str] = {}
+    for row in data.rows:
+        key = (str(row[text]).strip(), str(row[pair]).strip() if pair else "")
+        if key[0] and key not in seen:  # de-duplicated on the input, as a run does
+            seen[key] = str(row[label])
+    if not seen:
+        return [
+            Problem(
+                "task.text",
+                f"every {text!r} in {data.source} is empty",
+                hint="set task.text to the column that holds the texts",
+            )
+        ]
+    names = sorted(set(seen.values()))
+    if len(names) < 2:
+        return [
+            Problem(
+                "task.label",
+                f"a task needs >= 2 distinct labels in column {label!r} of {data.source}, "
+                f"found {names}",
+                hint="set task.label to the column that holds the classes",
+            )
+        ]
+    n = len(seen)
+    if not _splits_empty(n):
+        return []
+    cut1, cut2 = int(0.8 * n), int(0.9 * n)
+    sizes = f"train {cut1}, validation {cut2 - cut1}, test {n - cut2}"
+    return [
+        Problem(
+            data.field,
+            f"the task is too small for the 80/10/10 split: {n} distinct examples in "
+            f"{data.source} give {sizes}; every split needs one, so a task needs at "
+            f"least {MIN_EXAMPLES} distinct examples",
+            hint="add examples (duplicates and rows with an empty text do not count); "
+            "a validation split that can rank candidates needs hundreds",
+        )
+    ]
+
+
+def causal_lm_problems(cfg: Any) -> list[Problem]:
+    """What a run would refuse in a causal-LM task file, before any training.
+
+    The checks of :func:`autopeft.train.sft.load_sft` on a ``task.path`` file, without
+    torch: the file exists and parses, has rows, has ``prompt`` and ``completion`` columns
+    with a value in every row (or chat turns in ``messages`` ending with an assistant turn),
+    and enough distinct rows for the 80/10/10 split.
+    """
+    if not cfg.path:
+        return []
+    data = file_rows(cfg)
+    if isinstance(data, list):
+        return data
+    if not data.rows:
+        return [Problem(data.field, f"{data.source} has no rows", hint=data.hint)]
+    if any(cfg.messages in row for row in data.rows[:100]):
+        pairs = []
+        for index, row in enumerate(data.rows):
+            turns = row.get(cfg.messages)
+            problem = _chat_problem(turns, data, index, cfg.messages)
+            if problem:
+                return [problem]
+            pairs.append(json.dumps(turns, sort_keys=True))
+    else:
+        problems = column_problems(data, {"prompt": cfg.prompt, "completion": cfg.completion})
+        if problems:
+            problems[0].hint = (problems[0].hint or "") + (
+                f" (or give chat turns in a {cfg.messages!r} column)"
+            )
+            return problems
+        pairs = [json.dumps([str(r[cfg.prompt]), str(r[cfg.completion])]) for r in data.rows]
+    if not _splits_empty(len(set(pairs))):
+        return []
+    return [
+        Problem(
+            data.field,
+            f"the task is too small for the 80/10/10 split: {len(set(pairs))} distinct rows in "
+            f"{data.source}; a task needs at least {MIN_EXAMPLES}",
+            hint="add rows (duplicates do not count)",
+        )
+    ]
+
+
+def _chat_problem(turns: Any, data: Rows, index: int, column: str) -> Problem | None:
+    """The problem of one chat row (see :func:`autopeft.train.sft.load_sft`), or None."""
+    ok = (
+        isinstance(turns, list)
+        and turns
+        and all(
+            isinstance(t, dict) and isinstance(t.get("role"), str) and "content" in t for t in turns
+        )
+    )
+    if not ok:
+        return Problem(
+            "task.messages",
+            f"{data.where(index)}: {column!r} must be a list of chat turns",
+            hint='e.g. [{"role": "user", "content": "2+2?"}, '
+            '{"role": "assistant", "content": "4"}]',
+        )
+    if turns[-1]["role"] != "assistant":
+        return Problem(
+            "task.messages",
+            f"{data.where(index)} has no assistant turn at the end (roles: "
+            f"{', '.join(t['role'] for t in turns)})",
+            hint="the last turn is the answer the model learns; end each row with an "
+            "assistant turn",
+        )
+    return None

@@ -33,6 +33,7 @@ _PUBLIC: dict[str, str] = {
     "SearchSpace": "autopeft.core.space",
     "ConfigError": "autopeft.core.errors",
     # Candidates and their results.
+    "RandomSuggest": "autopeft.core.resolve",
     "Candidate": "autopeft.core.candidate",
     "ModuleConfig": "autopeft.core.candidate",
     "TrialResult": "autopeft.core.trial_result",
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; `as` marks each as a re-ex
     from autopeft.core.memory_model import predict_memory as predict_memory
     from autopeft.core.model_profile import load_profile as load_profile
     from autopeft.core.pareto import hypervolume as hypervolume
+    from autopeft.core.resolve import RandomSuggest as RandomSuggest
     from autopeft.core.space import SearchSpace as SearchSpace
     from autopeft.core.study_config import StudyConfig as StudyConfig
     from autopeft.core.trial_result import TrialResult as TrialResult

@@ -1,6 +1,6 @@
 """Real low-fidelity trials on random candidates: the data the search-quality surrogate fits.
 
-Candidates are drawn at random (:class:`RandomDraws`, seeded per draw) from
+Candidates are drawn at random (``autopeft.RandomSuggest``, seeded per draw) from
 ``search_spaces/bench.yaml`` and trained for real with ``autopeft.run_trial`` on the bundled
 ``minilm``
 model and ``rotten_tomatoes`` (max length 48, batch 16, lr 5e-3, 40 steps), evaluated at steps
@@ -32,11 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
 import time
 from pathlib import Path
-from typing import Any
 
 import autopeft
 from bench.common import (
@@ -51,48 +48,6 @@ from bench.common import (
 )
 
 OUT = RESULTS / "real_trials_minilm.jsonl"
-
-
-class RandomDraws:
-    """What ``ResolvedSpace.sample`` asks for, answered uniformly at random (log-uniform where
-    asked) and recorded in ``params``.
-
-    The draws of the committed files were made this way (then autopeft's own random suggester,
-    whose algorithm this repeats): draw ``i`` of seed ``s`` is ``RandomDraws(s * 100_003 + i)``,
-    so a resumed collection continues the same sequence.
-    """
-
-    def __init__(self, seed: int = 0):
-        self.rng = random.Random(seed)
-        self.params: dict[str, Any] = {}
-
-    def suggest_int(
-        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
-    ) -> int:
-        """A random integer (log-uniform when ``log``)."""
-        if log:
-            value = int(round(math.exp(self.rng.uniform(math.log(low), math.log(high)))))
-        else:
-            value = low + step * self.rng.randint(0, (high - low) // step)
-        self.params[name] = value
-        return value
-
-    def suggest_float(
-        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
-    ) -> float:
-        """A random real (log-uniform when ``log``; ``step`` is not used)."""
-        if log:
-            value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
-        else:
-            value = self.rng.uniform(low, high)
-        self.params[name] = value
-        return value
-
-    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
-        """A random choice."""
-        value = self.rng.choice(list(choices))
-        self.params[name] = value
-        return value
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -163,7 +118,8 @@ def main() -> None:
     evals = set(rung_steps(config.training.steps, config.training.rungs))
     for i in range(args.n):
         # One generator per draw, seeded by (seed, index): draw i is the same on a resume.
-        suggest = RandomDraws(seed=args.seed * 100_003 + i)
+        # Draw i of seed s: its own stream, so a resumed collection continues the sequence.
+        suggest = autopeft.RandomSuggest(seed=args.seed * 100_003 + i)
         candidate = space.sample(suggest)
         if i in done or i not in wanted:
             continue

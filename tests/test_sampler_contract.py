@@ -45,13 +45,15 @@ PLUGIN = textwrap.dedent(
         name = "halton"
         summary = "quasi-random Halton sequence (a plugin of the contract test)"
 
-        def build(self, cfg, oracle, metrics, partial):
+        def build(self, inputs):
             import warnings
 
             import optuna
 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.QMCSampler(qmc_type="halton", seed=cfg.seed, scramble=True)
+            return optuna.samplers.QMCSampler(
+                qmc_type="halton", seed=inputs.cfg.seed, scramble=True
+            )
     '''
 )
 

@@ -22,7 +22,7 @@ import torch
 
 from autopeft.core.errors import ConfigError, Problem, did_you_mean
 from autopeft.core.study_config import TaskConfig
-from autopeft.train.task_files import Rows, column_problems, read_rows
+from autopeft.train.task_files import Rows, column_problems, read_rows, split_problems
 
 SPLITS = ("train", "validation", "test")
 BUILTIN_TASKS = {
@@ -62,11 +62,6 @@ class Task:
         for i in idx:
             counts[self.labels[i]] += 1
         return max(counts) / max(1, len(idx))
-
-
-#: The fewest distinct examples for which the 80/10/10 split (train up to 80%, validation up
-#: to 90%, test the rest; cuts rounded down) leaves no split empty: 6 gives 4/1/1, 5 gives 4/0/1.
-MIN_EXAMPLES = 6
 
 
 def cuts(n: int) -> tuple[int, int]:
@@ -138,18 +133,8 @@ def _build(
     n = len(order)
     cut1, cut2 = cuts(n)
     split = {"train": order[:cut1], "validation": order[cut1:cut2], "test": order[cut2:]}
-    if not all(split.values()):
-        sizes = ", ".join(f"{s} {len(idx)}" for s, idx in split.items())
-        raise ConfigError(
-            Problem(
-                data.field,
-                f"the task is too small for the 80/10/10 split: {n} distinct examples in "
-                f"{data.source} give {sizes}; every split needs one, so a task needs at "
-                f"least {MIN_EXAMPLES} distinct examples",
-                hint="add examples (duplicates and rows with an empty text do not count); "
-                "a validation split that can rank candidates needs hundreds",
-            )
-        )
+    if problems := split_problems(n, data):
+        raise ConfigError(problems)
     digest = hashlib.sha1(json.dumps([items[:50], n, seed, names]).encode()).hexdigest()[:12]
     return Task(
         name=name,

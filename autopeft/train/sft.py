@@ -25,8 +25,15 @@ import torch
 
 from autopeft.core.errors import ConfigError, Problem, did_you_mean
 from autopeft.core.study_config import TaskConfig
-from autopeft.train.data import MIN_EXAMPLES, Encoded, cached_tensors, cuts
-from autopeft.train.task_files import Rows, column_problems, read_rows
+from autopeft.train.data import Encoded, cached_tensors, cuts
+from autopeft.train.task_files import (
+    SFT_SPLIT_HINT,
+    Rows,
+    chat_problem,
+    column_problems,
+    read_rows,
+    split_problems,
+)
 
 #: Chat turns: ``[{"role": "user", "content": "..."}, ...]``.
 Messages = list[dict[str, str]]
@@ -126,15 +133,8 @@ def load_sft(cfg: TaskConfig, seed: int = 0) -> SFTTask:
     random.Random(seed).shuffle(order)
     cut1, cut2 = cuts(len(order))
     split = {"train": order[:cut1], "validation": order[cut1:cut2], "test": order[cut2:]}
-    if not all(split.values()):
-        raise ConfigError(
-            Problem(
-                data.field,
-                f"the task is too small for the 80/10/10 split: {len(order)} distinct rows in "
-                f"{data.source}; a task needs at least {MIN_EXAMPLES}",
-                hint="add rows (duplicates do not count)",
-            )
-        )
+    if problems := split_problems(len(order), data, "rows", SFT_SPLIT_HINT):
+        raise ConfigError(problems)
     keys = [k for k, _ in unique]
     digest = hashlib.sha1(json.dumps([keys[:50], len(keys), seed]).encode()).hexdigest()[:12]
     return SFTTask(
@@ -162,32 +162,8 @@ def _pairs(data: Rows, cfg: TaskConfig) -> list[tuple[str | Messages, str]]:
 
 def _chat_pair(turns: Any, data: Rows, index: int, cfg: TaskConfig) -> tuple[Messages, str]:
     """A chat row split into the turns before the final assistant answer, and that answer."""
-    ok = (
-        isinstance(turns, list)
-        and turns
-        and all(
-            isinstance(t, dict) and isinstance(t.get("role"), str) and "content" in t for t in turns
-        )
-    )
-    if not ok:
-        raise ConfigError(
-            Problem(
-                "task.messages",
-                f"{data.where(index)}: {cfg.messages!r} must be a list of chat turns",
-                hint='e.g. [{"role": "user", "content": "2+2?"}, '
-                '{"role": "assistant", "content": "4"}]',
-            )
-        )
-    if turns[-1]["role"] != "assistant":
-        raise ConfigError(
-            Problem(
-                "task.messages",
-                f"{data.where(index)} has no assistant turn at the end (roles: "
-                f"{', '.join(t['role'] for t in turns)})",
-                hint="the last turn is the answer the model learns; end each row with an "
-                "assistant turn",
-            )
-        )
+    if problem := chat_problem(turns, data, index, cfg.messages):
+        raise ConfigError(problem)
     prompt = [{"role": t["role"], "content": str(t["content"])} for t in turns[:-1]]
     return prompt, str(turns[-1]["content"])
 

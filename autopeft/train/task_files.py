@@ -192,10 +192,29 @@ _PATH_HINT = (
 )
 
 
-def _splits_empty(n: int) -> bool:
-    """Whether ``n`` examples leave a split of the 80/10/10 rule empty."""
+def split_problems(
+    n: int, data: Rows, unit: str = "examples", hint: str | None = None
+) -> list[Problem]:
+    """The problem of ``n`` distinct examples that leave a split of the 80/10/10 rule empty.
+
+    Train is ``[:int(0.8 n)]``, validation up to ``int(0.9 n)``, test the rest (as
+    :func:`autopeft.train.data.cuts`); ``MIN_EXAMPLES`` (6) is the fewest that fill all three.
+    """
     cut1, cut2 = int(0.8 * n), int(0.9 * n)
-    return not (cut1 and cut2 > cut1 and n > cut2)
+    if cut1 and cut2 > cut1 and n > cut2:
+        return []
+    sizes = f"train {cut1}, validation {cut2 - cut1}, test {n - cut2}"
+    return [
+        Problem(
+            data.field,
+            f"the task is too small for the 80/10/10 split: {n} distinct {unit} in "
+            f"{data.source} give {sizes}; every split needs one, so a task needs at "
+            f"least {MIN_EXAMPLES} distinct {unit}",
+            hint=hint
+            or "add examples (duplicates and rows with an empty text do not count); "
+            "a validation split that can rank candidates needs hundreds",
+        )
+    ]
 
 
 def file_rows(cfg: Any) -> Rows | list[Problem]:
@@ -257,21 +276,7 @@ def classification_problems(cfg: Any) -> list[Problem]:
                 hint="set task.label to the column that holds the classes",
             )
         ]
-    n = len(seen)
-    if not _splits_empty(n):
-        return []
-    cut1, cut2 = int(0.8 * n), int(0.9 * n)
-    sizes = f"train {cut1}, validation {cut2 - cut1}, test {n - cut2}"
-    return [
-        Problem(
-            data.field,
-            f"the task is too small for the 80/10/10 split: {n} distinct examples in "
-            f"{data.source} give {sizes}; every split needs one, so a task needs at "
-            f"least {MIN_EXAMPLES} distinct examples",
-            hint="add examples (duplicates and rows with an empty text do not count); "
-            "a validation split that can rank candidates needs hundreds",
-        )
-    ]
+    return split_problems(len(seen), data)
 
 
 def causal_lm_problems(cfg: Any) -> list[Problem]:
@@ -293,7 +298,7 @@ def causal_lm_problems(cfg: Any) -> list[Problem]:
         pairs = []
         for index, row in enumerate(data.rows):
             turns = row.get(cfg.messages)
-            problem = _chat_problem(turns, data, index, cfg.messages)
+            problem = chat_problem(turns, data, index, cfg.messages)
             if problem:
                 return [problem]
             pairs.append(json.dumps(turns, sort_keys=True))
@@ -305,19 +310,13 @@ def causal_lm_problems(cfg: Any) -> list[Problem]:
             )
             return problems
         pairs = [json.dumps([str(r[cfg.prompt]), str(r[cfg.completion])]) for r in data.rows]
-    if not _splits_empty(len(set(pairs))):
-        return []
-    return [
-        Problem(
-            data.field,
-            f"the task is too small for the 80/10/10 split: {len(set(pairs))} distinct rows in "
-            f"{data.source}; a task needs at least {MIN_EXAMPLES}",
-            hint="add rows (duplicates do not count)",
-        )
-    ]
+    return split_problems(len(set(pairs)), data, "rows", SFT_SPLIT_HINT)
 
 
-def _chat_problem(turns: Any, data: Rows, index: int, column: str) -> Problem | None:
+SFT_SPLIT_HINT = "add rows (duplicates do not count)"
+
+
+def chat_problem(turns: Any, data: Rows, index: int, column: str) -> Problem | None:
     """The problem of one chat row (see :func:`autopeft.train.sft.load_sft`), or None."""
     ok = (
         isinstance(turns, list)

@@ -20,13 +20,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from autopeft.registry import Registry
-from autopeft.search.samplers.base import SamplerSpec
+from autopeft.search.samplers.base import SamplerInputs, SamplerSpec
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
     from autopeft.core.study_config import SamplerConfig
     from autopeft.search.pool import Oracle, Partial
+
 
 _REGISTRY: Registry[SamplerSpec] = Registry("sampler", __name__, __path__, {"base"})
 register = _REGISTRY.register
@@ -73,7 +74,7 @@ def make_sampler(
         raise ValueError(f"unknown sampler {cfg.name!r}")
     if spec.pool and (oracle is None or metrics is None):
         raise ValueError(f"the {cfg.name} sampler needs the study's space and objectives")
-    return spec.build(cfg, oracle, metrics, partial)
+    return spec.build(SamplerInputs(cfg, oracle, metrics, partial))
 
 
 def __getattr__(name: str) -> Any:
@@ -86,4 +87,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["SamplerSpec", "get", "make_sampler", "register", "registry", "repeat_patience"]
+__all__ = [
+    "SamplerInputs",
+    "SamplerSpec",
+    "get",
+    "make_sampler",
+    "register",
+    "registry",
+    "repeat_patience",
+]

@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autopeft.search.samplers import register
-from autopeft.search.samplers.base import SamplerSpec
+from autopeft.search.samplers.base import SamplerInputs, SamplerSpec
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
-    from autopeft.core.study_config import SamplerConfig
-    from autopeft.search.pool import Oracle, Partial
 
 #: The AutoPEFT paper's schedule: 100 random initial trials, then the BO proposals.
 AUTOPEFT_STARTUP = 100
@@ -33,16 +31,13 @@ class AutoPEFT(SamplerSpec):
     )
     default_batch_size = AUTOPEFT_BATCH
 
-    def build(
-        self,
-        cfg: SamplerConfig,
-        oracle: Oracle | None,
-        metrics: list[str] | None,
-        partial: Partial | None,
-    ) -> BaseSampler:
+    def build(self, inputs: SamplerInputs) -> BaseSampler:
         """A :class:`~autopeft.search.pool.PoolSampler` (``saas``, ``batch_size`` per fit)."""
         from autopeft.search.pool import PoolSampler
 
+        oracle, metrics = inputs.oracle, inputs.metrics
         assert oracle is not None and metrics is not None  # make_sampler checked
-        q = cfg.batch_size or AUTOPEFT_BATCH
-        return PoolSampler(oracle, metrics, "saas", q, self.startup(cfg), cfg.seed, partial)
+        q = inputs.cfg.batch_size or AUTOPEFT_BATCH
+        return PoolSampler(
+            oracle, metrics, "saas", q, self.startup(inputs.cfg), inputs.cfg.seed, inputs.partial
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -12,6 +13,20 @@ if TYPE_CHECKING:
 
 #: ``n_startup_trials`` of a sampler that declares no default of its own.
 DEFAULT_STARTUP = 10
+
+
+@dataclass(frozen=True)
+class SamplerInputs:
+    """What a sampler is built from."""
+
+    #: The study's sampler section (its ``seed`` is this driver's seed).
+    cfg: SamplerConfig
+    #: The study's space, profile, budget and exact-cost predictor (pool samplers).
+    oracle: Oracle | None = None
+    #: The study's objective metrics, in order (pool samplers).
+    metrics: list[str] | None = None
+    #: A pruned trial's objective values and fidelity (for model fits).
+    partial: Partial | None = None
 
 
 class SamplerSpec:
@@ -47,19 +62,6 @@ class SamplerSpec:
         """The study's ``n_startup_trials``, else this sampler's default."""
         return self.default_startup if cfg.n_startup_trials is None else cfg.n_startup_trials
 
-    def build(
-        self,
-        cfg: SamplerConfig,
-        oracle: Oracle | None,
-        metrics: list[str] | None,
-        partial: Partial | None,
-    ) -> BaseSampler:
-        """The Optuna sampler for one study (``cfg.seed`` is this driver's seed).
-
-        Args:
-            cfg: the study's sampler section.
-            oracle: the study's space, profile, budget and exact-cost predictor.
-            metrics: the study's objective metrics, in order.
-            partial: a pruned trial's objective values and fidelity (for model fits).
-        """
+    def build(self, inputs: SamplerInputs) -> BaseSampler:
+        """The Optuna sampler for one study (``inputs.cfg.seed`` is this driver's seed)."""
         raise NotImplementedError

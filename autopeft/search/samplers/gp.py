@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autopeft.search.samplers import register
-from autopeft.search.samplers.base import SamplerSpec
+from autopeft.search.samplers.base import SamplerInputs, SamplerSpec
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
-
-    from autopeft.core.study_config import SamplerConfig
-    from autopeft.search.pool import Oracle, Partial
 
 
 @register
@@ -23,14 +20,8 @@ class GP(SamplerSpec):
     deterministic = True
     fit_seconds = 0.5
 
-    def build(
-        self,
-        cfg: SamplerConfig,
-        oracle: Oracle | None,
-        metrics: list[str] | None,
-        partial: Partial | None,
-    ) -> BaseSampler:
+    def build(self, inputs: SamplerInputs) -> BaseSampler:
         """A seeded ``GPSampler``."""
         from optuna.samplers import GPSampler
 
-        return GPSampler(seed=cfg.seed, n_startup_trials=self.startup(cfg))
+        return GPSampler(seed=inputs.cfg.seed, n_startup_trials=self.startup(inputs.cfg))

@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autopeft.search.samplers import register
-from autopeft.search.samplers.base import SamplerSpec
+from autopeft.search.samplers.base import SamplerInputs, SamplerSpec
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
-
-    from autopeft.core.study_config import SamplerConfig
-    from autopeft.search.pool import Oracle, Partial
 
 
 @register
@@ -22,16 +19,10 @@ class NSGA2(SamplerSpec):
     summary = "NSGA-II: genetic algorithm (n_startup_trials is the population size)"
     default_startup = 20
 
-    def build(
-        self,
-        cfg: SamplerConfig,
-        oracle: Oracle | None,
-        metrics: list[str] | None,
-        partial: Partial | None,
-    ) -> BaseSampler:
+    def build(self, inputs: SamplerInputs) -> BaseSampler:
         """A seeded ``NSGAIISampler``."""
         from optuna.samplers import NSGAIISampler
 
         # The first generation is the start-up: Optuna's 50 never leaves it in a 100-trial
         # study whose halving prunes most trials (only complete ones form generations).
-        return NSGAIISampler(seed=cfg.seed, population_size=max(self.startup(cfg), 2))
+        return NSGAIISampler(seed=inputs.cfg.seed, population_size=max(self.startup(inputs.cfg), 2))

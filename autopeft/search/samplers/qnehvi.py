@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autopeft.search.samplers import register
-from autopeft.search.samplers.base import SamplerSpec
+from autopeft.search.samplers.base import SamplerInputs, SamplerSpec
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
-
-    from autopeft.core.study_config import SamplerConfig
-    from autopeft.search.pool import Oracle, Partial
 
 
 @register
@@ -25,15 +22,12 @@ class QNEHVI(SamplerSpec):
     pool = True
     fit_seconds = 1.5
 
-    def build(
-        self,
-        cfg: SamplerConfig,
-        oracle: Oracle | None,
-        metrics: list[str] | None,
-        partial: Partial | None,
-    ) -> BaseSampler:
+    def build(self, inputs: SamplerInputs) -> BaseSampler:
         """A :class:`~autopeft.search.pool.PoolSampler` (``gp`` surrogate, one per fit)."""
         from autopeft.search.pool import PoolSampler
 
+        oracle, metrics = inputs.oracle, inputs.metrics
         assert oracle is not None and metrics is not None  # make_sampler checked
-        return PoolSampler(oracle, metrics, "gp", 1, self.startup(cfg), cfg.seed, partial)
+        return PoolSampler(
+            oracle, metrics, "gp", 1, self.startup(inputs.cfg), inputs.cfg.seed, inputs.partial
+        )

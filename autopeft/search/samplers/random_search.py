@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from autopeft.search.samplers import register
-from autopeft.search.samplers.base import SamplerSpec
+from autopeft.search.samplers.base import SamplerInputs, SamplerSpec
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
-
-    from autopeft.core.study_config import SamplerConfig
-    from autopeft.search.pool import Oracle, Partial
 
 
 @register
@@ -21,14 +18,8 @@ class RandomSearch(SamplerSpec):
     name = "random"
     summary = "random search: parameters drawn uniformly (the baseline)"
 
-    def build(
-        self,
-        cfg: SamplerConfig,
-        oracle: Oracle | None,
-        metrics: list[str] | None,
-        partial: Partial | None,
-    ) -> BaseSampler:
+    def build(self, inputs: SamplerInputs) -> BaseSampler:
         """A seeded ``RandomSampler``."""
         from optuna.samplers import RandomSampler
 
-        return RandomSampler(seed=cfg.seed)
+        return RandomSampler(seed=inputs.cfg.seed)

@@ -6,13 +6,10 @@ import warnings
 from typing import TYPE_CHECKING
 
 from autopeft.search.samplers import register
-from autopeft.search.samplers.base import SamplerSpec
+from autopeft.search.samplers.base import SamplerInputs, SamplerSpec
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
-
-    from autopeft.core.study_config import SamplerConfig
-    from autopeft.search.pool import Oracle, Partial
 
 
 @register
@@ -24,20 +21,14 @@ class TPE(SamplerSpec):
     # bench/results/search_quality_10seeds.md: random search's HV@100 in 37 trials with 5.
     default_startup = 5
 
-    def build(
-        self,
-        cfg: SamplerConfig,
-        oracle: Oracle | None,
-        metrics: list[str] | None,
-        partial: Partial | None,
-    ) -> BaseSampler:
+    def build(self, inputs: SamplerInputs) -> BaseSampler:
         """A seeded ``TPESampler``; running trials are pending (the constant liar)."""
         import optuna
 
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=cfg.seed,
-            n_startup_trials=self.startup(cfg),
+            seed=inputs.cfg.seed,
+            n_startup_trials=self.startup(inputs.cfg),
             multivariate=True,
             group=True,  # one group: every trial has every parameter (core/resolve.py)
             constant_liar=True,

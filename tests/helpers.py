@@ -173,3 +173,26 @@ def jsonl_task(folder, rows: list[dict], name: str = "rows.jsonl") -> dict:
     path = folder / name
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"kind": "causal_lm", "path": str(path), "max_length": 32}
+
+
+def check_resumed(running: list, after: optuna.Study, completes: bool = False) -> None:
+    """Trials RUNNING when a driver was killed are finished by the resumed run.
+
+    One killed inside ``tell`` (its result recorded, its state not yet: a window that widens
+    on a loaded machine) is finished from its result; any other is failed, marked
+    ``interrupted`` and re-run once (``retry_of``), unless it was killed while sampling.
+    ``completes``: the re-runs must have completed.
+    """
+    for t in running:
+        now = after.trials[t.number]
+        if "result" in t.user_attrs:
+            assert now.state.is_finished() and "interrupted" not in now.user_attrs
+            continue
+        assert now.user_attrs["interrupted"] is True
+        retries = [r for r in after.trials if r.user_attrs.get("retry_of") == t.number]
+        if "candidate" not in t.user_attrs:  # killed while sampling: nothing to re-run
+            assert not retries
+            continue
+        assert len(retries) == 1 and retries[0].params == t.params
+        if completes:
+            assert retries[0].state == TrialState.COMPLETE

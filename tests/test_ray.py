@@ -19,7 +19,14 @@ from autopeft import api
 from autopeft.core.candidate import Candidate
 from autopeft.core.trial_result import TrialStatus
 from autopeft.search.study import Study, rung_attr
-from tests.helpers import check_dashboard, check_front, check_states, counted_trials, wait_mid_trial
+from tests.helpers import (
+    check_dashboard,
+    check_front,
+    check_resumed,
+    check_states,
+    counted_trials,
+    wait_mid_trial,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
@@ -165,13 +172,7 @@ def test_kill_and_resume_ray_driver(tmp_path):
     counted = counted_trials(after.trials)
     assert sum(t.state.is_finished() for t in counted) == 8
     assert all(t.state != TrialState.RUNNING for t in after.trials)
-    for t in running:
-        assert after.trials[t.number].user_attrs["interrupted"] is True
-        retries = [r for r in after.trials if r.user_attrs.get("retry_of") == t.number]
-        if "candidate" not in t.user_attrs:  # killed while sampling: nothing to re-run
-            assert not retries
-            continue
-        assert len(retries) == 1 and retries[0].params == t.params
+    check_resumed(running, after)
     assert_trained_once(after.trials)
 
 

@@ -290,16 +290,14 @@ def test_memory_and_parameter_axes_and_columns_carry_units(data):
     assert fig.layout.yaxis.title.text == (
         "peak_memory [MiB; CPU estimate, predicted] (lower is better)"
     )
-    assert fig.layout.xaxis.title.text == (
-        "trainable_params [PEFT parameters, head not counted] (lower is better)"
-    )
+    assert fig.layout.xaxis.title.text == ("trainable_params [excl. head] (lower is better)")
     front = next(t for t in fig.data if t.name == "Pareto front")
     assert "peak_memory: %{y:,.1f} MiB (%{customdata[3]})" in front.hovertemplate
     assert "trainable_params: %{x:,} PEFT parameters" in front.hovertemplate
     assert {c[3] for c in front.customdata} == {"CPU estimate"}
     scene = figure_3d(data).layout.scene
     assert scene.zaxis.title.text == "peak_memory [MiB]"
-    assert scene.yaxis.title.text == "trainable_params [PEFT parameters]"
+    assert scene.yaxis.title.text == "trainable_params [excl. head]"
     # A CUDA measurement is named as the study stored it, on the axis and in the hover.
     complete = [n for n, r in data.results if r.status is TrialStatus.COMPLETE]
     pruned = next(n for n, r in data.results if r.status is TrialStatus.PRUNED)
@@ -314,7 +312,7 @@ def test_memory_and_parameter_axes_and_columns_carry_units(data):
     headers = re.findall(r"<th>(.*?)</th>", html)
     assert headers[2:5] == [
         "accuracy",
-        "trainable_params [PEFT parameters, head not counted]",
+        "trainable_params [excl. head]",
         "peak_memory [MiB]",
     ]
     assert "peak memory [MiB]" in headers and "memory is" in headers and "wall [s]" in headers
@@ -339,7 +337,7 @@ def test_a_head_only_candidate_shows_its_head_parameters(data):
     assert hovers[number] == shown
     cells = _row_cells(trials_table(only), number)
     params = re.findall(r"<th>(.*?)</th>", trials_table(only)).index(
-        "trainable_params [PEFT parameters, head not counted]"
+        "trainable_params [excl. head]"
     )
     assert cells[params] == f"head {head:,}"  # not 0
     assert f'<span class="desc">{shown}</span>' in cells

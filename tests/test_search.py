@@ -18,7 +18,14 @@ from autopeft.core.trial_result import TrialStatus
 from autopeft.search import blackbox
 from autopeft.search.local import run_local
 from autopeft.search.study import Study
-from tests.helpers import check_dashboard, check_front, check_states, counted_trials, wait_mid_trial
+from tests.helpers import (
+    check_dashboard,
+    check_front,
+    check_resumed,
+    check_states,
+    counted_trials,
+    wait_mid_trial,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -387,14 +394,7 @@ def test_kill_and_resume_local(tmp_path):
     counted = counted_trials(after.trials)
     assert sum(t.state.is_finished() for t in counted) == 8
     assert all(t.state != TrialState.RUNNING for t in after.trials)
-    for t in running:  # the interrupted trial is failed, marked, and re-run once
-        assert after.trials[t.number].user_attrs["interrupted"] is True
-        retries = [r for r in after.trials if r.user_attrs.get("retry_of") == t.number]
-        if "candidate" not in t.user_attrs:  # killed while sampling: nothing to re-run
-            assert not retries
-            continue
-        assert len(retries) == 1 and retries[0].params == t.params
-        assert retries[0].state == TrialState.COMPLETE
+    check_resumed(running, after, completes=True)  # failed, marked and re-run once
 
 
 def test_search_approaches_the_known_front(tmp_path):

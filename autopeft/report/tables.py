@@ -194,7 +194,7 @@ def unit(data: StudyData, metric: str) -> str:
         return "MiB" + (f"; {', '.join(kinds)}" if kinds else "")
     if metric == "trainable_params":
         head = any(r.head_params for _, r in data.results)
-        return "PEFT parameters" + (", head not counted" if head else "")
+        return "excl. head" if head else ""
     if metric == "wall_time":
         return "s"
     return ""

@@ -130,6 +130,8 @@ def run_local(
             if display:
                 display.update(trial.number, result)
         proposer.drain()  # trials waiting on another driver's identical candidate
+        if display:
+            display.refresh()  # the final front and hypervolume
     except KeyboardInterrupt:
         proposer.interrupt()  # failed as interrupted and re-queued: the next run re-runs them
         raise
@@ -154,7 +156,20 @@ def say_exhausted(study: Study, n_trials: int) -> None:
 
 
 class Progress:
-    """A rich progress line: trials done, last result, front size, hypervolume."""
+    """A rich progress line: trials done, last result, front size, hypervolume.
+
+    It shows the study's ledger (:class:`~autopeft.search.ledger.Ledger`), kept up to date
+    by the driver's reads and tells, so it reads nothing per trial; the hypervolume, whose
+    exact computation grows with the front, is recomputed only when the front changed and
+    at most every :attr:`HV_EVERY_S` seconds (longer when it takes long), so it stays a
+    small share of a fast search's time. :meth:`refresh` shows the final figures.
+    """
+
+    #: Least seconds between two hypervolume computations.
+    HV_EVERY_S = 1.0
+    #: The computations take at most about 1/HV_SHARE of the time (each waits that many
+    #: times its own duration before the next).
+    HV_SHARE = 20
 
     def __init__(self, study: Study, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -170,17 +185,35 @@ class Progress:
             study.config.name, total=total, completed=study.n_done(), info=""
         )
         self.started = time.perf_counter()
+        self.hv: float | None = None
+        self._hv_due = 0.0
+        self._last = ""
         self.bar.start()
 
     def update(self, number: int, result: TrialResult) -> None:
         """Show a finished trial."""
-        front = self.study.front_points()
         acc = result.metrics.get(self.study.config.task.metric)
         last = f"#{number} {result.status.value}" + (f" {acc:.3f}" if acc is not None else "")
         if result.status in (TrialStatus.FAILED, TrialStatus.INFEASIBLE) and result.error:
             last += f" ({result.error[:40]})"
-        info = f"front {len(front)}  HV {self.study.hypervolume():.4g}  last {last}"
-        self.bar.update(self.task, completed=self.study.n_done(), info=info)
+        self._last = last
+        self._show(final=False)
+
+    def refresh(self) -> None:
+        """Show the study as it is now, the hypervolume computed afresh if it changed."""
+        self._show(final=True)
+
+    def _show(self, final: bool) -> None:
+        # The ledger as the driver's own reads and tells left it (it takes in each trial it
+        # tells, and other drivers' trials at its next read): no read of its own.
+        ledger = self.study.synced() if final else self.study.ledger
+        now = time.perf_counter()
+        if final or self.hv is None or now >= self._hv_due:
+            self.hv = self.study.hypervolume()  # cached while the front is unchanged
+            spent = time.perf_counter() - now
+            self._hv_due = now + max(self.HV_EVERY_S, self.HV_SHARE * spent)
+        info = f"front {len(ledger.front)}  HV {self.hv:.4g}  last {self._last}"
+        self.bar.update(self.task, completed=ledger.counted, info=info)
 
     def close(self) -> None:
         """Stop the live display."""

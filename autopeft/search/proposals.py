@@ -35,6 +35,7 @@ from autopeft.search.samplers import repeat_patience
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
 
+    from autopeft.search.ledger import Ledger
     from autopeft.search.study import Study
 
 #: What :meth:`Proposer.next` returns instead of a candidate.
@@ -125,21 +126,13 @@ def _key(trial: FrozenTrial) -> str | None:
     return None if raw is None else Candidate.model_validate(raw).key()
 
 
-def counts(study: Study, trials: list[FrozenTrial]) -> tuple[int, list[FrozenTrial]]:
-    """(finished trials that count towards n_trials, running trials that hold a slot)."""
-    s = _attrs()
-    done = sum(
-        1
-        for t in trials
-        if t.state.is_finished()
-        and t.state != TrialState.WAITING
-        and not t.user_attrs.get(s.INTERRUPTED_ATTR)
-        and not t.user_attrs.get(s.REUSED_ATTR)
-    )
-    running = [
-        t for t in trials if t.state == TrialState.RUNNING and WAITS_FOR_ATTR not in t.user_attrs
+def _holding(ledger: Ledger) -> list[FrozenTrial]:
+    """The running trials that hold a slot (waiting copies hold none), as last read."""
+    return [
+        t
+        for t in ledger.unfinished
+        if t.state == TrialState.RUNNING and WAITS_FOR_ATTR not in t.user_attrs
     ]
-    return done, running
 
 
 class Proposer:
@@ -151,10 +144,11 @@ class Proposer:
         Args:
             study: the study.
             n_trials: finished trials wanted in the whole study (all drivers together).
-            known: reusable results by candidate key (default: read from the study).
+            known: reusable results by candidate key (default: the study's, which every
+                read of the storage brings up to date: see :class:`Ledger`).
         """
         self.study, self.n_trials = study, n_trials
-        self.known = study.known_results() if known is None else known
+        self.known = study.synced().known if known is None else known
         #: This driver's waiting trials: trial number -> the running trial it waits for.
         self.waiting: dict[int, int] = {}
         #: This driver's trials handed out for training and not yet recorded.
@@ -179,7 +173,10 @@ class Proposer:
                 if repeat == patience:
                     seed = study.sampler_seed
                     study.optuna.sampler = optuna.samplers.RandomSampler(
-                        seed=None if seed is None else seed + len(study.optuna.trials)
+                        # Without a deep copy of every trial (Study.trials makes one).
+                        seed=None
+                        if seed is None
+                        else seed + len(study.optuna.get_trials(deepcopy=False))
                     )
                 if study.shared:
                     study.recover_interrupted()  # trials of a driver that died meanwhile
@@ -202,14 +199,15 @@ class Proposer:
         study = self.study
         storage, study_id = study.optuna._storage, study.optuna._study_id
         with study_lock(study):
-            trials = storage.get_all_trials(study_id, deepcopy=False)
-            done, running = counts(study, trials)
+            # Finished trials are taken in once (other drivers' too); the running ones are
+            # read afresh: the cost is the new and running trials', not the study's.
+            ledger = self._read()
+            done, running = ledger.counted, _holding(ledger)
             if done >= self.n_trials:
                 return DONE
-            if study.shared:  # other drivers' finished trials are known too
-                self.known.update(study.known_results(trials))
             running_keys = {k for t in running if (k := _key(t)) is not None}
-            if len(self.known.keys() | running_keys) >= study.space_size:
+            unknown_running = sum(k not in self.known for k in running_keys)
+            if len(self.known) + unknown_running >= study.space_size:
                 return WAIT if running_keys else EXHAUSTED
             if done + len(running) >= self.n_trials:
                 return WAIT
@@ -227,29 +225,19 @@ class Proposer:
         """Record the candidate; True when it is new and this driver should train it."""
         study, s = self.study, _attrs()
         key = candidate.key()
-        storage, study_id = study.optuna._storage, study.optuna._study_id
         with study_lock(study):
             trial.set_user_attr(s.CANDIDATE_ATTR, candidate.to_json())
             # Read under the lock: a trial another driver finished since the claim is known
             # now, one it runs is RUNNING, and one it starts next sees this one.
-            if study.shared:
-                trials = storage.get_all_trials(study_id, deepcopy=False)
-                self.known.update(study.known_results(trials))
-            else:  # one driver: its own record is complete, only running trials to read
-                trials = storage.get_all_trials(
-                    study_id, deepcopy=False, states=(TrialState.RUNNING,)
-                )
+            ledger = self._read()
             hit = self.known.get(key)
             original = None
             if hit is None:
                 original = next(
                     (
                         t.number
-                        for t in trials
-                        if t.state == TrialState.RUNNING
-                        and t.number != trial.number
-                        and WAITS_FOR_ATTR not in t.user_attrs
-                        and _key(t) == key
+                        for t in _holding(ledger)
+                        if t.number != trial.number and _key(t) == key
                     ),
                     None,
                 )
@@ -262,6 +250,13 @@ class Proposer:
             study.tell(trial, hit, reused=True)
             return False
         return True
+
+    def _read(self) -> Ledger:
+        """The study's ledger after one read of the storage (``known`` updated from it)."""
+        ledger = self.study.synced()
+        if self.known is not ledger.known:  # a caller's own dict: add what the study knows
+            self.known.update(ledger.known)
+        return ledger
 
     def record(self, number: int, result: TrialResult) -> None:
         """Tell the result of a trial this driver trained; resolve the trials waiting on it."""

@@ -27,28 +27,27 @@ from autopeft.core.errors import ConfigError
 from autopeft.core.levers import Levers
 from autopeft.core.memory_model import predict_memory
 from autopeft.core.model_profile import ModelProfile, load_profile
-from autopeft.core.pareto import hypervolume, known, pareto_front
+from autopeft.core.pareto import hypervolume, known
 from autopeft.core.resolve import ResolvedSpace, candidate_params
 from autopeft.core.resume import resume_conflicts
 from autopeft.core.secrets import masked_config
 from autopeft.core.study_config import METRICS, StudyConfig, trial_training
 from autopeft.core.trial_result import TrialResult, TrialStatus
 from autopeft.search import proposals
+from autopeft.search.ledger import INTERRUPTED_ATTR as INTERRUPTED_ATTR
+from autopeft.search.ledger import RESULT_ATTR as RESULT_ATTR
+from autopeft.search.ledger import REUSABLE as REUSABLE
+from autopeft.search.ledger import REUSED_ATTR as REUSED_ATTR
+from autopeft.search.ledger import Ledger
 from autopeft.search.pool import Oracle
 from autopeft.search.samplers import make_sampler
 
 if TYPE_CHECKING:
     import pandas as pd
 
-RESULT_ATTR = "result"
 STATUS_ATTR = "status"
 CANDIDATE_ATTR = "candidate"
-INTERRUPTED_ATTR = "interrupted"
 RETRY_OF_ATTR = "retry_of"
-REUSED_ATTR = "reused"
-#: Statuses whose result an identical, re-proposed candidate takes over instead of training
-#: again (failures may be transient, e.g. an OOM beside packed trials: those are retried).
-REUSABLE = (TrialStatus.COMPLETE, TrialStatus.PRUNED)
 #: Consecutive re-proposals of known candidates after which a search stops (the space is
 #: exhausted, or nearly); each costs a sampler call but no training.
 REPEAT_LIMIT = 100
@@ -119,6 +118,9 @@ class Study:
         self.space = ResolvedSpace(config.search_space, self.profile, methods.registry())
         self.metrics = [o.metric for o in config.objectives]
         self.directions = [o.direction for o in config.objectives]
+        #: The finished trials as this driver has read them (see :meth:`synced`).
+        self.ledger = Ledger(self.directions, self.values_of)
+        self._hypervolume: tuple[tuple, float] | None = None
         #: What the BO samplers know of a candidate untrained; executors with a runner set
         #: ``oracle.predict`` to its budget check (the real sequence length and device).
         self.oracle = Oracle(
@@ -248,7 +250,18 @@ class Study:
         self, trials: list[optuna.trial.FrozenTrial] | None = None
     ) -> dict[str, TrialResult]:
         """Reusable results by candidate key (see :data:`REUSABLE`), of ``trials`` or all."""
+        if trials is None:
+            return dict(self.synced().known)
         return {r.candidate.key(): r for _, r in self.results(trials) if r.status in REUSABLE}
+
+    def synced(self) -> Ledger:
+        """The ledger of finished trials, brought up to date with one read of the storage.
+
+        Trials finished since the last read (by any driver) are taken in; unfinished ones
+        are read afresh every time (see :mod:`autopeft.search.ledger`).
+        """
+        self.ledger.sync(self.optuna.get_trials(deepcopy=False))
+        return self.ledger
 
     @functools.cached_property
     def space_size(self) -> float:
@@ -303,6 +316,8 @@ class Study:
             self.optuna.tell(number, state=TrialState.PRUNED)
         else:
             self.optuna.tell(number, state=TrialState.FAIL)
+        # Finished and so final: the ledger takes it in now, without reading it back.
+        self.ledger.told(number, result, reused)
 
     def values_of(self, result: TrialResult) -> list[float | None]:
         """Objective values of a result (see :meth:`TrialResult.objective_values`)."""
@@ -314,10 +329,12 @@ class Study:
         The fidelity is the fraction of its training it ran. For the BO samplers; None when
         the trial recorded no result.
         """
-        raw = trial.user_attrs.get(RESULT_ATTR)
-        if raw is None:
-            return None
-        result = TrialResult.model_validate(raw)
+        result = self.ledger.result(trial)  # parsed once per finished trial
+        if result is None:
+            raw = trial.user_attrs.get(RESULT_ATTR)
+            if raw is None:
+                return None
+            result = TrialResult.model_validate(raw)
         values = known(self.values_of(result))
         if values is None or not result.target_steps:
             return None
@@ -391,9 +408,12 @@ class Study:
         trials of a dead one. See :func:`proposals.recover`: a trial that recorded its
         result is told from it; any other is failed as interrupted and re-queued once.
         """
+        if self.shared:  # asked before every proposal: the trials are read only if needed
+            stale = set(self._rdb._get_stale_trial_ids(self.optuna._study_id))
+            if not stale:
+                return []
         running = self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if self.shared:
-            stale = set(self._rdb._get_stale_trial_ids(self.optuna._study_id))
             running = [t for t in running if t._trial_id in stale]
         return proposals.recover(self, running) if running else []
 
@@ -411,23 +431,19 @@ class Study:
         Interrupted trials (re-run) and reused ones (a re-proposed candidate that took over an
         earlier result, nothing trained) do not count.
         """
-        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return sum(
-            1
-            for t in self.optuna.get_trials(deepcopy=False, states=done)
-            if not t.user_attrs.get(INTERRUPTED_ATTR) and not t.user_attrs.get(REUSED_ATTR)
-        )
+        return self.synced().counted
 
     # -- results -----------------------------------------------------------------------------
 
     def results(self, trials: list[optuna.trial.FrozenTrial] | None = None) -> list[TrialRecord]:
         """Every told trial's result (of ``trials``, default all), by trial number."""
         if trials is None:
-            trials = self.optuna.get_trials(deepcopy=False)
+            return [TrialRecord(n, r) for n, r in sorted(self.synced().records.items())]
+        # Each finished trial is parsed once, then taken from the ledger.
         return [
-            TrialRecord(t.number, TrialResult.model_validate(t.user_attrs[RESULT_ATTR]))
+            TrialRecord(t.number, r)
             for t in trials
-            if RESULT_ATTR in t.user_attrs and t.state.is_finished()
+            if t.state.is_finished() and (r := self.ledger.result(t)) is not None
         ]
 
     def front_points(self) -> list[TrialRecord]:
@@ -435,23 +451,21 @@ class Study:
 
         A candidate appears once: trials that reused an earlier identical result are left out.
         """
-        reused = {
-            t.number
-            for t in self.optuna.get_trials(deepcopy=False)
-            if t.user_attrs.get(REUSED_ATTR)
-        }
-        done, points = [], []
-        for n, r in self.results():
-            values = known(self.values_of(r))
-            if r.status is TrialStatus.COMPLETE and n not in reused and values is not None:
-                done.append(TrialRecord(n, r))
-                points.append(values)
-        return [done[i] for i in pareto_front(points, self.directions)]
+        front = self.synced().front  # kept up to date trial by trial (see the ledger)
+        return [TrialRecord(n, front[n].result) for n in sorted(front)]
 
     def hypervolume(self, reference: list[float] | None = None) -> float:
-        """Hypervolume of the front (reference derived from the space when not given)."""
-        front = [known(self.values_of(r)) or [] for _, r in self.front_points()]
-        return hypervolume(front, reference or self.reference_point(), self.directions)
+        """Hypervolume of the front (reference derived from the space when not given).
+
+        Computed again only when the front or the reference changed since the last call.
+        """
+        ledger = self.synced()
+        ref = reference or self.reference_point()
+        key = (ledger.version, tuple(ref))
+        if self._hypervolume is None or self._hypervolume[0] != key:
+            front = [ledger.front[n].values for n in sorted(ledger.front)]
+            self._hypervolume = key, hypervolume(front, ref, self.directions)
+        return self._hypervolume[1]
 
     def reference_point(self) -> list[float]:
         """A reference point for the hypervolume, derived from the study.
@@ -459,8 +473,8 @@ class Study:
         Worst task metric, the space's largest parameter count and the largest memory seen
         (both x1.1), so hypervolumes of one study compare over time.
         """
-        _, hi = self.space.param_range()
-        seen = [self.values_of(r) for _, r in self.results() if r.status is TrialStatus.COMPLETE]
+        _, hi = self.param_range
+        largest = self.synced().largest
         ref = []
         for i, (metric, direction) in enumerate(zip(self.metrics, self.directions)):
             if direction == "maximize":
@@ -468,8 +482,14 @@ class Study:
             elif metric == "trainable_params":
                 ref.append(1.1 * max(hi, 1))
             else:
-                ref.append(1.1 * max([x for v in seen if (x := v[i]) is not None] or [1.0]))
+                top = largest[i]
+                ref.append(1.1 * (1.0 if top is None else top))
         return ref
+
+    @functools.cached_property
+    def param_range(self) -> tuple[int, int]:
+        """Smallest and largest trainable-parameter count over the space (computed once)."""
+        return self.space.param_range()
 
     def best(self, metric: str | None = None, max_params: int | None = None) -> TrialRecord:
         """The front point best on ``metric`` (default: the first objective).

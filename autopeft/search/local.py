@@ -209,7 +209,8 @@ class Progress:
         ledger = self.study.synced() if final else self.study.ledger
         now = time.perf_counter()
         if final or self.hv is None or now >= self._hv_due:
-            self.hv = self.study.hypervolume()  # cached while the front is unchanged
+            # Of the ledger shown (no read); cached while the front is unchanged.
+            self.hv = self.study.hypervolume(read=False)
             spent = time.perf_counter() - now
             self._hv_due = now + max(self.HV_EVERY_S, self.HV_SHARE * spent)
         info = f"front {len(ledger.front)}  HV {self.hv:.4g}  last {self._last}"

@@ -135,6 +135,24 @@ def _holding(ledger: Ledger) -> list[FrozenTrial]:
     ]
 
 
+def _pop_waiting(study: Study, ledger: Ledger) -> int | None:
+    """A re-queued (WAITING) trial of the read just made, now RUNNING; None if none is left.
+
+    Optuna's ``Study._pop_waiting_trial_id`` without its own read of the storage: taking a
+    trial is the same conditional state change, which fails when another driver took it.
+    """
+    storage = study.optuna._storage
+    for t in ledger.unfinished:
+        if t.state != TrialState.WAITING:
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                return t._trial_id
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # finished by another driver since the read
+    return None
+
+
 class Proposer:
     """Hands out the candidates one driver trains (see the module doc)."""
 
@@ -211,7 +229,7 @@ class Proposer:
                 return WAIT if running_keys else EXHAUSTED
             if done + len(running) >= self.n_trials:
                 return WAIT
-            trial_id = study.optuna._pop_waiting_trial_id()
+            trial_id = _pop_waiting(study, ledger)
             if trial_id is None:
                 trial_id = storage.create_new_trial(study_id)
             self.claimed = trial_id  # a Ctrl-C from here on finds it (see interrupt)
@@ -228,8 +246,10 @@ class Proposer:
         with study_lock(study):
             trial.set_user_attr(s.CANDIDATE_ATTR, candidate.to_json())
             # Read under the lock: a trial another driver finished since the claim is known
-            # now, one it runs is RUNNING, and one it starts next sees this one.
-            ledger = self._read()
+            # now, one it runs is RUNNING, and one it starts next sees this one. One driver
+            # alone (SQLite) knows it all since the claim's read: its own tells keep the
+            # ledger, and its running trials are those it started.
+            ledger = self._read() if study.shared else study.ledger
             hit = self.known.get(key)
             original = None
             if hit is None:

@@ -454,13 +454,15 @@ class Study:
         front = self.synced().front  # kept up to date trial by trial (see the ledger)
         return [TrialRecord(n, front[n].result) for n in sorted(front)]
 
-    def hypervolume(self, reference: list[float] | None = None) -> float:
+    def hypervolume(self, reference: list[float] | None = None, read: bool = True) -> float:
         """Hypervolume of the front (reference derived from the space when not given).
 
-        Computed again only when the front or the reference changed since the last call.
+        ``read`` False: of the trials as this driver last read or told them (no storage
+        read; the progress display's). Computed again only when the front or the reference
+        changed since the last call.
         """
-        ledger = self.synced()
-        ref = reference or self.reference_point()
+        ledger = self.synced() if read else self.ledger
+        ref = reference or self._reference(ledger)
         key = (ledger.version, tuple(ref))
         if self._hypervolume is None or self._hypervolume[0] != key:
             front = [ledger.front[n].values for n in sorted(ledger.front)]
@@ -473,8 +475,10 @@ class Study:
         Worst task metric, the space's largest parameter count and the largest memory seen
         (both x1.1), so hypervolumes of one study compare over time.
         """
+        return self._reference(self.synced())
+
+    def _reference(self, ledger: Ledger) -> list[float]:
         _, hi = self.param_range
-        largest = self.synced().largest
         ref = []
         for i, (metric, direction) in enumerate(zip(self.metrics, self.directions)):
             if direction == "maximize":
@@ -482,7 +486,7 @@ class Study:
             elif metric == "trainable_params":
                 ref.append(1.1 * max(hi, 1))
             else:
-                top = largest[i]
+                top = ledger.largest[i]
                 ref.append(1.1 * (1.0 if top is None else top))
         return ref
 

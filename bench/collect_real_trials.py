@@ -61,6 +61,19 @@ def _shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def _task(text: str) -> dict:
+    """``--task``: a JSON object (the study file's ``task`` section)."""
+    try:
+        task = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object, but got {text!r} ({err})"
+        ) from None
+    if not isinstance(task, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, but got {text!r}")
+    return task
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.collect_real_trials", description=__doc__.split("\n")[0]
@@ -83,6 +96,13 @@ def main() -> None:
         "--eval-examples", type=int, default=300, help="validation examples per evaluation"
     )
     parser.add_argument(
+        "--task",
+        type=_task,
+        default=None,
+        help="the study's task section as JSON (default: rotten_tomatoes at max length 48), "
+        'e.g. \'{"path": "/tmp/rt_order.jsonl", "max_length": 48}\'',
+    )
+    parser.add_argument(
         "--shard",
         type=_shard,
         default=(0, 1),
@@ -98,6 +118,7 @@ def main() -> None:
         lr=args.lr,
         eval_examples=args.eval_examples,
         space=args.space,
+        **({"task": args.task} if args.task else {}),
     )
     space = autopeft.resolve(config.search_space, config.model)
     if not args.out.exists():  # a new file starts with its provenance

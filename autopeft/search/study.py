@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import threading
 import time
 import warnings
@@ -23,14 +22,11 @@ from optuna.trial import TrialState
 
 from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
-from autopeft.core.errors import ConfigError
 from autopeft.core.levers import Levers
 from autopeft.core.memory_model import predict_memory
 from autopeft.core.model_profile import ModelProfile, load_profile
 from autopeft.core.pareto import hypervolume, known
 from autopeft.core.resolve import ResolvedSpace, candidate_params
-from autopeft.core.resume import resume_conflicts
-from autopeft.core.secrets import masked_config
 from autopeft.core.study_config import METRICS, StudyConfig, trial_training
 from autopeft.core.trial_result import TrialResult, TrialStatus
 from autopeft.search import proposals
@@ -41,6 +37,8 @@ from autopeft.search.ledger import REUSED_ATTR as REUSED_ATTR
 from autopeft.search.ledger import Ledger
 from autopeft.search.pool import Oracle
 from autopeft.search.samplers import make_sampler
+from autopeft.search.storage import CONFIG_ATTR as CONFIG_ATTR
+from autopeft.search.storage import keep_config, open_storage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,7 +49,6 @@ RETRY_OF_ATTR = "retry_of"
 #: Consecutive re-proposals of known candidates after which a search stops (the space is
 #: exhausted, or nearly); each costs a sampler call but no training.
 REPEAT_LIMIT = 100
-CONFIG_ATTR = "config"
 
 
 def rung_attr(step: int) -> str:
@@ -128,7 +125,7 @@ class Study:
         )
         self.optuna = optuna.create_study(
             study_name=config.name,
-            storage=self._storage(),
+            storage=open_storage(self.storage_url, self.shared, self.heartbeat),
             directions=self.directions,
             sampler=optuna.samplers.RandomSampler(),  # replaced below, once seeded
             load_if_exists=True,
@@ -144,41 +141,12 @@ class Study:
             self.pruned_values,
         )
         if not read_only:
-            self._keep_config(config)
+            keep_config(self.optuna, config, self.folder, self.shared)
             if self.optuna.metric_names != self.metrics:
                 # optuna-dashboard then labels the objectives (exact_match, ...), not values_0.
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     self.optuna.set_metric_names(self.metrics)
-
-    def _keep_config(self, config: StudyConfig) -> None:
-        """Store the configuration; refuse one whose trials would not compare with the study's.
-
-        A study without trials takes the new configuration (its first run may have failed on
-        a typo before any trial); one with trials may change only what leaves trials
-        comparable (n_trials, sampler, halving, executor, storage), else a ConfigError.
-        """
-        # Kept and shown (study.json, the report, optuna-dashboard) without a password.
-        snapshot = masked_config(json.loads(config.model_dump_json()))
-        stored = self.optuna.user_attrs.get(CONFIG_ATTR)
-        if stored is not None:
-            try:  # through today's model, so fields added since read as their defaults
-                stored = json.loads(StudyConfig.model_validate(stored).model_dump_json())
-            except ValueError:
-                pass  # unreadable today: compared as stored
-        if stored is not None and stored != snapshot and self.optuna.get_trials(deepcopy=False):
-            conflicts = resume_conflicts(stored, snapshot, str(self.folder / "study.json"))
-            if conflicts:
-                raise ConfigError(conflicts, source=f"study {config.name!r}")
-        if stored != snapshot or not (self.folder / "study.json").is_file():
-            self.optuna.set_user_attr(CONFIG_ATTR, snapshot)
-            # Written aside and renamed: a kill never leaves a half-written file.
-            partial = self.folder / f".study.json.{os.getpid()}"
-            mode = 0o600 if self.shared else 0o644  # a database's user and host: owner only
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "w") as out:
-                out.write(json.dumps(snapshot))
-            partial.replace(self.folder / "study.json")
 
     def driver_budget(self, candidate: Candidate) -> tuple[int, float, str | None]:
         """Exact parameters and predicted memory (at the longest training rows) on the driver.
@@ -205,35 +173,6 @@ class Study:
     def shared(self) -> bool:
         """Whether several drivers may share the storage (a database server, not SQLite)."""
         return self.storage_url.startswith(("postgresql", "mysql"))
-
-    def _storage(self) -> optuna.storages.BaseStorage | str:
-        if self.storage_url.startswith("sqlite"):
-            # A long busy timeout: readers such as optuna-dashboard may hold the file.
-            kwargs: dict = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
-        elif self.shared:
-            interval, grace = self.heartbeat
-            kwargs = {
-                "engine_kwargs": {"pool_pre_ping": True},
-                "heartbeat_interval": interval,
-                "grace_period": grace,
-            }
-        else:
-            return self.storage_url
-        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-        warnings.filterwarnings(
-            "ignore", "Argument ``heartbeat", optuna.exceptions.ExperimentalWarning
-        )
-        for attempt in range(5):
-            try:
-                return optuna.storages.RDBStorage(self.storage_url, **kwargs)
-            except (ArgumentError, NoSuchModuleError, ImportError):
-                raise  # a malformed URL or a missing driver: retrying cannot help
-            except Exception:  # noqa: BLE001 -- another process creating the schema right now
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 + attempt)
-        raise AssertionError("unreachable")
 
     # -- ask / tell --------------------------------------------------------------------------
 

@@ -8,6 +8,14 @@ Three ways to run the same search, side by side in one run, on one device:
 - ``trainer``: ``transformers.Trainer.hyperparameter_search`` (optuna backend) over the same
   LoRA space, one trial after another: what Hugging Face users run today (LoRA space only).
 
+An encoder classifies ``rotten_tomatoes`` (metric: accuracy); a decoder of SmolLM2's shape
+(``llama-small``, ``smollm2-random``) is tuned on the generated ``arithmetic`` causal-LM task
+(metric: ``eval_loss`` on the answer tokens; random weights learn too little in a few steps for
+exact match to tell trials apart). The Trainer then trains on the same rows and batches as
+autopeft's causal-LM trial: prompt and padding masked by position, right padding to the
+longest row of the batch, plain ``Trainer`` with that collator (no TRL). Its ``eval_loss`` is
+the Trainer's own (the mean of per-batch means), so it is reported, not compared.
+
 The model, data, steps and batch size are the same everywhere, halving is off (every trial
 trains to the end) and the two Ray modes use the ``random`` sampler under one seed, so trial
 ``i`` is the same candidate in both and its accuracy can be compared (it should match up to
@@ -16,10 +24,13 @@ the noise of non-deterministic GPU kernels). Device utilisation is sampled while
 
     python -m bench.throughput --model minilm --space lora --trials 32 --steps 200
     python -m bench.throughput --model bert-base --space mixed --trials 16
+    python -m bench.throughput --model smollm2-random --trials 12 --steps 50
 
 The Ray modes run the study through ``autopeft.run(..., executor="ray")``. ``bert-base`` is a
 BERT-base-sized classifier (12 layers, hidden 768, random weights) built from config with the
-bundled tokenizer and saved once under ``studies/.bench-cache/``. Results:
+bundled tokenizer and saved once under ``studies/.bench-cache/``; ``smollm2-random`` is
+SmolLM2-135M's shape (30 layers, 134.5M parameters, random weights) and ``llama-small`` the
+same with 8 layers. Results:
 ``bench/results/throughput_<device>_<model>_<space>.json`` and ``.md``.
 """
 
@@ -37,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import autopeft
-from bench.common import CACHE, RESULTS, ROOT, model_path, provenance, write_results
+from bench.common import CACHE, LLAMA_SIZES, RESULTS, ROOT, model_path, provenance, write_results
 
 #: The LoRA space (72 configurations on every layer), searched the same way by the Trainer.
 LORA = {"rank": [2, 4, 8, 16, 32, 64], "alpha": [8, 16, 32, 64]}
@@ -66,7 +77,30 @@ PEFT_NAMES = {
         "ffn_up": "intermediate.dense",
         "ffn_down": "output.dense",
     },
+    "llama": {
+        "q": "q_proj",
+        "k": "k_proj",
+        "v": "v_proj",
+        "o": "o_proj",
+        "ffn_up": "up_proj",
+        "ffn_down": "down_proj",
+    },
 }
+#: The task each kind of model runs, its metric and whether the metric is maximised.
+TASKS = {
+    "rotten_tomatoes": ({"name": "rotten_tomatoes"}, "accuracy", True),
+    "arithmetic": ({"kind": "causal_lm", "name": "arithmetic"}, "eval_loss", False),
+}
+
+
+def task_of(args: argparse.Namespace) -> str:
+    """``--task``, else ``arithmetic`` for the decoders built from config, else sentiment."""
+    return args.task or ("arithmetic" if args.model in LLAMA_SIZES else "rotten_tomatoes")
+
+
+def max_length(args: argparse.Namespace) -> int:
+    """``--max-length``, else 48 tokens (a sentence) or 96 (a chat-rendered problem and answer)."""
+    return args.max_length or (96 if task_of(args) == "arithmetic" else 48)
 
 
 def study_config(name: str, args: argparse.Namespace) -> Any:
@@ -75,7 +109,7 @@ def study_config(name: str, args: argparse.Namespace) -> Any:
         {
             "name": name,
             "model": model_path(args.model),
-            "task": {"name": "rotten_tomatoes", "max_length": args.max_length},
+            "task": {**TASKS[task_of(args)][0], "max_length": max_length(args)},
             "training": {
                 "steps": args.steps,
                 "batch_size": args.batch_size,
@@ -164,7 +198,7 @@ def parse_mode_trials(text: str) -> dict[str, int]:
 
 
 def ray_mode(mode: str, args: argparse.Namespace, root: str, gpu: bool, cores: int) -> dict:
-    """One Ray mode: the study, its wall time, trials/hour and the accuracy of each trial."""
+    """One Ray mode: the study, its wall time, trials/hour and the metric of each trial."""
     config = study_config(f"throughput-{mode}", args)
     if mode == "packed":
         options = {"gpus_per_trial": None} if gpu else {"cpus_per_trial": 1.0}
@@ -197,7 +231,7 @@ def ray_mode(mode: str, args: argparse.Namespace, root: str, gpu: bool, cores: i
         "trials_per_hour": round(3600 * len(results) / wall, 1),
         "warm_trials_per_hour": round(steady, 1) if steady else None,
         "first_trial_end_s": round(ends[0] - started_at, 1) if ends else None,
-        "accuracy": {n: r.metrics.get("accuracy") for n, r in done.items()},
+        "values": {n: r.metrics.get(TASKS[task_of(args)][1]) for n, r in done.items()},
         "candidates": {n: r.candidate.describe() for n, r in done.items()},
         "trial_wall_s": statistics.median(r.wall_time_s for r in done.values()) if done else None,
         # Against a trial's wall time: how much of it the training steps themselves take,
@@ -214,13 +248,14 @@ def trainer_mode(args: argparse.Namespace, gpu: bool) -> dict:
     import copy
 
     import torch
-    from peft import get_peft_model
+    from peft import LoraConfig, get_peft_model
     from transformers import Trainer
 
-    from bench.trial_overhead import lora_config, trainer_args, trainer_data
+    from bench.trial_overhead import Rows, trainer_args, trainer_data
 
     ctx = autopeft.TrialContext.create(study_config("throughput-trainer", args), cache_dir=CACHE)
-    accuracies: list[float] = []
+    _, metric, maximise = TASKS[task_of(args)]
+    values: list[float] = []
 
     def hp_space(trial: Any) -> dict:
         return {
@@ -230,24 +265,43 @@ def trainer_mode(args: argparse.Namespace, gpu: bool) -> dict:
 
     def model_init(trial: Any = None) -> Any:
         # Optuna gives the same value back when hp_space already suggested it.
-        values = hp_space(trial) if trial is not None else {"targets": "qv"}
-        settings = {"r": values.get("rank", 8), "lora_alpha": float(values.get("alpha", 16))}
-        targets = [PEFT_NAMES[ctx.profile.family][t] for t in TARGETS[values["targets"]]]
+        chosen: dict[str, Any] = hp_space(trial) if trial is not None else {"targets": "qv"}
+        targets = [PEFT_NAMES[ctx.profile.family][t] for t in TARGETS[chosen["targets"]]]
         torch.manual_seed(ctx.config.training.seed)
         model = copy.deepcopy(ctx.base_model)
-        return get_peft_model(model, lora_config(ctx, target_modules=targets, **settings))
+        lora = LoraConfig(
+            task_type=ctx.profile.task_type,  # SEQ_CLS trains the head too, CAUSAL_LM not
+            r=chosen.get("rank", 8),
+            lora_alpha=float(chosen.get("alpha", 16)),  # type: ignore[arg-type]  # peft: int
+            lora_dropout=0.0,  # autopeft's LoRA default
+            target_modules=targets,
+        )
+        return get_peft_model(model, lora)
+
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
 
     def objective(metrics: dict) -> float:
-        accuracies.append(metrics["eval_accuracy"])
-        return metrics["eval_accuracy"]
+        values.append(metrics[key])
+        return metrics[key]
 
-    trainer = Trainer(
-        model_init=model_init, args=trainer_args(ctx, args.steps), **trainer_data(ctx)
-    )
+    if metric == "accuracy":
+        extra: dict[str, Any] = {}
+        data = trainer_data(ctx)
+    else:
+        # Only the loss: logits over the vocabulary for every validation row are not kept.
+        extra = {"prediction_loss_only": True}
+        train, valid = ctx.data["train"], ctx.data["validation"]
+        pad_id: int = train.pad_id  # type: ignore[attr-defined]  # a causal-LM split's
+        data = {
+            "train_dataset": Rows(train, len(train)),
+            "eval_dataset": Rows(valid, min(ctx.config.training.eval_examples, len(valid))),
+            "data_collator": lambda rows: pad_rows(rows, pad_id),
+        }
+    trainer = Trainer(model_init=model_init, args=trainer_args(ctx, args.steps, **extra), **data)
     started = time.perf_counter()
     with Utilisation(gpu) as util:
         trainer.hyperparameter_search(
-            direction="maximize",
+            direction="maximize" if maximise else "minimize",
             backend="optuna",
             hp_space=hp_space,
             n_trials=trials_of("trainer", args),
@@ -257,24 +311,48 @@ def trainer_mode(args: argparse.Namespace, gpu: bool) -> dict:
     return {
         "mode": "trainer",
         "options": {"backend": "optuna"},
-        "trials": len(accuracies),
-        "complete": len(accuracies),
+        "trials": len(values),
+        "complete": len(values),
         "wall_s": round(wall, 1),
-        "trials_per_hour": round(3600 * len(accuracies) / wall, 1),
-        "accuracy_median": statistics.median(accuracies) if accuracies else None,
+        "trials_per_hour": round(3600 * len(values) / wall, 1),
+        f"{metric}_median": statistics.median(values) if values else None,
         **util.summary(),
     }
 
 
+def pad_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad causal-LM rows to the longest, as autopeft's batches are: padding gets the
+    pad id, attention 0 and no loss (label -100); the rows' own labels already mask the prompt.
+    """
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+
+    def pad(key: str, value: int) -> torch.Tensor:
+        return torch.stack(
+            [torch.nn.functional.pad(r[key], (0, width - len(r[key])), value=value) for r in rows]
+        )
+
+    return {
+        "input_ids": pad("input_ids", pad_id),
+        "attention_mask": pad("attention_mask", 0),
+        "labels": pad("labels", -100),
+    }
+
+
 def compare(packed: dict, single: dict) -> dict:
-    """Accuracy of the same trial number (same candidate) in the two Ray modes."""
-    common = sorted(set(packed["accuracy"]) & set(single["accuracy"]))
+    """The metric of the same trial number (same candidate) in the two Ray modes."""
+    common = sorted(set(packed["values"]) & set(single["values"]))
     same = [n for n in common if packed["candidates"][n] == single["candidates"][n]]
-    diffs = [abs(packed["accuracy"][n] - single["accuracy"][n]) for n in same]
+    diffs = [
+        abs(packed["values"][n] - single["values"][n])
+        for n in same
+        if packed["values"][n] is not None and single["values"][n] is not None
+    ]
     return {
         "same_candidates": len(same),
-        "max_abs_accuracy_diff": max(diffs) if diffs else None,
-        "mean_abs_accuracy_diff": statistics.fmean(diffs) if diffs else None,
+        "max_abs_diff": max(diffs) if diffs else None,
+        "mean_abs_diff": statistics.fmean(diffs) if diffs else None,
     }
 
 
@@ -286,11 +364,12 @@ def _trial_counts(result: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    """The table, the accuracy check and the verdict."""
+    """The table, the check of the metric per candidate and the verdict."""
     rows = result["modes"]
     base = next((r["trials_per_hour"] for r in rows if r["mode"] == "one-per-device"), None)
     lines = [
-        f"# Trial throughput ({result['device']}, {result['model']}, space {result['space']}, "
+        f"# Trial throughput ({result['device']}, {result['model']}, {result['task']}, "
+        f"space {result['space']}, "
         f"{_trial_counts(result)} x {result['steps']} steps, batch {result['batch_size']})",
         "",
         "| mode | trials/h | vs one per device | warm trials/h | first trial ends s | complete "
@@ -310,11 +389,11 @@ def markdown(result: dict) -> str:
             f"{r['mem_peak_mb']} |"
         )
     lines.append("")
-    acc = result["accuracy_match"]
-    if acc:
+    match = result["metric_match"]
+    if match:
         lines.append(
-            f"Same candidate, packed vs one per device: {acc['same_candidates']} trials, max "
-            f"|Δ accuracy| {acc['max_abs_accuracy_diff']}, mean {acc['mean_abs_accuracy_diff']}."
+            f"Same candidate, packed vs one per device: {match['same_candidates']} trials, max "
+            f"|Δ {result['metric']}| {match['max_abs_diff']}, mean {match['mean_abs_diff']}."
         )
     packed = next((r for r in rows if r["mode"] == "packed"), None)
     if packed and base:
@@ -335,12 +414,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.throughput", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--model", default="minilm", help="minilm, bert-base, or a model path")
+    parser.add_argument(
+        "--model",
+        default="minilm",
+        help="minilm, bert-base, llama-small, smollm2-random, or a model path",
+    )
+    parser.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        help="default: arithmetic (causal LM) for llama-small and smollm2-random, else "
+        "rotten_tomatoes",
+    )
     parser.add_argument("--space", choices=sorted(SPACES), default="lora")
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument(
+        "--max-length", type=int, help="default: 48 (rotten_tomatoes) or 96 (arithmetic)"
+    )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--modes", default=",".join(MODES))
@@ -369,24 +460,27 @@ def main() -> None:
         "benchmark": "throughput",
         "device": device,
         "model": args.model,
+        "task": task_of(args),
+        "metric": TASKS[task_of(args)][1],
+        "max_length": max_length(args),
         "space": args.space,
         "trials": args.trials,
         "mode_trials": args.mode_trials,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "modes": [],
-        "accuracy_match": {},
+        "metric_match": {},
     }
     tag = f"{'gpu' if gpu else 'cpu'}_{args.model}_{args.space}"
 
     def record(run: dict) -> None:
         # Written after every mode: a run cut short by its time limit keeps what it measured.
         result["modes"].append(run)
-        ray_runs = [r for r in result["modes"] if "accuracy" in r]
+        ray_runs = [r for r in result["modes"] if "values" in r]
         if len(ray_runs) == 2:
-            result["accuracy_match"] = compare(*ray_runs)
+            result["metric_match"] = compare(*ray_runs)
         write_results(args.out / f"throughput_{tag}", result, markdown(result))
-        print(json.dumps({k: v for k, v in run.items() if k not in ("accuracy", "candidates")}))
+        print(json.dumps({k: v for k, v in run.items() if k not in ("values", "candidates")}))
 
     ray_modes = [m for m in ("packed", "one-per-device") if m in modes]
     if ray_modes:

@@ -2,7 +2,8 @@
 # The GPU checks of issues 3 and 7 in one device call: the GPU tests (tests/test_gpu.py),
 # predicted vs measured CUDA memory, per-trial overhead against a bare loop and the HF
 # Trainer, trial throughput packed vs one per GPU vs Trainer.hyperparameter_search
-# (MiniLM, then a BERT-base-sized model), and the memory levers (dtype, checkpointing, micro
+# (MiniLM, then a BERT-base-sized model, then a decoder of SmolLM2-135M's shape on the
+# `arithmetic` causal-LM task), and the memory levers (dtype, checkpointing, micro
 # batches, length, bitsandbytes quantisation) predicted vs measured on two decoders of
 # SmolLM2's shape and two encoders.
 #
@@ -82,6 +83,9 @@ if [ "$SMOKE" = 1 ]; then  # a CPU dry run: tiny settings, results outside the r
     overhead_shape=(--batch-size 8 --max-length 32)
     # baseline trains; nf4 is recorded as skipped where bitsandbytes is absent (as there).
     lever_rows=(--rows baseline,nf4) lever_steps=1
+    # The 8-layer decoder, a few rows per evaluation: all three arms end in about a minute.
+    dec_model=llama-small dec_steps=2 dec_trials=2 dec_mode_trials=one-per-device=2,trainer=2
+    dec_shape=(--batch-size 4 --eval-examples 8)
 else
     device=cuda results=bench/results holdout_shapes=8x32,64x128 large_shape=24x64
     # Packed MiniLM: 3 waves of 16, so its rate is not the workers' cold start alone; the
@@ -90,6 +94,11 @@ else
     overhead_shape=(--batch-size 32 --max-length 128)
     # Every row (11; 7 without bitsandbytes) x 4 models, 3 steps like the CPU results.
     lever_rows=() lever_steps=3
+    # SmolLM2-135M's shape (30 layers, 134.5M parameters, random weights): one wave of 16
+    # packed trials against 4 one per GPU and 4 through the Trainer, 50 steps each, so the
+    # three arms end in about 3 minutes (per-trial start-up, not the steps, dominates).
+    dec_model=smollm2-random dec_steps=50 dec_trials=16 dec_mode_trials=one-per-device=4,trainer=4
+    dec_shape=(--batch-size 16 --eval-examples 128)
 fi
 mkdir -p "$results"
 touch /tmp/autopeft-gpu-checks.start
@@ -118,6 +127,14 @@ part throughput-minilm 480 "$PY" -m bench.throughput --model minilm --space lora
 stop_ray
 part throughput-bert-base 480 "$PY" -m bench.throughput --model bert-base --space lora \
     --trials "$trials" --mode-trials "$mode_trials" --steps "$((steps / 2))" --out "$results"
+stop_ray
+# Issue 35: the same three arms for a decoder on the generated `arithmetic` causal-LM task
+# (eval_loss per candidate, packed vs one per GPU). 240 s: ~3 minutes expected, and each
+# arm's results are written as it ends. With the two parts above it does not fit one call:
+# name it in GPU_CHECKS_PARTS (alone, or beside the shorter parts).
+part throughput-decoder 240 "$PY" -m bench.throughput --model "$dec_model" --space lora \
+    --trials "$dec_trials" --mode-trials "$dec_mode_trials" --steps "$dec_steps" \
+    "${dec_shape[@]}" --out "$results"
 stop_ray
 
 # The results files this run wrote, as paths under bench/results/ (the repository's layout).

@@ -126,16 +126,16 @@ def test_known_objectives_are_exact_and_memory_is_calibrated(tmp_path):
 def test_saas_batches_serve_q_proposals_per_fit_and_running_trials_are_pending(
     tmp_path, monkeypatch
 ):
-    from autopeft.search import pool
+    from autopeft.search import acquisition
 
     calls = []
-    choose = pool.choose
+    choose = acquisition.choose
 
     def spy(x_train, y_train, x_pending, x_pool, exact, q, surrogate, fidelity=None):
         calls.append((len(x_train), None if x_pending is None else len(x_pending), q, surrogate))
         return choose(x_train, y_train, x_pending, x_pool, exact, q, "gp", fidelity)  # no NUTS
 
-    monkeypatch.setattr(pool, "choose", spy)
+    monkeypatch.setattr(acquisition, "choose", spy)
     study = Study(config("batches", "autopeft", halving=False), root=tmp_path)
     run_local(study, 13, runner=blackbox.for_study(study), progress=False)
     assert [c[2:] for c in calls] == [(4, "saas")] * 2 and study.optuna.sampler.proposals == 8
@@ -152,16 +152,16 @@ def test_saas_batches_serve_q_proposals_per_fit_and_running_trials_are_pending(
 def test_bo_under_halving_fits_pruned_trials_at_their_rung(tmp_path, monkeypatch):
     # Halving prunes most trials: the BO counts them in its start-up and fits their rung
     # accuracy with the fraction of training they ran as an input, instead of ignoring them.
-    from autopeft.search import pool
+    from autopeft.search import acquisition
 
     fits = []
-    choose = pool.choose
+    choose = acquisition.choose
 
     def spy(x_train, y_train, x_pending, x_pool, exact, q, surrogate, fidelity=None):
         fits.append((x_train.shape, y_train[:, 0].tolist(), fidelity.tolist()))
         return choose(x_train, y_train, x_pending, x_pool, exact, q, surrogate, fidelity)
 
-    monkeypatch.setattr(pool, "choose", spy)
+    monkeypatch.setattr(acquisition, "choose", spy)
     study = Study(config("bo-halving", "qnehvi"), root=tmp_path)
     run_local(study, 16, runner=blackbox.for_study(study), progress=False)
     trials = study.optuna.trials
@@ -193,7 +193,7 @@ def test_a_prescreened_batch_is_the_greedy_batch_over_the_whole_pool(monkeypatch
     import torch
     from botorch.utils.sampling import manual_seed
 
-    from autopeft.search import pool
+    from autopeft.search import acquisition
 
     torch.manual_seed(0)
     x_train, x_pool = (
@@ -204,19 +204,19 @@ def test_a_prescreened_batch_is_the_greedy_batch_over_the_whole_pool(monkeypatch
     exact = -torch.cat([x_train, x_pool])[:, 1:3].sum(-1, keepdim=True)  # a known cost
     batches = []
     for prescreen in (64, len(x_pool)):
-        monkeypatch.setattr(pool, "PRESCREEN", prescreen)  # 400: the whole pool, as before
+        monkeypatch.setattr(acquisition, "PRESCREEN", prescreen)  # 400: the whole pool, as before
         with manual_seed(0):
-            batches.append(pool.choose(x_train, accuracy, None, x_pool, exact, 3, "gp"))
+            batches.append(acquisition.choose(x_train, accuracy, None, x_pool, exact, 3, "gp"))
     assert len(set(batches[0])) == 3 and sorted(batches[0]) == sorted(batches[1])
 
 
 def test_a_failing_bo_proposal_becomes_a_random_one(tmp_path, monkeypatch):
-    from autopeft.search import pool
+    from autopeft.search import acquisition
 
     def broken(*args):
         raise ValueError("NaN gradients")
 
-    monkeypatch.setattr(pool, "choose", broken)
+    monkeypatch.setattr(acquisition, "choose", broken)
     study = Study(config("broken", "qnehvi", halving=False), root=tmp_path)
     with pytest.warns(RuntimeWarning, match="NaN gradients"):
         run_local(study, 7, runner=blackbox.for_study(study), progress=False)

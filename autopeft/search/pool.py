@@ -19,6 +19,12 @@ Under successive halving most trials are pruned at a low rung. Their rung accura
 evidence, so they are fitted too, with the fraction of the training they ran as one more input
 (the GP learns how accuracy grows with training); proposals, pending trials and the front the
 improvement is measured against sit at the full fidelity, 1.
+
+A large study (more than :data:`FIT_ROWS` distinct trials) takes a cheaper path,
+:func:`autopeft.search.acquisition.choose_large`: the GP's hyperparameters are fitted on the
+front and a random sample of the rest, from the last fit's, its posterior conditioned on more
+rows, and the pool is scored by analytic EHVI over the front of the posterior means -- one
+box decomposition instead of one per Monte Carlo sample.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from autopeft.core.model_profile import ModelProfile
 from autopeft.core.resolve import RandomSuggest, ResolvedSpace
 from autopeft.core.space import Budget
 from autopeft.core.study_config import KNOWN_METRICS
+from autopeft.search import acquisition
 
 #: Exact parameters, predicted memory (MiB) and an over-budget reason (or None).
 Predictor = Callable[[Candidate], tuple[int, float, str | None]]
@@ -49,13 +56,17 @@ Predictor = Callable[[Candidate], tuple[int, float, str | None]]
 Partial = Callable[[FrozenTrial], tuple[list[float], float] | None]
 #: Random draws and mutations of the front per fit (before de-duplication).
 POOL_RANDOM, POOL_MUTANTS = 1024, 512
-#: A greedy q-batch is chosen among the pool's best candidates by their own (q = 1) value:
-#: each greedy step re-scores its choices with the earlier picks pending, so scoring 128
-#: instead of ~1,500 cuts most of the cost of a SAAS batch (bench/results/acquisition_cpu.md).
-PRESCREEN = 128
-#: Monte Carlo samples of qLogNEHVI (BoTorch's default), shared out over a fully Bayesian
-#: model's MCMC draws: each draw multiplies the box decompositions, which dominate the cost.
-MC_SAMPLES = 128
+#: A study with more distinct training rows than this is *large*: qLogNEHVI's cost grows with
+#: the rows (a GP fit of ~900 L-BFGS steps, a box decomposition of the sampled front per MC
+#: sample, a joint posterior with the baseline per candidate: 85-160 s a proposal at 500
+#: trials), so the GP's hyperparameters are fitted on this many rows -- the observed front,
+#: then a seeded random sample of the rest -- its posterior conditioned on all, and the pool
+#: is scored by analytic EHVI over the posterior-mean front (``acquisition.choose_large``;
+#: bench/results/sampler_cost.md measures both).
+FIT_ROWS = 128
+#: A large study's pool: random draws and front mutants (drawing, decoding and scoring them
+#: is most of what a proposal costs once the fit is capped).
+LARGE_POOL_RANDOM, LARGE_POOL_MUTANTS = 512, 256
 
 
 class FixedSuggest:
@@ -158,6 +169,11 @@ class PoolSampler(BaseSampler):
         self._random = RandomSampler(seed=seed)
         self.queue: list[dict[str, Any]] = []
         self.fits = self.proposals = self.failures = 0
+        #: Rows the GP of the last fit was fitted on (FIT_ROWS at most in a large study).
+        self.fit_rows = 0
+        #: The last large fit's hyperparameters per modelled objective (its warm start).
+        self.warm: dict[int, dict[str, Any]] = {}
+        self._decoded: dict[int, tuple[dict[str, Any], Candidate]] = {}
 
     def reseed_rng(self) -> None:
         """Reseed the random fallback (Optuna calls this for forked workers)."""
@@ -192,9 +208,9 @@ class PoolSampler(BaseSampler):
         started = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         if sum(t.state in started for t in live) < self.n_startup_trials:
             return {}
-        # Each trial's candidate, decoded once per ask (failed trials may be retried).
+        # Each trial's candidate (failed trials may be retried): finished ones decoded once.
         decoded = {
-            t.number: self.oracle.candidate(t.params)
+            t.number: self._decode(t)
             for t in live
             if t.state != TrialState.FAIL and set(search_space) <= set(t.params)
         }
@@ -222,6 +238,16 @@ class PoolSampler(BaseSampler):
         self.proposals += 1
         return self.queue.pop(0)
 
+    def _decode(self, trial: FrozenTrial) -> Candidate:
+        """The trial's candidate, cached while its parameters stay the same."""
+        hit = self._decoded.get(trial.number)
+        if hit is not None and hit[0] == trial.params:
+            return hit[1]
+        candidate = self.oracle.candidate(trial.params)
+        if trial.state.is_finished():
+            self._decoded[trial.number] = (dict(trial.params), candidate)
+        return candidate
+
     # -- the fit ------------------------------------------------------------------------------
 
     def _fit_and_choose(self, study, live, decoded, search_space, taken) -> list[dict[str, Any]]:
@@ -229,20 +255,20 @@ class PoolSampler(BaseSampler):
         from botorch.utils.sampling import manual_seed
         from optuna._transform import _SearchSpaceTransform
 
-        from autopeft.core.pareto import pareto_front
-
         signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
         train, values, fidelity = self._training_rows(live, decoded, signs)
         if len(train) < 2:
             return []
+        large = len(train) > FIT_ROWS
         running = [t for t in live if t.state == TrialState.RUNNING and t.number in decoded]
         # Seeded studies draw the same pools and fits on a rerun; unseeded ones differ.
         draws = random.randrange(2**31) if self.seed is None else self.seed * 1_000_003 + len(live)
         rng = random.Random(draws)
         complete = train[: fidelity.count(1.0)]  # full-fidelity rows come first
-        front = pareto_front(values[: len(complete) or len(train)], ["maximize"] * len(signs))
+        front = acquisition.nondominated(values[: len(complete) or len(train)])
         parents = [train[i].params for i in front]
-        pool = self._pool(rng, parents, list(search_space), taken)
+        sizes = (LARGE_POOL_RANDOM, LARGE_POOL_MUTANTS) if large else (POOL_RANDOM, POOL_MUTANTS)
+        pool = self._pool(rng, parents, list(search_space), taken, *sizes)
         if not pool:
             return []
         exact = [i for i, m in enumerate(self.metrics) if m in KNOWN_METRICS]
@@ -250,7 +276,8 @@ class PoolSampler(BaseSampler):
         if not modelled:
             raise ValueError("no measured objective to model (every objective is exact)")
         cands = [decoded[t.number] for t in train + running]
-        exact_values = self._exact_values(complete, cands + [c for _, c in pool], exact, signs)
+        known = [self.oracle.known(c) for c in cands] + [k for _, _, k in pool]
+        exact_values = self._exact_values(complete, cands, exact, signs, known)
 
         trans = _SearchSpaceTransform(search_space)
         bounds = torch.from_numpy(trans.bounds).T
@@ -260,17 +287,25 @@ class PoolSampler(BaseSampler):
             x = torch.from_numpy(numpy.array([trans.transform(p) for p in rows], dtype=float))
             return ((x - bounds[0]) / span).reshape(len(rows), len(bounds[0]))
 
+        args = (
+            encode([t.params for t in train]),
+            torch.tensor(values, dtype=torch.float64)[:, modelled],
+            encode([t.params for t in running]) if running else None,
+            encode([p for p, _, _ in pool]),
+            exact_values,
+            min(self.q, len(pool)),
+            self.surrogate,
+            torch.tensor(fidelity, dtype=torch.float64),
+        )
         with manual_seed(draws % 2**31):
-            chosen = choose(
-                encode([t.params for t in train]),
-                torch.tensor(values, dtype=torch.float64)[:, modelled],
-                encode([t.params for t in running]) if running else None,
-                encode([p for p, _ in pool]),
-                exact_values,
-                min(self.q, len(pool)),
-                self.surrogate,
-                torch.tensor(fidelity, dtype=torch.float64),
-            )
+            if large:
+                pick = random.Random(draws + 1)
+                rows = acquisition.fit_subset(front, len(train), FIT_ROWS, pick)
+                seen = acquisition.fit_subset(front, len(train), acquisition.POSTERIOR_ROWS, pick)
+                chosen = acquisition.choose_large(*args, rows=rows, warm=self.warm, seen=seen)
+            else:
+                chosen = acquisition.choose(*args)
+        self.fit_rows = min(len(train), FIT_ROWS)
         return [pool[i][0] for i in chosen]
 
     def _training_rows(self, live, decoded, signs):
@@ -301,10 +336,15 @@ class PoolSampler(BaseSampler):
         values = [[s * v for s, v in zip(signs, r[1])] for r in rows]
         return [r[0] for r in rows], values, [r[2] for r in rows]
 
-    def _pool(self, rng, parents, names, taken) -> list[tuple[dict[str, Any], Candidate]]:
-        """Distinct, within-budget candidates not yet taken: random draws and front mutants."""
-        rows = [self.oracle.draw(rng) for _ in range(POOL_RANDOM)]
-        for _ in range(POOL_MUTANTS if parents else 0):
+    def _pool(
+        self, rng, parents, names, taken, draws=POOL_RANDOM, mutants=POOL_MUTANTS
+    ) -> list[tuple[dict[str, Any], Candidate, tuple[int, float, bool]]]:
+        """Distinct, within-budget candidates not yet taken: random draws and front mutants.
+
+        Each with what the oracle knows of it (:meth:`Oracle.known`).
+        """
+        rows = [self.oracle.draw(rng) for _ in range(draws)]
+        for _ in range(mutants if parents else 0):
             child, donor = dict(rng.choice(parents)), self.oracle.draw(rng)
             for name in rng.sample(names, k=min(len(names), rng.choice((1, 1, 2, 3)))):
                 child[name] = donor[name]
@@ -317,19 +357,22 @@ class PoolSampler(BaseSampler):
             key = candidate.key()
             if key not in keys:
                 keys.add(key)
-                if self.oracle.known(candidate)[2]:
-                    out.append((params, candidate))
+                known = self.oracle.known(candidate)
+                if known[2]:
+                    out.append((params, candidate, known))
         return out
 
-    def _exact_values(self, complete, cands, exact, signs):
+    def _exact_values(self, complete, cands, exact, signs, known=None):
         """Exact objectives (maximising signs) of ``cands``, the ``complete`` trials' first.
 
         Memory is the predictor's, mapped onto the study's measurements by a linear fit (the
-        identity when they are the predictions themselves).
+        identity when they are the predictions themselves). ``known``: what the oracle knows
+        of ``cands`` and of more candidates after them (None: asked here).
         """
         import torch
 
-        known = [self.oracle.known(c) for c in cands]
+        if known is None:
+            known = [self.oracle.known(c) for c in cands]
         cols = []
         for i in exact:
             metric = self.metrics[i]
@@ -341,138 +384,4 @@ class PoolSampler(BaseSampler):
                 a, b = calibrate(predicted[: len(complete)], measured)
                 col = [a * p + b for p in predicted]
             cols.append([signs[i] * v for v in col])
-        return torch.tensor(cols, dtype=torch.float64).T.reshape(len(cands), len(exact))
-
-
-def choose(x_train, y_train, x_pending, x_pool, exact, q, surrogate, fidelity=None) -> list[int]:
-    """Indices of ``q`` pool rows maximising qLogNEHVI (greedy, each conditioned on the last).
-
-    Args:
-        x_train: encoded training candidates in [0, 1]^d.
-        y_train: their measured objectives (maximised), one column per GP.
-        x_pending: encoded running trials, or None.
-        x_pool: encoded pool candidates.
-        exact: exact objectives (maximised) of the training, pending and pool rows, in order.
-        q: proposals wanted.
-        surrogate: ``saas`` or ``gp``.
-        fidelity: the fraction of training each training row was measured at, full-fidelity
-            rows first (None: all 1). Below 1 anywhere, it becomes one more GP input and
-            everything else is evaluated at 1.
-    """
-    import torch
-
-    rows = torch.cat([x_train] + ([x_pending] if x_pending is not None else []) + [x_pool])
-    x_fit, x_baseline, x_pending, x_pool = with_fidelity(x_train, x_pending, x_pool, fidelity)
-    gps = [fit_gp(x_fit, y_train[:, i : i + 1], surrogate) for i in range(y_train.shape[1])]
-    acqf = acquisition(gps, y_train, rows, exact, x_baseline, x_pending)
-    return select(acqf, x_pool, q)
-
-
-def with_fidelity(x_train, x_pending, x_pool, fidelity):
-    """The GP's inputs, the baseline, pending and pool rows (a fidelity column if needed).
-
-    Improvement is measured over the front of the complete trials, the one a study reports,
-    and proposals and running trials sit at the full fidelity.
-    """
-    import torch
-
-    if fidelity is None or not bool((fidelity < 1).any()):
-        return x_train, x_train, x_pending, x_pool
-
-    def at(x, f=1.0):
-        if x is None:
-            return None
-        column = torch.as_tensor(f, dtype=x.dtype).expand(len(x)).reshape(-1, 1)
-        return torch.cat([x, column], dim=-1)
-
-    complete = int((fidelity >= 1).sum())
-    return at(x_train, fidelity), at(x_train[: complete or len(x_train)]), at(x_pending), at(x_pool)
-
-
-def acquisition(gps, y_train, rows, exact, x_baseline, x_pending, mc_samples=None):
-    """The qLogNEHVI of the GPs and the exact objectives of ``rows`` (a nearest-row lookup).
-
-    ``mc_samples`` (None: :data:`MC_SAMPLES` shared out over a fully Bayesian model's MCMC
-    draws; a GP fitted by likelihood gets BoTorch's default, the same 128).
-    """
-    import torch
-    from botorch.acquisition.multi_objective.logei import (
-        qLogNoisyExpectedHypervolumeImprovement,
-    )
-    from botorch.models.deterministic import GenericDeterministicModel
-    from botorch.models.model import ModelList
-    from botorch.sampling.get_sampler import get_sampler
-
-    d = rows.shape[-1]
-
-    def lookup(x: torch.Tensor) -> torch.Tensor:
-        # The acquisition only sees training, pending and pool rows: read their exact values.
-        index = torch.cdist(x[..., :d].reshape(-1, d), rows).argmin(dim=-1)
-        return exact[index].reshape(*x.shape[:-1], exact.shape[-1])
-
-    models = list(gps)
-    if exact.shape[-1]:
-        models.append(GenericDeterministicModel(lookup, num_outputs=exact.shape[-1]))
-    model = ModelList(*models)
-    draws = getattr(gps[0], "num_mcmc_samples", 1)
-    if mc_samples is None and draws > 1:
-        mc_samples = max(16, MC_SAMPLES // draws)
-    sampler = None
-    if mc_samples is not None:
-        shape = torch.Size([mc_samples])
-        sampler = get_sampler(model.posterior(x_baseline[:1]), sample_shape=shape)
-    observed = torch.cat([y_train, exact[: len(y_train)]], dim=-1)
-    return qLogNoisyExpectedHypervolumeImprovement(
-        model=model,
-        ref_point=(observed.min(dim=0).values - 1e-8).tolist(),
-        X_baseline=x_baseline,
-        sampler=sampler,
-        prune_baseline=True,
-        X_pending=x_pending,
-    )
-
-
-def select(acqf, x_pool, q: int, prescreen: int | None = None) -> list[int]:
-    """Greedy q-batch of pool rows; for q > 1 among the ``prescreen`` best by own value.
-
-    ``prescreen`` None: :data:`PRESCREEN`; 0: the whole pool.
-    """
-    import torch
-    from botorch.optim import optimize_acqf_discrete
-
-    keep = PRESCREEN if prescreen is None else prescreen
-    choices = x_pool
-    if q > 1 and 0 < keep < len(x_pool):
-        with torch.no_grad():
-            single = torch.cat([acqf(part.unsqueeze(1)) for part in x_pool.split(256)])
-        choices = x_pool[single.topk(keep).indices]
-    chosen, _ = optimize_acqf_discrete(acqf, q=q, choices=choices, max_batch_size=256, unique=True)
-    return torch.cdist(chosen, x_pool).argmin(dim=-1).tolist()
-
-
-def fit_gp(x, y, surrogate: str):
-    """A GP of one outcome: SAAS by NUTS (small MCMC budget: trials are the expensive part)."""
-    from botorch.models.transforms.outcome import Standardize
-
-    if surrogate == "saas":
-        from botorch.fit import fit_fully_bayesian_model_nuts
-        from botorch.models.fully_bayesian import SaasFullyBayesianSingleTaskGP
-
-        gp = SaasFullyBayesianSingleTaskGP(x, y, outcome_transform=Standardize(m=1))
-        fit_fully_bayesian_model_nuts(
-            gp, warmup_steps=64, num_samples=32, thinning=8, disable_progbar=True
-        )
-        # NUTS runs in JAX, which compiles afresh for every history length and keeps each
-        # executable mapped: ~2,900 memory mappings per fit exhaust vm.max_map_count (65,530)
-        # after ~22 fits and the process dies (bench/search_cost.py did). The GP is torch.
-        import jax
-
-        jax.clear_caches()
-        return gp
-    from botorch.fit import fit_gpytorch_mll
-    from botorch.models import SingleTaskGP
-    from gpytorch.mlls import ExactMarginalLogLikelihood
-
-    gp = SingleTaskGP(x, y, outcome_transform=Standardize(m=1))
-    fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
-    return gp
+        return torch.tensor(cols, dtype=torch.float64).T.reshape(len(known), len(exact))

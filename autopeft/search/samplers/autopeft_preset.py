@@ -19,7 +19,12 @@ AUTOPEFT_BATCH = 4
 
 @register
 class AutoPEFT(SamplerSpec):
-    """:class:`autopeft.search.pool.PoolSampler` with a SAAS GP fitted by NUTS, q-batches."""
+    """:class:`autopeft.search.pool.PoolSampler` with a SAAS GP fitted by NUTS, q-batches.
+
+    Past :data:`autopeft.search.pool.FIT_ROWS` trials NUTS fits that many rows (one compiled
+    kernel, reused) and the pool is scored by analytic EHVI averaged over the MCMC draws
+    (:func:`autopeft.search.acquisition.choose_large`).
+    """
 
     name = "autopeft"
     summary = "AutoPEFT preset: SAAS GP + qNEHVI, 100 random trials, batches of 4"
@@ -27,7 +32,7 @@ class AutoPEFT(SamplerSpec):
     deterministic = True
     pool = True
     fit_seconds = (
-        10.0  # SAAS by NUTS: JAX compiles afresh for each fit (autopeft.search.pool.fit_gp)
+        10.0  # SAAS by NUTS: JAX compiles afresh for each fit (autopeft.search.acquisition.fit_gp)
     )
     default_batch_size = AUTOPEFT_BATCH
 

@@ -13,7 +13,11 @@ if TYPE_CHECKING:
 
 @register
 class QNEHVI(SamplerSpec):
-    """:class:`autopeft.search.pool.PoolSampler` with a maximum-likelihood GP and q = 1."""
+    """:class:`autopeft.search.pool.PoolSampler` with a maximum-likelihood GP and q = 1.
+
+    Past :data:`autopeft.search.pool.FIT_ROWS` trials the GP is fitted on that many and the
+    pool scored by analytic EHVI (:func:`autopeft.search.acquisition.choose_large`).
+    """
 
     name = "qnehvi"
     summary = "qNEHVI: BoTorch GP over unseen candidates, known objectives exact"

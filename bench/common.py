@@ -53,6 +53,31 @@ def git_commit(checkout: Path = ROOT) -> str:
     return head + (" + uncommitted changes" if dirty else "")
 
 
+def run_in_checkout(
+    checkout: Path, code: str, *args: str, timeout: float | None = None
+) -> subprocess.CompletedProcess[str] | str:
+    """Run ``python -c code args...`` in a child process started in ``checkout``.
+
+    ``python -c`` puts its working directory first on the path, and ``PYTHONPATH`` names the
+    checkout too, so the child imports that checkout's ``autopeft`` and ``bench`` (a baseline
+    run side by side with this one); one thread, as every benchmark here. Returns the
+    finished process (output captured as text), or a line saying it ran past ``timeout``.
+    """
+    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
+    env["MKL_NUM_THREADS"] = "1"
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return f"no result in {timeout:.0f} s"
+
+
 def machine(gpu: str | None = None) -> str:
     """This machine in a few words: host, architecture, cores and the GPU if one is used."""
     cores = os.cpu_count() or 1

@@ -27,11 +27,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import autopeft
-from bench.common import RESULTS, ROOT, git_commit, provenance, write_results
+from bench.common import RESULTS, ROOT, git_commit, provenance, run_in_checkout, write_results
 from bench.overheads import SPACE, Synthetic
 
 NAME = "driver-cost"
@@ -329,19 +326,10 @@ def run_arm(checkout: Path, spec: dict[str, Any]) -> dict[str, Any]:
         "spec.loader.exec_module(module)\n"
         "module.worker(json.loads(sys.argv[1]))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
     limit = spec["budget_s"] + 4 * spec["probe_s"] + 600  # start-up reads and the probes
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(spec)],
-            cwd=checkout,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=limit,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"no result in {limit} s"}
+    done = run_in_checkout(checkout, code, json.dumps(spec), timeout=limit)
+    if isinstance(done, str):
+        return {"error": done}
     if done.returncode != 0:
         return {"error": done.stderr.strip()[-2000:]}
     return json.loads(Path(spec["out"]).read_text())

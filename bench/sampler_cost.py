@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT, git_commit, provenance, write_results
+from bench.common import RESULTS, ROOT, git_commit, provenance, run_in_checkout, write_results
 
 #: The arm's child: open a copy of the filled study with a sampler, suggest, time, tell.
 CHILD = """
@@ -92,20 +92,12 @@ def fill(n: int, root: Path) -> Path:
 
 def run_arm(checkout: Path, arm: dict[str, Any], timeout: float) -> dict[str, Any]:
     """One arm in a child process started in ``checkout`` (None on a time-out or error)."""
-    env = dict(os.environ, PYTHONPATH=str(checkout), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, json.dumps(arm)],
-            cwd=checkout,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"over {timeout:.0f} s"}
+        done = run_in_checkout(checkout, CHILD, json.dumps(arm), timeout=timeout)
     finally:
         shutil.rmtree(arm["root"], ignore_errors=True)
+    if isinstance(done, str):
+        return {"error": done}
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if not lines:
         return {"error": done.stderr.strip().splitlines()[-1][:300] if done.stderr else "?"}
@@ -217,6 +209,22 @@ def report(rows: list[dict[str, Any]], sizes: list[int], args: argparse.Namespac
             None,
         )
 
+    def time_cell(r: dict[str, Any]) -> str:
+        text = cell(r, "time")
+        if r["sampler"] == "autopeft" and "mean_s" in r:
+            text += f"; mean {r['mean_s']:.2f} / cpu {r['mean_cpu_s']:.2f}"
+        return text
+
+    def table(text: Callable[[dict[str, Any]], str]) -> list[str]:
+        """One row per arm, one cell per N (``text`` of the arm's row, or "not run")."""
+        out = []
+        for side, sampler in arms:
+            found = [find(n, side, sampler) for n in sizes]
+            cells = [text(r) if r else "not run" for r in found]
+            label = f"{sampler} (baseline)" if side == "baseline" else sampler
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        return out
+
     arms = [("this", s) for s in args.samplers.split(",")]
     arms += [("baseline", "qnehvi")] if any(r["checkout"] == "baseline" for r in rows) else []
     head = "| sampler | " + " | ".join(f"N={n}" for n in sizes) + " |"
@@ -235,16 +243,7 @@ def report(rows: list[dict[str, Any]], sizes: list[int], args: argparse.Namespac
         head,
         rule,
     ]
-    for side, sampler in arms:
-        cells = []
-        for n in sizes:
-            r = find(n, side, sampler)
-            text = cell(r, "time") if r else "not run"
-            if r and sampler == "autopeft" and "mean_s" in r:
-                text += f"; mean {r['mean_s']:.2f} / cpu {r['mean_cpu_s']:.2f}"
-            cells.append(text)
-        label = f"{sampler} (baseline)" if side == "baseline" else sampler
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += table(time_cell)
     lines += [
         "",
         "## Hypervolume the suggestions added (x 1e-4 of the box; mean ± sd over seeds)",
@@ -256,13 +255,7 @@ def report(rows: list[dict[str, Any]], sizes: list[int], args: argparse.Namespac
         head,
         rule,
     ]
-    for side, sampler in arms:
-        cells = []
-        for n in sizes:
-            r = find(n, side, sampler)
-            cells.append(f"{cell(r, 'hv')} ({r.get('seeds', 0)} seeds)" if r else "not run")
-        label = f"{sampler} (baseline)" if side == "baseline" else sampler
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += table(lambda r: f"{cell(r, 'hv')} ({r.get('seeds', 0)} seeds)")
     lines += [
         "",
         "One lucky candidate makes most of a gain, so a few suggestions over a few seeds "

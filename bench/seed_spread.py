@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, git_commit, provenance, real_trials, write_results
+from bench.common import (
+    RESULTS,
+    ROOT,
+    git_commit,
+    provenance,
+    real_trials,
+    run_in_checkout,
+    write_results,
+)
 
 DATA = RESULTS / "real_trials_minilm_160.jsonl"
 
@@ -43,11 +48,8 @@ for seed in range({seeds}):
         out.append(run_one(spec, surrogate, root)["hv"][-1])
 print(json.dumps(out))
 """
-    # ``python -c`` puts its working directory first on the path: the checkout's packages.
-    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=checkout, capture_output=True, text=True
-    )
+    done = run_in_checkout(checkout, code)
+    assert not isinstance(done, str)  # no time limit
     if done.returncode != 0:
         raise SystemExit(f"{checkout}: the run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

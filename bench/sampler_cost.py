@@ -28,8 +28,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +84,9 @@ def fill(n: int, root: Path) -> Path:
         "filled_study(int(sys.argv[1]), Path(sys.argv[2]))\n"
     )
     folder = root / f"filled-{n}"
-    subprocess.run([sys.executable, "-c", code, str(n), str(folder)], cwd=ROOT, check=True)
+    done = run_in_checkout(ROOT, code, str(n), str(folder))
+    if isinstance(done, str) or done.returncode != 0:
+        raise SystemExit(f"filling {n} trials failed:\n{getattr(done, 'stderr', done)[-3000:]}")
     return folder
 
 

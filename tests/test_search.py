@@ -114,7 +114,8 @@ def test_known_objectives_are_exact_and_memory_is_calibrated(tmp_path):
     done = [t for t in done if t.constraints["budget"] <= 0]
     cands = [study.oracle.candidate(t.params) for t in done]
     signs = [1.0, -1.0, -1.0]  # accuracy up, parameters and memory down
-    exact = study.optuna.sampler._exact_values(done, cands, [1, 2], signs)
+    known = [study.oracle.known(c) for c in cands]
+    exact = study.optuna.sampler._exact_values(done, known, [1, 2], signs)
     for t, row in zip(done, exact.tolist()):
         assert row == pytest.approx([-t.values[1], -t.values[2]], rel=1e-9)
     # A predictor off by a factor and an offset is mapped onto the measurements.

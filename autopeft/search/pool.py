@@ -277,7 +277,7 @@ class PoolSampler(BaseSampler):
             raise ValueError("no measured objective to model (every objective is exact)")
         cands = [decoded[t.number] for t in train + running]
         known = [self.oracle.known(c) for c in cands] + [k for _, _, k in pool]
-        exact_values = self._exact_values(complete, cands, exact, signs, known)
+        exact_values = self._exact_values(complete, known, exact, signs)
 
         trans = _SearchSpaceTransform(search_space)
         bounds = torch.from_numpy(trans.bounds).T
@@ -362,17 +362,15 @@ class PoolSampler(BaseSampler):
                     out.append((params, candidate, known))
         return out
 
-    def _exact_values(self, complete, cands, exact, signs, known=None):
-        """Exact objectives (maximising signs) of ``cands``, the ``complete`` trials' first.
+    def _exact_values(self, complete, known, exact, signs):
+        """Exact objectives (maximising signs) of candidates, the ``complete`` trials' first.
 
-        Memory is the predictor's, mapped onto the study's measurements by a linear fit (the
-        identity when they are the predictions themselves). ``known``: what the oracle knows
-        of ``cands`` and of more candidates after them (None: asked here).
+        ``known``: what the oracle knows of each candidate (:meth:`Oracle.known`). Memory is
+        the predictor's, mapped onto the study's measurements by a linear fit (the identity
+        when they are the predictions themselves).
         """
         import torch
 
-        if known is None:
-            known = [self.oracle.known(c) for c in cands]
         cols = []
         for i in exact:
             metric = self.metrics[i]

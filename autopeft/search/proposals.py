@@ -156,17 +156,17 @@ def _pop_waiting(study: Study, ledger: Ledger) -> int | None:
 class Proposer:
     """Hands out the candidates one driver trains (see the module doc)."""
 
-    def __init__(self, study: Study, n_trials: int, known: dict[str, TrialResult] | None = None):
+    def __init__(self, study: Study, n_trials: int):
         """Start handing out trials of ``study``.
 
         Args:
             study: the study.
             n_trials: finished trials wanted in the whole study (all drivers together).
-            known: reusable results by candidate key (default: the study's, which every
-                read of the storage brings up to date: see :class:`Ledger`).
         """
         self.study, self.n_trials = study, n_trials
-        self.known = study.synced().known if known is None else known
+        #: Reusable results by candidate key: the study's ledger's, which every read of the
+        #: storage and every tell brings up to date (see :class:`Ledger`).
+        self.known = study.synced().known
         #: This driver's waiting trials: trial number -> the running trial it waits for.
         self.waiting: dict[int, int] = {}
         #: This driver's trials handed out for training and not yet recorded.
@@ -272,18 +272,13 @@ class Proposer:
         return True
 
     def _read(self) -> Ledger:
-        """The study's ledger after one read of the storage (``known`` updated from it)."""
-        ledger = self.study.synced()
-        if self.known is not ledger.known:  # a caller's own dict: add what the study knows
-            self.known.update(ledger.known)
-        return ledger
+        """The study's ledger after one read of the storage (``known`` is its dict)."""
+        return self.study.synced()
 
     def record(self, number: int, result: TrialResult) -> None:
         """Tell the result of a trial this driver trained; resolve the trials waiting on it."""
-        self.study.tell(number, result)
+        self.study.tell(number, result)  # the ledger, and so ``known``, takes the result in
         self.training.discard(number)
-        if result.status in _attrs().REUSABLE:
-            self.known[result.candidate.key()] = result
         self.resolve()
 
     def resolve(self) -> list[int]:

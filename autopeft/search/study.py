@@ -185,14 +185,6 @@ class Study:
         trial.set_user_attr(CANDIDATE_ATTR, candidate.to_json())
         return trial, candidate
 
-    def known_results(
-        self, trials: list[optuna.trial.FrozenTrial] | None = None
-    ) -> dict[str, TrialResult]:
-        """Reusable results by candidate key (see :data:`REUSABLE`), of ``trials`` or all."""
-        if trials is None:
-            return dict(self.synced().known)
-        return {r.candidate.key(): r for _, r in self.results(trials) if r.status in REUSABLE}
-
     def synced(self) -> Ledger:
         """The ledger of finished trials, brought up to date with one read of the storage.
 
@@ -270,10 +262,7 @@ class Study:
         """
         result = self.ledger.result(trial)  # parsed once per finished trial
         if result is None:
-            raw = trial.user_attrs.get(RESULT_ATTR)
-            if raw is None:
-                return None
-            result = TrialResult.model_validate(raw)
+            return None
         values = known(self.values_of(result))
         if values is None or not result.target_steps:
             return None

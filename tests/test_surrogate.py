@@ -16,7 +16,7 @@ from autopeft.search.study import Study, model_profile
 
 # Plain imports: a broken bench module must fail the tests, not skip them.
 from bench import collect_real_trials as collect
-from bench import search_cost, surrogate
+from bench import search_cost, search_summary, surrogate
 from bench.common import RESULTS, bench_study, real_trials
 from bench.search_cost import Ladder
 
@@ -106,6 +106,24 @@ def test_a_fidelity_where_every_trial_learns_fits_the_learner_curve_alone():
     # Every draw is the learner curve plus a learner's residuals, never a flat curve.
     assert all(c[-1] > fitted.majority for c in curves)
     assert len({round(c[-1], 9) for c in curves}) > 1
+
+
+def test_a_task_where_no_trial_ever_predicts_one_class_has_no_floor():
+    """Without an evaluation at MCC 0 (rt_order: every trial learns from its first steps) the
+    slowest learners are not constant predictors: the most frequent final accuracy would have
+    been taken for the floor, leaving real learners out of the learner curve."""
+    records = real_trials(RESULTS / "real_trials_minilm_160.jsonl")  # a fresh parse
+    learners = [r for r in records if r["metrics"]["mcc"] != 0]
+    for r in learners:
+        for h in r["history"]:
+            h["mcc"] = max(h["mcc"], 0.01)  # a trace of information at every evaluation
+    # Two learners ending level: the old fallback's "most frequent final accuracy".
+    learners[1]["history"][-1]["accuracy"] = learners[0]["history"][-1]["accuracy"]
+    fitted = surrogate.Surrogate(learners, model_profile("minilm"))
+    assert fitted.majority is None
+    assert bool(fitted.learned.all()) and not fitted.bimodal
+    text = surrogate.fit_summary(fitted.report() | {"source": "minilm, rt_order"})
+    assert "(minilm, rt_order;" in text and "none of which ever predicted a single class" in text
 
 
 def test_one_trial_alone_in_its_class_and_the_parameter_count_feature_set():
@@ -218,7 +236,7 @@ def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
         ("tpe-r80-320-640-e3", True): 3,
     }
     best = max(r["hv"][-1] for saved in (forty, twenty) for r in saved["runs"])
-    assert merged["summary"]["target"] == pytest.approx(search_cost.TARGET * best)
+    assert merged["summary"]["target"] == pytest.approx(search_summary.TARGET * best)
     text = (tmp_path / "merged.md").read_text()
     assert "It merges: `" in text and "at git commit `" in text.splitlines()[2]
     # A merge merged again is read through its parts: the same summary.
@@ -237,7 +255,7 @@ def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     search_cost.merge(parts, tmp_path / "theirs", best_from=tmp_path / "other.json")
     theirs = json.loads((tmp_path / "theirs.json").read_text())["summary"]
-    assert theirs["target"] == pytest.approx(search_cost.TARGET * 0.5)
+    assert theirs["target"] == pytest.approx(search_summary.TARGET * 0.5)
     assert "other.json" in (tmp_path / "theirs.md").read_text()
     other["meta"]["data"] = "real_trials_minilm_160.jsonl"
     (tmp_path / "search_cost_160.json").write_text(json.dumps(other))

@@ -123,7 +123,9 @@ def main() -> None:
     space = autopeft.resolve(config.search_space, config.model)
     if not args.out.exists():  # a new file starts with its provenance
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": provenance()}, separators=(",", ":")) + "\n")
+        # The task goes in too: the benchmarks that read the file name it.
+        meta = provenance() | {"task": config.task.model_dump(exclude_defaults=True)}
+        args.out.write_text(json.dumps({"meta": meta}, separators=(",", ":")) + "\n")
     done = {r["draw"] for r in real_trials(args.out)}
     shard, shards = args.shard
     wanted = {i for i in range(args.n) if i % shards == shard}

@@ -381,6 +381,10 @@ def trained_curve(study: Any) -> dict:
     }
 
 
+#: The study attribute holding a search run's wall seconds so far (resumes add to it).
+WALL_ATTR = "bench_wall_s"
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """One search run: until ``max_trials`` trained trials or ``step_budget`` steps."""
@@ -443,7 +447,9 @@ def run_study(spec: Spec, surrogate: Any, root: str) -> tuple[dict, dict]:
         autopeft.run_local(study, n, runner=runner, progress=False)
         if study.n_done() == before:  # the space is exhausted
             break
-    wall = time.perf_counter() - started
+    # A run resumed from --keep adds to the wall time its earlier runs recorded in the study.
+    wall = study.optuna.user_attrs.get(WALL_ATTR, 0.0) + time.perf_counter() - started
+    study.optuna.set_user_attr(WALL_ATTR, wall)
     curve = trained_curve(study)
     # Runs go in chunks of 5 trials: cut at the trial that spends the budget.
     steps = curve["steps"]

@@ -319,8 +319,15 @@ class Postgres:
 
 def run_arm(checkout: Path, spec: dict[str, Any]) -> dict[str, Any]:
     """One arm in a child process started in ``checkout`` (its packages first on the path)."""
+    # The child imports ``checkout``'s autopeft but this checkout's ``bench`` package: the
+    # helpers this script needs may postdate the baseline (its bench lacked run_in_checkout).
+    bench = Path(__file__).resolve().parent
     code = (
         "import importlib.util, json, sys\n"
+        f"pkg = importlib.util.spec_from_file_location('bench', {str(bench / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(bench)!r}])\n"
+        "sys.modules['bench'] = importlib.util.module_from_spec(pkg)\n"
+        "pkg.loader.exec_module(sys.modules['bench'])\n"
         f"spec = importlib.util.spec_from_file_location('driver_cost', {str(__file__)!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
@@ -452,8 +459,10 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
         for base in [r for r in rows if (r["storage"], r["sampler"], r["n"], r["code"]) == key]:
             if "ms" in base:
                 text += f"; the baseline {base['ms']['total'] / last['ms']['total']:,.0f}x slower"
-            else:
+            elif "trials" in base:
                 text += f"; the baseline finished {base['trials']} in {base['elapsed_s']} s"
+            else:  # the arm failed: its reason, once, in the table's cells
+                text += "; the baseline arm failed (its error is in the JSON)"
         out.append(text + ".")
     return out
 

@@ -86,6 +86,26 @@ def test_ctrl_c_marks_the_trials_interrupted_and_queues_them_once(tmp_path):
     assert retry.params == trial.params and retry.user_attrs["retry_of"] == trial.number
 
 
+def test_a_ctrl_c_inside_the_trial_creating_write_leaves_nothing_running(tmp_path, monkeypatch):
+    study = Study(config(), root=tmp_path)
+    proposer = Proposer(study, 5)
+    storage = study.optuna._storage
+    create = storage.create_new_trial
+
+    def created_then_interrupted(*args, **kwargs):
+        create(*args, **kwargs)  # committed: the trial is RUNNING, its id never returned
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage, "create_new_trial", created_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        proposer.next()
+    assert proposer.claimed is None and not proposer.training
+    proposer.interrupt()
+    states = [t.state for t in study.optuna.get_trials(deepcopy=False)]
+    assert states == [TrialState.FAIL], states
+    assert study.optuna.trials[0].user_attrs["interrupted"] is True
+
+
 class Killed(BaseException):
     """A SIGKILL at a storage write: nothing after it runs (not even except clauses)."""
 

@@ -203,11 +203,12 @@ class Proposer:
                     return claimed
                 trial = optuna.Trial(study.optuna, claimed)
                 candidate = study.space.sample(trial)
-                placed = self._place(trial, candidate)
-                self.claimed = None
-                if placed:
+                if self._place(trial, candidate):
+                    # Tracked before the claim is let go: a Ctrl-C between finds it either way.
                     self.training.add(trial.number)
+                    self.claimed = None
                     return trial, candidate
+                self.claimed = None
         finally:
             study.optuna.sampler = sampler
         return EXHAUSTED
@@ -310,9 +311,18 @@ class Proposer:
     def interrupt(self) -> list[int]:
         """Mark this driver's running and waiting trials interrupted (Ctrl-C); re-queue once."""
         study, storage = self.study, self.study.optuna._storage
-        frozen = [storage.get_trial(study._trial_id(n)) for n in self.training | set(self.waiting)]
+        ids = {study._trial_id(n) for n in self.training | set(self.waiting)}
         if self.claimed is not None:  # interrupted while it was sampled, placed or told
-            frozen.append(storage.get_trial(self.claimed))
+            ids.add(self.claimed)
+        # A Ctrl-C inside the storage call that created or popped a trial leaves it RUNNING
+        # before this driver holds its id. With SQLite every RUNNING trial is this driver's
+        # (one at a time); on a shared storage, those it sends heartbeats for.
+        if study.shared:
+            ids |= study._owned
+        else:
+            running = study.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            ids |= {t._trial_id for t in running}
+        frozen = [storage.get_trial(i) for i in sorted(ids)]
         self.training.clear()
         self.waiting.clear()
         self.claimed = None

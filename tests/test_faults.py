@@ -1,7 +1,7 @@
 """bench/faults.py: SIGKILLs, Ctrl-C and concurrent drivers against `autopeft run` (fast cases).
 
-The checkers are tested on hand-made trials first (each must be able to see a fault); the
-scenarios then run the real CLI on a 4-trial study and must meet every goal.
+The checkers (bench/fault_checks.py) are tested on hand-made trials first (each must be able
+to see a fault); the scenarios then run the real CLI on a 4-trial study and must meet every goal.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from bench import fault_checks as checks
 from bench import faults
 
 N = 4  # trials per study: enough for a kill to land in every phase, short enough for CI
@@ -45,14 +46,14 @@ def trial(number: int, state: TrialState, status: str | None = None, **attrs) ->
 
 
 def test_lost_sees_a_finished_trial_missing_or_changed():
-    before = faults.snapshot(
+    before = checks.snapshot(
         [trial(0, TrialState.COMPLETE, "COMPLETE"), trial(1, TrialState.PRUNED, "PRUNED")]
     )
-    assert faults.lost(before, before) == set()
-    after = faults.snapshot([trial(0, TrialState.FAIL, "FAILED")])
-    assert faults.lost(before, after) == {0, 1}  # 0 changed, 1 missing
+    assert checks.lost(before, before) == set()
+    after = checks.snapshot([trial(0, TrialState.FAIL, "FAILED")])
+    assert checks.lost(before, after) == {0, 1}  # 0 changed, 1 missing
     # A trial RUNNING at the kill may finish later: that is no loss.
-    assert faults.snapshot([trial(2, TrialState.RUNNING)]) == {}
+    assert checks.snapshot([trial(2, TrialState.RUNNING)]) == {}
 
 
 def test_trained_twice_counts_repeated_candidates_but_not_reused_ones():
@@ -62,10 +63,10 @@ def test_trained_twice_counts_repeated_candidates_but_not_reused_ones():
         trial(1, TrialState.COMPLETE, "COMPLETE", candidate=b),
         trial(2, TrialState.COMPLETE, "COMPLETE", candidate=a, reused=True),
     ]
-    assert faults.trained_twice(trials) == 0
+    assert checks.trained_twice(trials) == 0
     trials.append(trial(3, TrialState.PRUNED, "PRUNED", candidate=a))
-    assert faults.trained_twice(trials) == 1
-    assert faults.counted(trials) == 3  # the reused one does not count
+    assert checks.trained_twice(trials) == 1
+    assert checks.counted(trials) == 3  # the reused one does not count
 
 
 def test_disagreements_and_requeue_errors_are_seen():
@@ -75,34 +76,34 @@ def test_disagreements_and_requeue_errors_are_seen():
         trial(2, TrialState.FAIL, "FAILED"),
         trial(3, TrialState.WAITING),  # not finished: no status yet
     ]
-    assert faults.disagreements(ok) == []
+    assert checks.disagreements(ok) == []
     # No status (no result): only an interrupted trial, or a waiting copy of one, is fine.
     ok += [trial(10, TrialState.FAIL, interrupted=True), trial(11, TrialState.FAIL, reused=True)]
-    assert faults.disagreements(ok) == []
+    assert checks.disagreements(ok) == []
     bad = [
         trial(4, TrialState.COMPLETE, "PRUNED"),
         trial(5, TrialState.FAIL),
         trial(12, TrialState.COMPLETE, interrupted=True),
     ]
-    assert faults.disagreements(ok + bad) == [4, 5, 12]
+    assert checks.disagreements(ok + bad) == [4, 5, 12]
     stopped = trial(6, TrialState.FAIL, "FAILED", interrupted=True, candidate=candidate(2))
     retry = trial(7, TrialState.WAITING, retry_of=6)
-    assert faults.requeue_errors([stopped]) == [6]  # not re-queued
-    assert faults.requeue_errors([stopped, retry]) == []
-    assert faults.requeue_errors([stopped, retry, trial(8, TrialState.WAITING, retry_of=6)]) == [6]
+    assert checks.requeue_errors([stopped]) == [6]  # not re-queued
+    assert checks.requeue_errors([stopped, retry]) == []
+    assert checks.requeue_errors([stopped, retry, trial(8, TrialState.WAITING, retry_of=6)]) == [6]
     # Killed before its candidate was sampled: nothing to re-run.
-    assert faults.requeue_errors([trial(9, TrialState.FAIL, "FAILED", interrupted=True)]) == []
+    assert checks.requeue_errors([trial(9, TrialState.FAIL, "FAILED", interrupted=True)]) == []
 
 
 def test_an_outcome_names_every_missed_goal():
-    out = faults.Outcome("kill-local", 4, kills=3, kills_survived=2, studies=1, lost=1)
+    out = checks.Outcome("kill-local", 4, kills=3, kills_survived=2, studies=1, lost=1)
     out.counted, out.failures = [5], ["final run exited 1"]
     missed = out.missed()
     assert len(missed) == 4 and all(m.startswith("kill-local: ") for m in missed)
-    assert faults.Outcome("x", 4, counted=[4]).missed() == []
+    assert checks.Outcome("x", 4, counted=[4]).missed() == []
 
 
-def check(out: faults.Outcome, kills: int) -> None:
+def check(out: checks.Outcome, kills: int) -> None:
     assert out.kills == kills and out.kills_survived == kills, out
     assert out.studies >= 1 and not out.failures, out.failures
     assert out.counted and all(c == N for c in out.counted), out.counted

@@ -85,8 +85,10 @@ def fill(n: int, root: Path) -> Path:
     )
     folder = root / f"filled-{n}"
     done = run_in_checkout(ROOT, code, str(n), str(folder))
-    if isinstance(done, str) or done.returncode != 0:
-        raise SystemExit(f"filling {n} trials failed:\n{getattr(done, 'stderr', done)[-3000:]}")
+    if isinstance(done, str):  # ran past its time-out
+        raise SystemExit(f"filling {n} trials failed: {done}")
+    if done.returncode != 0:
+        raise SystemExit(f"filling {n} trials failed:\n{done.stderr[-3000:]}")
     return folder
 
 

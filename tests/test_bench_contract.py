@@ -22,7 +22,14 @@ import autopeft
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 #: bench's modules that are not benchmarks (no command line of their own).
-HELPERS = {"bench", "bench.common", "bench.fault_checks", "bench.gpu", "bench.search_summary"}
+HELPERS = {
+    "bench",
+    "bench.common",
+    "bench.fault_checks",
+    "bench.gpu",
+    "bench.search_summary",
+    "bench.signal_stats",
+}
 COMMIT = re.compile(r"\b[0-9a-f]{7,40}\b")
 
 

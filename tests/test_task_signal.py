@@ -1,4 +1,5 @@
-"""bench/task_signal.py's arithmetic and bench/signal_tasks.py's generated task (no training)."""
+"""Task signal without training: bench/signal_stats.py's arithmetic, task_signal's seeds and
+bench/signal_tasks.py's generated task."""
 
 from __future__ import annotations
 
@@ -10,16 +11,9 @@ from collections import Counter
 import pytest
 
 import autopeft
+from bench.signal_stats import pooled_std, quantile, signal, spearman, spread, summarize
 from bench.signal_tasks import ORDERS, order_rows, reorder, rt_snippets, words_of
-from bench.task_signal import (
-    pooled_std,
-    quantile,
-    signal,
-    spearman,
-    spread,
-    summarize,
-    with_seed,
-)
+from bench.task_signal import with_seed
 
 SNIPPETS = [
     "A gorgeous, witty, seductive movie -- and the best of the year.",

@@ -25,6 +25,7 @@ BENCH = ROOT / "bench"
 HELPERS = {
     "bench",
     "bench.common",
+    "bench.driver_cost_report",
     "bench.fault_checks",
     "bench.gpu",
     "bench.search_summary",

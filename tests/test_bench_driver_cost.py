@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from bench import driver_cost as dc
+from bench.driver_cost_report import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,5 +42,5 @@ def test_an_arm_runs_the_baselines_autopeft_with_this_checkouts_bench(tmp_path):
     for key in ("ms", "trials", "elapsed_s", "per_trial"):
         failed.pop(key, None)
     failed["error"] = "ImportError: the old bench"
-    (line,) = dc.summary([failed, ours])
+    (line,) = summary([failed, ours])
     assert "the baseline arm failed (its error is in the JSON)" in line

@@ -311,21 +311,20 @@ class Proposer:
     def interrupt(self) -> list[int]:
         """Mark this driver's running and waiting trials interrupted (Ctrl-C); re-queue once."""
         study, storage = self.study, self.study.optuna._storage
-        ids = {study._trial_id(n) for n in self.training | set(self.waiting)}
-        if self.claimed is not None:  # interrupted while it was sampled, placed or told
-            ids.add(self.claimed)
-        # A Ctrl-C inside the storage call that created or popped a trial leaves it RUNNING
-        # before this driver holds its id. With SQLite every RUNNING trial is this driver's
-        # (one at a time); on a shared storage, those it sends heartbeats for.
-        if study.shared:
-            ids |= study._owned
-        else:
-            running = study.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            ids |= {t._trial_id for t in running}
-        frozen = [storage.get_trial(i) for i in sorted(ids)]
+        mine = self.training | set(self.waiting)
+        claimed, self.claimed = self.claimed, None
         self.training.clear()
         self.waiting.clear()
-        self.claimed = None
+        # A Ctrl-C inside the storage call that created or popped a trial leaves it RUNNING
+        # before this driver holds its id. With SQLite (one driver at a time) every RUNNING
+        # trial is this driver's. On a shared storage such a trial is not found yet: it has
+        # no heartbeat, so no other driver recovers it either.
+        if not study.shared:
+            return study.recover_interrupted()
+        ids = {study._trial_id(n) for n in mine} | study._owned
+        if claimed is not None:  # interrupted while it was sampled, placed or told
+            ids.add(claimed)
+        frozen = [storage.get_trial(i) for i in sorted(ids)]
         return recover(study, frozen) if frozen else []
 
 

@@ -140,3 +140,39 @@ def test_ray_cluster_with_postgres_survives_a_lost_worker_node(postgres_url, tmp
     assert len(nodes) >= 2, nodes  # trials ran on more than one node
     done = [r for _, r in study.results() if r.status is TrialStatus.COMPLETE]
     assert len(done) >= n - 2  # a trial on the lost node is retried elsewhere or FAILED
+
+
+@pytest.mark.parametrize("write", ["create_new_trial", "set_trial_state_values"])
+def test_a_ctrl_c_inside_a_shared_trial_write_leaves_only_the_other_driver_running(
+    postgres_url, tmp_path, monkeypatch, write
+):
+    # The write that makes a trial RUNNING commits, then SIGINT lands before the driver holds
+    # the trial's id: a new trial (create) or a queued retry taken (set_trial_state_values).
+    from autopeft.search.proposals import Proposer
+
+    name = f"ctrl-c-{uuid.uuid4().hex[:8]}"
+    other = Study(study_config(name), root=tmp_path / "a", storage=postgres_url)
+    ours = Study(study_config(name), root=tmp_path / "b", storage=postgres_url)
+    proposed = Proposer(other, 10).next()
+    assert not isinstance(proposed, str)
+    if write == "set_trial_state_values":
+        ours.optuna.enqueue_trial(proposed[0].params)
+    storage = ours.optuna._storage
+    real = getattr(storage, write)
+
+    def committed_then_interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage, write, committed_then_interrupted)
+    proposer = Proposer(ours, 10)
+    with pytest.raises(KeyboardInterrupt):
+        proposer.next()
+    monkeypatch.undo()
+    proposer.interrupt()
+    trials = ours.optuna.get_trials(deepcopy=False)
+    running = [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert running == [proposed[0].number]  # the other, live driver's trial only
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["interrupted"] is True
+    assert failed[0].user_attrs["driver"] == ours.driver != other.driver

@@ -169,7 +169,7 @@ def test_total_writes_of_a_clean_run(tmp_path):
 KILL_POINTS = 90
 
 
-@pytest.mark.parametrize("at", range(1, KILL_POINTS, 3))
+@pytest.mark.parametrize("at", range(1, KILL_POINTS))
 def test_a_kill_at_any_write_leaves_a_consistent_resumable_study(tmp_path, at):
     if not run_killed(tmp_path, at):
         return  # past the end of the run: test_total_writes_of_a_clean_run bounds this
@@ -193,7 +193,10 @@ def test_a_kill_at_any_write_leaves_a_consistent_resumable_study(tmp_path, at):
     for t in trials:
         if t.user_attrs.get("interrupted") and "candidate" in t.user_attrs:
             retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
-            assert len(retries) == 1 and retries[0].params == t.params
+            # Queued with exactly its parameters (a retry killed while sampled holds only
+            # some of them as params, and is retried in turn).
+            assert len(retries) == 1, [r.number for r in retries]
+            assert retries[0].system_attrs["fixed_params"] == t.params
 
 
 @pytest.mark.parametrize("at", range(1, 4))  # the recovery's three writes

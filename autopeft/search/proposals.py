@@ -140,17 +140,44 @@ def _pop_waiting(study: Study, ledger: Ledger) -> int | None:
 
     Optuna's ``Study._pop_waiting_trial_id`` without its own read of the storage: taking a
     trial is the same conditional state change, which fails when another driver took it.
+    The trial is marked with this driver before it turns RUNNING (see :func:`_new_trial`).
     """
     storage = study.optuna._storage
     for t in ledger.unfinished:
         if t.state != TrialState.WAITING:
             continue
         try:
+            storage.set_trial_user_attr(t._trial_id, DRIVER_ATTR, study.driver)
             if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
                 return t._trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # finished by another driver since the read
     return None
+
+
+def _new_trial(study: Study) -> int:
+    """A new RUNNING trial, created already marked with this driver in one transaction.
+
+    A Ctrl-C inside the create leaves a trial whose id the driver never got; on a shared
+    storage it has no heartbeat yet, so no driver would ever recover it. The mark lets
+    :meth:`Proposer.interrupt` find it.
+    """
+    from datetime import datetime
+
+    template = FrozenTrial(
+        number=0,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={DRIVER_ATTR: study.driver},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=0,
+    )
+    return study.optuna._storage.create_new_trial(study.optuna._study_id, template)
 
 
 class Proposer:
@@ -216,7 +243,6 @@ class Proposer:
     def _claim(self) -> int | str:
         """Take a slot of ``n_trials`` and a trial id for it (a queued retry first)."""
         study = self.study
-        storage, study_id = study.optuna._storage, study.optuna._study_id
         with study_lock(study):
             # Finished trials are taken in once (other drivers' too); the running ones are
             # read afresh: the cost is the new and running trials', not the study's.
@@ -232,11 +258,10 @@ class Proposer:
                 return WAIT
             trial_id = _pop_waiting(study, ledger)
             if trial_id is None:
-                trial_id = storage.create_new_trial(study_id)
+                trial_id = _new_trial(study)
             self.claimed = trial_id  # a Ctrl-C from here on finds it (see interrupt)
             if study.shared:
                 study._own(trial_id)
-            storage.set_trial_user_attr(trial_id, DRIVER_ATTR, study.driver)
         study.optuna._thread_local.cached_all_trials = None
         return trial_id
 
@@ -317,13 +342,15 @@ class Proposer:
         self.waiting.clear()
         # A Ctrl-C inside the storage call that created or popped a trial leaves it RUNNING
         # before this driver holds its id. With SQLite (one driver at a time) every RUNNING
-        # trial is this driver's. On a shared storage such a trial is not found yet: it has
-        # no heartbeat, so no other driver recovers it either.
+        # trial is this driver's. On a shared storage it carries this driver's mark (its
+        # heartbeat comes later, so no other driver would recover it).
         if not study.shared:
             return study.recover_interrupted()
         ids = {study._trial_id(n) for n in mine} | study._owned
         if claimed is not None:  # interrupted while it was sampled, placed or told
             ids.add(claimed)
+        running = study.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ids |= {t._trial_id for t in running if t.user_attrs.get(DRIVER_ATTR) == study.driver}
         frozen = [storage.get_trial(i) for i in sorted(ids)]
         return recover(study, frozen) if frozen else []
 

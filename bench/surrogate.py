@@ -45,6 +45,17 @@ import torch
 import autopeft
 from autopeft import Candidate, TrialResult, TrialStatus
 from bench.common import CPU_ESTIMATE, RESULTS, real_trials
+from bench.fitting import (
+    F64,
+    auc,
+    fit_logistic,
+    fit_ridge,
+    log_loss,
+    logistic_loo,
+    ridge_loo,
+    spearman,
+    with_bias,
+)
 
 DATA = RESULTS / "real_trials_minilm.jsonl"
 #: Module types of the bench space and their size parameter.
@@ -65,7 +76,6 @@ PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: parameters and final accuracy; all 56: 0.43). The default, every feature, is what the
 #: committed 40- and 160-step results were taken with.
 FEATURE_SETS = ("all", "log_params")
-F64 = torch.float64
 #: A model's profile (``autopeft.load_profile``): layers, sizes, parameter counts.
 Profile = Any
 
@@ -92,86 +102,6 @@ def _columns(feature_set: str) -> list[int]:
     if feature_set == "all":
         return list(range(len(FEATURES) + 1))
     return [FEATURES.index(feature_set), len(FEATURES)]
-
-
-def _with_bias(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-
-
-def _penalty_matrix(dim: int, penalty: float) -> torch.Tensor:
-    p = penalty * torch.eye(dim, dtype=F64)
-    p[-1, -1] = 0.0  # the intercept is not penalised
-    return p
-
-
-def fit_ridge(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Ridge weights (last one: the intercept) for features ``x`` with a bias column."""
-    return torch.linalg.solve(x.T @ x + _penalty_matrix(x.shape[1], penalty), x.T @ y)
-
-
-def ridge_loo(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Exact leave-one-out residuals of ridge regression (``r_i / (1 - H_ii)``)."""
-    hat = x @ torch.linalg.solve(x.T @ x + _penalty_matrix(x.shape[1], penalty), x.T)
-    return (y - hat @ y) / (1 - hat.diagonal())
-
-
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Ridge-penalised logistic regression by Newton's method."""
-    w = torch.zeros(x.shape[1], dtype=F64)
-    pen = _penalty_matrix(x.shape[1], penalty)
-    for _ in range(100):
-        p = torch.sigmoid(x @ w)
-        grad = x.T @ (p - y) + pen @ w
-        hess = x.T @ (x * (p * (1 - p))[:, None]) + pen
-        step = torch.linalg.solve(hess, grad)
-        w = w - step
-        if float(step.abs().max()) < 1e-10:
-            break
-    return w
-
-
-def logistic_loo(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Leave-one-out probabilities (one refit per trial).
-
-    A fold that leaves out the only member of its class has one class left: it predicts that
-    class (a logistic fit to one class has no finite optimum).
-    """
-    out = torch.empty(len(y), dtype=F64)
-    for i in range(len(y)):
-        keep = torch.arange(len(y)) != i
-        if len(y[keep].unique()) == 1:
-            out[i] = y[keep][0]
-        else:
-            out[i] = torch.sigmoid(x[i] @ fit_logistic(x[keep], y[keep], penalty))
-    return out
-
-
-def log_loss(p: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean binary cross-entropy of probabilities ``p`` against labels ``y``."""
-    p = p.clamp(1e-6, 1 - 1e-6)
-    return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
-
-
-def auc(score: torch.Tensor, y: torch.Tensor) -> float:
-    """Probability that a random positive scores above a random negative."""
-    pos, neg = score[y == 1], score[y == 0]
-    diff = pos[:, None] - neg[None, :]
-    return float((diff > 0).to(F64).mean() + 0.5 * (diff == 0).to(F64).mean())
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Rank correlation of ``a`` and ``b`` (ties get their average rank)."""
-
-    def ranks(v: torch.Tensor) -> torch.Tensor:
-        order = v.argsort()
-        r = torch.empty(len(v), dtype=F64)
-        r[order] = torch.arange(len(v), dtype=F64)
-        for value in v.unique():  # average ranks of ties
-            tied = v == value
-            r[tied] = r[tied].mean()
-        return r
-
-    return float(torch.corrcoef(torch.stack([ranks(a), ranks(b)]))[0, 1])
 
 
 class Surrogate:
@@ -202,7 +132,7 @@ class Surrogate:
         candidates = [Candidate.model_validate(r["candidate"]) for r in done]
         raw = torch.tensor([features(c, profile) for c in candidates], dtype=F64)
         self.center, self.scale = raw.mean(0), raw.std(0).clamp(min=1e-6)
-        self.x = _with_bias((raw - self.center) / self.scale)
+        self.x = with_bias((raw - self.center) / self.scale)
         y = self.learned.to(F64)
         #: Whether some trials never learned: on a long enough fidelity every trial does, and
         #: the surrogate is then the learner curve alone (P(learns) = 1).
@@ -265,7 +195,7 @@ class Surrogate:
 
     def _x(self, candidate: Candidate) -> torch.Tensor:
         raw = torch.tensor([features(candidate, self.profile)], dtype=F64)
-        return _with_bias((raw - self.center) / self.scale)[0]
+        return with_bias((raw - self.center) / self.scale)[0]
 
     def p_learn(self, candidate: Candidate) -> float:
         """Probability that training the candidate beats the constant predictor."""

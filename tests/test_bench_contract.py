@@ -27,6 +27,7 @@ HELPERS = {
     "bench.common",
     "bench.driver_cost_report",
     "bench.fault_checks",
+    "bench.fitting",
     "bench.gpu",
     "bench.search_summary",
     "bench.signal_stats",

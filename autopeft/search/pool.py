@@ -44,9 +44,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.core.candidate import Candidate
 from autopeft.core.model_profile import ModelProfile
+from autopeft.core.objectives import KNOWN_METRICS
 from autopeft.core.resolve import RandomSuggest, ResolvedSpace
 from autopeft.core.space import Budget
-from autopeft.core.study_config import KNOWN_METRICS
 from autopeft.search import acquisition
 
 #: Exact parameters, predicted memory (MiB) and an over-budget reason (or None).

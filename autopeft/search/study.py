@@ -25,9 +25,10 @@ from autopeft.core.candidate import Candidate
 from autopeft.core.levers import Levers
 from autopeft.core.memory_model import predict_memory
 from autopeft.core.model_profile import ModelProfile, load_profile
+from autopeft.core.objectives import METRICS
 from autopeft.core.pareto import hypervolume, known
 from autopeft.core.resolve import ResolvedSpace, candidate_params
-from autopeft.core.study_config import METRICS, StudyConfig, trial_training
+from autopeft.core.study_config import StudyConfig, trial_training
 from autopeft.core.trial_result import TrialResult, TrialStatus
 from autopeft.search import proposals
 from autopeft.search.ledger import INTERRUPTED_ATTR as INTERRUPTED_ATTR

@@ -31,8 +31,8 @@ test-deps:
 	scripts/postgres.sh install
 	scripts/chromium.sh install
 
-test: venv test-deps
-	$(BIN)/ruff check autopeft tests bench
+# Lint first: a type error or unformatted file fails CI as a failing test does.
+test: venv test-deps lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not gpu"
 
 test-fast: venv

@@ -67,8 +67,6 @@ FIT_ROWS = 128
 #: A large study's pool: random draws and front mutants (drawing, decoding and scoring them
 #: is most of what a proposal costs once the fit is capped).
 LARGE_POOL_RANDOM, LARGE_POOL_MUTANTS = 512, 256
-#: Mutants of a re-proposed candidate tried for an untaken one (see ``Oracle.neighbour``).
-NEIGHBOUR_TRIES = 64
 
 
 class FixedSuggest:
@@ -117,38 +115,6 @@ class Oracle:
     def candidate(self, params: dict[str, Any]) -> Candidate:
         """The candidate that ``params`` (a full assignment) decode to."""
         return self.space.sample(FixedSuggest(params))
-
-    def mutant(
-        self, parent: dict[str, Any], rng: random.Random, names: list[str] | None = None
-    ) -> dict[str, Any]:
-        """``parent`` with one to three of its parameters (of ``names``) redrawn at random."""
-        child, donor = dict(parent), self.draw(rng)
-        names = sorted(child) if names is None else names
-        for name in rng.sample(names, k=min(len(names), rng.choice((1, 1, 2, 3)))):
-            child[name] = donor[name]
-        return child
-
-    def neighbour(
-        self,
-        params: dict[str, Any],
-        taken: Callable[[str], bool],
-        rng: random.Random,
-        tries: int = NEIGHBOUR_TRIES,
-    ) -> dict[str, Any] | None:
-        """An untaken, within-budget mutant of ``params`` (a full assignment); None if none.
-
-        Args:
-            params: the parameters of a candidate the sampler proposed again.
-            taken: whether a candidate key is known or running.
-            rng: the random source.
-            tries: mutants tried before giving up.
-        """
-        for _ in range(tries):
-            child = self.mutant(params, rng)
-            candidate = self.candidate(child)
-            if not taken(candidate.key()) and self.known(candidate)[2]:
-                return child
-        return None
 
     def known(self, candidate: Candidate) -> tuple[int, float, bool]:
         """Exact parameters, predicted memory, and whether the candidate is within budget.
@@ -378,10 +344,11 @@ class PoolSampler(BaseSampler):
         Each with what the oracle knows of it (:meth:`Oracle.known`).
         """
         rows = [self.oracle.draw(rng) for _ in range(draws)]
-        rows += [
-            self.oracle.mutant(rng.choice(parents), rng, names)
-            for _ in range(mutants if parents else 0)
-        ]
+        for _ in range(mutants if parents else 0):
+            child, donor = dict(rng.choice(parents)), self.oracle.draw(rng)
+            for name in rng.sample(names, k=min(len(names), rng.choice((1, 1, 2, 3)))):
+                child[name] = donor[name]
+            rows.append(child)
         out, keys = [], set(taken)
         for params in rows:
             if set(params) != set(names):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,8 +45,6 @@ EXHAUSTED = "exhausted"  # the sampler proposes only known candidates
 
 WAITS_FOR_ATTR = "waits_for"
 DRIVER_ATTR = "driver"
-#: The trial whose re-proposed candidate this trial's (a neighbour of it) replaces.
-NEAR_ATTR = "near"
 
 
 def _attrs():
@@ -158,20 +155,15 @@ def _pop_waiting(study: Study, ledger: Ledger) -> int | None:
     return None
 
 
-def _new_trial(study: Study, near: tuple[int, dict] | None = None) -> int:
+def _new_trial(study: Study) -> int:
     """A new RUNNING trial, created already marked with this driver in one transaction.
 
     A Ctrl-C inside the create leaves a trial whose id the driver never got; on a shared
     storage it has no heartbeat yet, so no driver would ever recover it. The mark lets
-    :meth:`Proposer.interrupt` find it. ``near``: (trial number, parameters): the trial is
-    given these parameters (Optuna's fixed parameters, as of an enqueued trial).
+    :meth:`Proposer.interrupt` find it.
     """
     from datetime import datetime
 
-    user_attrs: dict = {DRIVER_ATTR: study.driver}
-    system_attrs: dict = {}
-    if near is not None:
-        user_attrs[NEAR_ATTR], system_attrs["fixed_params"] = near
     template = FrozenTrial(
         number=0,
         state=TrialState.RUNNING,
@@ -180,8 +172,8 @@ def _new_trial(study: Study, near: tuple[int, dict] | None = None) -> int:
         datetime_complete=None,
         params={},
         distributions={},
-        user_attrs=user_attrs,
-        system_attrs=system_attrs,
+        user_attrs={DRIVER_ATTR: study.driver},
+        system_attrs={},
         intermediate_values={},
         trial_id=0,
     )
@@ -213,18 +205,14 @@ class Proposer:
         """A new trial and the candidate to train, or :data:`WAIT`, :data:`DONE`, :data:`EXHAUSTED`.
 
         A re-proposed known candidate is told its known result at once (marked ``reused``);
-        a running one becomes a waiting trial. Either way the next trial takes an untaken
-        neighbour of it (one to three parameters redrawn, within budget; marked ``near``)
-        without asking the sampler: asked again, a sampler that favours a region mostly
-        proposes the same candidates again. With no such neighbour the sampler is asked
-        again; after a few re-proposals in a row a random sampler proposes instead; after
+        a running one becomes a waiting trial; either way the sampler is asked again. After a
+        few re-proposals in a row a random sampler proposes instead; after
         ``REPEAT_LIMIT`` the search is exhausted.
         """
         study = self.study
         s = _attrs()
         self.resolve()
         sampler, patience = study.optuna.sampler, repeat_patience(study.config.sampler)
-        near: tuple[int, dict] | None = None
         try:
             for repeat in range(s.REPEAT_LIMIT):
                 if repeat == patience:
@@ -237,7 +225,7 @@ class Proposer:
                     )
                 if study.shared:
                     study.recover_interrupted()  # trials of a driver that died meanwhile
-                claimed = self._claim(near)
+                claimed = self._claim()
                 if isinstance(claimed, str):
                     return claimed
                 trial = optuna.Trial(study.optuna, claimed)
@@ -248,27 +236,12 @@ class Proposer:
                     self.claimed = None
                     return trial, candidate
                 self.claimed = None
-                near = self._neighbour(trial)
         finally:
             study.optuna.sampler = sampler
         return EXHAUSTED
 
-    def _neighbour(self, trial: optuna.Trial) -> tuple[int, dict] | None:
-        """(``trial``'s number, an untaken neighbour of its parameters), or None."""
-        study = self.study
-        running = {k for t in _holding(study.ledger) if (k := _key(t)) is not None}
-        seed = study.sampler_seed
-        rng = random.Random(None if seed is None else seed * 1_000_003 + trial.number)
-        params = study.oracle.neighbour(
-            trial.params, lambda key: key in self.known or key in running, rng
-        )
-        return None if params is None else (trial.number, params)
-
-    def _claim(self, near: tuple[int, dict] | None = None) -> int | str:
-        """Take a slot of ``n_trials`` and a trial id for it (a queued retry first).
-
-        ``near``: the parameters a new trial takes (see :meth:`next`).
-        """
+    def _claim(self) -> int | str:
+        """Take a slot of ``n_trials`` and a trial id for it (a queued retry first)."""
         study = self.study
         with study_lock(study):
             # Finished trials are taken in once (other drivers' too); the running ones are
@@ -285,7 +258,7 @@ class Proposer:
                 return WAIT
             trial_id = _pop_waiting(study, ledger)
             if trial_id is None:
-                trial_id = _new_trial(study, near)
+                trial_id = _new_trial(study)
             self.claimed = trial_id  # a Ctrl-C from here on finds it (see interrupt)
             if study.shared:
                 study._own(trial_id)

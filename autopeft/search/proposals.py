@@ -140,7 +140,8 @@ def _pop_waiting(study: Study, ledger: Ledger) -> int | None:
 
     Optuna's ``Study._pop_waiting_trial_id`` without its own read of the storage: taking a
     trial is the same conditional state change, which fails when another driver took it.
-    The trial is marked with this driver before it turns RUNNING (see :func:`_new_trial`).
+    The trial is marked with this driver before it turns RUNNING (see :func:`_new_trial`);
+    every driver takes trials under the study lock, so no other one re-marks it meanwhile.
     """
     storage = study.optuna._storage
     for t in ledger.unfinished:

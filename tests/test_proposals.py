@@ -99,7 +99,8 @@ def test_a_ctrl_c_inside_the_trial_creating_write_leaves_nothing_running(tmp_pat
     monkeypatch.setattr(storage, "create_new_trial", created_then_interrupted)
     with pytest.raises(KeyboardInterrupt):
         proposer.next()
-    assert proposer.claimed is None and not proposer.training
+    # Left RUNNING by a write whose trial id the proposer never got.
+    assert [t.state for t in study.optuna.get_trials(deepcopy=False)] == [TrialState.RUNNING]
     proposer.interrupt()
     states = [t.state for t in study.optuna.get_trials(deepcopy=False)]
     assert states == [TrialState.FAIL], states

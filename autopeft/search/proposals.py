@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -163,8 +164,6 @@ def _new_trial(study: Study) -> int:
     storage it has no heartbeat yet, so no driver would ever recover it. The mark lets
     :meth:`Proposer.interrupt` find it.
     """
-    from datetime import datetime
-
     template = FrozenTrial(
         number=0,
         state=TrialState.RUNNING,
@@ -197,10 +196,6 @@ class Proposer:
         self.known = study.synced().known
         #: This driver's waiting trials: trial number -> the running trial it waits for.
         self.waiting: dict[int, int] = {}
-        #: This driver's trials handed out for training and not yet recorded.
-        self.training: set[int] = set()
-        #: The trial id taken by the proposal in progress (sampled, placed or told next).
-        self.claimed: int | None = None
 
     def next(self) -> tuple[optuna.Trial, Candidate] | str:
         """A new trial and the candidate to train, or :data:`WAIT`, :data:`DONE`, :data:`EXHAUSTED`.
@@ -232,11 +227,7 @@ class Proposer:
                 trial = optuna.Trial(study.optuna, claimed)
                 candidate = study.space.sample(trial)
                 if self._place(trial, candidate):
-                    # Tracked before the claim is let go: a Ctrl-C between finds it either way.
-                    self.training.add(trial.number)
-                    self.claimed = None
                     return trial, candidate
-                self.claimed = None
         finally:
             study.optuna.sampler = sampler
         return EXHAUSTED
@@ -260,7 +251,6 @@ class Proposer:
             trial_id = _pop_waiting(study, ledger)
             if trial_id is None:
                 trial_id = _new_trial(study)
-            self.claimed = trial_id  # a Ctrl-C from here on finds it (see interrupt)
             if study.shared:
                 study._own(trial_id)
         study.optuna._thread_local.cached_all_trials = None
@@ -305,7 +295,6 @@ class Proposer:
     def record(self, number: int, result: TrialResult) -> None:
         """Tell the result of a trial this driver trained; resolve the trials waiting on it."""
         self.study.tell(number, result)  # the ledger, and so ``known``, takes the result in
-        self.training.discard(number)
         self.resolve()
 
     def resolve(self) -> list[int]:
@@ -336,24 +325,18 @@ class Proposer:
 
     def interrupt(self) -> list[int]:
         """Mark this driver's running and waiting trials interrupted (Ctrl-C); re-queue once."""
-        study, storage = self.study, self.study.optuna._storage
-        mine = self.training | set(self.waiting)
-        claimed, self.claimed = self.claimed, None
-        self.training.clear()
+        study = self.study
         self.waiting.clear()
-        # A Ctrl-C inside the storage call that created or popped a trial leaves it RUNNING
-        # before this driver holds its id. With SQLite (one driver at a time) every RUNNING
-        # trial is this driver's. On a shared storage it carries this driver's mark (its
-        # heartbeat comes later, so no other driver would recover it).
+        # Found in the storage, not in this driver's books: a Ctrl-C inside the storage call
+        # that created or popped a trial leaves it RUNNING before the driver holds its id.
+        # With SQLite (one driver at a time) every RUNNING trial is this driver's; on a
+        # shared storage every one that the write making it RUNNING marked with this driver
+        # (see _new_trial and _pop_waiting).
         if not study.shared:
             return study.recover_interrupted()
-        ids = {study._trial_id(n) for n in mine} | study._owned
-        if claimed is not None:  # interrupted while it was sampled, placed or told
-            ids.add(claimed)
         running = study.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        ids |= {t._trial_id for t in running if t.user_attrs.get(DRIVER_ATTR) == study.driver}
-        frozen = [storage.get_trial(i) for i in sorted(ids)]
-        return recover(study, frozen) if frozen else []
+        mine = [t for t in running if t.user_attrs.get(DRIVER_ATTR) == study.driver]
+        return recover(study, mine) if mine else []
 
 
 def recover(study: Study, trials: list[FrozenTrial]) -> list[int]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
-import threading
 
+from autopeft import stop
 from autopeft.cli_args import build_parser
 from autopeft.cluster import STORAGE_ENV
 from autopeft.core.secrets import masked
@@ -71,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.n_trials is not None:
         at_least_one("--n-trials", args.n_trials, "leave it out to run the study file's n_trials")
-    with _ctrl_c_stops_training():
+    with stop.handled():
         study = run(
             args.file,
             n_trials=args.n_trials,
@@ -86,26 +85,6 @@ def _run(args: argparse.Namespace) -> int:
         )
     _print_front(study)
     return 0
-
-
-@contextlib.contextmanager
-def _ctrl_c_stops_training():
-    """Ctrl-C stops a run even when its KeyboardInterrupt lands somewhere that drops it.
-
-    See :mod:`autopeft.stop`; only the main thread can take signals, and the handler it had
-    is put back afterwards.
-    """
-    from autopeft import stop
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stop.REQUESTED.clear()
-    previous = signal.signal(signal.SIGINT, stop.on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _print_front(study) -> None:
@@ -233,7 +212,9 @@ def _reeval(args: argparse.Namespace) -> int:
 
     from autopeft.reeval import reeval
 
-    rows = reeval(study, top=args.top, seeds=args.seeds, progress=None if args.quiet else progress)
+    with stop.handled():
+        quiet = args.quiet
+        rows = reeval(study, top=args.top, seeds=args.seeds, progress=None if quiet else progress)
     for row in rows:
         runs = row["seeds"]
         if row["mean"] is None:  # every seed failed: no metric to average
@@ -275,25 +256,47 @@ def _usage(text: str, path: str = "arguments", hint: str | None = None):
     return ConfigError(Problem(path, text, hint=hint))
 
 
-#: What Ctrl-C leaves behind, per command (one line instead of a traceback).
+#: What a stop leaves behind, per command (one line instead of a traceback).
 INTERRUPTED = {
-    "run": "interrupted: finished trials are kept; run the same command to resume",
-    "reeval": "interrupted: front points re-evaluated so far are kept in the study",
-    "export": "interrupted: the export may be incomplete; run the command again",
-    "report": "interrupted: no report was written",
-    "submit": "interrupted: run the command again",
-    "dashboard": "optuna-dashboard stopped",
+    "run": "finished trials are kept; run the same command to resume",
+    "reeval": "front points re-evaluated so far are kept in the study",
+    "export": "the export may be incomplete; run the command again",
+    "report": "no report was written",
+    "submit": "run the command again",
+}
+
+#: How the line starts, per stop signal.
+STOPPED_BY = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "terminated (SIGTERM)",
+    signal.SIGHUP: "hung up (SIGHUP)",
 }
 
 
 def interrupted(command: str) -> int:
-    """Say in one line what a Ctrl-C left behind; return the exit code.
+    """Say in one line what a stop signal left behind; return the exit code.
 
-    130 (128 + SIGINT, what a shell reports for a tool stopped by Ctrl-C); 0 for
-    ``dashboard``, which runs until Ctrl-C stops it.
+    128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), what a
+    shell reports for a tool the signal ended; 0 for ``dashboard``, which runs until stopped.
+    After SIGHUP the terminal may be gone: a line nobody can read is dropped, not an error.
     """
-    print(INTERRUPTED.get(command, "interrupted"), file=sys.stderr)
-    return 0 if command == "dashboard" else 130
+    signum = stop.received()
+    if command == "dashboard":
+        line = "optuna-dashboard stopped"
+    else:
+        line = f"{STOPPED_BY.get(signum, signum.name)}: {INTERRUPTED.get(command, 'stopped')}"
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:  # EIO on a hung-up terminal; the exit code still tells
+        _to_devnull()
+    return 0 if command == "dashboard" else 128 + signum
+
+
+def _to_devnull() -> None:
+    """Point stdout and stderr at /dev/null, so the interpreter's final flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        os.dup2(devnull, stream.fileno())
 
 
 #: Each command's function.
@@ -316,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     from autopeft.core.errors import AutopeftError
 
     args = build_parser().parse_args(argv)
+    stop.reset()
     if getattr(args, "storage", "") is None and args.command != "submit":
         # A URL with a password stays off command lines (and out of `ps`) this way.
         args.storage = os.environ.get(STORAGE_ENV) or None
@@ -328,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted(args.command)
     except BrokenPipeError:
         # The reader went away (`autopeft methods | head`): stop quietly, as Unix tools do.
-        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _to_devnull()  # so the interpreter's final flush does not fail again
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
 
 

@@ -384,11 +384,46 @@ def test_submit_shell_needs_hosts_and_is_run_with_bash(tmp_path):
 
 
 def test_interrupted_says_one_line_and_exit_code(capsys):
+    from autopeft import stop
+
+    stop.reset()
     assert cli.interrupted("run") == 130
     assert capsys.readouterr().err == (
         "interrupted: finished trials are kept; run the same command to resume\n"
     )
     assert cli.interrupted("dashboard") == 0  # Ctrl-C is how a dashboard stops
+    assert capsys.readouterr().err == "optuna-dashboard stopped\n"
+    for signum, code, start in [
+        (signal.SIGTERM, 143, "terminated (SIGTERM)"),
+        (1, 129, "hung up (SIGHUP)"),
+    ]:
+        stop.reset()
+        with pytest.raises(KeyboardInterrupt):
+            stop.on_signal(signum, None)
+        assert cli.interrupted("reeval") == code
+        assert capsys.readouterr().err.startswith(f"{start}: front points re-evaluated")
+    stop.reset()
+
+
+def test_a_stop_line_nobody_can_read_is_dropped(monkeypatch):
+    """After SIGHUP the terminal is gone: writing the line fails with EIO, not the exit."""
+    from autopeft import stop
+
+    class HungUp:
+        def write(self, text):
+            raise OSError(5, "Input/output error")
+
+        def flush(self):
+            raise OSError(5, "Input/output error")
+
+    silenced = []
+    monkeypatch.setattr(sys, "stderr", HungUp())
+    monkeypatch.setattr(cli, "_to_devnull", lambda: silenced.append(True))
+    stop.reset()
+    with pytest.raises(KeyboardInterrupt):
+        stop.on_signal(signal.SIGHUP, None)
+    assert cli.interrupted("run") == 129 and silenced == [True]
+    stop.reset()
 
 
 @SLOW

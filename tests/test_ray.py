@@ -213,7 +213,14 @@ def ray_env(tmpdir: str) -> dict[str, str]:
 NOISE = ("Token authentication", "save not implemented", "Traceback", "Tuner.restore")
 
 
-def test_ctrl_c_under_ray_stops_like_the_local_executor(tmp_path):
+@pytest.mark.parametrize(
+    "signum, line",
+    [
+        (signal.SIGINT, "interrupted"),  # Ctrl-C: to the terminal's whole process group
+        (signal.SIGTERM, "terminated (SIGTERM)"),  # kill, a scheduler: ray.init's own handler
+    ],
+)
+def test_a_stop_signal_under_ray_stops_like_the_local_executor(signum, line, tmp_path):
     import yaml
 
     file = tmp_path / "study.yaml"
@@ -235,11 +242,14 @@ def test_ctrl_c_under_ray_stops_like_the_local_executor(tmp_path):
     wait_mid_trial(db, "ray-ctrl-c", proc, min_done=0, timeout=300)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     assert ray_processes(tmpdir)  # the local Ray this run started
-    os.killpg(proc.pid, signal.SIGINT)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)  # the driver only: it must stop its Ray itself
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == 128 + signum, err[-3000:]
     assert err.strip().splitlines() == [
-        "interrupted: finished trials are kept; run the same command to resume"
+        f"{line}: finished trials are kept; run the same command to resume"
     ]
     deadline = time.time() + 20
     while ray_processes(tmpdir) and time.time() < deadline:

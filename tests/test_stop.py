@@ -1,6 +1,9 @@
-"""Ctrl-C cannot be lost: a swallowed KeyboardInterrupt still stops training at the next step."""
+"""Stop signals: Ctrl-C, SIGTERM and SIGHUP interrupt alike, and a swallowed interrupt still
+stops training at the next step."""
 
 from __future__ import annotations
+
+import signal
 
 import pytest
 
@@ -11,14 +14,14 @@ from tests.trial_helpers import LORA, make_context
 
 @pytest.fixture
 def requested():
-    stop.REQUESTED.clear()
+    stop.reset()
     yield stop.REQUESTED
-    stop.REQUESTED.clear()
+    stop.reset()
 
 
 def test_the_handler_records_the_request_and_interrupts(requested):
     with pytest.raises(KeyboardInterrupt):
-        stop.on_sigint(2, None)
+        stop.on_signal(2, None)
     assert requested.is_set()
 
 
@@ -32,7 +35,7 @@ def test_a_swallowed_interrupt_stops_the_loop_at_the_next_step(requested):
     def report(step, metrics):
         seen.append(step)
         try:  # as if SIGINT landed in a destructor: the exception is dropped ...
-            stop.on_sigint(2, None)
+            stop.on_signal(2, None)
         except KeyboardInterrupt:
             pass
         return True
@@ -48,3 +51,43 @@ def test_a_swallowed_interrupt_stops_the_loop_at_the_next_step(requested):
             eval_at={2},
         )
     assert seen == [2]
+
+
+@pytest.fixture
+def default_handlers():
+    saved = {s: signal.getsignal(s) for s in stop.STOP_SIGNALS}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_every_stop_signal_interrupts_and_is_remembered(signum, default_handlers, requested):
+    with stop.handled():
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signum)
+        assert requested.is_set()
+    assert stop.received() == signum  # still known after the block, for the exit line
+    stop.reset()
+    assert stop.received() == signal.SIGINT and not requested.is_set()
+
+
+def test_a_signal_the_process_ignores_stays_ignored(default_handlers, requested):
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    before = signal.getsignal(signal.SIGTERM)
+    with stop.handled():
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is stop.on_signal
+        signal.signal(signal.SIGTERM, lambda *_: None)  # what ray.init does to SIGTERM
+        stop.reclaim()
+        assert signal.getsignal(signal.SIGTERM) is stop.on_signal
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler before is back
+
+
+def test_reclaim_outside_a_handled_block_changes_nothing(default_handlers):
+    mine = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop.reclaim()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    signal.signal(signal.SIGTERM, mine)

@@ -217,5 +217,8 @@ class Progress:
         self.bar.update(self.task, completed=ledger.counted, info=info)
 
     def close(self) -> None:
-        """Stop the live display."""
-        self.bar.stop()
+        """Stop the live display (quietly when the terminal hung up: nothing to draw on)."""
+        try:
+            self.bar.stop()
+        except OSError:  # EIO after SIGHUP; the run still hands its trials back and exits
+            pass

@@ -284,6 +284,7 @@ def run_ray(
     started = not ray.is_initialized()
     if started:
         _start_ray(address)
+    stop.reclaim()  # ray.init's SIGTERM handler exits without handing the trials back
     display = None
     proposer = Proposer(study, n_trials)
     try:

@@ -1,0 +1,125 @@
+"""`autopeft run` stopped by SIGTERM or a closed terminal hands its trials back, as Ctrl-C does.
+
+Run as a user runs it: in a terminal of its own (a pty, so the progress display is on). A
+scheduler's preemption or ``kill`` sends SIGTERM; closing the terminal sends SIGHUP, after which
+the terminal can no longer be written to.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.helpers import wait_mid_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = {
+    "name": "sigstop",
+    "model": "tiny-bert",
+    "task": {"name": "sms_spam", "max_length": 32},
+    "search_space": {"modules": {"lora": {"rank": [0, 4, 8]}}},
+    # One long trial: the signal lands while it trains.
+    "training": {"steps": 5000, "batch_size": 8, "eval_every": 5000, "eval_examples": 32},
+    "halving": {"enabled": False},
+    "sampler": "random",
+    "n_trials": 2,
+}
+
+#: Makes the pty the controlling terminal of the new session (as a login shell's is), so
+#: closing its other end hangs the run up; then becomes the autopeft CLI.
+_OWN_TERMINAL = (
+    "import fcntl, runpy, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "sys.argv = ['autopeft', *sys.argv[1:]]; runpy.run_module('autopeft.cli', run_name='__main__')"
+)
+
+
+class Terminal:
+    """A pty running one command; what it prints is read as it comes (a full pty blocks)."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _OWN_TERMINAL, *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=ROOT,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.output = bytearray()
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closing.is_set():
+            if select.select([self.master], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: every process let go of the terminal
+                    return
+                if not chunk:
+                    return
+                self.output += chunk
+
+    def close(self) -> None:
+        """Close the terminal's window: the kernel hangs up its session (SIGHUP)."""
+        self._closing.set()
+        self._reader.join()
+        os.close(self.master)
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        if not self._closing.is_set():
+            self._reader.join(timeout=10)
+            self.close()
+        return code
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace").replace("\r", "\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "closed terminal"])
+def test_a_terminated_or_hung_up_run_hands_its_trial_back(how, tmp_path):
+    file = tmp_path / "study.yaml"
+    file.write_text(yaml.safe_dump(STUDY))
+    db = tmp_path / "r" / "sigstop" / "study.db"
+    term = Terminal(["run", str(file), "--root", str(tmp_path / "r")])
+    wait_mid_trial(db, "sigstop", term.proc, 0, timeout=120)
+    assert term.proc.poll() is None, term.text[-3000:]
+    if how == "SIGTERM":
+        term.proc.send_signal(signal.SIGTERM)
+    else:
+        term.close()
+    code = term.wait(timeout=120)
+    if how == "SIGTERM":
+        assert code == 128 + signal.SIGTERM, term.text[-3000:]  # what a shell reports
+        assert "sigstop" in term.text and "0/2" in term.text  # the progress display was on
+        assert "Traceback" not in term.text
+        last = term.text.strip().splitlines()[-1]
+        assert last.endswith(
+            "terminated (SIGTERM): finished trials are kept; run the same command to resume"
+        )
+    else:  # nothing can be read from a closed terminal: the exit code says it all
+        assert code == 128 + signal.SIGHUP
+    # The trial it stopped is marked interrupted and queued again, not left RUNNING.
+    trials = optuna.load_study(study_name="sigstop", storage=f"sqlite:///{db}").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert [t.user_attrs["retry_of"] for t in queued] == [t.number for t in stopped]

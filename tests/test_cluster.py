@@ -176,3 +176,34 @@ def test_a_ctrl_c_inside_a_shared_trial_write_leaves_only_the_other_driver_runni
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["interrupted"] is True
     assert failed[0].user_attrs["driver"] == ours.driver != other.driver
+
+
+def test_a_trial_whose_driver_died_before_its_first_heartbeat_is_recovered(postgres_url, tmp_path):
+    # A driver SIGKILLed between the write that creates its trial and the trial's first
+    # heartbeat leaves a RUNNING trial that never beats; Optuna's stale check skips it.
+    from autopeft.search.proposals import Proposer, _new_trial
+
+    name = f"unbeaten-{uuid.uuid4().hex[:8]}"
+    dead = Study(study_config(name), root=tmp_path / "a", storage=postgres_url)
+    orphan = dead.optuna._storage.get_trial_number_from_id(_new_trial(dead))
+    grace = 2
+    alive = Study(
+        study_config(name), root=tmp_path / "b", storage=postgres_url, heartbeat=(1, grace)
+    )
+    proposed = Proposer(alive, 10).next()  # a live driver's trial: it beats
+    assert not isinstance(proposed, str)
+    recovering = Study(
+        study_config(name), root=tmp_path / "c", storage=postgres_url, heartbeat=(1, grace)
+    )
+
+    def states():
+        trials = recovering.optuna.get_trials(deepcopy=False)
+        return {t.number: t.state for t in trials}
+
+    assert recovering.recover_interrupted() == []  # just seen: not yet past the grace
+    assert states()[orphan] == TrialState.RUNNING
+    time.sleep(grace + 1)
+    recovering.recover_interrupted()
+    assert states() == {orphan: TrialState.FAIL, proposed[0].number: TrialState.RUNNING}
+    failed = recovering.optuna.trials[orphan]
+    assert failed.user_attrs["interrupted"] is True and failed.user_attrs["driver"] == dead.driver

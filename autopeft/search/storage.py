@@ -13,8 +13,10 @@ import os
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from autopeft.core.errors import ConfigError
 from autopeft.core.resume import resume_conflicts
@@ -61,6 +63,58 @@ def open_storage(
                 raise
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
+
+
+class StaleTrials:
+    """The RUNNING trials of dead drivers on a shared storage, found with one query.
+
+    A trial is stale when its last heartbeat is older than the grace period (by the
+    database's clock, as Optuna's own check) or when it never sent one for longer than the
+    grace period as this driver saw it (by this driver's clock: no other clock is compared).
+    A driver gives a trial its first heartbeat within the same study lock that made it
+    RUNNING, so one that never beats is a driver killed inside that window: Optuna's check
+    skips such a trial, and it would stay RUNNING forever.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage, study_id: int, grace: float):
+        """Watch the running trials of ``study_id`` in ``storage`` (an RDB storage)."""
+        # Optuna wraps an RDB storage in a cache; the query goes to the database itself.
+        self.storage: Any = getattr(storage, "_backend", storage)
+        self.study_id, self.grace = study_id, grace
+        #: Trial id -> when this driver first saw it RUNNING without a heartbeat (monotonic).
+        self._unbeaten: dict[int, float] = {}
+
+    def find(self, own: set[int]) -> set[int]:
+        """Trial ids of the stale trials; ``own``: this driver's (never stale to it)."""
+        import sqlalchemy
+        from optuna.storages._rdb import models
+
+        trial, beat = models.TrialModel, models.TrialHeartbeatModel
+        session = self.storage.scoped_session()
+        try:
+            rows = (
+                session.query(trial.trial_id, beat.heartbeat, sqlalchemy.func.now())
+                .outerjoin(beat, beat.trial_id == trial.trial_id)
+                .filter(trial.study_id == self.study_id, trial.state == TrialState.RUNNING)
+                .all()
+            )
+            session.commit()
+        finally:
+            self.storage.scoped_session.remove()
+        seen, stale = time.monotonic(), set()
+        unbeaten: dict[int, float] = {}
+        for trial_id, heartbeat, now in rows:
+            if trial_id in own:
+                continue
+            if heartbeat is None:
+                unbeaten[trial_id] = first = self._unbeaten.get(trial_id, seen)
+                if seen - first > self.grace:
+                    stale.add(trial_id)
+            # Naive on both sides: PostgreSQL's now() carries a time zone (as in Optuna's).
+            elif (now.replace(tzinfo=None) - heartbeat).total_seconds() > self.grace:
+                stale.add(trial_id)
+        self._unbeaten = unbeaten
+        return stale
 
 
 def keep_config(study: optuna.Study, config: StudyConfig, folder: Path, shared: bool) -> None:

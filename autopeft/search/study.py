@@ -39,7 +39,7 @@ from autopeft.search.ledger import Ledger
 from autopeft.search.pool import Oracle
 from autopeft.search.samplers import make_sampler
 from autopeft.search.storage import CONFIG_ATTR as CONFIG_ATTR
-from autopeft.search.storage import keep_config, open_storage
+from autopeft.search.storage import StaleTrials, keep_config, open_storage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -133,6 +133,9 @@ class Study:
         )
         #: This driver's number among the drivers that opened the study (None: read-only).
         self.driver = None if read_only else proposals.new_driver(self)
+        #: Finds the trials of dead drivers (a shared storage's only).
+        grace = self.heartbeat[1]
+        self._stale = StaleTrials(self._rdb, self.optuna._study_id, grace) if self.shared else None
         #: The seed of this driver's random stream (see proposals.driver_seed).
         self.sampler_seed = proposals.driver_seed(config.sampler.seed, self.driver or 0)
         self.optuna.sampler = make_sampler(
@@ -333,12 +336,14 @@ class Study:
 
         With SQLite (one driver at a time) every RUNNING trial at start-up is interrupted.
         With a shared server storage only trials whose driver stopped sending heartbeats for
-        the grace period are; drivers call this before asking, so a live driver picks up the
-        trials of a dead one. See :func:`proposals.recover`: a trial that recorded its
-        result is told from it; any other is failed as interrupted and re-queued once.
+        the grace period (or never sent one: see :class:`StaleTrials`) are; drivers call this
+        before asking, so a live driver picks up the trials of a dead one. See
+        :func:`proposals.recover`: a trial that recorded its result is told from it; any
+        other is failed as interrupted and re-queued once.
         """
         if self.shared:  # asked before every proposal: the trials are read only if needed
-            stale = set(self._rdb._get_stale_trial_ids(self.optuna._study_id))
+            assert self._stale is not None
+            stale = self._stale.find(self._owned)
             if not stale:
                 return []
         running = self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -30,10 +30,19 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: The signal that stopped the run (SIGINT when only a KeyboardInterrupt was seen).
 _received: list[int] = []
 _installed = threading.Event()
+#: Handlers to put back once a stopped run's process goes on (see :func:`handled`).
+_left_on: dict[int, Any] = {}
 
 
 def on_signal(signum: int, frame: Any) -> None:
-    """Signal handler: remember the request and the signal, then interrupt as Ctrl-C does."""
+    """Signal handler: remember the request and the signal, then interrupt as Ctrl-C does.
+
+    Once a stop is under way a repeated SIGTERM or SIGHUP is ignored, so it cannot cut the
+    hand-back of the trials short (a closed terminal signals twice: the hang-up, then its
+    shell's exit); a second Ctrl-C still interrupts, as a user pressing it again expects.
+    """
+    if REQUESTED.is_set() and signum != signal.SIGINT:
+        return
     if not _received:
         _received.append(signum)
     REQUESTED.set()
@@ -52,9 +61,16 @@ def received() -> signal.Signals:
 
 
 def reset() -> None:
-    """Forget an earlier stop (a new command in the same process starts clean)."""
+    """Forget an earlier stop (a new command in the same process starts clean).
+
+    Puts back the SIGTERM and SIGHUP handlers a stopped :func:`handled` block left on.
+    """
     REQUESTED.clear()
     _received.clear()
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in _left_on.items():
+            signal.signal(signum, handler)
+    _left_on.clear()
 
 
 def _install() -> None:
@@ -76,11 +92,31 @@ def reclaim() -> None:
 
 
 @contextmanager
+def children_ignore_hang_up() -> Iterator[None]:
+    """Processes started within the block ignore SIGHUP (an ignored signal is inherited).
+
+    A local Ray's processes share the driver's terminal; closing it would kill them under
+    the driver while it hands its trials back, and take the driver down with them. The
+    driver stops them itself.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+@contextmanager
 def handled() -> Iterator[None]:
     """Within the block, every stop signal interrupts the main thread as Ctrl-C does.
 
     Only the main thread can take signals (elsewhere this does nothing); the handlers there
-    before are put back afterwards.
+    before are put back afterwards, except after a stop: then SIGTERM and SIGHUP stay
+    ignored until :func:`reset`, since a repeat may still come while the process says what
+    it left behind and exits (bash passes its SIGHUP on to its jobs, a second hang-up).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -94,4 +130,7 @@ def handled() -> Iterator[None]:
     finally:
         _installed.clear()
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if REQUESTED.is_set() and signum != signal.SIGINT:
+                _left_on[signum] = handler  # on_signal ignores it now; reset() puts it back
+            else:
+                signal.signal(signum, handler)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import optuna
@@ -196,3 +202,61 @@ def check_resumed(running: list, after: optuna.Study, completes: bool = False) -
         assert len(retries) == 1 and retries[0].params == t.params
         if completes:
             assert retries[0].state == TrialState.COMPLETE
+
+
+#: Makes the pty the controlling terminal of the new session (as a login shell's is), so
+#: closing its other end hangs the run up; then becomes the autopeft CLI.
+_OWN_TERMINAL = (
+    "import fcntl, runpy, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "sys.argv = ['autopeft', *sys.argv[1:]]; runpy.run_module('autopeft.cli', run_name='__main__')"
+)
+
+
+class Terminal:
+    """A pty running one command; what it prints is read as it comes (a full pty blocks)."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        """Start ``autopeft ARGS`` in a new terminal (``env``: default, this one's)."""
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _OWN_TERMINAL, *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=Path(__file__).resolve().parents[1],
+            env=env or dict(os.environ, OMP_NUM_THREADS="1"),
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.output = bytearray()
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closing.is_set():
+            if select.select([self.master], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: every process let go of the terminal
+                    return
+                if not chunk:
+                    return
+                self.output += chunk
+
+    def close(self) -> None:
+        """Close the terminal's window: the kernel hangs up its session (SIGHUP)."""
+        self._closing.set()
+        self._reader.join()
+        os.close(self.master)
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        if not self._closing.is_set():
+            self._reader.join(timeout=10)
+            self.close()
+        return code
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace").replace("\r", "\n")

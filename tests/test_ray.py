@@ -10,6 +10,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -20,6 +21,7 @@ from autopeft.core.candidate import Candidate
 from autopeft.core.trial_result import TrialStatus
 from autopeft.search.study import Study, rung_attr
 from tests.helpers import (
+    Terminal,
     check_dashboard,
     check_front,
     check_resumed,
@@ -261,6 +263,45 @@ def test_a_stop_signal_under_ray_stops_like_the_local_executor(signum, line, tmp
     assert stopped and all(t.state == TrialState.FAIL for t in stopped)
     retries = sorted(t.user_attrs["retry_of"] for t in trials if t.state == TrialState.WAITING)
     assert retries == sorted(t.number for t in stopped if "candidate" in t.user_attrs)
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _ignores_hang_up(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # gone meanwhile
+        return True
+    ignored = int(next(x for x in status.splitlines() if x.startswith("SigIgn:")).split()[1], 16)
+    return bool(ignored & (1 << (signal.SIGHUP - 1)))
+
+
+def test_closing_the_terminal_of_a_ray_run_hands_its_trials_back(tmp_path):
+    import yaml
+
+    file = tmp_path / "study.yaml"
+    long = {**STUDY["training"], "steps": 3000, "eval_every": 3000}
+    spec = {"name": "ray-hup", **STUDY, "training": long, "halving": {"enabled": False}}
+    file.write_text(yaml.safe_dump({**spec, "n_trials": 3}))
+    tmpdir = tempfile.mkdtemp(prefix="apr-", dir="/tmp")
+    run = ["run", str(file), "--root", str(tmp_path), "--executor", "ray"]
+    term = Terminal(run, env=ray_env(tmpdir))  # the progress display on, in its terminal
+    db = tmp_path / "ray-hup" / "study.db"
+    wait_mid_trial(db, "ray-hup", term.proc, min_done=0, timeout=300)
+    assert term.proc.poll() is None, term.text[-3000:]
+    # The local Ray's processes ignore the hang-up: dying with the terminal, they would take
+    # the driver down while it hands its trials back. The driver stops them itself.
+    started = ray_processes(tmpdir)
+    assert started and all(_ignores_hang_up(pid) for pid in started)
+    term.close()
+    assert term.wait(timeout=120) == 128 + signal.SIGHUP
+    deadline = time.time() + 20
+    while ray_processes(tmpdir) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes(tmpdir), "Ray processes outlived the driver"
+    trials = optuna.load_study(study_name="ray-hup", storage=f"sqlite:///{db}").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
     shutil.rmtree(tmpdir, ignore_errors=True)
 
 

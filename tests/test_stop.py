@@ -72,6 +72,25 @@ def test_every_stop_signal_interrupts_and_is_remembered(signum, default_handlers
     assert stop.received() == signal.SIGINT and not requested.is_set()
 
 
+def test_a_repeated_hang_up_cannot_cut_the_hand_back_short(default_handlers, requested):
+    with stop.handled():
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGHUP)
+        signal.raise_signal(signal.SIGHUP)  # the shell's exit: while trials are handed back
+        signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C again: the user insists
+            signal.raise_signal(signal.SIGINT)
+        before = stop._left_on or None  # nothing left on inside the block
+    assert stop.received() == signal.SIGHUP and before is None
+    # After the block, while the process says what it left behind, a late hang-up is ignored.
+    assert signal.getsignal(signal.SIGHUP) is stop.on_signal
+    signal.raise_signal(signal.SIGHUP)
+    assert signal.getsignal(signal.SIGINT) is not stop.on_signal  # Ctrl-C is back at once
+    stop.reset()  # the next command: the handlers from before the block are back
+    assert signal.getsignal(signal.SIGHUP) is not stop.on_signal
+    assert signal.getsignal(signal.SIGTERM) is not stop.on_signal
+
+
 def test_a_signal_the_process_ignores_stays_ignored(default_handlers, requested):
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
     before = signal.getsignal(signal.SIGTERM)

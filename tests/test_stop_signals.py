@@ -7,22 +7,15 @@ the terminal can no longer be written to.
 
 from __future__ import annotations
 
-import os
-import select
 import signal
-import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import wait_mid_trial
+from tests.helpers import Terminal, wait_mid_trial
 
-ROOT = Path(__file__).resolve().parents[1]
 STUDY = {
     "name": "sigstop",
     "model": "tiny-bert",
@@ -34,62 +27,6 @@ STUDY = {
     "sampler": "random",
     "n_trials": 2,
 }
-
-#: Makes the pty the controlling terminal of the new session (as a login shell's is), so
-#: closing its other end hangs the run up; then becomes the autopeft CLI.
-_OWN_TERMINAL = (
-    "import fcntl, runpy, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-    "sys.argv = ['autopeft', *sys.argv[1:]]; runpy.run_module('autopeft.cli', run_name='__main__')"
-)
-
-
-class Terminal:
-    """A pty running one command; what it prints is read as it comes (a full pty blocks)."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.master, slave = os.openpty()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _OWN_TERMINAL, *args],
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            cwd=ROOT,
-            env=dict(os.environ, OMP_NUM_THREADS="1"),
-            start_new_session=True,
-        )
-        os.close(slave)
-        self.output = bytearray()
-        self._closing = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while not self._closing.is_set():
-            if select.select([self.master], [], [], 0.1)[0]:
-                try:
-                    chunk = os.read(self.master, 65536)
-                except OSError:  # EIO: every process let go of the terminal
-                    return
-                if not chunk:
-                    return
-                self.output += chunk
-
-    def close(self) -> None:
-        """Close the terminal's window: the kernel hangs up its session (SIGHUP)."""
-        self._closing.set()
-        self._reader.join()
-        os.close(self.master)
-
-    def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout=timeout)
-        if not self._closing.is_set():
-            self._reader.join(timeout=10)
-            self.close()
-        return code
-
-    @property
-    def text(self) -> str:
-        return self.output.decode(errors="replace").replace("\r", "\n")
 
 
 @pytest.mark.slow

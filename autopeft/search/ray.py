@@ -361,7 +361,7 @@ def _start_ray(address: str | None) -> None:
     # machine (another study's, a test's). Ray resolves a 127.0.0.1 node address to the
     # host's routable one unless clusters are off, and its servers then listen on every
     # interface: with clusters off for the start, they listen on 127.0.0.1 only.
-    with _loopback_only():
+    with _loopback_only(), stop.children_ignore_hang_up():
         ray.init(address="local", **kwargs)
 
 

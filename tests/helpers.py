@@ -48,6 +48,18 @@ def wait_mid_trial(db, name: str, proc, min_done: int, timeout: float) -> None:
         time.sleep(0.3)
 
 
+def check_handed_back(db: Path, name: str) -> list:
+    """A stopped run left nothing RUNNING: the trials it stopped are failed as interrupted,
+    each with a sampled candidate queued once again; returns the stopped trials."""
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
+    retries = sorted(t.user_attrs["retry_of"] for t in trials if t.state == TrialState.WAITING)
+    assert retries == sorted(t.number for t in stopped if "candidate" in t.user_attrs)
+    return stopped
+
+
 def counted_trials(trials: list) -> list:
     """Trials that count towards ``n_trials``: neither interrupted (re-run) nor reused."""
     return [

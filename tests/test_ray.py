@@ -24,6 +24,7 @@ from tests.helpers import (
     Terminal,
     check_dashboard,
     check_front,
+    check_handed_back,
     check_resumed,
     check_states,
     counted_trials,
@@ -223,12 +224,7 @@ NOISE = ("Token authentication", "save not implemented", "Traceback", "Tuner.res
     ],
 )
 def test_a_stop_signal_under_ray_stops_like_the_local_executor(signum, line, tmp_path):
-    import yaml
-
-    file = tmp_path / "study.yaml"
-    long = {**STUDY["training"], "steps": 3000, "eval_every": 3000}
-    spec = {"name": "ray-ctrl-c", **STUDY, "training": long, "halving": {"enabled": False}}
-    file.write_text(yaml.safe_dump({**spec, "n_trials": 3}))
+    file = _write_long_study(tmp_path, "ray-ctrl-c")
     tmpdir = tempfile.mkdtemp(prefix="apr-", dir="/tmp")  # short: Ray's socket paths
     # The default progress display on, as a user runs it; a terminal's Ctrl-C goes to the
     # whole foreground process group.
@@ -253,17 +249,26 @@ def test_a_stop_signal_under_ray_stops_like_the_local_executor(signum, line, tmp
     assert err.strip().splitlines() == [
         f"{line}: finished trials are kept; run the same command to resume"
     ]
+    _check_ray_gone(tmpdir)
+    check_handed_back(db, "ray-ctrl-c")
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _write_long_study(tmp_path: Path, name: str) -> Path:
+    import yaml
+
+    file = tmp_path / "study.yaml"
+    long = {**STUDY["training"], "steps": 3000, "eval_every": 3000}
+    spec = {"name": name, **STUDY, "training": long, "halving": {"enabled": False}}
+    file.write_text(yaml.safe_dump({**spec, "n_trials": 3}))
+    return file
+
+
+def _check_ray_gone(tmpdir: str) -> None:
     deadline = time.time() + 20
     while ray_processes(tmpdir) and time.time() < deadline:
         time.sleep(0.5)
     assert not ray_processes(tmpdir), "Ray processes outlived the driver"
-    trials = optuna.load_study(study_name="ray-ctrl-c", storage=f"sqlite:///{db}").trials
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
-    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
-    retries = sorted(t.user_attrs["retry_of"] for t in trials if t.state == TrialState.WAITING)
-    assert retries == sorted(t.number for t in stopped if "candidate" in t.user_attrs)
-    shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _ignores_hang_up(pid: int) -> bool:
@@ -276,12 +281,7 @@ def _ignores_hang_up(pid: int) -> bool:
 
 
 def test_closing_the_terminal_of_a_ray_run_hands_its_trials_back(tmp_path):
-    import yaml
-
-    file = tmp_path / "study.yaml"
-    long = {**STUDY["training"], "steps": 3000, "eval_every": 3000}
-    spec = {"name": "ray-hup", **STUDY, "training": long, "halving": {"enabled": False}}
-    file.write_text(yaml.safe_dump({**spec, "n_trials": 3}))
+    file = _write_long_study(tmp_path, "ray-hup")
     tmpdir = tempfile.mkdtemp(prefix="apr-", dir="/tmp")
     run = ["run", str(file), "--root", str(tmp_path), "--executor", "ray"]
     term = Terminal(run, env=ray_env(tmpdir))  # the progress display on, in its terminal
@@ -294,14 +294,8 @@ def test_closing_the_terminal_of_a_ray_run_hands_its_trials_back(tmp_path):
     assert started and all(_ignores_hang_up(pid) for pid in started)
     term.close()
     assert term.wait(timeout=120) == 128 + signal.SIGHUP
-    deadline = time.time() + 20
-    while ray_processes(tmpdir) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not ray_processes(tmpdir), "Ray processes outlived the driver"
-    trials = optuna.load_study(study_name="ray-hup", storage=f"sqlite:///{db}").trials
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
-    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
+    _check_ray_gone(tmpdir)
+    check_handed_back(db, "ray-hup")
     shutil.rmtree(tmpdir, ignore_errors=True)
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import signal
 
-import optuna
 import pytest
 import yaml
-from optuna.trial import TrialState
 
-from tests.helpers import Terminal, wait_mid_trial
+from tests.helpers import Terminal, check_handed_back, wait_mid_trial
 
 STUDY = {
     "name": "sigstop",
@@ -54,9 +52,4 @@ def test_a_terminated_or_hung_up_run_hands_its_trial_back(how, tmp_path):
     else:  # nothing can be read from a closed terminal: the exit code says it all
         assert code == 128 + signal.SIGHUP
     # The trial it stopped is marked interrupted and queued again, not left RUNNING.
-    trials = optuna.load_study(study_name="sigstop", storage=f"sqlite:///{db}").trials
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
-    stopped = [t for t in trials if t.user_attrs.get("interrupted")]
-    assert stopped and all(t.state == TrialState.FAIL for t in stopped)
-    queued = [t for t in trials if t.state == TrialState.WAITING]
-    assert [t.user_attrs["retry_of"] for t in queued] == [t.number for t in stopped]
+    check_handed_back(db, "sigstop")

@@ -77,7 +77,12 @@ def task_of(data: Path) -> str:
 
 def specs_for(args: argparse.Namespace, fidelity: int, rungs: tuple[float, ...]) -> list[Spec]:
     """Every run of the comparison (the slow preset first, so the rest overlaps it)."""
-    shape: dict[str, Any] = {"fidelity": fidelity, "rungs": rungs, "eta": args.eta}
+    shape: dict[str, Any] = {
+        "fidelity": fidelity,
+        "rungs": rungs,
+        "eta": args.eta,
+        "min_delta": args.min_delta,
+    }
     budget = args.budget_trials * fidelity
     main = args.sampler
     specs = [
@@ -231,6 +236,12 @@ def main() -> None:
     )
     parser.add_argument("--eta", type=float, default=3.0)
     parser.add_argument(
+        "--min-delta",
+        type=float,
+        default=0.0,
+        help="halving's min_delta: rung accuracy gaps up to it go the judged trial's way",
+    )
+    parser.add_argument(
         "--sampler",
         default="tpe",
         help="the sampler in the place of the default (tpe): what if another were the default",
@@ -288,7 +299,7 @@ def main() -> None:
         "fidelity": fidelity,
         "rung_steps": rung_steps(fidelity, rungs),
         "eta": args.eta,
-        "min_delta": 0.0,
+        "min_delta": args.min_delta,
         "rule": search_summary.RULE,
         "random_level": level,
         "sampler": args.sampler,

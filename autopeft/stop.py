@@ -4,7 +4,9 @@ SIGINT (Ctrl-C), SIGTERM (``kill``, SLURM's preemption or time limit, Kubernetes
 (the terminal went away) all stop a run the same way: the trials in flight are failed as
 interrupted and queued again, so nothing waits for a heartbeat's grace period on a shared
 study, and the exit code is 128 + the signal's number, as a shell reports a tool the signal
-ended. A signal the process was told to ignore (``nohup`` ignores SIGHUP) stays ignored.
+ended. A SIGTERM or SIGHUP the process was told to ignore (``nohup`` ignores SIGHUP) stays
+ignored; Ctrl-C is always taken, also by a run a script started in the background (which
+inherits SIGINT ignored), so a SIGINT sent to it still hands its trials back.
 
 Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when the signal
 arrives; inside a destructor or a generator's clean-up the exception is printed as "ignored"
@@ -73,9 +75,14 @@ def reset() -> None:
     _left_on.clear()
 
 
+def _takes(signum: int) -> bool:
+    """Whether this process takes ``signum`` (see the module doc)."""
+    return signum == signal.SIGINT or signal.getsignal(signum) is not signal.SIG_IGN
+
+
 def _install() -> None:
     for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
+        if _takes(signum):
             signal.signal(signum, on_signal)
 
 
@@ -87,7 +94,7 @@ def reclaim() -> None:
     """
     if _installed.is_set() and threading.current_thread() is threading.main_thread():
         for signum in STOP_SIGNALS:
-            if signal.getsignal(signum) not in (signal.SIG_IGN, on_signal):
+            if _takes(signum) and signal.getsignal(signum) is not on_signal:
                 signal.signal(signum, on_signal)
 
 

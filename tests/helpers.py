@@ -219,7 +219,10 @@ def check_resumed(running: list, after: optuna.Study, completes: bool = False) -
 #: Makes the pty the controlling terminal of the new session (as a login shell's is), so
 #: closing its other end hangs the run up; then becomes the autopeft CLI.
 _OWN_TERMINAL = (
-    "import fcntl, runpy, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "import fcntl, runpy, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    # A terminal's shell starts a command with the default dispositions, whatever started
+    # pytest (`nohup` ignores SIGHUP; a background job, SIGINT).
+    "signal.signal(signal.SIGHUP, signal.SIG_DFL); signal.signal(signal.SIGTERM, signal.SIG_DFL); "
     "sys.argv = ['autopeft', *sys.argv[1:]]; runpy.run_module('autopeft.cli', run_name='__main__')"
 )
 

@@ -55,7 +55,11 @@ def test_a_swallowed_interrupt_stops_the_loop_at_the_next_step(requested):
 
 @pytest.fixture
 def default_handlers():
+    """The dispositions of a process started from a terminal, whatever started pytest."""
     saved = {s: signal.getsignal(s) for s in stop.STOP_SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     yield
     for s, h in saved.items():
         signal.signal(s, h)
@@ -103,6 +107,15 @@ def test_a_signal_the_process_ignores_stays_ignored(default_handlers, requested)
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGTERM) is before  # the handler before is back
+
+
+def test_ctrl_c_is_taken_even_when_inherited_ignored(default_handlers, requested):
+    # A script's background job inherits SIGINT ignored; a SIGINT sent to it still stops it
+    # with its trials handed back (as autopeft always did).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with stop.handled():
+        assert signal.getsignal(signal.SIGINT) is stop.on_signal
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_reclaim_outside_a_handled_block_changes_nothing(default_handlers):

@@ -212,9 +212,9 @@ def _reeval(args: argparse.Namespace) -> int:
 
     from autopeft.reeval import reeval
 
+    say = None if args.quiet else progress
     with stop.handled():
-        quiet = args.quiet
-        rows = reeval(study, top=args.top, seeds=args.seeds, progress=None if quiet else progress)
+        rows = reeval(study, top=args.top, seeds=args.seeds, progress=say)
     for row in rows:
         runs = row["seeds"]
         if row["mean"] is None:  # every seed failed: no metric to average

@@ -93,9 +93,7 @@ def reclaim() -> None:
     Ray executor calls this after starting Ray. A no-op outside :func:`handled`.
     """
     if _installed.is_set() and threading.current_thread() is threading.main_thread():
-        for signum in STOP_SIGNALS:
-            if _takes(signum) and signal.getsignal(signum) is not on_signal:
-                signal.signal(signum, on_signal)
+        _install()
 
 
 @contextmanager

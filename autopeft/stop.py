@@ -13,6 +13,10 @@ arrives; inside a destructor or a generator's clean-up the exception is printed 
 and the run goes on training. :func:`on_signal` also records the request, and the training
 loop calls :func:`check` every step, so a swallowed interrupt still stops the run at the next
 step.
+
+An interrupt inside a storage call would leave its transaction open (SQLite stays locked until
+the process ends, so the hand-back after the stop cannot write). :func:`deferred` holds the
+stop signals for the length of such a call and delivers them when it returns.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ _received: list[int] = []
 _installed = threading.Event()
 #: Handlers to put back once a stopped run's process goes on (see :func:`handled`).
 _left_on: dict[int, Any] = {}
+#: The thread that takes signals.
+_MAIN_THREAD = threading.main_thread().ident
+#: Depth of the :func:`deferred` blocks the main thread is in.
+_deferring = 0
+#: The stop signals that arrived within a deferred block, in order, delivered at its end.
+_held: list[int] = []
+#: The handlers a deferred block replaced with :func:`_hold` (handlers other than on_signal).
+_replaced: dict[int, Any] = {}
 
 
 def on_signal(signum: int, frame: Any) -> None:
@@ -45,9 +57,13 @@ def on_signal(signum: int, frame: Any) -> None:
     """
     if REQUESTED.is_set() and signum != signal.SIGINT:
         return
+    pressed_again = REQUESTED.is_set()
     if not _received:
         _received.append(signum)
     REQUESTED.set()
+    if _deferring and not pressed_again:  # inside a storage call: interrupt when it returns
+        _held.append(signum)
+        return
     raise KeyboardInterrupt
 
 
@@ -94,6 +110,82 @@ def reclaim() -> None:
     """
     if _installed.is_set() and threading.current_thread() is threading.main_thread():
         _install()
+
+
+def _hold(signum: int, frame: Any) -> None:
+    """Stand-in for a handler other than on_signal within a deferred block."""
+    if signum == signal.SIGINT and signum in _held:  # Ctrl-C pressed again: the user insists
+        _held.remove(signum)
+        _replaced[signum](signum, frame)
+    elif signum not in _held:
+        _held.append(signum)
+
+
+class deferred:  # noqa: N801 -- used as a function: ``with stop.deferred():``
+    """Within the block, stop signals wait until it ends (a second Ctrl-C does not).
+
+    For storage calls: an interrupt inside one leaves its transaction open, and the database
+    locked for the hand-back that follows. Only handlers written in Python are held; under a
+    default disposition the signal ends the process, and its locks with it. Nested blocks
+    cost nothing; outside the main thread, which takes no signals, the block does nothing.
+    A held signal is delivered when the block ends, unless the block ends in an interrupt.
+    """
+
+    def __enter__(self) -> None:
+        global _deferring
+        if threading.get_ident() != _MAIN_THREAD:
+            return
+        _deferring += 1
+        if _deferring > 1:
+            return
+        try:
+            for signum in STOP_SIGNALS:
+                handler = signal.getsignal(signum)
+                if callable(handler) and handler is not on_signal:
+                    _replaced[signum] = handler  # first: an interrupt next still puts it back
+                    signal.signal(signum, _hold)
+        except BaseException:  # interrupted before the block: leave no stand-in behind
+            _put_back()
+            _held.clear()
+            raise
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        global _deferring
+        if threading.get_ident() != _MAIN_THREAD:
+            return
+        if _deferring > 1:
+            _deferring -= 1
+            return
+        replaced = set(_replaced)
+        _put_back()
+        held = list(_held)
+        _held.clear()
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            return  # already interrupting
+        for signum in held:
+            if signum in replaced:
+                signal.raise_signal(signum)  # its own handler decides
+        if any(signum not in replaced for signum in held):
+            raise KeyboardInterrupt  # on_signal recorded the request when it arrived
+
+
+def _put_back() -> None:
+    """Put the replaced handlers back and leave the deferred block, even if one interrupts.
+
+    A handler put back may interrupt at once (its signal just arrived): the ``finally``
+    clause still puts back the rest.
+    """
+    global _deferring
+    try:
+        if _replaced:
+            signum = next(iter(_replaced))
+            signal.signal(signum, _replaced[signum])
+            del _replaced[signum]
+    finally:
+        if _replaced:
+            _put_back()
+        else:
+            _deferring = 0
 
 
 @contextmanager

@@ -123,3 +123,127 @@ def test_reclaim_outside_a_handled_block_changes_nothing(default_handlers):
     stop.reclaim()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     signal.signal(signal.SIGTERM, mine)
+
+
+def test_a_ctrl_c_within_a_deferred_block_interrupts_when_it_ends(default_handlers):
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with stop.deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append("the call finished")
+    assert done == ["the call finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_pressed_again_within_a_deferred_block_interrupts_at_once(default_handlers):
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with stop.deferred():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            done.append("not reached")
+    assert not done and not stop._held
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_stop_signal_within_nested_deferred_blocks_waits_for_the_outer(
+    default_handlers, requested
+):
+    order = []
+    with stop.handled():
+        with pytest.raises(KeyboardInterrupt):
+            with stop.deferred():
+                with stop.deferred():
+                    signal.raise_signal(signal.SIGTERM)
+                order.append("inner ended")
+                assert requested.is_set()  # recorded on arrival: the training loop's check sees it
+            order.append("not reached")
+    assert order == ["inner ended"] and stop.received() == signal.SIGTERM
+
+
+def test_a_deferred_block_leaves_default_dispositions_alone(default_handlers):
+    # Under SIG_DFL a signal ends the process, and its locks with it: nothing to hold.
+    with stop.deferred():
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_deferred_block_in_another_thread_holds_nothing(default_handlers):
+    import threading
+
+    seen = []
+
+    def other():
+        with stop.deferred():
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen == [signal.default_int_handler] and stop._deferring == 0
+
+
+def test_a_ctrl_c_inside_a_storage_call_leaves_the_study_unlocked(default_handlers, tmp_path):
+    """Ctrl-C at random moments of storage calls: the study stays writable after each.
+
+    Without the held signals most such interrupts left SQLite locked by the interrupted
+    call's open transaction until the process ended.
+    """
+    import random
+    import threading
+
+    import optuna
+
+    from autopeft.search.storage import InterruptSafeStorage
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    short_wait = {"engine_kwargs": {"connect_args": {"timeout": 1}}}
+    storage = InterruptSafeStorage(
+        optuna.storages.get_storage(optuna.storages.RDBStorage(url, **short_wait))
+    )
+    study = optuna.create_study(storage=storage, directions=["maximize"])
+    other = optuna.storages.RDBStorage(url, **short_wait)  # as the hand-back's next write
+    trial_id = study.ask()._trial_id
+    rng, main = random.Random(0), threading.main_thread().ident
+    interrupts, locked = 0, []
+    for attempt in range(40):
+        sent = threading.Timer(rng.uniform(0.001, 0.02), signal.pthread_kill, (main, 2))
+        sent.start()
+        try:
+            while True:
+                storage.set_trial_user_attr(trial_id, f"k{rng.randint(0, 20)}", "x" * 100)
+                storage.get_all_trials(study._study_id)
+        except KeyboardInterrupt:
+            interrupts += 1
+        sent.join()
+        try:
+            other.set_trial_user_attr(trial_id, "after", attempt)
+        except optuna.exceptions.StorageInternalError:
+            locked.append(attempt)
+    assert interrupts == 40 and not locked
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_interrupt_while_a_deferred_block_starts_leaves_no_stand_in(
+    default_handlers, monkeypatch
+):
+    real, calls = signal.signal, []
+
+    def set_then_interrupted(signum, handler):
+        previous = real(signum, handler)
+        calls.append(signum)
+        if len(calls) == 1:  # Ctrl-C right after the first stand-in went in
+            raise KeyboardInterrupt
+        return previous
+
+    monkeypatch.setattr(signal, "signal", set_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with stop.deferred():
+            pytest.fail("the block must not start")
+    monkeypatch.setattr(signal, "signal", real)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert stop._deferring == 0 and not stop._replaced
+    with pytest.raises(KeyboardInterrupt):  # the next block holds and delivers as before
+        with stop.deferred():
+            signal.raise_signal(signal.SIGINT)

@@ -64,7 +64,9 @@ def study_lock(study: Study) -> Iterator[None]:
             if study._lock_depth > 1:
                 yield
                 return
-            with _process_lock(study):
+            # Held signals: an interrupt between taking the lock and its release (or inside
+            # the transaction holding PostgreSQL's lock) would leave it taken.
+            with stop.deferred(), _process_lock(study):
                 yield
         finally:
             study._lock_depth -= 1

@@ -12,12 +12,16 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
+from autopeft import stop
 from autopeft.core.errors import ConfigError
 from autopeft.core.resume import resume_conflicts
 from autopeft.core.secrets import masked_config
@@ -65,6 +69,42 @@ def open_storage(
     raise AssertionError("unreachable")
 
 
+def _holding_signals(name: str) -> Callable[..., Any]:
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with stop.deferred():
+            return getattr(self._inner, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"The wrapped storage's ``{name}``, stop signals held until it returns."
+    return call
+
+
+class _Wrapper:
+    def __init__(self, inner: BaseStorage) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        # The rest (optuna's cache's _backend, the engine) is the wrapped storage's.
+        if name == "_inner":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+#: An Optuna storage whose every call completes before a stop signal interrupts the driver
+#: (see :func:`autopeft.stop.deferred`): Ctrl-C inside a transaction would leave it open, and
+#: a SQLite study locked, so the hand-back of the stopped trials could not write.
+InterruptSafeStorage = type(
+    "InterruptSafeStorage",
+    (_Wrapper, BaseStorage, BaseHeartbeat),
+    {
+        name: _holding_signals(name)
+        for base in (BaseStorage, BaseHeartbeat)
+        for name, member in vars(base).items()
+        if callable(member) and not name.startswith("__")
+    },
+)
+
+
 class StaleTrials:
     """The RUNNING trials of dead drivers on a shared storage, found with one query.
 
@@ -90,17 +130,18 @@ class StaleTrials:
         from optuna.storages._rdb import models
 
         trial, beat = models.TrialModel, models.TrialHeartbeatModel
-        session = self.storage.scoped_session()
-        try:
-            rows = (
-                session.query(trial.trial_id, beat.heartbeat, sqlalchemy.func.now())
-                .outerjoin(beat, beat.trial_id == trial.trial_id)
-                .filter(trial.study_id == self.study_id, trial.state == TrialState.RUNNING)
-                .all()
-            )
-            session.commit()
-        finally:
-            self.storage.scoped_session.remove()
+        with stop.deferred():  # a read left open would hold the database (see InterruptSafeStorage)
+            session = self.storage.scoped_session()
+            try:
+                rows = (
+                    session.query(trial.trial_id, beat.heartbeat, sqlalchemy.func.now())
+                    .outerjoin(beat, beat.trial_id == trial.trial_id)
+                    .filter(trial.study_id == self.study_id, trial.state == TrialState.RUNNING)
+                    .all()
+                )
+                session.commit()
+            finally:
+                self.storage.scoped_session.remove()
         seen, stale = time.monotonic(), set()
         unbeaten: dict[int, float] = {}
         for trial_id, heartbeat, now in rows:

@@ -39,7 +39,12 @@ from autopeft.search.ledger import Ledger
 from autopeft.search.pool import Oracle
 from autopeft.search.samplers import make_sampler
 from autopeft.search.storage import CONFIG_ATTR as CONFIG_ATTR
-from autopeft.search.storage import StaleTrials, keep_config, open_storage
+from autopeft.search.storage import (
+    InterruptSafeStorage,
+    StaleTrials,
+    keep_config,
+    open_storage,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -126,7 +131,11 @@ class Study:
         )
         self.optuna = optuna.create_study(
             study_name=config.name,
-            storage=open_storage(self.storage_url, self.shared, self.heartbeat),
+            storage=InterruptSafeStorage(
+                optuna.storages.get_storage(
+                    open_storage(self.storage_url, self.shared, self.heartbeat)
+                )
+            ),
             directions=self.directions,
             sampler=optuna.samplers.RandomSampler(),  # replaced below, once seeded
             load_if_exists=True,

@@ -143,6 +143,7 @@ def instrument(study: Any, runner: Synthetic) -> Clock:
     for name in STORAGE_WRITES:
         clock.wrap(storage, name, "storage_write")
     clock.wrap(autopeft.Study, "tell", "tell")
+    clock.wrap(autopeft.Study, "store_reused", "tell")  # a drafted re-proposal (not in older code)
     for name in LEDGER_CALLS:
         clock.wrap(autopeft.Study, name, "ledger")
     clock.wrap(study.space, "sample", "define_by_run")

@@ -181,11 +181,15 @@ def test_a_ctrl_c_inside_a_shared_trial_write_leaves_only_the_other_driver_runni
 def test_a_trial_whose_driver_died_before_its_first_heartbeat_is_recovered(postgres_url, tmp_path):
     # A driver SIGKILLed between the write that creates its trial and the trial's first
     # heartbeat leaves a RUNNING trial that never beats; Optuna's stale check skips it.
-    from autopeft.search.proposals import Proposer, _new_trial
+    from autopeft.search import scratch
+    from autopeft.search.proposals import DRIVER_ATTR, Proposer
 
     name = f"unbeaten-{uuid.uuid4().hex[:8]}"
     dead = Study(study_config(name), root=tmp_path / "a", storage=postgres_url)
-    orphan = dead.optuna._storage.get_trial_number_from_id(_new_trial(dead))
+    created = scratch.draft(dead.optuna, dead.space).stored(
+        dead.optuna, {DRIVER_ATTR: dead.driver}
+    )  # RUNNING and marked with its driver, as Proposer stores one; no heartbeat follows
+    orphan = dead.optuna._storage.get_trial_number_from_id(created)
     grace = 2
     alive = Study(
         study_config(name), root=tmp_path / "b", storage=postgres_url, heartbeat=(1, grace)

@@ -11,6 +11,7 @@ from pathlib import Path
 from autopeft.core.study_config import POOL_SAMPLERS, SAMPLERS
 from autopeft.search import samplers
 from autopeft.testing.sampler_contract import (  # noqa: F401 -- collected here
+    test_a_drafted_trial_gets_the_proposal_of_a_stored_one,
     test_proposes_inside_the_space_among_every_kind_of_trial,
     test_resumes_from_stored_trials,
     test_same_seed_same_proposals_with_two_objectives,
@@ -86,7 +87,7 @@ def test_a_registered_sampler_is_checked_by_the_contract_with_no_other_edit(tmp_
         timeout=300,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "3 passed" in out.stdout, out.stdout[-2000:]
+    assert "4 passed" in out.stdout, out.stdout[-2000:]
 
 
 def test_the_samplers_command_lists_every_registered_sampler_once():

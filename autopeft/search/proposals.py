@@ -9,6 +9,8 @@
   RUNNING anywhere (this driver, a Ray worker, another driver) is not trained again either:
   the new trial *waits* for it and copies its result when it ends. ``n_trials`` counts the
   finished trials plus those running, so several drivers stop exactly at ``n_trials``.
+  The sampler drafts a new trial in memory (:mod:`autopeft.search.scratch`); whichever of
+  the three it becomes is stored in one write.
 - :func:`recover` finishes a trial whose process died: one that recorded its result is told
   from it (a kill inside ``tell`` loses nothing), any other is failed as interrupted and its
   parameters are queued again exactly once (the retry is found by ``retry_of``).
@@ -21,7 +23,6 @@ import fcntl
 import hashlib
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -31,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft import stop
 from autopeft.core.candidate import Candidate
 from autopeft.core.trial_result import TrialResult
+from autopeft.search import scratch
 from autopeft.search.samplers import repeat_patience
 
 if TYPE_CHECKING:
@@ -159,29 +161,6 @@ def _pop_waiting(study: Study, ledger: Ledger) -> int | None:
     return None
 
 
-def _new_trial(study: Study) -> int:
-    """A new RUNNING trial, created already marked with this driver in one transaction.
-
-    A Ctrl-C inside the create leaves a trial whose id the driver never got; on a shared
-    storage it has no heartbeat yet, so no driver would ever recover it. The mark lets
-    :meth:`Proposer.interrupt` find it.
-    """
-    template = FrozenTrial(
-        number=0,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=datetime.now(),
-        datetime_complete=None,
-        params={},
-        distributions={},
-        user_attrs={DRIVER_ATTR: study.driver},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=0,
-    )
-    return study.optuna._storage.create_new_trial(study.optuna._study_id, template)
-
-
 class Proposer:
     """Hands out the candidates one driver trains (see the module doc)."""
 
@@ -226,7 +205,13 @@ class Proposer:
                 claimed = self._claim()
                 if isinstance(claimed, str):
                     return claimed
-                trial = optuna.Trial(study.optuna, claimed)
+                if claimed is None:  # a new trial: sampled first, stored with its outcome
+                    study.optuna._thread_local.cached_all_trials = None  # as Study.ask does
+                    placed = self._place_draft(scratch.draft(study.optuna, study.space))
+                    if placed is not None:
+                        return placed
+                    continue
+                trial = optuna.Trial(study.optuna, claimed)  # a queued retry
                 candidate = study.space.sample(trial)
                 if self._place(trial, candidate):
                     return trial, candidate
@@ -234,29 +219,75 @@ class Proposer:
             study.optuna.sampler = sampler
         return EXHAUSTED
 
-    def _claim(self) -> int | str:
-        """Take a slot of ``n_trials`` and a trial id for it (a queued retry first)."""
+    def _claim(self) -> int | str | None:
+        """A queued retry's trial id, None for a new trial, or WAIT, DONE, EXHAUSTED.
+
+        A queued retry is taken (RUNNING, marked with this driver) here; a new trial is only
+        checked for a free slot of ``n_trials``, and :meth:`_place_draft` takes the slot.
+        """
         study = self.study
         with study_lock(study):
             # Finished trials are taken in once (other drivers' too); the running ones are
             # read afresh: the cost is the new and running trials', not the study's.
             ledger = self._read()
-            done, running = ledger.counted, _holding(ledger)
-            if done >= self.n_trials:
-                return DONE
-            running_keys = {k for t in running if (k := _key(t)) is not None}
+            outcome = self._no_slot(ledger)
+            if outcome is not None:
+                return outcome
+            running_keys = {k for t in _holding(ledger) if (k := _key(t)) is not None}
             unknown_running = sum(k not in self.known for k in running_keys)
             if len(self.known) + unknown_running >= study.space_size:
                 return WAIT if running_keys else EXHAUSTED
-            if done + len(running) >= self.n_trials:
-                return WAIT
             trial_id = _pop_waiting(study, ledger)
             if trial_id is None:
-                trial_id = _new_trial(study)
+                return None
             if study.shared:
                 study._own(trial_id)
         study.optuna._thread_local.cached_all_trials = None
         return trial_id
+
+    def _no_slot(self, ledger: Ledger) -> str | None:
+        """DONE or WAIT when no slot of ``n_trials`` is free, else None."""
+        done, running = ledger.counted, _holding(ledger)
+        if done >= self.n_trials:
+            return DONE
+        if done + len(running) >= self.n_trials:
+            return WAIT
+        return None
+
+    def _place_draft(self, draft: scratch.Draft) -> tuple[optuna.Trial, Candidate] | str | None:
+        """Store a drafted candidate in one write; the trial to train when it is new.
+
+        A known candidate is stored finished with the known result (``reused``), one that
+        is RUNNING gets a waiting trial: both None (ask again). A new one takes a slot of
+        ``n_trials``, unless another driver took the last since the claim (WAIT or DONE).
+        """
+        study, s = self.study, _attrs()
+        candidate = draft.candidate
+        key = candidate.key()
+        attrs = {DRIVER_ATTR: study.driver, s.CANDIDATE_ATTR: candidate.to_json()}
+        with study_lock(study):
+            # Read under the lock, as in _place (one driver alone knows it all already).
+            ledger = self._read() if study.shared else study.ledger
+            hit = self.known.get(key)
+            if hit is not None:
+                study.store_reused(draft, hit, attrs)
+                return None
+            original = next((t.number for t in _holding(ledger) if _key(t) == key), None)
+            if original is None:
+                full = self._no_slot(ledger)
+                if full is not None:
+                    return full
+            else:
+                attrs[WAITS_FOR_ATTR] = original
+            trial_id = draft.stored(study.optuna, attrs)
+            if study.shared:
+                study._own(trial_id)
+        study.optuna._thread_local.cached_all_trials = None
+        trial = optuna.Trial(study.optuna, trial_id)
+        if original is not None:
+            self.waiting[trial.number] = original
+            return None
+        return trial, candidate
 
     def _place(self, trial: optuna.Trial, candidate: Candidate) -> bool:
         """Record the candidate; True when it is new and this driver should train it."""

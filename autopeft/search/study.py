@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import optuna
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import TrialState
 
 from autopeft import methods, tasks
@@ -49,7 +50,11 @@ from autopeft.search.storage import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from autopeft.search.scratch import Draft
+
 STATUS_ATTR = "status"
+#: The system attribute of Optuna's constraint ``budget`` (``Trial.set_constraint``).
+BUDGET_CONSTRAINT = f"{_CONSTRAINTS_KEY}:budget"
 CANDIDATE_ATTR = "candidate"
 RETRY_OF_ATTR = "retry_of"
 #: Consecutive re-proposals of known candidates after which a search stops (the space is
@@ -243,25 +248,55 @@ class Study:
         number = trial if isinstance(trial, int) else trial.number
         storage, tid = self.optuna._storage, self._trial_id(number)
         self._owned.discard(tid)
-        if reused:
-            storage.set_trial_user_attr(tid, REUSED_ATTR, True)
-        storage.set_trial_user_attr(tid, RESULT_ATTR, json.loads(result.model_dump_json()))
-        storage.set_trial_user_attr(tid, STATUS_ATTR, result.status.value)
-        if result.error:
-            storage.set_trial_user_attr(tid, "error", result.error)
-        values = known(self.values_of(result))
-        if result.status is TrialStatus.INFEASIBLE and values is not None:
-            optuna.Trial(self.optuna, tid).set_constraint("budget", 1.0)
+        for key, value in self._result_attrs(result, reused).items():
+            storage.set_trial_user_attr(tid, key, value)
+        state, values, constraints = self._outcome(result)
+        for key, value in constraints.items():
+            storage.set_trial_system_attr(tid, key, value)
+        if values is not None:
             self.optuna.tell(number, values)
-        elif result.status is TrialStatus.COMPLETE and values is not None:
-            optuna.Trial(self.optuna, tid).set_constraint("budget", 0.0)
-            self.optuna.tell(number, values)
-        elif result.status is TrialStatus.PRUNED:
-            self.optuna.tell(number, state=TrialState.PRUNED)
         else:
-            self.optuna.tell(number, state=TrialState.FAIL)
+            self.optuna.tell(number, state=state)
         # Finished and so final: the ledger takes it in now, without reading it back.
         self.ledger.told(number, result, reused)
+
+    def store_reused(self, draft: Draft, result: TrialResult, user_attrs: dict) -> int:
+        """Store a drafted re-proposal of a known candidate with its result, in one write.
+
+        The same trial as :meth:`tell` of a stored copy leaves (see :mod:`.scratch`);
+        returns its number.
+        """
+        state, values, constraints = self._outcome(result)
+        attrs = {**user_attrs, **self._result_attrs(result, reused=True)}
+        trial_id = draft.stored(self.optuna, attrs, state, values, constraints)
+        frozen = self.optuna._storage.get_trial(trial_id)  # optuna's cache keeps it: no read
+        self.optuna.sampler.after_trial(self.optuna, frozen, state, values)
+        self.ledger.told(frozen.number, result, True)
+        return frozen.number
+
+    @staticmethod
+    def _result_attrs(result: TrialResult, reused: bool) -> dict[str, Any]:
+        attrs: dict[str, Any] = {REUSED_ATTR: True} if reused else {}
+        attrs[RESULT_ATTR] = json.loads(result.model_dump_json())
+        attrs[STATUS_ATTR] = result.status.value
+        if result.error:
+            attrs["error"] = result.error
+        return attrs
+
+    def _outcome(self, result: TrialResult) -> tuple[TrialState, list[float] | None, dict]:
+        """The Optuna state, values and constraint (as system attributes) of a result.
+
+        The ``budget`` constraint is Optuna's own (``Trial.set_constraint``): an infeasible
+        trial keeps its values, and the samplers learn it as infeasible.
+        """
+        values = known(self.values_of(result))
+        if result.status is TrialStatus.INFEASIBLE and values is not None:
+            return TrialState.COMPLETE, values, {BUDGET_CONSTRAINT: 1.0}
+        if result.status is TrialStatus.COMPLETE and values is not None:
+            return TrialState.COMPLETE, values, {BUDGET_CONSTRAINT: 0.0}
+        if result.status is TrialStatus.PRUNED:
+            return TrialState.PRUNED, None, {}
+        return TrialState.FAIL, None, {}
 
     def values_of(self, result: TrialResult) -> list[float | None]:
         """Objective values of a result (see :meth:`TrialResult.objective_values`)."""

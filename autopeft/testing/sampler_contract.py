@@ -5,7 +5,8 @@ training) through the study's own ask/tell path, so the sampler sees what a real
 an infeasible trial (over the parameter budget, a violated ``budget`` constraint), a failed
 one, a pruned one with its rung result, trials still running while it proposes, and trials
 stored by an earlier run. Every sampler must propose only values of the space, propose the
-same under the same seed, and handle two and three objectives.
+same under the same seed, handle two and three objectives, and propose into a trial drafted
+in memory (as the driver samples new trials) what it proposes into a stored one.
 
 The checks are parametrised over :func:`autopeft.search.samplers.registry` when this module is
 imported, so a sampler registered before (a file in ``autopeft/search/samplers/``, or a
@@ -29,7 +30,7 @@ from autopeft import methods, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.config import parse_study
 from autopeft.core.trial_result import TrialResult, TrialStatus
-from autopeft.search import blackbox, samplers
+from autopeft.search import blackbox, samplers, scratch
 from autopeft.search.study import Study
 
 #: Seconds of one model fit from which a sampler's checks are marked slow.
@@ -219,3 +220,28 @@ def test_resumes_from_stored_trials(name, tmp_path):
     assert len(trials) == len(stored) + 1 + proposals(name)
     check_space(trials)
     check_candidates(resumed)
+
+
+@pytest.mark.parametrize("name", [p for p in SAMPLERS if not p.marks])
+def test_a_drafted_trial_gets_the_proposal_of_a_stored_one(name, tmp_path):
+    """A trial drafted in memory gets the proposal a stored trial gets; nothing is stored.
+
+    The driver samples a new trial in memory and stores it afterwards in one write
+    (:mod:`autopeft.search.scratch`); here with a trial pending.
+
+    Samplers whose fit takes seconds are left out: the draft does not depend on the model,
+    and ``qnehvi`` checks the pool samplers' path (the SAAS fit would add minutes).
+    """
+    twins = []
+    for folder in ("drafted", "asked"):
+        study, runner = open_study(tmp_path / folder, name)
+        start_up(study, runner)
+        study.ask()  # pending (RUNNING) while the next one is proposed
+        twins.append(study)
+    drafted, asked = twins
+    before = len(drafted.optuna.get_trials(deepcopy=False))
+    draft = scratch.draft(drafted.optuna, drafted.space)
+    trial, candidate = asked.ask()
+    assert draft.candidate == candidate
+    assert draft.trial.params == trial.params
+    assert len(drafted.optuna.get_trials(deepcopy=False)) == before

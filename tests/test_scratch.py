@@ -58,3 +58,32 @@ def test_a_re_proposal_is_one_write(tmp_path):
     to_train = [t.number for t in new if t not in reused]
     assert to_train == ([] if isinstance(proposal, str) else [proposal[0].number])
     assert writes[0] == len(new), (writes, len(reused))  # one write each, the new included
+
+
+def test_a_whole_trial_is_stored_without_a_query_per_parameter(tmp_path):
+    import optuna
+    import sqlalchemy
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    from autopeft.search.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", shared=False, heartbeat=(5, 30))
+    optuna_study = optuna.create_study(storage=storage)
+    size = CategoricalDistribution([8, 32])
+    rate = FloatDistribution(0.0, 1.0)
+    trial = create_trial(
+        params={"size": 8, "rate": 0.5}, distributions={"size": size, "rate": rate}, value=1.0
+    )
+    statements: list[str] = []
+    sqlalchemy.event.listen(
+        storage.engine, "before_cursor_execute", lambda *a: statements.append(a[2])
+    )
+    optuna_study.add_trial(trial)  # the first of each name: Optuna's own check
+    first = sum("JOIN trials" in s and "trial_params" in s for s in statements)
+    statements.clear()
+    optuna_study.add_trial(trial)  # the distributions are known now
+    assert first == 2 and not [s for s in statements if "JOIN trials" in s]
+    clash = create_trial(params={"size": 0.5}, distributions={"size": rate}, value=1.0)
+    with pytest.raises(ValueError, match="Cannot set different distribution kind"):
+        optuna_study.add_trial(clash)  # still refused: the check is kept

@@ -59,7 +59,7 @@ def open_storage(
     warnings.filterwarnings("ignore", "Argument ``heartbeat", optuna.exceptions.ExperimentalWarning)
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url, **kwargs)
+            return _RDBStorage(url, **kwargs)
         except (ArgumentError, NoSuchModuleError, ImportError):
             raise  # a malformed URL or a missing driver: retrying cannot help
         except Exception:  # noqa: BLE001 -- another process creating the schema right now
@@ -67,6 +67,45 @@ def open_storage(
                 raise
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
+
+
+class _RDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage; a new trial's parameters are checked without a query each.
+
+    Optuna checks a parameter's distribution against the study's earlier ones; its cache
+    hands ``set_trial_param`` the distribution it saw before, but a trial created whole from
+    a template (as the driver stores each proposal, :mod:`autopeft.search.scratch`) runs a
+    query over every trial's parameters for each of its own. The distributions this process
+    has seen or stored stand in, as in Optuna's cache: the first of each name is checked by
+    Optuna's query.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seen: dict[tuple[int, str], Any] = {}
+
+    def _set_trial_param_without_commit(
+        self,
+        session: Any,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: Any,
+        previous_distribution: Any = None,
+    ) -> None:
+        from optuna.storages._rdb import models
+
+        study_id = int(models.TrialModel.find_or_raise_by_id(trial_id, session).study_id)
+        key = (study_id, param_name)
+        super()._set_trial_param_without_commit(
+            session,
+            trial_id,
+            param_name,
+            param_value_internal,
+            distribution,
+            previous_distribution or self._seen.get(key),
+        )
+        self._seen.setdefault(key, distribution)
 
 
 def _holding_signals(name: str) -> Callable[..., Any]:

@@ -120,3 +120,39 @@ def test_huggingface_datasets_dataset_from_disk(tmp_path):
     assert all((lab == 1) == ("good" in t) for t, lab in zip(task.texts, task.labels))
     with pytest.raises(ConfigError, match="cannot load the dataset"):
         load_task(TaskConfig(name="x", hf_dataset=str(tmp_path / "missing")))
+
+
+def test_two_trials_building_the_same_token_cache_at_once_both_succeed(tmp_path, monkeypatch):
+    # The Ray executor's first trials build one cache file together; with one temporary
+    # name, the second to finish found its file moved away (FileNotFoundError, a failed trial).
+    import threading
+
+    import torch
+
+    from autopeft.train import data
+
+    saved = threading.Barrier(2, timeout=30)
+    real_save = torch.save
+
+    def save_then_wait(value, where):  # both written before either is moved into place
+        real_save(value, where)
+        saved.wait()
+
+    monkeypatch.setattr(torch, "save", save_then_wait)
+    results, errors = [], []
+
+    def trial():
+        try:
+            results.append(data.cached_tensors(tmp_path, "tokens", lambda: torch.arange(5)))
+        except Exception as err:  # noqa: BLE001 -- the failure under test
+            errors.append(err)
+
+    threads = [threading.Thread(target=trial) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 2
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("tokens-") and files[0].endswith(".pt")
+    assert torch.equal(data.cached_tensors(tmp_path, "tokens", lambda: None), torch.arange(5))

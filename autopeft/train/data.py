@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -275,9 +277,15 @@ def cached_tensors(cache_dir: Path | None, key: str, build: Callable[[], Any]) -
     value = build()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(value, tmp)
-        tmp.replace(path)
+        # A file of its own: the Ray executor's first trials build the same cache at once,
+        # and a shared temporary name let one move the other's file away.
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        try:
+            torch.save(value, name)
+            os.replace(name, path)
+        finally:
+            Path(name).unlink(missing_ok=True)
     return value
 
 

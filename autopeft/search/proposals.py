@@ -140,6 +140,13 @@ def _holding(ledger: Ledger) -> list[FrozenTrial]:
     ]
 
 
+def _running_copy(ledger: Ledger, key: str, besides: int | None = None) -> int | None:
+    """The number of a running trial (one holding a slot) of candidate ``key``, if any."""
+    return next(
+        (t.number for t in _holding(ledger) if t.number != besides and _key(t) == key), None
+    )
+
+
 def _pop_waiting(study: Study, ledger: Ledger) -> int | None:
     """A re-queued (WAITING) trial of the read just made, now RUNNING; None if none is left.
 
@@ -230,10 +237,11 @@ class Proposer:
             # Finished trials are taken in once (other drivers' too); the running ones are
             # read afresh: the cost is the new and running trials', not the study's.
             ledger = self._read()
-            outcome = self._no_slot(ledger)
+            running = _holding(ledger)
+            outcome = self._no_slot(ledger.counted, running)
             if outcome is not None:
                 return outcome
-            running_keys = {k for t in _holding(ledger) if (k := _key(t)) is not None}
+            running_keys = {k for t in running if (k := _key(t)) is not None}
             unknown_running = sum(k not in self.known for k in running_keys)
             if len(self.known) + unknown_running >= study.space_size:
                 return WAIT if running_keys else EXHAUSTED
@@ -245,9 +253,8 @@ class Proposer:
         study.optuna._thread_local.cached_all_trials = None
         return trial_id
 
-    def _no_slot(self, ledger: Ledger) -> str | None:
+    def _no_slot(self, done: int, running: list[FrozenTrial]) -> str | None:
         """DONE or WAIT when no slot of ``n_trials`` is free, else None."""
-        done, running = ledger.counted, _holding(ledger)
         if done >= self.n_trials:
             return DONE
         if done + len(running) >= self.n_trials:
@@ -272,9 +279,9 @@ class Proposer:
             if hit is not None:
                 study.store_reused(draft, hit, attrs)
                 return None
-            original = next((t.number for t in _holding(ledger) if _key(t) == key), None)
+            original = _running_copy(ledger, key)
             if original is None:
-                full = self._no_slot(ledger)
+                full = self._no_slot(ledger.counted, _holding(ledger))
                 if full is not None:
                     return full
             else:
@@ -283,11 +290,10 @@ class Proposer:
             if study.shared:
                 study._own(trial_id)
         study.optuna._thread_local.cached_all_trials = None
-        trial = optuna.Trial(study.optuna, trial_id)
         if original is not None:
-            self.waiting[trial.number] = original
+            self.waiting[study.optuna._storage.get_trial_number_from_id(trial_id)] = original
             return None
-        return trial, candidate
+        return optuna.Trial(study.optuna, trial_id), candidate
 
     def _place(self, trial: optuna.Trial, candidate: Candidate) -> bool:
         """Record the candidate; True when it is new and this driver should train it."""
@@ -303,14 +309,7 @@ class Proposer:
             hit = self.known.get(key)
             original = None
             if hit is None:
-                original = next(
-                    (
-                        t.number
-                        for t in _holding(ledger)
-                        if t.number != trial.number and _key(t) == key
-                    ),
-                    None,
-                )
+                original = _running_copy(ledger, key, besides=trial.number)
                 if original is not None:
                     trial.set_user_attr(WAITS_FOR_ATTR, original)
         if original is not None:

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from autopeft import stop
 from autopeft.core.errors import ConfigError
@@ -70,19 +70,111 @@ def open_storage(
 
 
 class _RDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage; a new trial's parameters are checked without a query each.
+    """Optuna's RDB storage; a trial created whole from a template is a few statements.
 
-    Optuna checks a parameter's distribution against the study's earlier ones; its cache
+    The driver stores each proposal whole (:mod:`autopeft.search.scratch`), and a re-proposed
+    candidate as a finished copy with its values and result. Optuna writes such a trial row
+    by row, each row after a query for the trial and most after one for an existing row; here
+    the rows of each table go in one bulk insert (the trial is new: nothing to update).
+
+    Optuna also checks a parameter's distribution against the study's earlier ones; its cache
     hands ``set_trial_param`` the distribution it saw before, but a trial created whole from
-    a template (as the driver stores each proposal, :mod:`autopeft.search.scratch`) runs a
-    query over every trial's parameters for each of its own. The distributions this process
-    has seen or stored stand in, as in Optuna's cache: the first of each name is checked by
-    Optuna's query.
+    a template runs a query over every trial's parameters for each of its own. The
+    distributions this process has seen or stored stand in, as in Optuna's cache: the first of
+    each name is checked by Optuna's query.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._seen: dict[tuple[int, str], Any] = {}
+
+    def _get_prepared_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None, session: Any
+    ) -> Any:
+        if template_trial is None:
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        import sqlalchemy
+        from optuna.distributions import check_distribution_compatibility, distribution_to_json
+        from optuna.storages._rdb import models
+
+        template = template_trial
+        for name, distribution in template.distributions.items():
+            previous = self._known_distribution(session, study_id, name)
+            if previous is not None:  # raises ValueError on a clash, as Optuna's does
+                check_distribution_compatibility(previous, distribution)
+        trial = models.TrialModel(
+            study_id=study_id,
+            number=None,
+            state=template.state,
+            datetime_start=template.datetime_start,
+            datetime_complete=template.datetime_complete,
+        )
+        session.add(trial)
+        session.flush()  # the trial's id, for its rows
+        trial_id = trial.trial_id
+        values = template.values if template.values is not None else []
+        rows: dict[Any, list[dict[str, Any]]] = {
+            models.TrialValueModel: [
+                dict(zip(("value", "value_type"), models.TrialValueModel.value_to_stored_repr(v)))
+                | {"trial_id": trial_id, "objective": objective}
+                for objective, v in enumerate(values)
+            ],
+            models.TrialParamModel: [
+                {
+                    "trial_id": trial_id,
+                    "param_name": name,
+                    "param_value": template.distributions[name].to_internal_repr(value),
+                    "distribution_json": distribution_to_json(template.distributions[name]),
+                }
+                for name, value in template.params.items()
+            ],
+            models.TrialUserAttributeModel: [
+                {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                for key, value in template.user_attrs.items()
+            ],
+            models.TrialSystemAttributeModel: [
+                {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                for key, value in template.system_attrs.items()
+            ],
+            models.TrialIntermediateValueModel: [
+                dict(
+                    zip(
+                        ("intermediate_value", "intermediate_value_type"),
+                        models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(v),
+                    )
+                )
+                | {"trial_id": trial_id, "step": step}
+                for step, v in template.intermediate_values.items()
+            ],
+        }
+        for model, table_rows in rows.items():
+            if table_rows:
+                # render_nulls: one statement even where some values are NULL (infinities)
+                insert = sqlalchemy.insert(model).execution_options(render_nulls=True)
+                session.execute(insert, table_rows)
+        for name, distribution in template.distributions.items():
+            self._seen.setdefault((study_id, name), distribution)
+        trial.number = trial.count_past_trials(session)
+        return trial
+
+    def _known_distribution(self, session: Any, study_id: int, param_name: str) -> Any:
+        """The distribution ``param_name`` had before in the study (None: it never had one)."""
+        key = (study_id, param_name)
+        if key not in self._seen:
+            from optuna.distributions import json_to_distribution
+            from optuna.storages._rdb import models
+
+            first = (  # Optuna's query, once per name and process
+                session.query(models.TrialParamModel.distribution_json)
+                .join(models.TrialModel)
+                .filter(models.TrialModel.study_id == study_id)
+                .filter(models.TrialParamModel.param_name == param_name)
+                .first()
+            )
+            if first is None:
+                return None
+            self._seen[key] = json_to_distribution(first[0])
+        return self._seen[key]
 
     def _set_trial_param_without_commit(
         self,

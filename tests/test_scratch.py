@@ -60,108 +60,28 @@ def test_a_re_proposal_is_one_write(tmp_path):
     assert writes[0] == len(new), (writes, len(reused))  # one write each, the new included
 
 
-def test_a_whole_trial_is_stored_without_a_query_per_parameter(tmp_path):
-    import optuna
-    import sqlalchemy
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-    from optuna.trial import create_trial
+def test_re_proposals_read_the_storage_once_per_proposal(tmp_path, monkeypatch):
+    converged = study(tmp_path, "tpe")
+    run_local(converged, 30, runner=blackbox.for_study(converged), progress=False)
+    reads, asks = [0], [0]
+    synced, draft = Study.synced, scratch.draft
 
-    from autopeft.search.storage import open_storage
+    def counted_read(self):
+        reads[0] += 1
+        return synced(self)
 
-    storage = open_storage(f"sqlite:///{tmp_path}/s.db", shared=False, heartbeat=(5, 30))
-    optuna_study = optuna.create_study(storage=storage)
-    size = CategoricalDistribution([8, 32])
-    rate = FloatDistribution(0.0, 1.0)
-    trial = create_trial(
-        params={"size": 8, "rate": 0.5}, distributions={"size": size, "rate": rate}, value=1.0
-    )
-    statements: list[str] = []
-    sqlalchemy.event.listen(
-        storage.engine, "before_cursor_execute", lambda *a: statements.append(a[2])
-    )
-    optuna_study.add_trial(trial)  # the first of each name: Optuna's own check
-    first = sum("JOIN trials" in s and "trial_params" in s for s in statements)
-    statements.clear()
-    optuna_study.add_trial(trial)  # the distributions are known now
-    assert first == 2 and not [s for s in statements if "JOIN trials" in s]
-    clash = create_trial(params={"size": 0.5}, distributions={"size": rate}, value=1.0)
-    with pytest.raises(ValueError, match="Cannot set different distribution kind"):
-        optuna_study.add_trial(clash)  # still refused: the check is kept
+    def counted_draft(*args):
+        asks[0] += 1
+        return draft(*args)
 
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_whole_trial_is_stored_as_optuna_stores_it_in_a_few_statements(
-    tmp_path, request, backend
-):
-    import datetime
-    import math
-
-    import optuna
-    import sqlalchemy
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-    from optuna.trial import TrialState, create_trial
-
-    from autopeft.search.storage import open_storage
-
-    params = {f"p{i}": i % 3 for i in range(12)} | {"rate": 0.25, "kind": "lora"}
-    distributions = {f"p{i}": IntDistribution(0, 4) for i in range(12)} | {
-        "rate": FloatDistribution(1e-5, 1.0, log=True),
-        "kind": CategoricalDistribution(["lora", None, 3]),
-    }
-    start = datetime.datetime(2026, 1, 2, 3, 4, 5)
-    templates = [
-        create_trial(  # a finished copy: values (infinities too), attributes, curve
-            params=params,
-            distributions=distributions,
-            values=[0.5, float("inf"), float("-inf")],
-            user_attrs={"result": {"score": 0.5, "nested": [1, None]}, "reused": 3},
-            system_attrs={"constraints": [0.0], "fixed": True},
-            intermediate_values={1: 0.1, 2: float("nan"), 3: float("inf")},
-        ),
-        create_trial(  # a proposal to train: no values
-            params=params, distributions=distributions, state=TrialState.RUNNING
-        ),
-        create_trial(state=TrialState.WAITING, params={}, distributions={}),
-    ]
-    templates[0].datetime_start = start
-    templates[0].datetime_complete = start + datetime.timedelta(seconds=3)
-
-    def stored(storage) -> optuna.Study:
-        study = optuna.create_study(storage=storage, directions=["maximize"] * 3)
-        for template in templates * 2:  # the second round: the distributions are known
-            study._storage.create_new_trial(study._study_id, template_trial=template)
-        return study
-
-    url = f"sqlite:///{tmp_path}/s.db"
-    if backend == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    ours = open_storage(url, shared=backend != "sqlite", heartbeat=(5, 30))
-    statements: list[str] = []
-    listen = sqlalchemy.event.listen
-    listen(ours.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-    our_study = stored(ours)
-    mine = our_study.get_trials(deepcopy=False)
-    theirs = stored(optuna.storages.RDBStorage(url)).get_trials(deepcopy=False)
-
-    def same(a, b) -> bool:  # nan != nan
-        return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
-
-    for a, b in zip(mine, theirs, strict=True):
-        assert (a.number, a.state, a.params, a.distributions) == (
-            b.number,
-            b.state,
-            b.params,
-            b.distributions,
-        )
-        assert (a.values, a.user_attrs, a.system_attrs) == (b.values, b.user_attrs, b.system_attrs)
-        assert a.intermediate_values.keys() == b.intermediate_values.keys()
-        curve = a.intermediate_values
-        assert all(same(curve[k], b.intermediate_values[k]) for k in curve)
-        if a.state.is_finished():  # a running copy starts now in both
-            assert (a.datetime_start, a.datetime_complete) == (start, b.datetime_complete)
-    assert mine[0].intermediate_values[3] == math.inf and mine[0].values[2] == -math.inf
-    statements.clear()
-    ours.create_new_trial(our_study._study_id, template_trial=templates[0])
-    # A trial with 14 parameters, 4 attributes, 3 values and 3 steps: a statement per table.
-    inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
-    assert len(inserts) == 6 and len(statements) <= 10, statements
+    monkeypatch.setattr(Study, "synced", counted_read)
+    monkeypatch.setattr(scratch, "draft", counted_draft)
+    proposer, runner = Proposer(converged, 40), blackbox.for_study(converged)
+    reads[0] = 0
+    for _ in range(10):
+        proposal = proposer.next()
+        assert not isinstance(proposal, str), proposal
+        proposer.record(proposal[0].number, runner.run(proposal[1], None, {10}))
+    assert asks[0] > 15  # TPE re-proposed known candidates: several asks per trial
+    assert reads[0] == 10  # the claim's read, once per proposal
+    assert converged.n_done() == 40

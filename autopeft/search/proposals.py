@@ -207,9 +207,12 @@ class Proposer:
                         if seed is None
                         else seed + len(study.optuna.get_trials(deepcopy=False))
                     )
-                if study.shared:
+                # A re-proposal was stored under the lock after a read (shared) or this
+                # driver's own books are whole (SQLite): the next ask reads nothing more;
+                # a slot is checked again under the lock before a new trial is stored.
+                if study.shared and repeat == 0:
                     study.recover_interrupted()  # trials of a driver that died meanwhile
-                claimed = self._claim()
+                claimed = self._claim(read=repeat == 0)
                 if isinstance(claimed, str):
                     return claimed
                 if claimed is None:  # a new trial: sampled first, stored with its outcome
@@ -226,17 +229,19 @@ class Proposer:
             study.optuna.sampler = sampler
         return EXHAUSTED
 
-    def _claim(self) -> int | str | None:
+    def _claim(self, read: bool = True) -> int | str | None:
         """A queued retry's trial id, None for a new trial, or WAIT, DONE, EXHAUSTED.
 
         A queued retry is taken (RUNNING, marked with this driver) here; a new trial is only
         checked for a free slot of ``n_trials``, and :meth:`_place_draft` takes the slot.
+        ``read``: read the storage first (else the ledger as the last read and this
+        driver's tells left it).
         """
         study = self.study
         with study_lock(study):
             # Finished trials are taken in once (other drivers' too); the running ones are
             # read afresh: the cost is the new and running trials', not the study's.
-            ledger = self._read()
+            ledger = self._read() if read else study.ledger
             running = _holding(ledger)
             outcome = self._no_slot(ledger.counted, running)
             if outcome is not None:

@@ -49,7 +49,7 @@ STORAGE_READS = tuple(
 )
 STORAGE_WRITES = tuple(
     "create_new_trial set_trial_param set_trial_state_values set_trial_user_attr "
-    "set_trial_system_attr set_study_user_attr".split()
+    "set_trial_system_attr set_study_user_attr finish_trial".split()
 )
 SAMPLER_CALLS = tuple(
     "infer_relative_search_space sample_relative sample_independent before_trial "

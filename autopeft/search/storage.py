@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.storages import BaseStorage
@@ -157,6 +157,39 @@ class _RDBStorage(optuna.storages.RDBStorage):
         trial.number = trial.count_past_trials(session)
         return trial
 
+    def finish_trial(
+        self,
+        trial_id: int,
+        user_attrs: dict[str, Any],
+        system_attrs: dict[str, Any],
+        state: TrialState,
+        values: list[float] | None,
+    ) -> None:
+        """A running trial's attributes, values and finished state, in one transaction.
+
+        What ``set_trial_user_attr``, ``set_trial_system_attr`` and
+        ``set_trial_state_values`` write one transaction each (Optuna's own helpers write
+        the rows); a kill leaves the trial RUNNING with none of it or finished with all.
+        """
+        from datetime import datetime
+
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+            self.check_trial_is_updatable(trial_id, cast(TrialState, trial.state))
+            for model, attrs in (
+                (models.TrialUserAttributeModel, user_attrs),
+                (models.TrialSystemAttributeModel, system_attrs),
+            ):
+                for key, value in attrs.items():
+                    self._set_trial_attr_without_commit(session, model, trial_id, key, value)
+            for objective, value in enumerate(values or []):
+                self._set_trial_value_without_commit(session, trial, objective, value)
+            trial.state = state
+            trial.datetime_complete = datetime.now()
+
     def _known_distribution(self, session: Any, study_id: int, param_name: str) -> Any:
         """The distribution ``param_name`` had before in the study (None: it never had one)."""
         key = (study_id, param_name)
@@ -219,6 +252,30 @@ class _Wrapper:
         if name == "_inner":  # not set yet (unpickling)
             raise AttributeError(name)
         return getattr(self._inner, name)
+
+    def finish_trial(
+        self,
+        trial_id: int,
+        user_attrs: dict[str, Any],
+        system_attrs: dict[str, Any],
+        state: TrialState,
+        values: list[float] | None,
+    ) -> None:
+        """Finish a running trial with its attributes: one write on an RDB storage.
+
+        See :meth:`_RDBStorage.finish_trial`; another storage gets the writes one by one,
+        the state last (a trial killed before it is RUNNING, its result recorded).
+        """
+        with stop.deferred():
+            backend = getattr(self._inner, "_backend", self._inner)  # under Optuna's cache
+            if isinstance(backend, _RDBStorage):
+                backend.finish_trial(trial_id, user_attrs, system_attrs, state, values)
+                return
+            for key, value in user_attrs.items():
+                self._inner.set_trial_user_attr(trial_id, key, value)
+            for key, value in system_attrs.items():
+                self._inner.set_trial_system_attr(trial_id, key, value)
+            self._inner.set_trial_state_values(trial_id, state, values)
 
 
 #: An Optuna storage whose every call completes before a stop signal interrupts the driver

@@ -9,6 +9,7 @@ violated constraint (so constraint-aware samplers learn it and it never reaches 
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import threading
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import optuna
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+from optuna.study._tell import _check_values_are_feasible
 from optuna.trial import TrialState
 
 from autopeft import methods, tasks
@@ -246,17 +248,26 @@ class Study:
         the trial's user attributes, and not counted as compute).
         """
         number = trial if isinstance(trial, int) else trial.number
-        storage, tid = self.optuna._storage, self._trial_id(number)
+        tid = self._trial_id(number)
+        storage: Any = self.optuna._storage  # an InterruptSafeStorage: finish_trial
         self._owned.discard(tid)
-        for key, value in self._result_attrs(result, reused).items():
-            storage.set_trial_user_attr(tid, key, value)
+        attrs = self._result_attrs(result, reused)
         state, values, constraints = self._outcome(result)
-        for key, value in constraints.items():
-            storage.set_trial_system_attr(tid, key, value)
-        if values is not None:
-            self.optuna.tell(number, values)
-        else:
-            self.optuna.tell(number, state=state)
+        # Optuna's tell, with the trial's result and its state in one write: the checks,
+        # then the sampler's post-processing of the trial as it will be stored.
+        frozen = copy.copy(storage.get_trial(tid))
+        if frozen.state != TrialState.RUNNING:
+            raise ValueError(f"Cannot tell a {frozen.state.name} trial.")
+        if values is not None and (problem := _check_values_are_feasible(self.optuna, values)):
+            warnings.warn(problem, stacklevel=2)  # as Optuna: the trial fails
+            state, values = TrialState.FAIL, None
+        frozen.user_attrs = {**frozen.user_attrs, **attrs}
+        frozen.system_attrs = {**frozen.system_attrs, **constraints}
+        self.optuna._thread_local.cached_all_trials = None
+        try:
+            self.optuna.sampler.after_trial(self.optuna, frozen, state, values)
+        finally:
+            storage.finish_trial(tid, attrs, constraints, state, values)
         # Finished and so final: the ledger takes it in now, without reading it back.
         self.ledger.told(number, result, reused)
 

@@ -199,3 +199,7 @@ def test_a_tell_is_one_write_and_the_sampler_sees_the_result(tmp_path, monkeypat
         expected_state = TrialState.COMPLETE if stored.values else TrialState.FAIL
         assert stored.state == expected_state
     assert {status for status, *_ in seen} >= {"COMPLETE", "FAILED"}
+    before = len(seen)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        study.tell(trial.number, result)  # told twice: refused before the sampler sees it
+    assert len(seen) == before

@@ -256,8 +256,10 @@ class Study:
         # Optuna's tell, with the trial's result and its state in one write: the checks,
         # then the sampler's post-processing of the trial as it will be stored.
         frozen = copy.copy(storage.get_trial(tid))
-        if frozen.state != TrialState.RUNNING:
-            raise ValueError(f"Cannot tell a {frozen.state.name} trial.")
+        if frozen.state.is_finished():  # as the storage's first write would refuse it
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"Trial#{number} has already finished and can not be updated."
+            )
         if values is not None and (problem := _check_values_are_feasible(self.optuna, values)):
             warnings.warn(problem, stacklevel=2)  # as Optuna: the trial fails
             state, values = TrialState.FAIL, None

@@ -277,10 +277,14 @@ class Proposer:
         candidate = draft.candidate
         key = candidate.key()
         attrs = {DRIVER_ATTR: study.driver, s.CANDIDATE_ATTR: candidate.to_json()}
+        hit = self.known.get(key)
+        if hit is not None:  # known already: no slot, nothing another driver did matters
+            study.store_reused(draft, hit, attrs)
+            return None
         with study_lock(study):
             # Read under the lock, as in _place (one driver alone knows it all already).
             ledger = self._read() if study.shared else study.ledger
-            hit = self.known.get(key)
+            hit = self.known.get(key)  # finished by another driver since the last read
             if hit is not None:
                 study.store_reused(draft, hit, attrs)
                 return None

@@ -9,10 +9,12 @@ ignored; Ctrl-C is always taken, also by a run a script started in the backgroun
 inherits SIGINT ignored), so a SIGINT sent to it still hands its trials back.
 
 Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when the signal
-arrives; inside a destructor or a generator's clean-up the exception is printed as "ignored"
-and the run goes on training. :func:`on_signal` also records the request, and the training
-loop calls :func:`check` every step, so a swallowed interrupt still stops the run at the next
-step.
+arrives; inside a destructor or a weak reference's callback (SQLAlchemy's, say, during a
+garbage collection) Python cannot raise it, prints it as "ignored" and the run goes on.
+:func:`on_signal` also records the request, and the training loop calls :func:`check` every
+step, so a swallowed interrupt still stops the run at the next step; within :func:`handled`
+such an interrupt is not printed (the user would see a stray traceback before the one line
+the stop prints).
 
 An interrupt inside a storage call would leave its transaction open (SQLite stays locked until
 the process ends, so the hand-back after the stop cannot write). :func:`deferred` holds the
@@ -22,8 +24,9 @@ stop signals for the length of such a call and delivers them when it returns.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -206,6 +209,17 @@ def children_ignore_hang_up() -> Iterator[None]:
         signal.signal(signal.SIGHUP, before)
 
 
+def _quiet_about_stops(hook: Callable[[Any], object]) -> Callable[[Any], object]:
+    """``hook`` for every unraisable exception but the interrupt of a recorded stop."""
+
+    def quiet(unraisable: Any) -> object:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and REQUESTED.is_set():
+            return None  # swallowed where it arrived; check() stops the run next
+        return hook(unraisable)
+
+    return quiet
+
+
 @contextmanager
 def handled() -> Iterator[None]:
     """Within the block, every stop signal interrupts the main thread as Ctrl-C does.
@@ -220,12 +234,15 @@ def handled() -> Iterator[None]:
         return
     reset()
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_about_stops(previous_hook)
     _install()
     _installed.set()
     try:
         yield
     finally:
         _installed.clear()
+        sys.unraisablehook = previous_hook
         for signum, handler in previous.items():
             if REQUESTED.is_set() and signum != signal.SIGINT:
                 _left_on[signum] = handler  # on_signal ignores it now; reset() puts it back

@@ -53,6 +53,62 @@ def test_a_swallowed_interrupt_stops_the_loop_at_the_next_step(requested):
     assert seen == [2]
 
 
+def test_an_interrupt_python_cannot_raise_is_not_printed_but_others_are(
+    default_handlers, requested, monkeypatch
+):
+    import gc
+    import sys
+    import weakref
+
+    class Thing:
+        pass
+
+    def collected(callback) -> None:
+        thing = Thing()
+        ref = weakref.ref(thing, callback)  # noqa: F841 -- kept alive until thing dies
+        del thing
+        gc.collect()
+
+    def interrupted(ref) -> None:  # the signal arrives while a weak reference's callback runs
+        signal.raise_signal(signal.SIGTERM)
+
+    def broken(ref) -> None:
+        raise ValueError("a real bug in a callback")
+
+    printed: list[type] = []  # what Python's hook would print
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: printed.append(u.exc_type))
+    with stop.handled():
+        collected(interrupted)  # Python cannot raise from here: it drops the interrupt
+        assert requested.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()  # ... and the run stops at its next step
+        collected(broken)
+    assert printed == [ValueError]  # other unraisables still show
+    assert sys.unraisablehook.__name__ == "<lambda>"  # the hook before, put back
+
+
+def test_a_stop_during_a_trials_clean_up_interrupts_the_trial(default_handlers, requested):
+    import weakref
+
+    import torch
+
+    from autopeft.train.trial import _release
+
+    class Cycle:  # only the garbage collector frees it: its callback runs inside gc.collect
+        pass
+
+    def arrives(ref) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    with stop.handled():
+        garbage = Cycle()
+        garbage.me = garbage
+        ref = weakref.ref(garbage, arrives)  # noqa: F841
+        del garbage
+        with pytest.raises(KeyboardInterrupt):  # not dropped inside the callback
+            _release(torch.device("cpu"))
+
+
 @pytest.fixture
 def default_handlers():
     """The dispositions of a process started from a terminal, whatever started pytest."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from autopeft import methods, tasks
+from autopeft import methods, stop, tasks
 from autopeft.core.candidate import Candidate
 from autopeft.core.levers import Levers
 from autopeft.core.memory_model import predict_memory
@@ -309,7 +309,10 @@ def _failed(status, reason, step, started, base) -> TrialResult:
 
 
 def _release(device: torch.device) -> None:
-    # Free the trial's tensors before the next trial (after an OOM especially).
-    gc.collect()
+    # Free the trial's tensors before the next trial (after an OOM especially). A stop
+    # signal during the collection would run inside a finaliser or a weak reference's
+    # callback, where Python drops the interrupt: held, it interrupts the trial here.
+    with stop.deferred():
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -221,16 +221,15 @@ class _RDBStorage(optuna.storages.RDBStorage):
         from optuna.storages._rdb import models
 
         study_id = int(models.TrialModel.find_or_raise_by_id(trial_id, session).study_id)
-        key = (study_id, param_name)
         super()._set_trial_param_without_commit(
             session,
             trial_id,
             param_name,
             param_value_internal,
             distribution,
-            previous_distribution or self._seen.get(key),
+            previous_distribution or self._known_distribution(session, study_id, param_name),
         )
-        self._seen.setdefault(key, distribution)
+        self._seen.setdefault((study_id, param_name), distribution)
 
 
 def _holding_signals(name: str) -> Callable[..., Any]:

@@ -405,6 +405,8 @@ class Spec:
     stop_hopeless: bool = False
     #: The surrogate reports the final accuracy at every rung (a ceiling, not a method).
     oracle: bool = False
+    #: halving.metric: what a rung ranks trials by (None: the task metric, accuracy).
+    rung_metric: str | None = None
 
 
 def run_one(spec: Spec, surrogate: Any, root: str) -> dict:
@@ -429,6 +431,7 @@ def run_study(spec: Spec, surrogate: Any, root: str) -> tuple[dict, dict]:
             "min_delta": spec.min_delta,
             "eta": spec.eta,
             "stop_hopeless": spec.stop_hopeless,
+            "metric": spec.rung_metric,
         },
     )
     import autopeft

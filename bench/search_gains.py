@@ -82,6 +82,7 @@ def specs_for(args: argparse.Namespace, fidelity: int, rungs: tuple[float, ...])
         "rungs": rungs,
         "eta": args.eta,
         "min_delta": args.min_delta,
+        "rung_metric": args.rung_metric,
     }
     budget = args.budget_trials * fidelity
     main = args.sampler
@@ -242,6 +243,12 @@ def main() -> None:
         help="halving's min_delta: rung accuracy gaps up to it go the judged trial's way",
     )
     parser.add_argument(
+        "--rung-metric",
+        default=None,
+        help="halving.metric: what a rung ranks trials by (default: the task metric, accuracy; "
+        "'loss' for the evaluation loss)",
+    )
+    parser.add_argument(
         "--sampler",
         default="tpe",
         help="the sampler in the place of the default (tpe): what if another were the default",
@@ -300,6 +307,7 @@ def main() -> None:
         "rung_steps": rung_steps(fidelity, rungs),
         "eta": args.eta,
         "min_delta": args.min_delta,
+        "rung_metric": args.rung_metric or "accuracy",
         "rule": search_summary.RULE,
         "random_level": level,
         "sampler": args.sampler,

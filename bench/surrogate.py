@@ -15,7 +15,9 @@ candidate features:
 A surrogate trial draws "learns" with that probability, then takes the predicted curve plus
 the leave-one-out residual curve of a randomly drawn real learner (so noise has the real
 spread and cross-step correlation), or else the whole curve of a randomly drawn real trial
-that did not learn. Draws are seeded per (run seed, candidate). Trainable parameters and
+that did not learn. The evaluation loss is fitted the same way and drawn from the same real
+trial, so a study can halve on it (``halving.metric: loss``). Draws are seeded per (run seed,
+candidate). Trainable parameters and
 predicted memory are exact, from autopeft's formulas (``autopeft.candidate_trainable_params``,
 ``autopeft.predict_memory``).
 
@@ -105,7 +107,7 @@ def _columns(feature_set: str) -> list[int]:
 
 
 class Surrogate:
-    """Accuracy curves of candidates, fitted to real trials (see the module docstring)."""
+    """Accuracy (and loss) curves of candidates, fitted to real trials (see the module doc)."""
 
     def __init__(
         self, records: list[dict], profile: Profile, feature_sets: tuple[str, ...] = ("all",)
@@ -121,6 +123,15 @@ class Surrogate:
         self.steps = sorted({int(h["step"]) for r in done for h in r["history"]})
         self.curves = torch.tensor(
             [[_at_step(r["history"], s) for s in self.steps] for r in done], dtype=F64
+        )
+        #: The evaluation loss at the same steps, where every trial recorded it (halving by
+        #: ``halving.metric: loss``); it is drawn with the accuracy from the same real trial.
+        self.loss_curves = (
+            torch.tensor(
+                [[_at_step(r["history"], s, "loss") for s in self.steps] for r in done], dtype=F64
+            )
+            if all("loss" in h for r in done for h in r["history"])
+            else None
         )
         final = self.curves[:, -1]
         self.majority = _majority(done)
@@ -148,10 +159,24 @@ class Surrogate:
             self.class_w = fit_logistic(self.x, y, self.class_penalty)
         elif not self.learned.any():
             raise ValueError("no real trial beat the constant predictor: nothing to fit")
+        self.curve_features, self.curve_penalty, self.curve_w, self.residuals = self._fit_curve(
+            self.curves, feature_sets
+        )
+        #: The curves of the trials that did not learn (the learners' are fitted).
+        self.flat_curves = self.curves[~self.learned]
+        if self.loss_curves is not None:
+            self.loss_fit = self._fit_curve(self.loss_curves, feature_sets)
+            self.flat_loss_curves = self.loss_curves[~self.learned]
+
+    def _fit_curve(
+        self, curves: torch.Tensor, feature_sets: tuple[str, ...]
+    ) -> tuple[list[str], list[float], list[torch.Tensor], torch.Tensor]:
+        """Per step: the learners' ridge fit (feature set, penalty, weights) and the
+        leave-one-out residual curves (one row per learner)."""
         xl = self.x[self.learned]
-        self.curve_penalty, self.curve_w, self.curve_features, residuals = [], [], [], []
+        names, penalties, weights, residuals = [], [], [], []
         for j in range(len(self.steps)):
-            yl = self.curves[self.learned, j]
+            yl = curves[self.learned, j]
             errs = {
                 (name, p): float(ridge_loo(xl[:, self._cols(name)], yl, p).pow(2).mean())
                 for name in feature_sets
@@ -163,13 +188,11 @@ class Surrogate:
             other = min(errs, key=lambda k: errs[k])
             name, best = other if errs[other] < errs[first] - 1e-12 else first
             cols = self._cols(name)
-            self.curve_features.append(name)
-            self.curve_penalty.append(best)
-            self.curve_w.append(fit_ridge(xl[:, cols], yl, best))
+            names.append(name)
+            penalties.append(best)
+            weights.append(fit_ridge(xl[:, cols], yl, best))
             residuals.append(ridge_loo(xl[:, cols], yl, best))
-        #: Leave-one-out residual curves of the learners, and the curves of the others.
-        self.residuals = torch.stack(residuals, 1)
-        self.flat_curves = self.curves[~self.learned]
+        return names, penalties, weights, torch.stack(residuals, 1)
 
     @classmethod
     def from_jsonl(
@@ -221,14 +244,36 @@ class Surrogate:
 
     def sample_curve(self, candidate: Candidate, seed: int) -> list[float]:
         """One trial's accuracy at each fitted step (seeded by ``seed`` and the candidate)."""
+        return self.sample_curves(candidate, seed)["accuracy"]
+
+    def sample_curves(self, candidate: Candidate, seed: int) -> dict[str, list[float]]:
+        """One trial's accuracy (and loss, where fitted) at each fitted step.
+
+        Both draw from the same real trial: a learner's residual curves, or a non-learner's
+        whole curves, so the two metrics keep the real trials' joint noise.
+        """
         digest = hashlib.sha1(f"{seed}|{candidate.key()}".encode()).hexdigest()
         rng = random.Random(int(digest[:12], 16))
+        out: dict[str, list[float]] = {}
         if rng.random() < self.p_learn(candidate):
-            noise = self.residuals[rng.randrange(len(self.residuals))]
-            curve = [m + float(e) for m, e in zip(self.learner_curve(candidate), noise)]
+            i = rng.randrange(len(self.residuals))
+            x = self._x(candidate)
+            fits = {"accuracy": (self.curve_features, self.curve_w, self.residuals)}
+            if self.loss_curves is not None:
+                names, _, weights, residuals = self.loss_fit
+                fits["loss"] = (names, weights, residuals)
+            for metric, (names, weights, residuals) in fits.items():
+                mean = [float(x[self._cols(n)] @ w) for n, w in zip(names, weights)]
+                out[metric] = [m + float(e) for m, e in zip(mean, residuals[i])]
         else:
-            curve = self.flat_curves[rng.randrange(len(self.flat_curves))].tolist()
-        return [min(1.0, max(0.0, v)) for v in curve]
+            i = rng.randrange(len(self.flat_curves))
+            out["accuracy"] = self.flat_curves[i].tolist()
+            if self.loss_curves is not None:
+                out["loss"] = self.flat_loss_curves[i].tolist()
+        out["accuracy"] = [min(1.0, max(0.0, v)) for v in out["accuracy"]]
+        if "loss" in out:
+            out["loss"] = [max(0.0, v) for v in out["loss"]]
+        return out
 
     def at(self, curve: list[float], step: int) -> float:
         """A curve's value at ``step`` (linear between fitted steps, clamped at the ends)."""
@@ -315,8 +360,8 @@ def _majority(done: list[dict]) -> float | None:
     return round(max(constant), 6) if constant else None
 
 
-def _at_step(history: list[dict], step: int) -> float:
-    return next(h["accuracy"] for h in history if int(h["step"]) == step)
+def _at_step(history: list[dict], step: int, metric: str = "accuracy") -> float:
+    return next(h[metric] for h in history if int(h["step"]) == step)
 
 
 class SurrogateRunner:
@@ -366,10 +411,11 @@ class SurrogateRunner:
         )
         if over:
             return TrialResult(status=TrialStatus.INFEASIBLE, error=over, **base)
-        curve = self.surrogate.sample_curve(candidate, self.seed)
+        curves = self.surrogate.sample_curves(candidate, self.seed)
         total, history = self.training.steps, []
         for step in sorted(set(eval_at) | {total}):
-            metrics = {"accuracy": self.surrogate.at(curve, total if self.oracle else step)}
+            at = total if self.oracle else step
+            metrics = {name: self.surrogate.at(curve, at) for name, curve in curves.items()}
             history.append({"step": step, **metrics})
             if report is not None and step < total and not report(step, metrics):
                 return TrialResult(

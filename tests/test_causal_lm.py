@@ -195,6 +195,10 @@ def test_eval_loss_is_measured_and_exact_match_only_when_used():
     assert result.metrics["perplexity"] == pytest.approx(
         torch.tensor(result.metrics["eval_loss"]).exp().item()
     )
+    # A rung that ranks by exact match has it measured at every evaluation.
+    ranked = run_trial(TrialContext.create(study(halving={"metric": "exact_match"})), LORA)
+    assert ranked.status is TrialStatus.COMPLETE, ranked.error
+    assert all("exact_match" in h for h in ranked.history) and len(ranked.history) == 2
 
 
 def test_a_causal_study_runs_with_halving_and_exports_a_loadable_adapter(tmp_path):

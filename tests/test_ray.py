@@ -116,21 +116,33 @@ def test_causal_lm_study_on_ray_halves_on_the_loss(local_ray, tmp_path):
     check_front(study)
 
 
-def test_pareto_halving_scheduler_prunes_on_ray(local_ray, tmp_path):
+@pytest.mark.parametrize("rung_metric", [None, "loss"])
+def test_pareto_halving_scheduler_prunes_on_ray(local_ray, tmp_path, rung_metric):
     from autopeft.search.ray import run_ray
 
     spec = {
         "name": "ray-halving",
         **STUDY,
         "training": {**STUDY["training"], "steps": 90, "rungs": [0.34, 0.67, 1.0]},
+        "halving": {**STUDY["halving"], "metric": rung_metric},
     }
     study = Study(api.study_from_dict(spec), root=tmp_path)
     run_ray(study, 16, runner="blackbox", progress=False)
     statuses = [r.status for _, r in study.results()]
     assert statuses.count(TrialStatus.PRUNED) >= 3, statuses
+    checked = 0
     for n, r in study.results():
         if r.status is TrialStatus.PRUNED:
             assert study.optuna.trials[n].state == TrialState.PRUNED and r.steps in (31, 60)
+        # The scheduler ranked the trial by the rung metric (higher is better): the blackbox's
+        # loss is 1 - accuracy, so the two metrics give opposite signs. (A trial pruned at
+        # the second rung keeps only that evaluation.)
+        point = study.optuna.trials[n].user_attrs.get(rung_attr(31))
+        at_rung = [h for h in r.history if h["step"] == 31]
+        if point is not None and at_rung:
+            checked += 1
+            assert point[0] == (-at_rung[0]["loss"] if rung_metric else at_rung[0]["accuracy"])
+    assert checked >= 3
     check_states(study)
 
 

@@ -17,7 +17,7 @@ from autopeft.core.halving import rung_steps
 from autopeft.core.trial_result import TrialStatus
 from autopeft.search import blackbox
 from autopeft.search.local import run_local
-from autopeft.search.study import Study
+from autopeft.search.study import Study, rung_attr
 from tests.helpers import (
     check_dashboard,
     check_front,
@@ -319,6 +319,33 @@ def test_stopping_hopeless_trials_costs_fewer_steps_and_reads_finished_outcomes(
     finals = {round(r.metrics["accuracy"], 9) for r in finished}
     assert all(round(end[0], 9) in finals and end[1:] == at[1:] for at, end in outcomes)
     check_states(pruner)
+
+
+def test_halving_ranks_rungs_by_the_halving_metric(tmp_path):
+    by_loss = config("by-loss")
+    by_loss = by_loss.model_copy(
+        update={"halving": by_loss.halving.model_copy(update={"metric": "loss"})}
+    )
+    study = Study(by_loss, root=tmp_path)
+    run_local(study, 24, runner=blackbox.for_study(study, noise=0.02), progress=False)
+    rung = rung_steps(90, [0.34, 0.67, 1.0])[0]
+    results = dict(study.results())
+    at_rung = {n: study.optuna.trials[n].user_attrs.get(rung_attr(rung)) for n in results}
+    ranked = {n: p for n, p in at_rung.items() if p is not None}
+    assert len(ranked) >= 10
+    for n, point in ranked.items():
+        loss = next(h["loss"] for h in results[n].history if h["step"] == rung)
+        assert point[0] == -loss  # the loss, signed so that higher is better
+    assert any(r.status is TrialStatus.PRUNED for r in results.values())
+    # stop_hopeless reads each finished trial's end point in the same metric.
+    outcomes = study.rung_outcomes(rung)
+    assert outcomes
+    for at, end in outcomes:
+        assert (
+            end[0] in {-r.metrics["loss"] for r in results.values() if "loss" in r.metrics}
+            and end[1:] == at[1:]
+        )
+    check_states(study)
 
 
 def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):

@@ -100,3 +100,33 @@ def test_a_data_path_stored_relative_is_the_same_file_absolute_and_no_other(tmp_
     other = str(tmp_path / "elsewhere" / "reviews.csv")  # same name, another file
     with pytest.raises(ConfigError, match="- task.path: the study's trials were run with"):
         Study(study("moved", task={"path": other}), root=tmp_path)
+
+
+def test_halving_ranks_by_a_metric_the_task_measures_or_by_the_task_metric():
+    assert study().rung_metric == "accuracy"  # the task metric by default
+    by_loss = study(halving={"metric": "loss"})
+    assert by_loss.rung_metric == "loss" and by_loss.task.metric == "accuracy"
+    # Signed so that higher is better, whatever the objectives say of the task metric.
+    assert by_loss.rung_score({"accuracy": 0.7, "loss": 0.4}) == -0.4
+    assert by_loss.halving_score({"accuracy": 0.7}) is None
+    text = problems(halving={"metric": "los"})
+    assert "- halving.metric: a rung ranks trials by a metric a classification task " in text
+    assert "(accuracy, f1, mcc, loss), but got 'los'" in text
+    assert "Hint: did you mean 'loss'? Or leave it out to rank by task.metric" in text
+    assert text.count("'los'") == 1
+    sft = {"kind": "causal_lm"}
+    assert study(task=sft, halving={"metric": "perplexity"}).rung_score({"perplexity": 3.0}) == -3
+    # A rung metric that needs a task setting asks for it, as an objective would.
+    text = problems(task=sft, halving={"metric": "score"})
+    assert "- task.scorer: the metric 'score' needs task.scorer, which is not set" in text
+
+
+def test_a_study_with_trials_keeps_the_metric_its_rungs_were_ranked_by(tmp_path):
+    first = Study(study("rungs", halving={"eta": 3}), root=tmp_path)
+    first.optuna.ask()
+    Study(study("rungs", halving={"eta": 2}), root=tmp_path)  # other halving settings may change
+    with pytest.raises(ConfigError) as err:
+        Study(study("rungs", halving={"metric": "loss"}), root=tmp_path)
+    text = str(err.value)
+    assert "- halving.metric: the study's trials were run with the default, and a study " in text
+    assert 'keeps the halving metric its trials were run with, but got "loss"' in text

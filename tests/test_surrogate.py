@@ -266,3 +266,39 @@ def test_search_cost_merges_results_files_counting_a_shared_run_once(tmp_path):
     parts[1].write_text(json.dumps(twenty))
     with pytest.raises(SystemExit, match="meta.data"):
         search_cost.merge(parts, tmp_path / "mixed")
+
+
+def test_the_loss_is_drawn_with_the_accuracy_from_the_same_real_trial(tmp_path, fitted):
+    """A study that halves on ``halving.metric: loss`` sees a loss at every rung; both
+    metrics of one draw come from one real trial (its residuals, or its whole curves)."""
+    assert fitted.loss_curves is not None
+    names, _, weights, residuals = fitted.loss_fit
+    study = Study(bench_study("surrogate-loss", halving={"enabled": False}), tmp_path)
+    runner = fitted.runner(study, seed=3)
+    drawn_flat = drawn_learner = 0
+    for seed in range(40):
+        cand = study.space.sample(RandomSuggest(seed))
+        curves = fitted.sample_curves(cand, 3)
+        # The accuracy is the draw sample_curve gives (committed results stay reproducible).
+        assert curves["accuracy"] == fitted.sample_curve(cand, 3)
+        flat = [i for i, c in enumerate(fitted.flat_curves.tolist()) if c == curves["accuracy"]]
+        if flat:
+            drawn_flat += 1
+            assert curves["loss"] in [fitted.flat_loss_curves[i].tolist() for i in flat]
+        else:
+            drawn_learner += 1
+            # The learner's loss residuals are the same real learner's as its accuracy's.
+            x = fitted._x(cand)
+            mean = [float(x[fitted._cols(n)] @ w) for n, w in zip(names, weights)]
+            noise = [a - m for a, m in zip(curves["accuracy"], fitted.learner_curve(cand))]
+            row = min(
+                range(len(fitted.residuals)),
+                key=lambda i: sum(abs(float(e) - n) for e, n in zip(fitted.residuals[i], noise)),
+            )
+            expected = [max(0.0, m + float(e)) for m, e in zip(mean, residuals[row])]
+            if all(0.0 < a < 1.0 for a in curves["accuracy"]):  # not clamped
+                assert curves["loss"] == pytest.approx(expected)
+        result = runner.run(cand, None, {14, 27})
+        assert [set(h) for h in result.history] == [{"step", "accuracy", "loss"}] * 3
+        assert result.metrics["loss"] == pytest.approx(curves["loss"][-1])
+    assert drawn_flat and drawn_learner

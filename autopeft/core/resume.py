@@ -9,8 +9,12 @@ from autopeft.core.errors import Problem, show_json
 from autopeft.core.study_config import TrainingConfig
 
 #: Sections every trial of a study shares: a change makes old and new trials incomparable.
-#: The rest (n_trials, sampler, halving, executor, storage) may change when a study resumes.
+#: The rest (n_trials, sampler, halving, executor, storage) may change when a study resumes,
+#: but for the settings below.
 TRIAL_DEFINING = ("model", "task", "training", "search_space", "objectives")
+#: Settings of the other sections that old and new trials must share: the metric a rung
+#: ranks by (the rung points stored by earlier trials are in its units).
+TRIAL_DEFINING_SETTINGS = (("halving", "metric"),)
 
 
 def resume_conflicts(stored: dict[str, Any], current: dict[str, Any], where: str) -> list[Problem]:
@@ -33,12 +37,14 @@ def resume_conflicts(stored: dict[str, Any], current: dict[str, Any], where: str
             # Settings added since the study was stored ran at their defaults.
             old = {**TrainingConfig().model_dump(mode="json"), **old}
         _differences(old, new, section, changed)
+    for section, key in TRIAL_DEFINING_SETTINGS:
+        old, new = (dict(c.get(section) or {}).get(key) for c in (stored, current))
+        _differences(old, new, f"{section}.{key}", changed)
     return [
         Problem(
             path,
             f"the study's trials were run with {_setting(old)}, and a study keeps the "
-            f"{path.split('.')[0].replace('_', ' ')} its trials were run with, but got "
-            f"{_setting(new)}",
+            f"{_what(path)} its trials were run with, but got {_setting(new)}",
             hint=f"give the changed study a new name, or set this back ({where} holds the "
             "study's configuration)",
         )
@@ -75,6 +81,13 @@ def _as_stored(old: Any, new: Any) -> Any:
             if PurePath(now).parts[-len(tail) :] == tail:
                 same[key] = was
     return {**new, **same}
+
+
+def _what(path: str) -> str:
+    """What a study keeps: the section of ``path``, or the setting itself (``halving metric``)."""
+    if tuple(path.split(".")) in TRIAL_DEFINING_SETTINGS:
+        return path.replace(".", " ")
+    return path.split(".")[0].replace("_", " ")
 
 
 def _setting(value: Any) -> str:

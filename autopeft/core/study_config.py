@@ -177,6 +177,10 @@ class HalvingConfig(_Section):
     #: Also stop, at a rung, a trial that the finished trials show cannot reach the front
     #: even with the largest gain any of them made from there (see autopeft.core.halving).
     stop_hopeless: bool = False
+    #: The evaluation metric a rung ranks trials by (None: ``task.metric``), e.g. the eval
+    #: loss, which often orders trials early in training better than accuracy does;
+    #: ``min_delta`` is in its units.
+    metric: str | None = None
 
 
 class SamplerConfig(_Section):
@@ -303,7 +307,19 @@ class StudyConfig(_Section):
                 did_you_mean(name, own) + "; `autopeft tasks` lists each kind's fields",
                 path=f"task.{name}",
             )
-        for metric in {self.task.metric, *(o.metric for o in self.objectives)}:
+        rung_metric = self.halving.metric
+        if rung_metric is not None and rung_metric not in kind.metrics:
+            # The message lists the metrics: the hint keeps only a close guess.
+            close = did_you_mean(rung_metric, kind.metrics)
+            leave = "leave it out to rank by task.metric"
+            guess = close.split("?")[0] if close.startswith("did you mean") else None
+            raise RuleError(
+                f"a rung ranks trials by a metric a {kind.name} task measures "
+                f"({', '.join(kind.metrics)}), but got {rung_metric!r}",
+                f"{guess}? Or {leave}" if guess else leave,
+                path="halving.metric",
+            )
+        for metric in {self.task.metric, self.rung_metric, *(o.metric for o in self.objectives)}:
             needed = kind.needs.get(metric)
             if needed and getattr(self.task, needed) is None:
                 raise RuleError(
@@ -378,22 +394,46 @@ class StudyConfig(_Section):
     def task_score(self, metrics: dict[str, float]) -> float | None:
         """The task metric of ``metrics`` signed so that higher is better (None: not there).
 
-        What halving ranks trials by at a rung, and ``reeval`` picks the best ones by.
+        What ``reeval`` picks the best trials by (and halving, unless ``halving.metric``).
         """
         value = metrics.get(self.task.metric)
         if value is None:
             return None
         return value if self.task_direction == "maximize" else -value
 
+    @property
+    def rung_metric(self) -> str:
+        """The metric halving ranks trials by at a rung: ``halving.metric``, else the task's."""
+        return self.halving.metric or self.task.metric
+
+    def direction_of(self, metric: str) -> str:
+        """Whether ``metric`` is maximised or minimised (its objective's, else by its name)."""
+        if metric == self.task.metric:
+            return self.task_direction
+        for objective in self.objectives:
+            if objective.metric == metric:
+                return objective.direction
+        return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+    def halving_score(self, metrics: dict[str, float]) -> float | None:
+        """The rung metric of ``metrics`` signed so that higher is better (None: not there).
+
+        What halving ranks trials by, at a rung and, for ``stop_hopeless``, at the end.
+        """
+        value = metrics.get(self.rung_metric)
+        if value is None:
+            return None
+        return value if self.direction_of(self.rung_metric) == "maximize" else -value
+
     def rung_score(self, metrics: dict[str, float]) -> float:
-        """:meth:`task_score` of an evaluation at a rung, which must have measured it.
+        """:meth:`halving_score` of an evaluation at a rung, which must have measured it.
 
         Raises:
-            KeyError: when the evaluation did not measure the task metric.
+            KeyError: when the evaluation did not measure the rung metric.
         """
-        score = self.task_score(metrics)
+        score = self.halving_score(metrics)
         if score is None:
-            raise KeyError(f"the evaluation did not measure {self.task.metric!r}")
+            raise KeyError(f"the evaluation did not measure {self.rung_metric!r}")
         return score
 
     @field_validator("name")

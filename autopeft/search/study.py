@@ -337,10 +337,10 @@ class Study:
     # -- successive halving support ----------------------------------------------------------
 
     def record_rung(self, trial_number: int, step: int, point: list[float]) -> None:
-        """Store a trial's (task score, params, predicted memory) at a rung for its peers.
+        """Store a trial's (rung score, params, predicted memory) at a rung for its peers.
 
-        The task score is the task metric signed so that higher is better
-        (``StudyConfig.task_score``), as the halving rule expects.
+        The rung score is the rung metric signed so that higher is better
+        (``StudyConfig.rung_score``), as the halving rule expects.
         """
         self.optuna._storage.set_trial_user_attr(
             self._trial_id(trial_number), rung_attr(step), point
@@ -353,7 +353,7 @@ class Study:
     def rung_outcomes(self, step: int) -> list[tuple[list[float], list[float]]]:
         """(point at rung ``step``, point at the end) of the trials that finished from there.
 
-        The end point is the trial's full-fidelity objective metric with the same exact
+        The end point is the trial's full-fidelity rung metric with the same exact
         costs; trials that completed without recording the rung (or were reused) are left out.
         """
         return self.rung_evidence(step, outcomes=True)[1]
@@ -381,7 +381,7 @@ class Study:
                 or t.user_attrs.get(STATUS_ATTR) != TrialStatus.COMPLETE.value
             ):
                 continue
-            final = self.config.task_score(t.user_attrs[RESULT_ATTR]["metrics"])
+            final = self.config.halving_score(t.user_attrs[RESULT_ATTR]["metrics"])
             if final is not None:
                 finished.append((rung, [final, *rung[1:]]))
         return peers, finished

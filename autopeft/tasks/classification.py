@@ -18,8 +18,8 @@ class Classification(TaskKind):
     """Classify texts: built-in ``rotten_tomatoes``/``sms_spam``, CSV/JSONL or a dataset."""
 
     name = "classification"
-    summary = "sequence classification of texts or text pairs (accuracy, f1, mcc)"
-    metrics = {"accuracy": "maximize", "f1": "maximize", "mcc": "maximize"}
+    summary = "sequence classification of texts or text pairs (accuracy, f1, mcc, loss)"
+    metrics = {"accuracy": "maximize", "f1": "maximize", "mcc": "maximize", "loss": "minimize"}
     default_metric = "accuracy"
     default_task = "rotten_tomatoes"
     head = "classifier"

@@ -131,7 +131,8 @@ class TrialContext:
 
     def evaluator(self) -> Evaluate:
         """The task kind's evaluation, computing the metrics the study uses."""
-        wanted = frozenset([self.config.task.metric, *(o.metric for o in self.config.objectives)])
+        cfg = self.config
+        wanted = frozenset([cfg.task.metric, cfg.rung_metric, *(o.metric for o in cfg.objectives)])
         kind = self.kind
 
         def evaluate(adapted, data, batch_size, limit, device):

@@ -125,8 +125,9 @@ def test_a_study_with_trials_keeps_the_metric_its_rungs_were_ranked_by(tmp_path)
     first = Study(study("rungs", halving={"eta": 3}), root=tmp_path)
     first.optuna.ask()
     Study(study("rungs", halving={"eta": 2}), root=tmp_path)  # other halving settings may change
+    Study(study("rungs", halving={"metric": "accuracy"}), root=tmp_path)  # the task metric: same
     with pytest.raises(ConfigError) as err:
         Study(study("rungs", halving={"metric": "loss"}), root=tmp_path)
     text = str(err.value)
-    assert "- halving.metric: the study's trials were run with the default, and a study " in text
+    assert '- halving.metric: the study\'s trials were run with "accuracy", and a study ' in text
     assert 'keeps the halving metric its trials were run with, but got "loss"' in text

@@ -38,7 +38,7 @@ def resume_conflicts(stored: dict[str, Any], current: dict[str, Any], where: str
             old = {**TrainingConfig().model_dump(mode="json"), **old}
         _differences(old, new, section, changed)
     for section, key in TRIAL_DEFINING_SETTINGS:
-        old, new = (dict(c.get(section) or {}).get(key) for c in (stored, current))
+        old, new = (_effective(c, section, key) for c in (stored, current))
         _differences(old, new, f"{section}.{key}", changed)
     return [
         Problem(
@@ -81,6 +81,17 @@ def _as_stored(old: Any, new: Any) -> Any:
             if PurePath(now).parts[-len(tail) :] == tail:
                 same[key] = was
     return {**new, **same}
+
+
+def _effective(config: dict[str, Any], section: str, key: str) -> Any:
+    """A setting's value, with what its default stands for.
+
+    A rung metric left out is the task metric, so naming the task metric is no change.
+    """
+    value = dict(config.get(section) or {}).get(key)
+    if (section, key) == ("halving", "metric") and value is None:
+        return dict(config.get("task") or {}).get("metric")
+    return value
 
 
 def _what(path: str) -> str:

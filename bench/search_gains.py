@@ -131,8 +131,10 @@ def random_level(runs: list[dict], trials: int, sampler: str = "tpe") -> dict:
     return out
 
 
-def verdicts(summary: dict, level: dict, sampler: str = "tpe") -> list[str]:
-    """The three goals and the preset, one line each."""
+def verdicts(
+    summary: dict, level: dict, sampler: str = "tpe", rung_metric: str = "accuracy"
+) -> list[str]:
+    """The three goals and the preset, one line each (``rung_metric``: what rungs rank by)."""
     by = {(r["label"], r["halving"]): r for r in summary["rows"]}
     off, on = by.get((sampler, False)), by.get((sampler, True))
     oracle = by.get((f"{sampler}-oracle", True))
@@ -146,14 +148,14 @@ def verdicts(summary: dict, level: dict, sampler: str = "tpe") -> list[str]:
             got = medians[0] / medians[1]
             share = got / ceiling
             out.append(
-                f"- Oracle ceiling: the same ladder with rungs that see the final accuracy "
+                f"- Oracle ceiling: the same ladder with rungs that see the final {rung_metric} "
                 f"reaches the target in {medians[2]:,.0f} steps ({ceiling:.2f}x "
                 f"fewer than full fidelity); halving's {got:.2f}x is {share:.0%} of it — goal "
                 f"of at least {ORACLE_GOAL:.0%} {'MET' if share >= ORACLE_GOAL else 'NOT met'}."
             )
         else:  # a median run never reached the target: no ratio, so the reach and final HV
             out.append(
-                f"- Oracle ceiling: with rungs that see the final accuracy "
+                f"- Oracle ceiling: with rungs that see the final {rung_metric} "
                 f"{oracle['reached']}/{oracle['seeds']} runs reach the target (median steps "
                 f"{cell(medians[2], ',.0f')}) and end at HV {oracle['hv_final']:.4f}; with the "
                 f"real rungs {on['reached']}/{on['seeds']} (HV {on['hv_final']:.4f}), without "
@@ -195,11 +197,13 @@ def markdown(summary: dict, meta: dict) -> str:
     body = search_summary.markdown(summary, meta).split("\n", 1)[1]
     main = meta["sampler"]
     role = "the default sampler" if main == "tpe" else "in the place of the default, tpe"
+    metric = meta.get("rung_metric", "accuracy")
+    ranked = "" if metric == "accuracy" else f", its rungs ranking trials by {metric}"
     arms = (
         f"Arms: `random` and `{main}` ({role}) "
         f"at full fidelity, `{main}` with halving "
-        f"(autopeft's default halving) and `{main}-oracle` (the same halving, its rungs "
-        f"seeing the final accuracy: the ceiling of stop rules on this ladder), each on the "
+        f"(autopeft's default halving{ranked}) and `{main}-oracle` (the same halving, its "
+        f"rungs seeing the final {metric}: the ceiling of stop rules on this ladder), each on the "
         f"step budget of {meta['budget_trials']} full trials and "
         f"{meta['seeds']} seeds; `autopeft` (the paper's preset, every trial at full "
         f"fidelity) on {meta['protocol_seeds']} seed(s)."
@@ -311,7 +315,7 @@ def main() -> None:
         "rule": search_summary.RULE,
         "random_level": level,
         "sampler": args.sampler,
-        "verdicts": verdicts(summary, level, args.sampler),
+        "verdicts": verdicts(summary, level, args.sampler, args.rung_metric or "accuracy"),
         "surrogate": report,
         "runtime_min": (time.perf_counter() - started) / 60,
         "runs_wall_min": sum(r["wall_s"] for r in runs) / 60,

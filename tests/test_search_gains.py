@@ -115,6 +115,10 @@ def test_one_small_run_writes_every_arm_and_the_three_goals(tmp_path):
             str(tmp_path),
             "--name",
             "gains",
+            "--rung-metric",
+            "loss",
+            "--keep",
+            str(tmp_path / "keep"),
         ],
         capture_output=True,
         text=True,
@@ -136,6 +140,11 @@ def test_one_small_run_writes_every_arm_and_the_three_goals(tmp_path):
     assert text.startswith("# Search gains on `rotten_tomatoes`")
     assert "Measured " in text and "Default sampler against random" in text
     assert "The runs' own wall time sums to" in text
+    # Halving ranked its rungs by the surrogate's loss (halving.metric: loss).
+    assert saved["meta"]["rung_metric"] == "loss"
+    assert "its rungs ranking trials by loss" in text and "rungs seeing the final loss" in text
+    halved = json.loads((tmp_path / "keep" / "gains-tpe-h1-s0" / "study.json").read_text())
+    assert halved["halving"]["metric"] == "loss"
 
 
 def test_the_default_rungs_are_autopefts_and_rungs_off_the_data_are_refused():

@@ -201,6 +201,31 @@ def test_eval_loss_is_measured_and_exact_match_only_when_used():
     assert all("exact_match" in h for h in ranked.history) and len(ranked.history) == 2
 
 
+def test_rungs_ranked_by_the_loss_generate_answers_only_at_the_end(monkeypatch):
+    # The objective needs generated answers; rungs that rank by eval_loss do not.
+    config = study(objectives="exact_match, -trainable_params", halving={"metric": "eval_loss"})
+    ctx = TrialContext.create(config)
+    asked = []
+    kind_evaluate = ctx.kind.evaluate
+
+    def spy(adapted, data, batch_size, limit, device, wanted):
+        asked.append(wanted)
+        return kind_evaluate(adapted, data, batch_size, limit, device, wanted)
+
+    monkeypatch.setattr(ctx.kind, "evaluate", spy)  # the registry's instance, restored after
+    result = run_trial(ctx, LORA, eval_at={4})
+    assert result.status is TrialStatus.COMPLETE, result.error
+    assert len(asked) == 2 and asked[0] == {"eval_loss"}
+    assert {"exact_match", "eval_loss"} <= asked[1]
+    middle, last = result.history
+    assert "exact_match" not in middle and "eval_loss" in middle
+    assert "exact_match" in last and result.metrics["exact_match"] == last["exact_match"]
+    # Without halving.metric every evaluation measures the objectives (BO samplers fit a
+    # pruned trial by its objective values at the rung).
+    plain = run_trial(TrialContext.create(study(objectives="exact_match, -trainable_params")), LORA)
+    assert all("exact_match" in h for h in plain.history)
+
+
 def test_a_causal_study_runs_with_halving_and_exports_a_loadable_adapter(tmp_path):
     """The whole path: a local study with halving on -eval_loss, then a front point exported
     as a standard CAUSAL_LM peft adapter that PeftModel loads on the base and generates with."""

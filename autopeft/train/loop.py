@@ -174,10 +174,14 @@ def train_and_eval(
     device: torch.device | None = None,
     eval_at: set[int] | frozenset[int] = frozenset(),
     evaluator: Evaluate | None = None,
+    final_evaluator: Evaluate | None = None,
 ) -> LoopResult:
     """Train ``adapted`` for ``steps`` (default ``cfg.steps``) and evaluate it.
 
-    ``evaluator`` is the task kind's evaluation (default: classification's :func:`evaluate`).
+    ``evaluator`` is the task kind's evaluation (default: classification's :func:`evaluate`);
+    ``final_evaluator`` the last one's (default: ``evaluator``), so that evaluations before
+    the end can skip costly metrics only the result needs (a rung ranked by the loss need
+    not generate answers).
     With ``cfg.micro_batch_size`` each step accumulates micro batches into the batch's
     gradient.
 
@@ -191,6 +195,7 @@ def train_and_eval(
     """
     device = device or torch.device("cpu")
     run_eval = evaluator or evaluate
+    last_eval = final_evaluator or run_eval
     total = steps or cfg.steps
     model = adapted.model.to(device)
     model.train()
@@ -221,7 +226,8 @@ def train_and_eval(
             guard.check()
             guard.check_divergence(step, value)
             result.train_seconds += time.perf_counter() - start
-            metrics = run_eval(adapted, valid, cfg.batch_size * 2, cfg.eval_examples, device)
+            measure = last_eval if step == total else run_eval
+            metrics = measure(adapted, valid, cfg.batch_size * 2, cfg.eval_examples, device)
             metrics["train_loss"] = value
             result.history.append({"step": step, **metrics})
             result.metrics = metrics

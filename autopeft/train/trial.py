@@ -129,10 +129,20 @@ class TrialContext:
         """The study's task kind."""
         return tasks.get(self.config.task.kind)
 
-    def evaluator(self) -> Evaluate:
-        """The task kind's evaluation, computing the metrics the study uses."""
+    def evaluator(self, during: bool = False) -> Evaluate:
+        """The task kind's evaluation, computing the metrics the study uses.
+
+        ``during``: an evaluation before the end of training. Under a ``halving.metric`` it
+        measures that metric (what the rungs rank by) and what the kind always measures:
+        costly metrics only the result needs (generated answers, when the rungs rank by
+        ``eval_loss`` beside an ``exact_match`` objective) wait for the last evaluation.
+        Without one it measures what the last does, as pruned trials' objective values at
+        their rung are what the BO samplers fit them by.
+        """
         cfg = self.config
         wanted = frozenset([cfg.task.metric, cfg.rung_metric, *(o.metric for o in cfg.objectives)])
+        if during and cfg.halving.metric is not None:
+            wanted = frozenset([cfg.rung_metric])
         kind = self.kind
 
         def evaluate(adapted, data, batch_size, limit, device):
@@ -264,6 +274,7 @@ def run_trial(
                 report,
                 ctx.device,
                 eval_at,
+                ctx.evaluator(during=True),
                 ctx.evaluator(),
             )
         peak = cuda_box[0] if memory_kind is MemoryKind.CUDA else peak

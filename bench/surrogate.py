@@ -228,10 +228,13 @@ class Surrogate:
 
     def learner_curve(self, candidate: Candidate) -> list[float]:
         """Predicted accuracy at each fitted step, should the candidate learn."""
-        x = self._x(candidate)
-        return [
-            float(x[self._cols(name)] @ w) for name, w in zip(self.curve_features, self.curve_w)
-        ]
+        return self._mean_curve(self._x(candidate), self.curve_features, self.curve_w)
+
+    def _mean_curve(
+        self, x: torch.Tensor, names: list[str], weights: list[torch.Tensor]
+    ) -> list[float]:
+        """A fitted curve at the candidate features ``x``: each step's ridge prediction."""
+        return [float(x[self._cols(name)] @ w) for name, w in zip(names, weights)]
 
     def expected(self, candidate: Candidate) -> float:
         """Expected final accuracy (noise-free): the mixture's mean."""
@@ -263,7 +266,7 @@ class Surrogate:
                 names, _, weights, residuals = self.loss_fit
                 fits["loss"] = (names, weights, residuals)
             for metric, (names, weights, residuals) in fits.items():
-                mean = [float(x[self._cols(n)] @ w) for n, w in zip(names, weights)]
+                mean = self._mean_curve(x, names, weights)
                 out[metric] = [m + float(e) for m, e in zip(mean, residuals[i])]
         else:
             i = rng.randrange(len(self.flat_curves))

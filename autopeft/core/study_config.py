@@ -386,44 +386,40 @@ class StudyConfig(_Section):
     @property
     def task_direction(self) -> str:
         """Whether the task metric is maximised or minimised (as its objective says)."""
+        return self.direction_of(self.task.metric)
+
+    def direction_of(self, metric: str) -> str:
+        """Whether ``metric`` is maximised or minimised (its objective's, else by its name)."""
         for objective in self.objectives:
-            if objective.metric == self.task.metric:
+            if objective.metric == metric:
                 return objective.direction
-        return "minimize" if self.task.metric in LOWER_IS_BETTER else "maximize"
+        return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+    def signed_score(self, metrics: dict[str, float], metric: str) -> float | None:
+        """``metric`` of ``metrics`` signed so that higher is better (None: not there)."""
+        value = metrics.get(metric)
+        if value is None:
+            return None
+        return value if self.direction_of(metric) == "maximize" else -value
 
     def task_score(self, metrics: dict[str, float]) -> float | None:
         """The task metric of ``metrics`` signed so that higher is better (None: not there).
 
         What ``reeval`` picks the best trials by (and halving, unless ``halving.metric``).
         """
-        value = metrics.get(self.task.metric)
-        if value is None:
-            return None
-        return value if self.task_direction == "maximize" else -value
+        return self.signed_score(metrics, self.task.metric)
 
     @property
     def rung_metric(self) -> str:
         """The metric halving ranks trials by at a rung: ``halving.metric``, else the task's."""
         return self.halving.metric or self.task.metric
 
-    def direction_of(self, metric: str) -> str:
-        """Whether ``metric`` is maximised or minimised (its objective's, else by its name)."""
-        if metric == self.task.metric:
-            return self.task_direction
-        for objective in self.objectives:
-            if objective.metric == metric:
-                return objective.direction
-        return "minimize" if metric in LOWER_IS_BETTER else "maximize"
-
     def halving_score(self, metrics: dict[str, float]) -> float | None:
         """The rung metric of ``metrics`` signed so that higher is better (None: not there).
 
         What halving ranks trials by, at a rung and, for ``stop_hopeless``, at the end.
         """
-        value = metrics.get(self.rung_metric)
-        if value is None:
-            return None
-        return value if self.direction_of(self.rung_metric) == "maximize" else -value
+        return self.signed_score(metrics, self.rung_metric)
 
     def rung_score(self, metrics: dict[str, float]) -> float:
         """:meth:`halving_score` of an evaluation at a rung, which must have measured it.

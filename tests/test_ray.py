@@ -127,7 +127,7 @@ def test_pareto_halving_scheduler_prunes_on_ray(local_ray, tmp_path, rung_metric
         "halving": {**STUDY["halving"], "metric": rung_metric},
     }
     study = Study(api.study_from_dict(spec), root=tmp_path)
-    run_ray(study, 16, runner="blackbox", progress=False)
+    run_ray(study, 16, runner="blackbox")  # the default progress display on
     statuses = [r.status for _, r in study.results()]
     assert statuses.count(TrialStatus.PRUNED) >= 3, statuses
     checked = 0
